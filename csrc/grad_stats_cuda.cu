@@ -1,0 +1,572 @@
+// CUDA kernel of gradscope::grad_stats (schema declared in csrc/ops.cpp).
+//
+// Multi-tensor-apply design (after PyTorch's MultiTensorApply.cuh /
+// ForeachReduceOp.cu and apex's multi_tensor_l2norm_kernel.cu):
+//   * Every tensor is cut into fixed-size chunks (kChunkBytes of storage).
+//     Tensor descriptors and a chunk -> tensor map are packed into one pinned
+//     host buffer and copied to the device asynchronously.
+//   * chunk_stats_kernel: one block per chunk (all tensors, one launch) writes
+//     the chunk's 6 partial statistics to its own slot; no atomics.
+//   * finalize_kernel: one warp per tensor combines its chunks' partials in a
+//     fixed order, so results are bitwise reproducible from run to run.
+
+#include <Python.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "grad_stats.h"
+
+namespace gradscope {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Tuning constants.
+
+constexpr int kBlock = 256;                // threads per chunk block
+constexpr int kWarpSize = 32;
+constexpr int kWarps = kBlock / kWarpSize;
+constexpr int kUnroll = 4;                 // independent 16-byte loads in flight per thread
+constexpr int kVecBytes = 16;
+// Same bytes per block for every dtype: 64K fp32, 128K fp16/bf16, 32K fp64
+// elements. Small enough that fp32 per-thread sums stay short (<= 512 terms).
+constexpr int64_t kChunkBytes = 256 * 1024;
+
+constexpr int kFinBlock = 256;             // finalize: one warp per tensor
+constexpr int kFinWarps = kFinBlock / kWarpSize;
+constexpr int kFinUnroll = 4;              // chunk rows in flight per lane
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+static_assert(kBlock % kWarpSize == 0 && kWarps <= kWarpSize,
+              "block reduction assumes <= 32 warps");
+static_assert(kFinBlock % kWarpSize == 0, "finalize block must be whole warps");
+static_assert(kChunkBytes % kVecBytes == 0,
+              "chunks must keep the 16-byte alignment phase of the tensor");
+// Chunk-local indices and per-thread counters are int: a chunk of 2-byte
+// elements must fit comfortably.
+static_assert(kChunkBytes / 2 < (int64_t{1} << 30), "chunk too large for int indices");
+
+// Descriptor dtype codes (host and device agree through the traits below).
+enum DtypeCode : int32_t { kCodeF32 = 0, kCodeF16 = 1, kCodeBF16 = 2, kCodeF64 = 3 };
+
+struct TensorDesc {
+  const void* data;     // first element of the dense span
+  int64_t numel;
+  int64_t chunk_begin;  // global index of the tensor's first chunk
+  int32_t num_chunks;
+  int32_t dtype;        // DtypeCode
+};
+static_assert(sizeof(TensorDesc) == 32, "descriptor layout is shared by host and device");
+
+// ---------------------------------------------------------------------------
+// Per-thread accumulation.
+
+template <typename Acc>
+struct Partial {
+  Acc sumsq;
+  Acc sum;
+  Acc sumabs;
+  Acc maxabs;
+  int nonfinite;
+  int zeros;
+};
+
+template <typename Acc>
+__device__ __forceinline__ Partial<Acc> zero_partial() {
+  return Partial<Acc>{Acc(0), Acc(0), Acc(0), Acc(0), 0, 0};
+}
+
+__device__ __forceinline__ float abs_(float x) { return fabsf(x); }
+__device__ __forceinline__ double abs_(double x) { return fabs(x); }
+__device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double max_(double a, double b) { return fmax(a, b); }
+__device__ __forceinline__ float fma_(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double fma_(double a, double b, double c) { return fma(a, b, c); }
+
+// x is the element converted (exactly) to float or double; Inf/NaN survive the
+// fp16/bf16 -> fp32 conversion, so the finiteness test is done on it.
+template <typename Acc, typename Val>
+__device__ __forceinline__ void add_elem(Partial<Acc>& p, Val x) {
+  const bool finite = isfinite(x);
+  p.nonfinite += finite ? 0 : 1;
+  p.zeros += (x == Val(0)) ? 1 : 0;  // false for NaN, true for -0
+  const Acc a = finite ? static_cast<Acc>(x) : Acc(0);
+  const Acc m = abs_(a);
+  p.sumsq = fma_(a, a, p.sumsq);
+  p.sum += a;
+  p.sumabs += m;
+  p.maxabs = max_(p.maxabs, m);  // never NaN: non-finite elements became 0
+}
+
+// Element traits: storage type, 16-byte vector type, value type after exact
+// conversion, and how to unpack a vector.
+
+struct F32 {
+  using Storage = float;
+  using Vec = float4;
+  using Val = float;
+  static constexpr int32_t kCode = kCodeF32;
+  __device__ static Val load1(const Storage* p) { return __ldg(p); }
+  template <typename Acc>
+  __device__ static void add_vec(Partial<Acc>& p, const Vec& v) {
+    add_elem(p, v.x);
+    add_elem(p, v.y);
+    add_elem(p, v.z);
+    add_elem(p, v.w);
+  }
+};
+
+struct F64 {
+  using Storage = double;
+  using Vec = double2;
+  using Val = double;
+  static constexpr int32_t kCode = kCodeF64;
+  __device__ static Val load1(const Storage* p) { return __ldg(p); }
+  template <typename Acc>
+  __device__ static void add_vec(Partial<Acc>& p, const Vec& v) {
+    add_elem(p, v.x);
+    add_elem(p, v.y);
+  }
+};
+
+struct F16 {
+  using Storage = unsigned short;  // raw bits; 8 per uint4
+  using Vec = uint4;
+  using Val = float;
+  static constexpr int32_t kCode = kCodeF16;
+  __device__ static Val to_val(unsigned short bits) {
+    return __half2float(__ushort_as_half(bits));
+  }
+  __device__ static Val load1(const Storage* p) { return to_val(__ldg(p)); }
+  template <typename Acc>
+  __device__ static void add_word(Partial<Acc>& p, unsigned w) {
+    add_elem(p, to_val(static_cast<unsigned short>(w & 0xffffu)));
+    add_elem(p, to_val(static_cast<unsigned short>(w >> 16)));
+  }
+  template <typename Acc>
+  __device__ static void add_vec(Partial<Acc>& p, const Vec& v) {
+    add_word(p, v.x);
+    add_word(p, v.y);
+    add_word(p, v.z);
+    add_word(p, v.w);
+  }
+};
+
+struct BF16 {
+  using Storage = unsigned short;  // raw bits; 8 per uint4
+  using Vec = uint4;
+  using Val = float;
+  static constexpr int32_t kCode = kCodeBF16;
+  // bf16 is the high half of an fp32: widening is a shift (exact, keeps Inf/NaN).
+  __device__ static Val to_val(unsigned short bits) {
+    return __uint_as_float(static_cast<unsigned>(bits) << 16);
+  }
+  __device__ static Val load1(const Storage* p) { return to_val(__ldg(p)); }
+  template <typename Acc>
+  __device__ static void add_word(Partial<Acc>& p, unsigned w) {
+    add_elem(p, __uint_as_float(w << 16));
+    add_elem(p, __uint_as_float(w & 0xffff0000u));
+  }
+  template <typename Acc>
+  __device__ static void add_vec(Partial<Acc>& p, const Vec& v) {
+    add_word(p, v.x);
+    add_word(p, v.y);
+    add_word(p, v.z);
+    add_word(p, v.w);
+  }
+};
+
+template <typename E>
+constexpr int64_t chunk_elems() {
+  return kChunkBytes / static_cast<int64_t>(sizeof(typename E::Storage));
+}
+
+// This thread's share of the n elements at p. p is element-aligned (checked on
+// the host); a scalar head brings it to 16-byte alignment, then 16-byte vector
+// loads, kUnroll of them issued before any is consumed, then a scalar tail.
+template <typename E, typename Acc>
+__device__ __forceinline__ Partial<Acc> thread_reduce(const typename E::Storage* __restrict__ p,
+                                                      int n) {
+  using Storage = typename E::Storage;
+  using Vec = typename E::Vec;
+  constexpr int kPerVec = kVecBytes / static_cast<int>(sizeof(Storage));
+  static_assert(sizeof(Vec) == kVecBytes, "vector type must be 16 bytes");
+
+  const int tid = static_cast<int>(threadIdx.x);
+  Partial<Acc> acc = zero_partial<Acc>();
+
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  const int head = min(n, static_cast<int>(((kVecBytes - (addr & (kVecBytes - 1))) &
+                                            (kVecBytes - 1)) / sizeof(Storage)));
+  if (tid < head) add_elem(acc, E::load1(p + tid));  // head < kPerVec <= kBlock
+
+  const Vec* __restrict__ vp = reinterpret_cast<const Vec*>(p + head);
+  const int nvec = (n - head) / kPerVec;
+  for (int i = tid; i < nvec; i += kBlock * kUnroll) {
+    Vec v[kUnroll];
+#pragma unroll
+    for (int j = 0; j < kUnroll; ++j) {
+      const int k = i + j * kBlock;
+      if (k < nvec) v[j] = __ldg(vp + k);
+    }
+#pragma unroll
+    for (int j = 0; j < kUnroll; ++j) {
+      if (i + j * kBlock < nvec) E::add_vec(acc, v[j]);
+    }
+  }
+
+  const int tail_begin = head + nvec * kPerVec;
+  if (tid < n - tail_begin) add_elem(acc, E::load1(p + tail_begin + tid));  // < kPerVec
+  return acc;
+}
+
+// ---------------------------------------------------------------------------
+// Deterministic block reduction: fixed shuffle tree per warp, then warp 0
+// reduces the per-warp values from shared memory in warp order.
+
+struct BlockScratch {
+  double f[4][kWarps];
+  int c[2][kWarps];
+  int redo;
+};
+
+__device__ __forceinline__ void warp_reduce(Partial<double>& p) {
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off >>= 1) {
+    p.sumsq += __shfl_down_sync(kFullMask, p.sumsq, off);
+    p.sum += __shfl_down_sync(kFullMask, p.sum, off);
+    p.sumabs += __shfl_down_sync(kFullMask, p.sumabs, off);
+    p.maxabs = fmax(p.maxabs, __shfl_down_sync(kFullMask, p.maxabs, off));
+    p.nonfinite += __shfl_down_sync(kFullMask, p.nonfinite, off);
+    p.zeros += __shfl_down_sync(kFullMask, p.zeros, off);
+  }
+}
+
+template <typename Acc>
+__device__ __forceinline__ Partial<double> to_double(const Partial<Acc>& p) {
+  return Partial<double>{static_cast<double>(p.sumsq), static_cast<double>(p.sum),
+                         static_cast<double>(p.sumabs), static_cast<double>(p.maxabs),
+                         p.nonfinite, p.zeros};
+}
+
+// Result is valid in thread 0 only. The caller must __syncthreads() before the
+// scratch is written again.
+__device__ __forceinline__ Partial<double> block_reduce(Partial<double> p, BlockScratch& s) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  warp_reduce(p);
+  if (lane == 0) {
+    s.f[0][warp] = p.sumsq;
+    s.f[1][warp] = p.sum;
+    s.f[2][warp] = p.sumabs;
+    s.f[3][warp] = p.maxabs;
+    s.c[0][warp] = p.nonfinite;
+    s.c[1][warp] = p.zeros;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const bool valid = lane < kWarps;
+    p.sumsq = valid ? s.f[0][lane] : 0.0;
+    p.sum = valid ? s.f[1][lane] : 0.0;
+    p.sumabs = valid ? s.f[2][lane] : 0.0;
+    p.maxabs = valid ? s.f[3][lane] : 0.0;
+    p.nonfinite = valid ? s.c[0][lane] : 0;
+    p.zeros = valid ? s.c[1][lane] : 0;
+    warp_reduce(p);
+  }
+  return p;
+}
+
+// fp32 accumulation is only trusted when the chunk's values stay in a safe
+// range: squares overflow fp32 for |x| > ~1.8e19, and for max|x| < 2^-54 the
+// squares fall into fp32 subnormals (or flush to 0) and lose all relative
+// precision (vanishing gradients must not read as exactly 0). Above 2^-54 the
+// subnormal rounding of smaller squares (<= 2^17 * 2^-150) is below fp32
+// epsilon relative to max^2. Only finite values were added, so a non-finite
+// sum means overflow.
+__device__ __forceinline__ bool needs_fp64(const Partial<double>& p) {
+  constexpr double kTiny = 0x1p-54;  // ~5.6e-17
+  return !isfinite(p.sumsq) || !isfinite(p.sum) || !isfinite(p.sumabs) ||
+         (p.maxabs > 0.0 && p.maxabs < kTiny);
+}
+
+template <typename E>
+__device__ __forceinline__ void reduce_chunk(const TensorDesc& d, int64_t chunk,
+                                             int64_t num_chunks_total,
+                                             double* __restrict__ partials, BlockScratch& s) {
+  using Storage = typename E::Storage;
+  using Acc = typename E::Val;  // float for fp32/fp16/bf16, double for fp64
+  constexpr int64_t kElems = chunk_elems<E>();
+
+  const int64_t begin = (chunk - d.chunk_begin) * kElems;
+  const int64_t left = d.numel - begin;
+  const int n = static_cast<int>(left < kElems ? left : kElems);  // 1..kElems
+  const Storage* p = static_cast<const Storage*>(d.data) + begin;
+
+  Partial<double> r = block_reduce(to_double(thread_reduce<E, Acc>(p, n)), s);
+  if constexpr (!std::is_same_v<Acc, double>) {
+    if (threadIdx.x == 0) s.redo = needs_fp64(r) ? 1 : 0;
+    __syncthreads();  // also orders warp 0's scratch reads before the rewrite below
+    if (s.redo) r = block_reduce(to_double(thread_reduce<E, double>(p, n)), s);
+  }
+  if (threadIdx.x == 0) {
+    // Stat-major layout so finalize's per-stat loads are coalesced.
+    partials[kSumSq * num_chunks_total + chunk] = r.sumsq;
+    partials[kSum * num_chunks_total + chunk] = r.sum;
+    partials[kSumAbs * num_chunks_total + chunk] = r.sumabs;
+    partials[kMaxAbs * num_chunks_total + chunk] = r.maxabs;
+    partials[kNonFinite * num_chunks_total + chunk] = static_cast<double>(r.nonfinite);
+    partials[kZeros * num_chunks_total + chunk] = static_cast<double>(r.zeros);
+  }
+}
+
+__global__ void __launch_bounds__(kBlock)
+chunk_stats_kernel(const TensorDesc* __restrict__ descs,
+                   const int32_t* __restrict__ chunk_to_tensor,
+                   double* __restrict__ partials) {
+  __shared__ BlockScratch scratch;
+  const int64_t chunk = blockIdx.x;
+  const int64_t num_chunks_total = gridDim.x;
+  const TensorDesc d = descs[chunk_to_tensor[chunk]];
+  // Block-uniform branch: every thread reads the same descriptor.
+  switch (d.dtype) {
+    case kCodeF32:
+      reduce_chunk<F32>(d, chunk, num_chunks_total, partials, scratch);
+      break;
+    case kCodeF16:
+      reduce_chunk<F16>(d, chunk, num_chunks_total, partials, scratch);
+      break;
+    case kCodeBF16:
+      reduce_chunk<BF16>(d, chunk, num_chunks_total, partials, scratch);
+      break;
+    case kCodeF64:
+      reduce_chunk<F64>(d, chunk, num_chunks_total, partials, scratch);
+      break;
+    default:
+      break;  // unreachable: the host only writes the codes above
+  }
+}
+
+// One warp per tensor: lane l adds chunks l, l+32, l+64, ... in increasing
+// order, then a fixed shuffle tree; max is combined with max. Counts are exact
+// in fp64 (integers < 2^53). Tensors without chunks get zeros.
+__global__ void __launch_bounds__(kFinBlock)
+finalize_kernel(const TensorDesc* __restrict__ descs, int64_t num_tensors,
+                const double* __restrict__ partials, int64_t num_chunks_total,
+                double* __restrict__ out) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kFinWarps +
+                    static_cast<int64_t>(threadIdx.x) / kWarpSize;
+  if (t >= num_tensors) return;  // warp-uniform, so the shuffles below are safe
+
+  const int64_t first = descs[t].chunk_begin;
+  const int64_t count = descs[t].num_chunks;
+
+  double acc[kNumStats];
+#pragma unroll
+  for (int s = 0; s < kNumStats; ++s) acc[s] = 0.0;
+
+  for (int64_t c = lane; c < count; c += kWarpSize * kFinUnroll) {
+    double row[kFinUnroll][kNumStats];
+#pragma unroll
+    for (int j = 0; j < kFinUnroll; ++j) {
+      const int64_t cj = c + j * kWarpSize;
+#pragma unroll
+      for (int s = 0; s < kNumStats; ++s) {
+        row[j][s] = cj < count ? partials[s * num_chunks_total + first + cj] : 0.0;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kFinUnroll; ++j) {
+      if (c + j * kWarpSize < count) {
+#pragma unroll
+        for (int s = 0; s < kNumStats; ++s) {
+          acc[s] = (s == kMaxAbs) ? fmax(acc[s], row[j][s]) : acc[s] + row[j][s];
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off >>= 1) {
+#pragma unroll
+    for (int s = 0; s < kNumStats; ++s) {
+      const double o = __shfl_down_sync(kFullMask, acc[s], off);
+      acc[s] = (s == kMaxAbs) ? fmax(acc[s], o) : acc[s] + o;
+    }
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int s = 0; s < kNumStats; ++s) out[t * kNumStats + s] = acc[s];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Host side.
+
+// Returns false for dtypes the kernel does not handle (already rejected).
+bool dtype_code(at::ScalarType st, int32_t* code, int64_t* elem_size, int64_t* per_chunk) {
+  switch (st) {
+    case at::kFloat:
+      *code = F32::kCode;
+      *elem_size = sizeof(F32::Storage);
+      *per_chunk = chunk_elems<F32>();
+      return true;
+    case at::kHalf:
+      *code = F16::kCode;
+      *elem_size = sizeof(F16::Storage);
+      *per_chunk = chunk_elems<F16>();
+      return true;
+    case at::kBFloat16:
+      *code = BF16::kCode;
+      *elem_size = sizeof(BF16::Storage);
+      *per_chunk = chunk_elems<BF16>();
+      return true;
+    case at::kDouble:
+      *code = F64::kCode;
+      *elem_size = sizeof(F64::Storage);
+      *per_chunk = chunk_elems<F64>();
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+at::Tensor grad_stats_cuda(at::TensorList tensors) {
+  const int64_t n = static_cast<int64_t>(tensors.size());
+  if (n == 0) {
+    // Dispatch never gets here without a tensor; stay total anyway.
+    return at::empty({0, kNumStats}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA));
+  }
+  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(),
+              "gradscope::grad_stats: got ", n, " tensors, at most ",
+              std::numeric_limits<int32_t>::max(), " are supported per call; split the list");
+
+  TORCH_CHECK(tensors[0].defined(),
+              "gradscope::grad_stats: tensors[0] is undefined (None); pass only defined tensors");
+  const at::Device device = tensors[0].device();
+  TORCH_CHECK(device.is_cuda(), "gradscope::grad_stats (CUDA): tensors[0] is on ", device,
+              "; move all tensors to one CUDA device");
+
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.defined(), "gradscope::grad_stats: tensors[", i,
+                "] is undefined (None); pass only defined tensors");
+    TORCH_CHECK(t.layout() == at::kStrided, "gradscope::grad_stats: tensors[", i,
+                "] has layout ", t.layout(),
+                "; only strided tensors are supported, convert it with .to_dense()");
+    TORCH_CHECK(t.device() == device, "gradscope::grad_stats: tensors[", i, "] is on ",
+                t.device(), " but tensors[0] is on ", device,
+                "; move all tensors to the same CUDA device");
+    const at::ScalarType st = t.scalar_type();
+    TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
+                "gradscope::grad_stats: tensors[", i, "] has dtype ", st,
+                "; supported dtypes are float32, float16, bfloat16 and float64, "
+                "cast it first (e.g. t.float())");
+  }
+
+  c10::cuda::CUDAGuard guard(device);
+
+  // Dense views are read in place as their flat storage span (the statistics
+  // do not depend on element order); anything else gets a contiguous copy.
+  // The copies stay alive until the kernels are enqueued; the caching
+  // allocator's stream ordering covers the rest.
+  std::vector<at::Tensor> inputs;
+  inputs.reserve(static_cast<size_t>(n));
+  std::vector<int32_t> codes(static_cast<size_t>(n));
+  std::vector<int64_t> num_chunks(static_cast<size_t>(n));
+  int64_t total_chunks = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    at::Tensor t = tensors[i];
+    if (t.is_neg()) t = t.resolve_neg();  // storage holds -x for a neg view
+    if (!t.is_non_overlapping_and_dense()) t = t.contiguous();
+    int32_t code = 0;
+    int64_t elem_size = 0;
+    int64_t per_chunk = 0;
+    const bool known = dtype_code(t.scalar_type(), &code, &elem_size, &per_chunk);
+    TORCH_INTERNAL_ASSERT(known, "dtype was validated above");
+    const int64_t numel = t.numel();
+    if (numel > 0 && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % elem_size != 0) {
+      t = t.clone(at::MemoryFormat::Contiguous);  // fresh, aligned storage
+    }
+    codes[i] = code;
+    num_chunks[i] = (numel + per_chunk - 1) / per_chunk;
+    total_chunks += num_chunks[i];
+    inputs.push_back(std::move(t));
+  }
+  TORCH_CHECK(total_chunks <= std::numeric_limits<int32_t>::max(),
+              "gradscope::grad_stats: the tensors need ", total_chunks,
+              " chunks, more than one launch allows; split the list");
+
+  // Pinned staging buffer: [TensorDesc x n][int32 chunk -> tensor x total_chunks].
+  const int64_t desc_bytes = n * static_cast<int64_t>(sizeof(TensorDesc));
+  const int64_t bytes = desc_bytes + total_chunks * static_cast<int64_t>(sizeof(int32_t));
+  at::Tensor host =
+      at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  auto* host_base = static_cast<uint8_t*>(host.mutable_data_ptr());
+  auto* host_descs = reinterpret_cast<TensorDesc*>(host_base);
+  auto* host_map = reinterpret_cast<int32_t*>(host_base + desc_bytes);
+  int64_t chunk_begin = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& t = inputs[i];
+    host_descs[i] = TensorDesc{t.numel() > 0 ? t.const_data_ptr() : nullptr, t.numel(),
+                               chunk_begin, static_cast<int32_t>(num_chunks[i]), codes[i]};
+    std::fill_n(host_map + chunk_begin, num_chunks[i], static_cast<int32_t>(i));
+    chunk_begin += num_chunks[i];
+  }
+  // non_blocking from pinned memory: the host allocator records the stream, so
+  // the staging block is not reused before the copy has run.
+  const at::Tensor meta =
+      host.to(at::TensorOptions().device(device).dtype(at::kByte), /*non_blocking=*/true);
+  const auto* dev_base = static_cast<const uint8_t*>(meta.const_data_ptr());
+  const auto* dev_descs = reinterpret_cast<const TensorDesc*>(dev_base);
+  const auto* dev_map = reinterpret_cast<const int32_t*>(dev_base + desc_bytes);
+
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  at::Tensor partials = at::empty({kNumStats * total_chunks}, f64);
+  at::Tensor out = at::empty({n, kNumStats}, f64);  // finalize writes every row
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (total_chunks > 0) {
+    chunk_stats_kernel<<<static_cast<unsigned>(total_chunks), kBlock, 0, stream>>>(
+        dev_descs, dev_map, partials.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const int64_t fin_blocks = (n + kFinWarps - 1) / kFinWarps;
+  finalize_kernel<<<static_cast<unsigned>(fin_blocks), kFinBlock, 0, stream>>>(
+      dev_descs, n, partials.const_data_ptr<double>(), total_chunks,
+      out.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace gradscope
+
+TORCH_LIBRARY_IMPL(gradscope, CUDA, m) {
+  m.impl("grad_stats", &gradscope::grad_stats_cuda);
+}
+
+// gradscope._C_cuda: an empty Python module; importing it loads this library,
+// which registers the CUDA kernel above.
+PyMODINIT_FUNC PyInit__C_cuda(void) {
+  static struct PyModuleDef def = {
+      PyModuleDef_HEAD_INIT, "_C_cuda", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&def);
+}

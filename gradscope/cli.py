@@ -1,0 +1,248 @@
+"""The ``gradscope`` command line.
+
+Each subcommand has a ``_add_<name>`` function that declares its arguments and
+points ``func`` at a handler returning the exit code. Handlers import heavy
+modules themselves, so ``gradscope info`` stays fast. Known errors become one
+line on stderr and an exit code; ``GRADSCOPE_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from typing import Optional, Sequence
+
+from .errors import EXIT_OK, GradscopeError
+
+DEBUG_ENV = "GRADSCOPE_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- gradscope info ---------------------------------------------------------------
+
+
+def collect_info() -> dict:
+    """Versions, the backend per device type and why, and the build record."""
+    import torch
+
+    import gradscope
+    from gradscope import _ext
+
+    status = _ext.STATUS
+    cuda_visible = torch.cuda.is_available()
+    info = {
+        "gradscope": gradscope.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "extension": status.state,
+        "backend": {
+            "cpu": "fused" if status.fused_for("cpu") else "reference",
+            "cuda": "fused" if status.fused_for("cuda") else "reference",
+        },
+        "reason": {"cpu": status.reason_for("cpu"), "cuda": status.reason_for("cuda")},
+        "cpu_simd": torch.ops.gradscope.cpu_simd() if status.cpu else None,
+        "build": status.build_info,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda_visible else [],
+    }
+    return info
+
+
+def _print_info(info: dict) -> None:
+    build = info["build"]
+    rows = [
+        ("gradscope", info["gradscope"]),
+        ("python", info["python"]),
+        ("torch", f"{info['torch']} (CUDA {info['torch_cuda'] or 'none'})"),
+    ]
+    for device in ("cpu", "cuda"):
+        backend = info["backend"][device]
+        reason = info["reason"][device]
+        detail = backend
+        if backend == "fused" and device == "cpu":
+            detail = f"fused ({info['cpu_simd']} kernel)"
+        elif backend == "fused" and not info["gpus"]:
+            detail = "fused (kernel built; no GPU visible)"
+        rows.append((f"backend {device}", detail + (f": {reason}" if reason else "")))
+    if build:
+        rows.append(
+            (
+                "built for",
+                f"torch {build.get('torch')}, CUDA kernel "
+                + (f"yes (CUDA {build.get('cuda_version')}, arch {build.get('cuda_arch_list')})" if build.get("cuda") else "no"),
+            )
+        )
+    else:
+        rows.append(("built for", "no build record (extension not built)"))
+    rows.append(("GPUs", ", ".join(info["gpus"]) or "none visible"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
+    return EXIT_OK
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="versions, the backend in use and why")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_cmd_info)
+
+
+# --- gradscope analyze / demo -------------------------------------------------------
+
+
+def _progress_printer():
+    """One line per step on stderr, with the seconds since the command started."""
+    import time
+
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+
+
+def _finish(report, args, progress) -> int:
+    """Print the summary on stdout and write the report when --out is given."""
+    from .report.terminal import render_text
+
+    report.meta["command"] = "gradscope " + " ".join(sys.argv[1:]) if sys.argv else None
+    if args.out:
+        written = report.save(args.out, args.format, force=args.force)
+        progress("wrote " + ", ".join(str(p) for p in written))
+    print(render_text(report), end="")
+    return EXIT_OK
+
+
+def _add_output_flags(p, default_out) -> None:
+    p.add_argument("--out", metavar="DIR", default=default_out,
+                   help="directory to write the report to" + (f" (default: {default_out})" if default_out else ""))
+    p.add_argument("--format", default="json", metavar="LIST",
+                   help="report formats, comma separated (json; csv, md, html, png come with the report renderers)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report")
+    p.add_argument("--seed", type=int, default=0, help="seed for inputs, masking and initialization (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu or cuda (default auto)")
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import AnalyzeConfig, analyze
+    from .report import check_output
+
+    config = AnalyzeConfig(
+        baselines=_names(args.baselines), what_ifs=_names(args.what_if), batch_size=args.batch_size,
+        seq_len=args.seq_len, batches=args.batches, seed=args.seed, device=args.device, dtype=args.dtype,
+        text=args.text, images=args.images, image_size=args.image_size, arch=args.arch,
+        trust_remote_code=args.trust_remote_code,
+    )
+    if args.out:
+        check_output(args.out, args.format, force=args.force)  # before any work, not after it
+    progress = _progress_printer()
+    report = analyze(args.model, config, progress=progress)
+    return _finish(report, args, progress)
+
+
+def _add_analyze(sub) -> None:
+    from .variants import BASELINES, WHAT_IFS
+
+    p = sub.add_parser(
+        "analyze", help="gradient flow of a model against from-scratch, shallow and what-if baselines",
+        description="Measure the gradient flow of MODEL (a Hugging Face id or directory, a torchvision name, "
+                    "or a checkpoint file with --arch) and of its variants, on one batch.",
+    )
+    p.add_argument("model", help="Hugging Face id or local directory, torchvision name, or checkpoint file")
+    p.add_argument("--baselines", default=",".join(BASELINES), metavar="LIST",
+                   help=f"comma separated, of {', '.join(BASELINES)}; 'none' for none (default: all three)")
+    p.add_argument("--what-if", default="", metavar="LIST",
+                   help=f"comma separated surgery variants on the scratch model: {', '.join(WHAT_IFS)}")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences or images per batch (default 8)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence for text models (default 128)")
+    p.add_argument("--batches", type=int, default=1, help="batches to average the gradient over (default 1)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, float64, or auto")
+    p.add_argument("--text", metavar="FILE", help="text file to use instead of the built-in English corpus")
+    p.add_argument("--images", metavar="DIR", help="JPEG/PNG directory instead of a synthetic image batch")
+    p.add_argument("--image-size", type=int, help="side of the synthetic images (default: the weights' crop)")
+    p.add_argument("--arch", help="torchvision architecture of a checkpoint file, e.g. resnet50")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a Hugging Face model run code shipped with it (off by default)")
+    _add_output_flags(p, default_out="gradscope-report")
+    p.set_defaults(func=_cmd_analyze)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+    from .report import check_output
+
+    if args.out:
+        check_output(args.out, args.format, force=args.force)
+    progress = _progress_printer()
+    report = demo(depth=args.depth, width=args.width, batch_size=args.batch_size, seed=args.seed,
+                  device=args.device, progress=progress)
+    return _finish(report, args, progress)
+
+
+def _add_demo(sub) -> None:
+    from .demo import BATCH_SIZE, DEPTH, WIDTH
+
+    p = sub.add_parser(
+        "demo", help="vanishing gradients and their fixes, side by side, on a built-in deep MLP (no download)",
+        description="A deep MLP built as sigmoid, tanh, ReLU (default init), ReLU (He init), with BatchNorm, and "
+                    "residual, analyzed side by side on one seeded batch.",
+    )
+    p.add_argument("--depth", type=int, default=DEPTH, help=f"blocks (default {DEPTH})")
+    p.add_argument("--width", type=int, default=WIDTH, help=f"units per block (default {WIDTH})")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"samples (default {BATCH_SIZE})")
+    _add_output_flags(p, default_out=None)
+    p.set_defaults(func=_cmd_demo)
+
+
+# --- entry point --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradscope",
+        description="Gradient-flow analysis for PyTorch models.",
+        epilog=f"Set {DEBUG_ENV}=1 to see tracebacks.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_info(sub)
+    _add_analyze(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GradscopeError as exc:
+        if _debug():
+            raise
+        print(f"gradscope: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("gradscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""``grad_stats``: statistics of many gradients in one fused pass.
+
+>>> import torch, gradscope
+>>> model = torch.nn.Linear(4, 2)
+>>> model(torch.randn(3, 4)).sum().backward()
+>>> stats = gradscope.grad_stats([p.grad for p in model.parameters()])
+>>> stats.l2.shape
+torch.Size([2])
+
+Every field is a tensor of shape ``[N]`` left on the input device: nothing here
+waits for the device. Call ``stats.cpu()`` once to bring them all to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from . import _ext
+from ._reference import STAT_NAMES, grad_stats_reference
+
+BACKENDS = ("auto", "fused", "reference")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_COL = {name: i for i, name in enumerate(STAT_NAMES)}
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """Per-tensor gradient statistics; row ``i`` describes input ``i``.
+
+    ``sumsq``, ``sum``, ``sumabs`` and ``maxabs`` are taken over the finite
+    elements; ``nonfinite`` counts NaN and +-Inf, ``zeros`` counts exact zeros.
+    Rows of ``None`` inputs (parameters without a gradient) have
+    ``present == False`` and ``numel == 0``. Derived values (``mean``, ``rms``,
+    ``std``) are over the finite elements and NaN where there are none.
+    """
+
+    table: torch.Tensor  # [N, 6] float64, columns in STAT_NAMES order
+    numel: torch.Tensor  # [N] int64, elements of the dense tensor
+    present: torch.Tensor  # [N] bool, False for None inputs
+    backend: str  # "fused", "reference" or "mixed"
+
+    def __len__(self) -> int:
+        return self.table.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.table.device
+
+    @property
+    def sumsq(self) -> torch.Tensor:
+        return self.table[:, _COL["sumsq"]]
+
+    @property
+    def sum(self) -> torch.Tensor:
+        return self.table[:, _COL["sum"]]
+
+    @property
+    def sumabs(self) -> torch.Tensor:
+        return self.table[:, _COL["sumabs"]]
+
+    @property
+    def maxabs(self) -> torch.Tensor:
+        return self.table[:, _COL["maxabs"]]
+
+    @property
+    def nonfinite(self) -> torch.Tensor:
+        return self.table[:, _COL["nonfinite"]].to(torch.int64)
+
+    @property
+    def zeros(self) -> torch.Tensor:
+        return self.table[:, _COL["zeros"]].to(torch.int64)
+
+    @property
+    def finite(self) -> torch.Tensor:
+        """Number of finite elements per tensor."""
+        return self.numel - self.nonfinite
+
+    @property
+    def l2(self) -> torch.Tensor:
+        return self.sumsq.sqrt()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.finite
+
+    @property
+    def rms(self) -> torch.Tensor:
+        return (self.sumsq / self.finite).sqrt()
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Population standard deviation (ddof=0) of the finite elements."""
+        n = self.finite
+        return (self.sumsq / n - (self.sum / n) ** 2).clamp_min(0).sqrt()
+
+    @property
+    def zero_frac(self) -> torch.Tensor:
+        return self.zeros / self.numel
+
+    def total_l2(self) -> torch.Tensor:
+        """L2 norm of all finite elements of all tensors, as a 0-dim tensor."""
+        return self.sumsq.sum().sqrt()
+
+    def to(self, device) -> "GradStats":
+        return GradStats(self.table.to(device), self.numel.to(device), self.present.to(device), self.backend)
+
+    def cpu(self) -> "GradStats":
+        """All fields on the host (one device-to-host copy each for table, numel, present)."""
+        return self.to("cpu")
+
+    def to_dict(self) -> dict[str, list]:
+        """Plain Python lists, one per field (copies to the host)."""
+        host = self.cpu()
+        out = {name: getattr(host, name).tolist() for name in (*STAT_NAMES, "numel", "present")}
+        return out
+
+
+def _check_item(i: int, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(
+            f"grad_stats: item {i} is a {type(t).__name__}; expected a floating-point torch.Tensor or None"
+        )
+    if t.layout not in (torch.strided, torch.sparse_coo):
+        raise TypeError(
+            f"grad_stats: item {i} has layout {t.layout}; pass a dense or sparse COO tensor "
+            "(convert with .to_dense() or .to_sparse_coo())"
+        )
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"grad_stats: item {i} has dtype {t.dtype}; gradscope reads float32, float16, bfloat16 "
+            "and float64 tensors (convert with .float())"
+        )
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        # Pinned + non_blocking: the host does not wait for the device.
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
+def _run_group(tensors: list[torch.Tensor], device: torch.device, backend: str) -> tuple[torch.Tensor, str]:
+    """Statistics of dense tensors on one device, with the backend asked for."""
+    if backend == "reference":
+        return grad_stats_reference(tensors), "reference"
+    reason = _ext.STATUS.reason_for(device.type)
+    if not reason:
+        return torch.ops.gradscope.grad_stats(tensors), "fused"
+    if backend == "fused":
+        raise RuntimeError(f"grad_stats: the fused backend cannot run on {device.type} tensors: {reason}")
+    _ext.warn_fallback_once(device.type)
+    return grad_stats_reference(tensors), "reference"
+
+
+def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "auto") -> GradStats:
+    """Statistics of every tensor in ``tensors``, in one fused pass per device.
+
+    ``tensors`` may mix float32/float16/bfloat16/float64, dense (contiguous or
+    not; dense layouts such as channels_last are read without a copy) and sparse
+    COO tensors (statistics of the dense equivalent: implicit zeros count), on
+    several devices, and ``None`` for parameters without a gradient. The result
+    lives on the device of the first tensor; rows follow the input order.
+
+    ``backend``: ``"auto"`` uses the compiled op where it can run and the
+    reference path elsewhere; ``"fused"`` raises, with the reason, where the
+    compiled op cannot run; ``"reference"`` forces the PyTorch reference path.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"grad_stats: backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    items: Sequence = tensors if isinstance(tensors, (list, tuple)) else list(tensors)
+
+    groups: dict[torch.device, list[int]] = {}
+    dense: list[Optional[torch.Tensor]] = [None] * len(items)
+    numel = [0] * len(items)
+    implicit_zeros = [0] * len(items)
+    for i, t in enumerate(items):
+        if t is None:
+            continue
+        _check_item(i, t)
+        t = t.detach()
+        numel[i] = t.numel()
+        if t.layout == torch.sparse_coo:
+            t = t.coalesce().values()
+            implicit_zeros[i] = numel[i] - t.numel()
+        dense[i] = t
+        groups.setdefault(t.device, []).append(i)
+
+    out_device = next(iter(groups), torch.device("cpu"))
+    names: set[str] = set()
+    if len(groups) == 1 and len(groups[out_device]) == len(items):
+        # The common case, one device and no None: no scatter, no extra copies.
+        table, name = _run_group(dense, out_device, backend)  # type: ignore[arg-type]
+        names.add(name)
+    else:
+        table = torch.zeros((len(items), len(STAT_NAMES)), dtype=torch.float64, device=out_device)
+        for device, index in groups.items():
+            rows, name = _run_group([dense[i] for i in index], device, backend)  # type: ignore[misc]
+            names.add(name)
+            # A device-to-host copy must block: the host reads the rows next.
+            rows = rows.to(out_device, non_blocking=out_device.type == "cuda")
+            table.index_copy_(0, _to_device(index, torch.int64, out_device), rows)
+    if any(implicit_zeros):
+        table[:, _COL["zeros"]] += _to_device(implicit_zeros, torch.float64, out_device)
+
+    present = [t is not None for t in items]
+    backend_used = names.pop() if len(names) == 1 else ("mixed" if names else "fused" if _ext.STATUS.cpu else "reference")
+    return GradStats(
+        table=table,
+        numel=_to_device(numel, torch.int64, out_device),
+        present=_to_device(present, torch.bool, out_device),
+        backend=backend_used,
+    )

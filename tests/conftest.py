@@ -1,0 +1,26 @@
+"""Shared fixtures. GPU tests skip, with the reason, where no GPU is visible."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying for 30 s
+
+
+@pytest.fixture
+def cuda_device() -> torch.device:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+@pytest.fixture
+def fused_cuda(cuda_device) -> torch.device:
+    from gradscope import _ext
+
+    if not _ext.STATUS.fused_for("cuda"):
+        pytest.skip(f"CUDA kernel unavailable: {_ext.STATUS.reason_for('cuda')}")
+    return cuda_device
