@@ -205,6 +205,8 @@ GS_AVX2 inline float hmax(__m256 v) {
   return *std::max_element(lanes, lanes + 8);
 }
 
+constexpr int kPrefetchBytes = 1024;
+
 GS_AVX2 inline __m256 abs8(__m256 x) {
   return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
 }
@@ -246,6 +248,7 @@ GS_AVX2 inline bool block_unmasked(const T* p, int64_t len, __m256i& zeros, Wide
   __m256 sq0 = _mm256_setzero_ps(), s0 = _mm256_setzero_ps(), sa0 = _mm256_setzero_ps(), mx0 = _mm256_setzero_ps();
   __m256 sq1 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), sa1 = _mm256_setzero_ps(), mx1 = _mm256_setzero_ps();
   for (int64_t k = 0; k < len; k += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + k) + kPrefetchBytes, _MM_HINT_T0);
     const __m256 x0 = load8(p + k);
     const __m256 x1 = load8(p + k + 8);
     const __m256 a0 = abs8(x0);

@@ -124,7 +124,12 @@ def _finish(report, args, progress) -> int:
     """Print the summary on stdout and write the report when --out is given."""
     from .report.terminal import render_text
 
-    report.meta["command"] = "gradscope " + " ".join(sys.argv[1:]) if sys.argv else None
+    import shlex
+
+    report.meta["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
+    entry = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if entry in ("gradscope", "__main__.py"):  # run as the command, not from Python with main([...])
+        report.meta["command"] = shlex.join(["gradscope", *sys.argv[1:]])
     if args.out:
         written = report.save(args.out, args.format, force=args.force)
         progress("wrote " + ", ".join(str(p) for p in written))
@@ -143,7 +148,7 @@ def _add_output_flags(p, default_out) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .analyze import AnalyzeConfig, analyze
+    from .analyzer import AnalyzeConfig, analyze
     from .report import check_output
 
     config = AnalyzeConfig(
@@ -154,6 +159,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     )
     if args.out:
         check_output(args.out, args.format, force=args.force)  # before any work, not after it
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported, which happens below
     progress = _progress_printer()
     report = analyze(args.model, config, progress=progress)
     return _finish(report, args, progress)
@@ -172,16 +179,18 @@ def _add_analyze(sub) -> None:
                    help=f"comma separated, of {', '.join(BASELINES)}; 'none' for none (default: all three)")
     p.add_argument("--what-if", default="", metavar="LIST",
                    help=f"comma separated surgery variants on the scratch model: {', '.join(WHAT_IFS)}")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences or images per batch (default 8)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence for text models (default 128)")
-    p.add_argument("--batches", type=int, default=1, help="batches to average the gradient over (default 1)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="sequences or images per batch (default 8)")
+    p.add_argument("--seq-len", type=int, default=128, metavar="N", help="tokens per sequence for text models (default 128)")
+    p.add_argument("--batches", type=int, default=1, metavar="N", help="batches to average the gradient over (default 1)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, float64, or auto")
     p.add_argument("--text", metavar="FILE", help="text file to use instead of the built-in English corpus")
     p.add_argument("--images", metavar="DIR", help="JPEG/PNG directory instead of a synthetic image batch")
-    p.add_argument("--image-size", type=int, help="side of the synthetic images (default: the weights' crop)")
+    p.add_argument("--image-size", type=int, metavar="PIXELS", help="side of the synthetic images (default: the weights' crop)")
     p.add_argument("--arch", help="torchvision architecture of a checkpoint file, e.g. resnet50")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let a Hugging Face model run code shipped with it (off by default)")
+    p.add_argument("--offline", action="store_true",
+                   help="never contact the Hugging Face hub (sets HF_HUB_OFFLINE=1): local directories and the cache")
     _add_output_flags(p, default_out="gradscope-report")
     p.set_defaults(func=_cmd_analyze)
 

@@ -14,6 +14,7 @@ waits for the device. Call ``stats.cpu()`` once to bring them all to the host.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -38,9 +39,21 @@ class GradStats:
     """
 
     table: torch.Tensor  # [N, 6] float64, columns in STAT_NAMES order
-    numel: torch.Tensor  # [N] int64, elements of the dense tensor
-    present: torch.Tensor  # [N] bool, False for None inputs
+    numel_host: tuple[int, ...]  # elements of each dense tensor (0 for None)
+    present_host: tuple[bool, ...]  # False for None inputs
     backend: str  # "fused", "reference" or "mixed"
+
+    # numel and present are known on the host; their device copies are made
+    # on first use only, so a caller that never reads them pays nothing.
+    @cached_property
+    def numel(self) -> torch.Tensor:
+        """[N] int64 on the device of ``table``."""
+        return _to_device(self.numel_host, torch.int64, self.table.device)
+
+    @cached_property
+    def present(self) -> torch.Tensor:
+        """[N] bool on the device of ``table``: False for ``None`` inputs."""
+        return _to_device(self.present_host, torch.bool, self.table.device)
 
     def __len__(self) -> int:
         return self.table.shape[0]
@@ -105,10 +118,10 @@ class GradStats:
         return self.sumsq.sum().sqrt()
 
     def to(self, device) -> "GradStats":
-        return GradStats(self.table.to(device), self.numel.to(device), self.present.to(device), self.backend)
+        return GradStats(self.table.to(device), self.numel_host, self.present_host, self.backend)
 
     def cpu(self) -> "GradStats":
-        """All fields on the host (one device-to-host copy each for table, numel, present)."""
+        """All fields on the host (one device-to-host copy of the table)."""
         return self.to("cpu")
 
     def to_dict(self) -> dict[str, list]:
@@ -118,7 +131,8 @@ class GradStats:
         return out
 
 
-def _check_item(i: int, t) -> None:
+def _unusual_item(i: int, t):
+    """Checks an item off the fast path; returns the dense tensor to read and its implicit zeros."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(
             f"grad_stats: item {i} is a {type(t).__name__}; expected a floating-point torch.Tensor or None"
@@ -133,9 +147,14 @@ def _check_item(i: int, t) -> None:
             f"grad_stats: item {i} has dtype {t.dtype}; gradscope reads float32, float16, bfloat16 "
             "and float64 tensors (convert with .float())"
         )
+    if t.layout is torch.strided:
+        return t, 0
+    # Sparse COO: the statistics of its values, plus the zeros it leaves implicit.
+    values = t.detach().coalesce().values()
+    return values, t.numel() - values.numel()
 
 
-def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _to_device(values: Sequence, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     host = torch.tensor(values, dtype=dtype)
     if device.type == "cuda":
         # Pinned + non_blocking: the host does not wait for the device.
@@ -143,6 +162,7 @@ def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.
     return host.to(device)
 
 
+@torch.no_grad()  # tensors that require grad (weights) are read as they are, no detach
 def _run_group(tensors: list[torch.Tensor], device: torch.device, backend: str) -> tuple[torch.Tensor, str]:
     """Statistics of dense tensors on one device, with the backend asked for."""
     if backend == "reference":
@@ -176,16 +196,17 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
     groups: dict[torch.device, list[int]] = {}
     dense: list[Optional[torch.Tensor]] = [None] * len(items)
     numel = [0] * len(items)
-    implicit_zeros = [0] * len(items)
+    implicit_zeros: dict[int, int] = {}
     for i, t in enumerate(items):
         if t is None:
             continue
-        _check_item(i, t)
-        t = t.detach()
-        numel[i] = t.numel()
-        if t.layout == torch.sparse_coo:
-            t = t.coalesce().values()
-            implicit_zeros[i] = numel[i] - t.numel()
+        if isinstance(t, torch.Tensor) and t.layout is torch.strided and t.dtype in FLOAT_DTYPES:
+            numel[i] = t.numel()  # the fast path: a dense float tensor
+        else:
+            t, zeros = _unusual_item(i, t)
+            numel[i] = t.numel() + zeros
+            if zeros:
+                implicit_zeros[i] = zeros
         dense[i] = t
         groups.setdefault(t.device, []).append(i)
 
@@ -203,14 +224,9 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
             # A device-to-host copy must block: the host reads the rows next.
             rows = rows.to(out_device, non_blocking=out_device.type == "cuda")
             table.index_copy_(0, _to_device(index, torch.int64, out_device), rows)
-    if any(implicit_zeros):
-        table[:, _COL["zeros"]] += _to_device(implicit_zeros, torch.float64, out_device)
+    if implicit_zeros:
+        zeros = [implicit_zeros.get(i, 0) for i in range(len(items))]
+        table[:, _COL["zeros"]] += _to_device(zeros, torch.float64, out_device)
 
-    present = [t is not None for t in items]
     backend_used = names.pop() if len(names) == 1 else ("mixed" if names else "fused" if _ext.STATUS.cpu else "reference")
-    return GradStats(
-        table=table,
-        numel=_to_device(numel, torch.int64, out_device),
-        present=_to_device(present, torch.bool, out_device),
-        backend=backend_used,
-    )
+    return GradStats(table, tuple(numel), tuple(t is not None for t in items), backend_used)
