@@ -16,10 +16,13 @@ from .stats import GradStats, grad_stats
 __version__ = "0.1.0"
 
 # name -> module that defines it, imported on first use.
+# The analyzer lives in analyzer.py, not analyze.py: importing a submodule named
+# like the function would replace gradscope.analyze with the module.
 _LAZY = {
-    "analyze": ".analyze",
-    "AnalyzeConfig": ".analyze",
+    "analyze": ".analyzer",
+    "AnalyzeConfig": ".analyzer",
     "Report": ".report",
+    "GradientMonitor": ".monitor",
 }
 
 

@@ -122,18 +122,18 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _finish(report, args, progress) -> int:
     """Print the summary on stdout and write the report when --out is given."""
-    from .report.terminal import render_text
-
     import shlex
+
+    from .report.terminal import render_text
 
     report.meta["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
     entry = os.path.basename(sys.argv[0]) if sys.argv else ""
     if entry in ("gradscope", "__main__.py"):  # run as the command, not from Python with main([...])
         report.meta["command"] = shlex.join(["gradscope", *sys.argv[1:]])
+    print(render_text(report), end="", flush=True)  # first: a failed write still leaves the results on screen
     if args.out:
         written = report.save(args.out, args.format, force=args.force)
         progress("wrote " + ", ".join(str(p) for p in written))
-    print(render_text(report), end="")
     return EXIT_OK
 
 

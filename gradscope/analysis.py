@@ -1,0 +1,399 @@
+"""From measurements to tables, verdicts and findings.
+
+Per parameter and per block: gradient L2, mean, std, RMS, mean |g|, max |g|, zero fraction,
+non-finite count, weight L2, gradient-to-weight ratio; per block also dL/dh
+(the gradient of the loss with respect to the block's output). Depth is the
+block's position in execution order (0 = nearest the input).
+
+The *flow signal* of a variant is its per-block dL/dh L2 norm when every block
+received one, else its per-block parameter-gradient L2. From it:
+
+- ``first_to_last_ratio``: flow at the first block / flow at the last block;
+- the decay fit: least squares of log10(flow) against depth. ``factor_per_block``
+  is what one block toward the input multiplies the gradient by (10**-slope);
+  below 1 the gradient halves every ``log(0.5)/log(factor)`` blocks, above 1 it
+  doubles every ``log(2)/log(factor)``; ``r2`` says how well a constant factor
+  describes it. ``trend`` is ``flat`` when the fitted change across all blocks
+  is under 2x, else ``shrinks`` or ``grows`` (toward the input).
+
+Verdicts, first that applies:
+
+- ``non-finite``: the loss, a gradient or a block output holds NaN/Inf; the
+  finding names the first block (execution order) where they appear, looking
+  at block outputs first (where they start in the forward pass), then gradients;
+- ``dead``: some block's parameter gradient is exactly zero in at least
+  ``DEAD_ZERO_FRAC`` of its entries (dead units or underflow);
+- ``vanishing``: ``first_to_last_ratio < VANISHING_RATIO``;
+- ``exploding``: ``first_to_last_ratio > EXPLODING_RATIO``;
+- ``healthy``: otherwise.
+
+Parameters with no gradient (the loss does not use them) are reported as
+"no gradient", never as zero, and do not count toward any statistic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from .blocks import block_of
+from .measure import Measurement
+from .stats import GradStats
+
+VANISHING_RATIO = 1e-2  # the first block gets less than 1/100 of the last block's gradient
+EXPLODING_RATIO = 1e2  # the first block gets more than 100x the last block's gradient
+DEAD_ZERO_FRAC = 0.99  # a block whose gradient is at least 99% exact zeros is dead
+
+VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "dead")
+
+
+def _div(a: float, b: float) -> float:
+    if b == 0:
+        return math.nan if a == 0 else math.inf
+    return a / b
+
+
+def _moments(sumsq: float, total: float, finite: int) -> tuple[float, float, float]:
+    """(mean, std, rms) of ``finite`` elements with these sums (NaN where there are none)."""
+    if finite <= 0:
+        return math.nan, math.nan, math.nan
+    mean = total / finite
+    return mean, math.sqrt(max(sumsq / finite - mean * mean, 0.0)), math.sqrt(sumsq / finite)
+
+
+def parameter_rows(variant: str, m: Measurement) -> list[dict]:
+    """One row per trainable parameter: ``name`` and ``depth`` first."""
+    depth = {b: i for i, b in enumerate(m.blocks)}
+    g, w = m.grad, m.weight
+    cols = {k: getattr(g, k).tolist()
+            for k in ("sumsq", "sum", "sumabs", "maxabs", "nonfinite", "zeros", "numel", "present")}
+    weight_sumsq = w.sumsq.tolist()
+    rows = []
+    for i, name in enumerate(m.param_names):
+        block = block_of(name, m.blocks)
+        numel = math.prod(m.param_shapes[i])
+        has_grad = bool(cols["present"][i])
+        finite = numel - cols["nonfinite"][i]
+        mean, std, rms = _moments(cols["sumsq"][i], cols["sum"][i], finite) if has_grad else (math.nan,) * 3
+        grad_l2 = math.sqrt(cols["sumsq"][i]) if has_grad else math.nan
+        weight_l2 = math.sqrt(weight_sumsq[i])
+        rows.append({
+            "name": name,
+            "depth": depth.get(block) if block else None,
+            "variant": variant,
+            "block": block,
+            "shape": m.param_shapes[i],
+            "numel": numel,
+            "has_grad": has_grad,
+            "grad_l2": grad_l2,
+            "grad_mean": mean,
+            "grad_std": std,
+            "grad_rms": rms,
+            "grad_meanabs": cols["sumabs"][i] / finite if has_grad and finite > 0 else math.nan,
+            "grad_maxabs": cols["maxabs"][i] if has_grad else math.nan,
+            "grad_zero_frac": cols["zeros"][i] / numel if has_grad and numel else math.nan,
+            "grad_nonfinite": cols["nonfinite"][i] if has_grad else 0,
+            "weight_l2": weight_l2,
+            "grad_to_weight": _div(grad_l2, weight_l2) if has_grad else math.nan,
+        })
+    return rows
+
+
+def _act_row(act: GradStats, nonfinite_forward: list[int], i: int) -> dict:
+    if not bool(act.present[i]):
+        return {"act_grad_l2": math.nan, "act_grad_rms": math.nan, "act_grad_maxabs": math.nan,
+                "act_grad_nonfinite": 0, "output_nonfinite": nonfinite_forward[i]}
+    finite = int(act.numel[i]) - int(act.nonfinite[i])
+    _, _, rms = _moments(float(act.sumsq[i]), float(act.sum[i]), finite)
+    return {
+        "act_grad_l2": math.sqrt(float(act.sumsq[i])),
+        "act_grad_rms": rms,
+        "act_grad_maxabs": float(act.maxabs[i]),
+        "act_grad_nonfinite": int(act.nonfinite[i]),
+        "output_nonfinite": nonfinite_forward[i],
+    }
+
+
+def block_rows(variant: str, m: Measurement, params: list[dict]) -> list[dict]:
+    """One row per block in execution order, aggregated from its parameters' rows plus its dL/dh."""
+    by_block: dict[str, list[dict]] = {b: [] for b in m.blocks}
+    for row in params:
+        if row["block"] in by_block:
+            by_block[row["block"]].append(row)
+    rows = []
+    for depth, block in enumerate(m.blocks):
+        members = by_block[block]
+        with_grad = [r for r in members if r["has_grad"]]
+        sumsq = sum(r["grad_l2"] ** 2 for r in with_grad)
+        total = sum(r["grad_mean"] * (r["numel"] - r["grad_nonfinite"]) for r in with_grad
+                    if r["numel"] > r["grad_nonfinite"])
+        numel = sum(r["numel"] for r in with_grad)
+        nonfinite = sum(r["grad_nonfinite"] for r in with_grad)
+        zeros = sum(r["grad_zero_frac"] * r["numel"] for r in with_grad)
+        sumabs = sum(r["grad_meanabs"] * (r["numel"] - r["grad_nonfinite"]) for r in with_grad
+                     if r["numel"] > r["grad_nonfinite"])
+        mean, std, rms = _moments(sumsq, total, numel - nonfinite)
+        grad_l2 = math.sqrt(sumsq) if with_grad else math.nan
+        weight_l2 = math.sqrt(sum(r["weight_l2"] ** 2 for r in members))
+        rows.append({
+            "block": block,
+            "depth": depth,
+            "variant": variant,
+            "params": len(members),
+            "params_no_grad": len(members) - len(with_grad),
+            "numel": sum(r["numel"] for r in members),
+            "grad_l2": grad_l2,
+            "grad_mean": mean,
+            "grad_std": std,
+            "grad_rms": rms,
+            "grad_meanabs": sumabs / (numel - nonfinite) if numel > nonfinite else math.nan,
+            "grad_maxabs": max((r["grad_maxabs"] for r in with_grad), default=math.nan),
+            "grad_zero_frac": zeros / numel if numel else math.nan,
+            "grad_nonfinite": nonfinite,
+            "weight_l2": weight_l2,
+            "grad_to_weight": _div(grad_l2, weight_l2) if with_grad else math.nan,
+            **_act_row(m.act_grad, m.act_nonfinite, depth),
+        })
+    return rows
+
+
+def fit_decay(values: list[float]) -> Optional[dict]:
+    """Least-squares fit of log10(value) against depth (0, 1, ...); None with fewer than 2 usable points.
+
+    >>> fit = fit_decay([0.125, 0.25, 0.5, 1.0])
+    >>> round(fit["factor_per_block"], 6), round(fit["halves_every_blocks"], 6), round(fit["r2"], 6)
+    (0.5, 1.0, 1.0)
+    """
+    points = [(d, math.log10(v)) for d, v in enumerate(values) if v is not None and math.isfinite(v) and v > 0]
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    slope = sxy / sxx
+    ss_tot = sum((y - my) ** 2 for _, y in points)
+    ss_res = sum((y - (my + slope * (x - mx))) ** 2 for x, y in points)
+    factor = 10.0 ** (-slope)
+    span = max(x for x, _ in points) - min(x for x, _ in points)
+    if abs(slope) * span < math.log10(2.0):
+        trend = "flat"
+    else:
+        trend = "shrinks" if factor < 1 else "grows"
+    return {
+        "trend": trend,
+        "slope_log10_per_block": slope,
+        "factor_per_block": factor,
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
+        "halves_every_blocks": math.log(0.5) / math.log(factor) if factor < 1 else None,
+        "doubles_every_blocks": math.log(2.0) / math.log(factor) if factor > 1 else None,
+        "points": n,
+    }
+
+
+def flow_signal(blocks: list[dict]) -> tuple[str, list[float]]:
+    """("dL/dh", per-block dL/dh L2) when every block has it, else ("parameter gradient", per-block grad L2)."""
+    act = [b["act_grad_l2"] for b in blocks]
+    if blocks and all(v is not None and not math.isnan(v) for v in act):
+        return "dL/dh", act
+    return "parameter gradient", [b["grad_l2"] for b in blocks]
+
+
+def _first_nonfinite_block(blocks: list[dict]) -> Optional[dict]:
+    for b in blocks:
+        if b["output_nonfinite"]:
+            return {"block": b["block"], "where": "in its output (forward pass)"}
+    for b in blocks:
+        if b["grad_nonfinite"] or b["act_grad_nonfinite"]:
+            return {"block": b["block"], "where": "in its gradient (backward pass)"}
+    return None
+
+
+def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dict]) -> dict:
+    """The per-variant summary with its verdict (thresholds in the module docstring)."""
+    signal, flow = flow_signal(blocks)
+    first_to_last = _div(flow[0], flow[-1]) if len(flow) >= 2 else math.nan
+    param_flow = [b["grad_l2"] for b in blocks]
+    grad_nonfinite = sum(r["grad_nonfinite"] for r in params)
+    nonfinite = (not math.isfinite(m.loss)) or grad_nonfinite > 0 or any(
+        b["act_grad_nonfinite"] or b["output_nonfinite"] for b in blocks)
+    dead = [b["block"] for b in blocks if not math.isnan(b["grad_zero_frac"]) and b["grad_zero_frac"] >= DEAD_ZERO_FRAC]
+    if nonfinite:
+        verdict = "non-finite"
+    elif dead:
+        verdict = "dead"
+    elif first_to_last < VANISHING_RATIO:
+        verdict = "vanishing"
+    elif first_to_last > EXPLODING_RATIO:
+        verdict = "exploding"
+    else:
+        verdict = "healthy"
+    total_sumsq = sum(r["grad_l2"] ** 2 for r in params if r["has_grad"])
+    return {
+        "variant": variant,
+        "verdict": verdict,
+        "loss": m.loss,
+        "blocks": len(blocks),
+        "first_block": blocks[0]["block"] if blocks else None,
+        "last_block": blocks[-1]["block"] if blocks else None,
+        "flow_signal": signal,
+        "first_to_last_ratio": first_to_last,
+        "param_first_to_last_ratio": _div(param_flow[0], param_flow[-1]) if len(param_flow) >= 2 else math.nan,
+        "decay": fit_decay(flow),
+        "total_grad_l2": math.sqrt(total_sumsq),
+        "grad_nonfinite": grad_nonfinite,
+        "first_nonfinite": _first_nonfinite_block(blocks) if nonfinite else None,
+        "dead_blocks": dead,
+        "params": len(params),
+        "params_no_grad": [r["name"] for r in params if not r["has_grad"]],
+        "seconds": m.seconds,
+    }
+
+
+# --- findings -----------------------------------------------------------------------
+
+
+def _fmt(x: Optional[float]) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.3g}"
+
+
+def describe_decay(decay: Optional[dict]) -> str:
+    """'halves every 1.2 blocks (factor 0.56 per block, R^2 0.98)' and the like."""
+    if not decay:
+        return "no decay fit (fewer than 2 blocks with a gradient)"
+    fit = f"factor {_fmt(decay['factor_per_block'])} per block, R^2 {decay['r2']:.2f}"
+    if decay["trend"] == "flat":
+        return f"the gradient is about constant across depth ({fit})"
+    if decay["trend"] == "shrinks":
+        return f"the gradient halves every {_fmt(decay['halves_every_blocks'])} blocks toward the input ({fit})"
+    return f"the gradient doubles every {_fmt(decay['doubles_every_blocks'])} blocks toward the input ({fit})"
+
+
+def _vanishing_fixes(inventory: dict) -> str:
+    fixes = []
+    saturating = [k for k in inventory.get("activations", {}) if k in ("Sigmoid", "Tanh")]
+    if saturating:
+        fixes.append(f"replace {'/'.join(saturating).lower()} with a ReLU-family activation (ReLU, GELU)")
+    if inventory.get("relu_family_activations"):
+        fixes.append("initialize with He init (nn.init.kaiming_normal_, nonlinearity='relu')")
+    elif saturating:
+        fixes.append("initialize with Xavier init (nn.init.xavier_uniform_)")
+    if not inventory.get("norm_layers"):
+        fixes.append("add normalization (BatchNorm in CNNs and MLPs, LayerNorm in transformers)")
+    if not inventory.get("residual_modules"):
+        fixes.append("add residual connections around the blocks")
+    fixes.append("use fewer layers or start from pretrained weights")
+    return "; ".join(fixes)
+
+
+def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dict]:
+    """What a reader should know about one variant: evidence and the fix, most serious first."""
+    v = summary["variant"]
+    verdict = summary["verdict"]
+    ratio = summary["first_to_last_ratio"]
+    where = (f"{summary['flow_signal']} at {summary['first_block']} is {_fmt(ratio)}x "
+             f"its value at {summary['last_block']}")
+    found = []
+    if verdict == "non-finite":
+        first = summary["first_nonfinite"] or {}
+        loss = "" if math.isfinite(summary["loss"]) else f"the loss is {summary['loss']}; "
+        found.append({
+            "variant": v, "severity": "error", "kind": "non-finite", "block": first.get("block"),
+            "message": f"non-finite values first appear at {first['block']}, {first['where']}" if first
+                       else "non-finite values appear in the loss",
+            "evidence": f"{loss}{summary['grad_nonfinite']} non-finite parameter-gradient entries",
+            "fix": "check the inputs for NaN/Inf; use float32 or bfloat16 rather than float16 (or a GradScaler); "
+                   "lower the learning rate; add normalization before the block named",
+        })
+    elif verdict == "dead":
+        dead = summary["dead_blocks"]
+        found.append({
+            "variant": v, "severity": "error", "kind": "dead", "block": dead[0],
+            "message": f"{len(dead)} block(s) get an all-zero gradient, first {dead[0]}",
+            "evidence": f"gradient zero fraction >= {DEAD_ZERO_FRAC} in {', '.join(dead[:5])}"
+                        + (" ..." if len(dead) > 5 else ""),
+            "fix": "dead ReLU units or underflow: use LeakyReLU or GELU, re-initialize (He init), lower the learning "
+                   "rate, compute in float32 rather than float16",
+        })
+    elif verdict == "vanishing":
+        found.append({
+            "variant": v, "severity": "warning", "kind": "vanishing", "block": summary["first_block"],
+            "message": f"vanishing gradient: the first block gets {_fmt(ratio)}x the last block's gradient",
+            "evidence": f"{where} (threshold {VANISHING_RATIO:g}); {describe_decay(summary['decay'])}",
+            "fix": _vanishing_fixes(inventory),
+        })
+    elif verdict == "exploding":
+        found.append({
+            "variant": v, "severity": "warning", "kind": "exploding", "block": summary["first_block"],
+            "message": f"exploding gradient: the first block gets {_fmt(ratio)}x the last block's gradient",
+            "evidence": f"{where} (threshold {EXPLODING_RATIO:g}); {describe_decay(summary['decay'])}",
+            "fix": "clip gradients (torch.nn.utils.clip_grad_norm_); lower the learning rate; add normalization; "
+                   "scale residual branches down (e.g. zero-init the last layer of each branch); check the init gain",
+        })
+    else:
+        found.append({
+            "variant": v, "severity": "info", "kind": "healthy", "block": None,
+            "message": "gradient reaches every block",
+            "evidence": f"{where} (within {VANISHING_RATIO:g} to {EXPLODING_RATIO:g}); "
+                        f"{describe_decay(summary['decay'])}",
+            "fix": "",
+        })
+    no_grad = summary["params_no_grad"]
+    if no_grad:
+        found.append({
+            "variant": v, "severity": "info", "kind": "no-gradient", "block": None,
+            "message": f"{len(no_grad)} parameter tensor(s) received no gradient: the loss does not use them",
+            "evidence": ", ".join(no_grad[:5]) + (" ..." if len(no_grad) > 5 else ""),
+            "fix": "expected for parts the objective skips (a pooler under a language-model loss, a downsample "
+                   "branch after no-residual); otherwise check the forward, or freeze them with requires_grad_(False)",
+        })
+    return found
+
+
+# --- across variants ----------------------------------------------------------------
+
+
+def compare(a: str, b: str, blocks_a: list[dict], blocks_b: list[dict]) -> dict:
+    """Per-block ratios a/b for blocks both variants have (matched by name), and their geometric means."""
+    rows_b = {r["block"]: r for r in blocks_b}
+    rows = []
+    for ra in blocks_a:
+        rb = rows_b.get(ra["block"])
+        if rb is None:
+            continue
+        rows.append({
+            "block": ra["block"],
+            "depth": ra["depth"],
+            "grad_l2_ratio": _div(ra["grad_l2"], rb["grad_l2"]),
+            "act_grad_l2_ratio": _div(ra["act_grad_l2"], rb["act_grad_l2"]),
+        })
+
+    def geomean(key: str) -> float:
+        logs = [math.log(r[key]) for r in rows if math.isfinite(r[key]) and r[key] > 0]
+        return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+    return {
+        "a": a,
+        "b": b,
+        "blocks": rows,
+        "grad_l2_ratio_geomean": geomean("grad_l2_ratio"),
+        "act_grad_l2_ratio_geomean": geomean("act_grad_l2_ratio"),
+    }
+
+
+def comparison_pairs(variants: list[dict]) -> list[tuple[str, str]]:
+    """pretrained vs scratch, pretrained (deep) vs shallow, and each what-if vs the variant it came from."""
+    names = [v["name"] for v in variants]
+    pairs = []
+    if "pretrained" in names and "scratch" in names:
+        pairs.append(("pretrained", "scratch"))
+    if "pretrained" in names and "shallow" in names:
+        pairs.append(("pretrained", "shallow"))
+    for v in variants:
+        base = v.get("base")
+        if base and base in names and v["name"] != "shallow":
+            pairs.append((v["name"], base))
+    return pairs

@@ -1,0 +1,192 @@
+"""``gradscope.analyze``: gradient flow of a model against its baselines and what-if variants.
+
+>>> import gradscope
+>>> report = gradscope.analyze("./my-bert", gradscope.AnalyzeConfig(batch_size=4, seq_len=64))  # doctest: +SKIP
+>>> report.summary("pretrained")["verdict"]  # doctest: +SKIP
+'healthy'
+
+The flow is one way: load (:mod:`gradscope.models`) -> variants
+(:mod:`gradscope.variants`) -> measure (:mod:`gradscope.measure`) -> analyze
+(:mod:`gradscope.analysis`) -> a :class:`~gradscope.report.Report`, which the
+caller renders or saves.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Optional, Union
+
+from .errors import GradscopeError, UsageError
+from .variants import BASELINES, DEFAULT_BASELINES, WHAT_IFS, check_names
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """Everything an analysis can be asked to do; the command line's flags map onto it one to one.
+
+    ``baselines``: of ``pretrained``, ``scratch``, ``shallow``; ``what_ifs``: of ``sigmoid``, ``tanh``,
+    ``no-norm``, ``no-residual``, ``xavier``, ``he`` (see :mod:`gradscope.variants`).
+    ``batches`` > 1 averages the gradient over that many batches of ``batch_size``.
+    ``dtype``: ``float32`` (default), ``float16``, ``bfloat16``, ``float64`` or ``auto`` (as loaded).
+    ``text``: a text file instead of the built-in corpus; ``images``: a directory of JPEG/PNG files
+    instead of synthetic images; ``arch``: the torchvision architecture of a checkpoint file.
+    """
+
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    what_ifs: tuple[str, ...] = ()
+    batch_size: int = 8
+    seq_len: int = 128
+    batches: int = 1
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    text: Optional[str] = None
+    images: Optional[str] = None
+    image_size: Optional[int] = None
+    arch: Optional[str] = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        for name in ("baselines", "what_ifs"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            object.__setattr__(self, name, tuple(value))
+        check_names(self.baselines, self.what_ifs)
+        for name, low in (("batch_size", 1), ("seq_len", 2), ("batches", 1)):
+            if int(getattr(self, name)) < low:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least {low}; got {getattr(self, name)}")
+        from .models import DTYPES
+
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise UsageError(f"--dtype {self.dtype}: choose from auto, {', '.join(DTYPES)}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UsageError(f"--device {self.device}: use auto, cpu, cuda or cuda:N")
+        if self.image_size is not None and self.image_size < 8:
+            raise UsageError(f"--image-size must be at least 8; got {self.image_size}")
+
+
+def _run_meta(subject, config: Optional[AnalyzeConfig], device: str) -> dict:
+    import torch
+
+    import gradscope
+
+    versions = {"gradscope": gradscope.__version__, "torch": torch.__version__,
+                "python": platform.python_version()}
+    for module in ("transformers", "torchvision"):
+        if module in sys.modules:
+            versions[module] = getattr(sys.modules[module], "__version__", None)
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+        "model": subject.name,
+        "source": subject.source,
+        "objective": subject.objective,
+        "inputs": subject.inputs,
+        "device": device,
+        "config": asdict(config) if config else None,
+        "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
+        **subject.meta,
+    }
+
+
+def run_variants(subject, variants: Iterable, seed: int, progress: Progress, config=None):
+    """Measure and analyze each variant on the subject's batches; return the :class:`Report`."""
+    from .analysis import block_rows, compare, comparison_pairs, findings_for, parameter_rows, summarize
+    from .measure import measure
+    from .report import Report
+    from .variants import describe_architecture
+
+    started = time.perf_counter()
+    report = Report()
+    backends = set()
+    for variant in variants:
+        progress(f"measuring {variant.name}: one forward and backward pass")
+        try:
+            m = measure(variant.model, subject.batches, subject.loss_fn, seed=seed, blocks=variant.blocks)
+        except GradscopeError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GradscopeError(f"variant {variant.name}: the forward/backward pass failed: {first}") from exc
+        backends.add(m.grad.backend)
+        inventory = describe_architecture(variant.model)
+        params = parameter_rows(variant.name, m)
+        blocks = block_rows(variant.name, m, params)
+        summary = summarize(variant.name, m, params, blocks)
+        report.variants.append({"name": variant.name, "description": variant.description, "base": variant.base,
+                                "changes": variant.changes, "architecture": inventory})
+        report.summaries.append(summary)
+        report.findings.extend(findings_for(summary, blocks, inventory))
+        report.blocks.extend(blocks)
+        report.params.extend(params)
+        progress(f"{variant.name}: {summary['verdict']}, loss {summary['loss']:.4g}, {len(blocks)} blocks, "
+                 f"{m.seconds:.1f}s")
+        del variant, m  # let a variant's model go before the next is built
+    if not report.variants:
+        raise UsageError("no variants were run")
+    by_variant = {v["name"]: report.block_rows(v["name"]) for v in report.variants}
+    report.comparisons = [compare(a, b, by_variant[a], by_variant[b]) for a, b in comparison_pairs(report.variants)]
+    first_param = next(subject.model.parameters())
+    report.meta = _run_meta(subject, config, str(first_param.device))
+    report.meta["backend"] = backends.pop() if len(backends) == 1 else "mixed"
+    report.meta["seed"] = seed
+    report.meta["measure_seconds"] = time.perf_counter() - started
+    report.meta["dtype"] = str(first_param.dtype).removeprefix("torch.")
+    return report
+
+
+def analyze(
+    model_or_name: Union[str, os.PathLike, Any],
+    config: Optional[AnalyzeConfig] = None,
+    *,
+    batch: Any = None,
+    loss_fn: Optional[Callable] = None,
+    progress: Optional[Progress] = None,
+):
+    """Analyze the gradient flow of a model and its variants; return a :class:`~gradscope.report.Report`.
+
+    ``model_or_name``: a Hugging Face hub id or local directory, a torchvision model name, a
+    checkpoint file (with ``config.arch``), or an ``nn.Module``. An ``nn.Module`` needs ``batch``;
+    ``loss_fn(model, batch)`` returns the scalar loss (default: ``model(batch)`` is the loss, or has
+    a ``.loss``). ``progress`` receives one line per step (the command line prints them on stderr).
+    """
+    from torch import nn
+
+    from .models import from_module, load_subject
+    from .variants import build_variants, check_applicable
+
+    config = config or AnalyzeConfig()
+    progress = progress or (lambda message: None)
+    if isinstance(model_or_name, nn.Module):
+        subject = from_module(model_or_name, batch, loss_fn, config)
+    elif isinstance(model_or_name, (str, os.PathLike)):
+        if batch is not None or loss_fn is not None:
+            raise UsageError("batch= and loss_fn= go with an nn.Module; a model name brings its own inputs and loss")
+        subject = load_subject(os.fspath(model_or_name), config, progress)
+    else:
+        raise UsageError(f"analyze: expected a model name, a path or an nn.Module; got {type(model_or_name).__name__}")
+
+    baselines = config.baselines
+    if "shallow" in baselines:
+        from .blocks import block_containers
+
+        if block_containers(subject.model) in ([], [""]):
+            if baselines != DEFAULT_BASELINES:
+                raise UsageError("shallow: the model has no stack of numbered blocks to shorten; "
+                                 "drop 'shallow' from --baselines")
+            progress("no stack of numbered blocks to shorten: skipping the shallow baseline")
+            baselines = tuple(b for b in baselines if b != "shallow")
+    check_applicable(subject.model, config.what_ifs)
+    variants = build_variants(subject.model, subject.make_scratch, baselines, config.what_ifs, config.seed, progress)
+    return run_variants(subject, variants, config.seed, progress, config)
+
+
+__all__ = ["AnalyzeConfig", "analyze", "BASELINES", "WHAT_IFS"]

@@ -1,0 +1,128 @@
+"""The block grouping rule: which modules of a model form its depth axis.
+
+A *stack* is a module whose children are all numbered with one common prefix
+(``0``, ``1``, ... as ``nn.Sequential`` and ``nn.ModuleList`` name them, or
+``encoder_layer_0``, ``denselayer1``, ...) and at least two of them hold
+parameters. A stack is *homogeneous* when its children with parameters are all
+of one class. The rule:
+
+1. the outermost stacks are found (the numbered parts inside a block stay inside it);
+2. each child of such a stack that holds parameters is a block, except that a
+   child that is itself a homogeneous stack (a stage: ``features.1`` of
+   ConvNeXt) or holds exactly one stack, a homogeneous one that holds all of
+   its parameters (``stages.1`` of Hugging Face's ResNet is its ``layers``),
+   contributes that stack's children instead. So ``encoder.layer.7`` (BERT), ``h.3`` (GPT-2), ``layer3.2``
+   (torchvision ResNet), ``stages.1.layers.0`` (Hugging Face ResNet) and
+   ``features.5`` (MobileNet, whose inner stacks mix classes) are blocks, and
+   T5's heterogeneous self-attention/feed-forward sublayers do not split
+   ``block.3``.
+
+Execution order, not name order, gives the depth: ``measure`` records it with
+forward hooks. This module is the one place the rule lives; measurement and
+analysis call :func:`find_blocks`, and the ``shallow`` variant shortens the
+homogeneous stacks :func:`block_containers` names.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from torch import nn
+
+MIN_REPEATS = 2
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _is_stack(module: nn.Module) -> bool:
+    children = list(module.named_children())
+    matches = [_NUMBERED.match(name) for name, _ in children]
+    return (
+        bool(children)
+        and all(matches)
+        and len({m.group(1) for m in matches}) == 1
+        and sum(_has_parameters(child) for _, child in children) >= MIN_REPEATS
+    )
+
+
+def _is_homogeneous(stack: nn.Module) -> bool:
+    return len({type(child) for child in stack.children() if _has_parameters(child)}) == 1
+
+
+def _outermost_stacks(prefix: str, module: nn.Module) -> list[str]:
+    if _is_stack(module):
+        return [prefix]
+    found: list[str] = []
+    for name, child in module.named_children():
+        found += _outermost_stacks(_join(prefix, name), child)
+    return found
+
+
+def _stage_stack(name: str, child: nn.Module) -> Optional[str]:
+    """The homogeneous stack a stage-like child stands for (rule 2), or None when it is a block itself."""
+    if _is_stack(child):
+        return name if _is_homogeneous(child) else None
+    inner = _outermost_stacks("", child)
+    if len(inner) != 1:
+        return None
+    stack = child.get_submodule(inner[0])
+    # The stack must be all the child is (ViT's encoder block holds a Sequential MLP, and more).
+    holds_all = {id(p) for p in stack.parameters()} == {id(p) for p in child.parameters()}
+    return _join(name, inner[0]) if holds_all and _is_homogeneous(stack) else None
+
+
+def _layout(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(blocks in registration order, the homogeneous stacks the blocks are children of)."""
+    blocks: list[str] = []
+    stacks: list[str] = []
+    for outer in _outermost_stacks("", model):
+        parent = model.get_submodule(outer) if outer else model
+        split = False
+        for name, child in parent.named_children():
+            if not _has_parameters(child):
+                continue
+            qualified = _join(outer, name)
+            stage = _stage_stack(qualified, child)
+            if stage is None:
+                blocks.append(qualified)
+                continue
+            split = True
+            stacks.append(stage)
+            for inner_name, inner in model.get_submodule(stage).named_children():
+                if _has_parameters(inner):
+                    blocks.append(_join(stage, inner_name))
+        if not split and _is_homogeneous(parent):
+            stacks.append(outer)
+    return blocks, stacks
+
+
+def find_blocks(model: nn.Module) -> list[str]:
+    """Qualified names of the model's blocks, in registration order (``measure`` reorders by execution).
+
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    >>> find_blocks(nn.ModuleDict({"stack": net}))
+    ['stack.0', 'stack.2']
+    """
+    return _layout(model)[0]
+
+
+def block_containers(model: nn.Module) -> list[str]:
+    """The homogeneous stacks whose children are blocks (``""`` is the model itself): what ``shallow`` shortens."""
+    return _layout(model)[1]
+
+
+def block_of(param_name: str, blocks: list[str]) -> Optional[str]:
+    """The block a parameter belongs to, or None for parameters outside every block (embeddings, heads)."""
+    for block in blocks:
+        if param_name.startswith(block + "."):
+            return block
+    return None

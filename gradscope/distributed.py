@@ -1,0 +1,138 @@
+"""Statistics that are right under DDP and FSDP.
+
+- **DDP** (replicated parameters): after the backward pass every rank holds the
+  same reduced gradients, so one rank (rank 0) computes the statistics and the
+  others skip the work.
+- **FSDP2 / DTensor** (sharded parameters): each rank sees its own shard. The
+  fused op runs on the local shards and, once per flush, one collective
+  (``all_gather`` of the buffered ``[steps, params, 7]`` table) brings every
+  rank's rows together; sums and counts are added, ``maxabs`` takes the max.
+  The result equals the unsharded model's statistics on every rank. (Shard-local
+  norms, as some tools log them, are low by about sqrt(number of shards).)
+
+  A dimension of the device mesh on which a gradient is ``Replicate`` (HSDP,
+  tensor-parallel replicated weights) would be counted once per replica; only
+  the replica at coordinate 0 contributes. Plain (non-DTensor) parameters of a
+  sharded model are replicated, so only rank 0 counts them. ``Partial``
+  gradients are refused: they are not reduced yet.
+
+FSDP1 (``FullyShardedDataParallel`` with flat parameters) is not supported:
+use FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+Nothing here is imported by ``import gradscope``; ``torch.distributed`` is only
+touched when it is initialized.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+
+MODES = ("auto", "none", "replicated", "sharded")
+
+
+def _initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if _initialized() else 1
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if _initialized() else 0
+
+
+def _dtensor_type():
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def is_dtensor(t) -> bool:
+    cls = _dtensor_type()
+    return cls is not None and isinstance(t, cls)
+
+
+def resolve_mode(model: nn.Module, params: list[nn.Parameter], requested: str) -> str:
+    """``none``, ``replicated`` (DDP: rank 0 computes) or ``sharded`` (DTensor: combine at flush)."""
+    if requested not in MODES:
+        raise UsageError(f"distributed must be one of {', '.join(MODES)}; got {requested!r}")
+    for module in model.modules():
+        if type(module).__name__ == "FullyShardedDataParallel":
+            raise UsageError(
+                "FSDP1 (FullyShardedDataParallel) flattens parameters, which the monitor cannot map back to names; "
+                "shard the model with FSDP2 (torch.distributed.fsdp.fully_shard) instead"
+            )
+    sharded = any(is_dtensor(p) for p in params)
+    if requested == "auto":
+        if sharded:
+            return "sharded"
+        return "replicated" if world_size() > 1 else "none"
+    if requested == "sharded" and not sharded:
+        raise UsageError(
+            "distributed='sharded' but no parameter is a DTensor; shard the model (fully_shard) before making "
+            "the monitor, or use distributed='replicated' for DDP"
+        )
+    if requested != "none" and world_size() == 1 and requested != "sharded":
+        return "none"
+    return requested
+
+
+def _owns_replicas(t) -> bool:
+    """False when this rank is a non-first replica on some mesh dimension (its values are counted elsewhere)."""
+    from torch.distributed.tensor import Partial, Replicate
+
+    coordinate = t.device_mesh.get_coordinate()
+    for dim, placement in enumerate(t.placements):
+        if isinstance(placement, Partial):
+            raise UsageError(
+                "a gradient is a DTensor with a Partial placement (not reduced yet); measure after the "
+                "gradient reduction, e.g. in the optimizer's step"
+            )
+        if isinstance(placement, Replicate) and coordinate is not None and coordinate[dim] != 0:
+            return False
+    return True
+
+
+def local_grads(grads: list[Optional[torch.Tensor]], device: torch.device) -> list[Optional[torch.Tensor]]:
+    """The part of each gradient this rank counts: its DTensor shard, or the whole tensor on rank 0 only.
+
+    A gradient this rank must not count becomes an empty tensor (it adds nothing);
+    ``None`` stays ``None`` (no gradient on this rank).
+    """
+    me = rank()
+    out: list[Optional[torch.Tensor]] = []
+    for g in grads:
+        if g is None:
+            out.append(None)
+        elif is_dtensor(g):
+            local = g.to_local()
+            out.append(local if _owns_replicas(g) else local.new_empty(0))
+        else:
+            out.append(g if me == 0 else g.new_empty(0))
+    return out
+
+
+def combine(table: torch.Tensor, numel: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Sum rows over ranks (max for ``maxabs``) with one ``all_gather``: the unsharded statistics on every rank.
+
+    ``table`` is ``[steps, params, 6]`` float64 (columns ``STAT_NAMES``), ``numel``
+    ``[steps, params]`` int64 (local elements), ``present`` ``[steps, params]`` bool.
+    """
+    payload = torch.cat([table, numel.unsqueeze(-1).to(table), present.unsqueeze(-1).to(table)], dim=-1)
+    world = world_size()
+    flat = torch.empty((world * payload.shape[0], *payload.shape[1:]), dtype=payload.dtype, device=payload.device)
+    # torch >= 2.13 names it all_gather_single and deprecates the older name
+    gather = getattr(torch.distributed, "all_gather_single", None) or torch.distributed.all_gather_into_tensor
+    gather(flat, payload.contiguous())
+    gathered = flat.view(world, *payload.shape)
+    summed = gathered.sum(dim=0)
+    summed[..., 3] = gathered[..., 3].amax(dim=0)  # maxabs
+    return summed[..., :6], summed[..., 6].round().to(torch.int64), summed[..., 7] > 0

@@ -1,0 +1,73 @@
+"""Per-block gradient norms in a ``lightning.pytorch`` run.
+
+::
+
+    from gradscope.integrations.lightning import GradscopeLightningCallback
+    trainer = lightning.pytorch.Trainer(callbacks=[GradscopeLightningCallback()])
+
+Lightning calls ``on_before_optimizer_step`` once per optimizer step (after all
+``accumulate_grad_batches`` micro-batches), after AMP unscaling and **before**
+its own gradient clipping, so these numbers are pre-clip and unscaled; the keys
+say so (``gradscope/pre_clip/grad_norm`` and ``gradscope/pre_clip/grad_norm/<block>``).
+They are logged with ``pl_module.log_dict`` every ``trainer.log_every_n_steps``
+optimizer steps (the monitor's buffer is read only then), from the global-zero
+process under DDP. ``report_dir`` writes a report when fitting ends.
+
+Install with ``pip install gradscope[lightning]``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from lightning.pytorch import Callback
+
+from .. import distributed as dist_utils
+from ..monitor import GradientMonitor
+
+
+class GradscopeLightningCallback(Callback):
+    """A Lightning ``Callback`` that records every optimizer step and logs per-block gradient norms."""
+
+    def __init__(self, *, every: int = 1, params: Optional[Sequence[str]] = None, on_nonfinite: str = "warn",
+                 report_dir=None, prefix: str = "gradscope"):
+        self.every = every
+        self.params = params
+        self.on_nonfinite = on_nonfinite
+        self.report_dir = report_dir
+        self.prefix = prefix
+        self.monitor: Optional[GradientMonitor] = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+        sharded = any(dist_utils.is_dtensor(p) for p in pl_module.parameters())
+        self.monitor = None
+        if trainer.is_global_zero or sharded:
+            self.monitor = GradientMonitor(pl_module, every=self.every, params=self.params,
+                                           on_nonfinite=self.on_nonfinite)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.monitor is None:
+            return
+        step = trainer.global_step + 1
+        if not self.monitor.step(step=step) or step % max(1, trainer.log_every_n_steps):
+            return
+        self.monitor.flush()
+        if trainer.is_global_zero:
+            latest = self.monitor.latest()
+            base = f"{self.prefix}/pre_clip"
+            values = {f"{base}/grad_norm": latest["global"], f"{self.prefix}/nonfinite": float(latest["nonfinite"])}
+            values.update({f"{base}/grad_norm/{b}": v for b, v in latest["blocks"].items()})
+            pl_module.log_dict(values, on_step=True, on_epoch=False)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.monitor is None:
+            return
+        self.monitor.flush()
+        if self.report_dir is not None and trainer.is_global_zero and self.monitor._chunks:
+            meta = {"trainer_global_step": trainer.global_step, "clip_stage": "pre_clip",
+                    "accumulate_grad_batches": trainer.accumulate_grad_batches}
+            self.monitor.report(meta=meta).save(self.report_dir, force=True)
+        self.monitor.close()
+        self.monitor = None

@@ -1,0 +1,147 @@
+"""Loading: a model, the batches it sees and the objective it is measured with.
+
+:func:`load_subject` takes what a user names and returns a :class:`Subject`:
+
+- a directory: a Hugging Face model saved with ``save_pretrained`` (:mod:`.hf`);
+- a torchvision model name such as ``resnet50``, or a checkpoint file with ``arch`` (:mod:`.vision`);
+- anything else: a Hugging Face hub id, fetched (or read from the local cache) by transformers (:mod:`.hf`);
+- from Python, any ``nn.Module`` with a batch and a loss function (:func:`from_module`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+@dataclass
+class Subject:
+    """A loaded model with what it takes to measure it and its variants."""
+
+    name: str
+    source: str  # "huggingface", "torchvision", "checkpoint", "module" or "demo"
+    model: nn.Module
+    make_scratch: Callable[[], nn.Module]  # same architecture, the library's own initialization
+    batches: list  # each on the model's device, the same for every variant
+    loss_fn: LossFn  # loss_fn(model, batch) -> scalar tensor
+    objective: str  # "masked-lm", "causal-lm", "surrogate-masked-lm", "surrogate-causal-lm", "cross-entropy", "custom"
+    inputs: str  # where the batch came from, in words
+    meta: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when a GPU is visible, else CPU; ``cuda`` without a GPU is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible; use --device cpu or --device auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device}: not a device; use auto, cpu or cuda") from None
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def resolve_dtype(name: Optional[str]) -> Optional[torch.dtype]:
+    if name is None or name == "auto":
+        return None
+    if name not in DTYPES:
+        raise UsageError(f"--dtype {name}: choose from auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def to_device(batch: Any, device: torch.device, dtype: Optional[torch.dtype] = None) -> Any:
+    """Move a batch (tensor, or dict/list/tuple of them) to ``device``; floating tensors also to ``dtype``."""
+    if isinstance(batch, torch.Tensor):
+        if dtype is not None and batch.is_floating_point():
+            return batch.to(device=device, dtype=dtype)
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, dtype) for v in batch)
+    return batch
+
+
+def _reset_parameters_copy(model: nn.Module) -> nn.Module:
+    """A copy re-initialized by each module's own ``reset_parameters`` (PyTorch's defaults)."""
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return fresh
+
+
+def from_module(model: nn.Module, batch: Any, loss_fn: Optional[LossFn], config) -> Subject:
+    """A plain ``nn.Module`` from Python: ``loss_fn(model, batch)`` is the objective.
+
+    Without ``loss_fn``, ``model(batch)`` must return a scalar loss (or an object
+    with a ``.loss``, as transformers models do when given labels).
+    """
+    if batch is None:
+        raise UsageError("analyze(nn.Module): pass batch=... (the input the model is measured on)")
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+    if loss_fn is None:
+        def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
+            out = m(**b) if isinstance(b, dict) else m(b)
+            return out.loss if hasattr(out, "loss") else out
+
+    return Subject(
+        name=type(model).__name__,
+        source="module",
+        model=model,
+        make_scratch=lambda: _reset_parameters_copy(model),
+        batches=[to_device(batch, device, dtype)],
+        loss_fn=loss_fn,
+        objective="custom",
+        inputs="the batch passed to analyze()",
+    )
+
+
+def load_subject(spec: str, config, progress: Callable[[str], None]) -> Subject:
+    """Load the model ``spec`` names (see module docstring) with its inputs and objective."""
+    path = Path(spec)
+    if config.arch:
+        from .vision import load_checkpoint
+
+        return load_checkpoint(spec, config, progress)
+    if path.is_dir():
+        from .hf import load_hf
+
+        return load_hf(spec, config, progress, local=True)
+    if path.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt") or path.is_file():
+        raise UsageError(
+            f"{spec} is a checkpoint file: name its architecture with --arch (e.g. --arch resnet50), "
+            "or give the directory a Hugging Face model was saved to"
+        )
+    if "/" not in spec:
+        from .vision import close_torchvision_names, is_torchvision_name, load_torchvision
+
+        if is_torchvision_name(spec):
+            return load_torchvision(spec, config, progress)
+        close = close_torchvision_names(spec)
+        if close:
+            from ..errors import ModelLoadError
+
+            raise ModelLoadError(
+                f"unknown torchvision model {spec!r}; close matches: {', '.join(close)} "
+                "(a Hugging Face hub id is written owner/name)"
+            )
+    from .hf import load_hf
+
+    return load_hf(spec, config, progress, local=False)

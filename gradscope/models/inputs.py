@@ -1,0 +1,138 @@
+"""Inputs: the built-in corpus or a text file for text models; images or a seeded batch for vision.
+
+Text is packed, as in language-model pretraining: the sentences are tokenized
+into one stream, and sample ``i`` of batch ``b`` is the window of
+``seq_len - specials`` tokens starting at ``(b * batch_size + i) * window``
+(the stream repeats when it runs out), with the tokenizer's special tokens
+around it. Every sequence is full length, so no padding enters the gradient.
+
+Masked-LM masking is seeded: 15% of the non-special positions of each
+sequence (at least one) become the mask token; the labels are the original
+ids there and -100 elsewhere.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import UsageError
+
+MASK_FRACTION = 0.15
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def builtin_corpus() -> list[str]:
+    """The sentences of gradscope's built-in English corpus (package data)."""
+    text = resources.files("gradscope").joinpath("data/corpus.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def read_text_file(path: str) -> list[str]:
+    """Non-empty lines of a UTF-8 text file; UsageError if it cannot be read or has no text."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--text {path}: cannot read it ({exc.__class__.__name__}: {exc}); give a UTF-8 text file")
+    lines = [line.strip() for line in lines if line.strip()]
+    if not lines:
+        raise UsageError(f"--text {path}: the file has no text; give a file with at least one line")
+    return lines
+
+
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a text (``[CLS]`` and ``[SEP]`` for BERT, none for GPT-2)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return list(full[:i]), list(full[i + len(plain):])
+    return [], []
+
+
+def token_windows(tokenizer, texts: list[str], n: int, seq_len: int) -> torch.Tensor:
+    """``n`` packed sequences of exactly ``seq_len`` token ids, special tokens included."""
+    prefix, suffix = special_tokens_around(tokenizer)
+    specials = len(prefix) + len(suffix)
+    window = seq_len - specials
+    if window < 1:
+        raise UsageError(f"--seq-len {seq_len} leaves no room for text beside {specials} special tokens")
+    stream: list[int] = []
+    for text in texts:
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not stream:
+        raise UsageError("the text gave no tokens")
+    rows = []
+    for i in range(n):
+        start = (i * window) % len(stream)
+        ids = [stream[(start + k) % len(stream)] for k in range(window)]
+        rows.append(prefix + ids + suffix)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def random_token_ids(vocab_size: int, n: int, seq_len: int, seed: int) -> torch.Tensor:
+    """Seeded token ids for a model that has no tokenizer (ids 0 to 4 are left out: usually special)."""
+    generator = torch.Generator().manual_seed(seed)
+    low = min(5, vocab_size - 1)
+    return torch.randint(low, vocab_size, (n, seq_len), generator=generator)
+
+
+def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_id: int, seed: int):
+    """Seeded masked-LM corruption: returns (masked input ids, labels with -100 where not masked)."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(input_ids.shape, generator=generator)
+    scores[special] = 2.0  # never masked
+    chosen = scores < MASK_FRACTION
+    # At least one masked position per sequence: its lowest-scoring ordinary token.
+    chosen[torch.arange(input_ids.shape[0]), scores.argmin(dim=1)] = True
+    chosen &= ~special
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    masked = torch.where(chosen, torch.full_like(input_ids, mask_id), input_ids)
+    return masked, labels
+
+
+def image_files(directory: str, n: int) -> list[Path]:
+    """The first ``n`` JPEG/PNG files of a directory in name order (repeated if there are fewer)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise UsageError(f"--images {directory}: not a directory; give a directory of JPEG or PNG files")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"--images {directory}: no .jpg, .jpeg or .png files in it")
+    return [files[i % len(files)] for i in range(n)]
+
+
+def load_images(directory: str, n: int, transform) -> torch.Tensor:
+    """``n`` images from ``directory`` through ``transform`` (the weights' own preprocessing), stacked."""
+    from PIL import Image, UnidentifiedImageError
+
+    tensors = []
+    for path in image_files(directory, n):
+        try:
+            with Image.open(path) as image:
+                tensors.append(transform(image.convert("RGB")))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise UsageError(f"--images: cannot read {path} ({exc}); remove it or convert it to PNG/JPEG")
+    return torch.stack(tensors)
+
+
+def synthetic_images(n: int, channels: int, size: int, seed: int) -> torch.Tensor:
+    """A seeded batch of standard-normal images, i.e. already in normalized pixel space."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((n, channels, size, size), generator=generator)
+
+
+def random_labels(n: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Class labels drawn uniformly with the seed (a documented target, the same for every variant)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    return torch.randint(0, num_classes, (n,), generator=generator)
+
+
+def texts_for(text_file: Optional[str]) -> tuple[list[str], str]:
+    """The sentences to use and a description of where they came from."""
+    if text_file:
+        return read_text_file(text_file), f"text file {text_file}"
+    return builtin_corpus(), "built-in corpus"

@@ -1,0 +1,196 @@
+"""torchvision classification models: a name with pretrained weights, or a local checkpoint with ``arch``.
+
+Objective: cross-entropy of the logits against labels drawn uniformly at
+random with the seed (the same labels for every variant). Input: ``images``
+(JPEG/PNG through the weights' own preprocessing), else a seeded batch of
+standard-normal images at the weights' crop size (or ``image_size``).
+
+Checkpoints are read with safetensors, or ``torch.load(weights_only=True)``:
+a checkpoint that needs pickled code is refused, because loading it would run
+code from the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import pickle
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelLoadError, UsageError
+from . import Subject, resolve_device, resolve_dtype, to_device
+from .inputs import load_images, random_labels, synthetic_images
+
+DEFAULT_IMAGE_SIZE = 224
+
+
+def _torchvision_models():
+    try:
+        import torchvision.models
+    except ImportError:
+        raise ModelLoadError("torchvision models need torchvision; pip install 'gradscope[vision]'") from None
+    return torchvision.models
+
+
+def _classification_names() -> list[str]:
+    try:
+        import torchvision.models as tvm
+    except ImportError:
+        return []
+    return tvm.list_models(module=tvm)
+
+
+def is_torchvision_name(name: str) -> bool:
+    return name in _classification_names()
+
+
+def close_torchvision_names(name: str) -> list[str]:
+    """Classification model names close to ``name`` (for an error message)."""
+    return difflib.get_close_matches(name, _classification_names(), n=5, cutoff=0.75)
+
+
+def _check_arch(arch: str) -> None:
+    names = _classification_names()
+    if not names:
+        raise ModelLoadError("torchvision models need torchvision; pip install 'gradscope[vision]'")
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
+        hint = f"close matches: {', '.join(close)}" if close else "see torchvision.models.list_models()"
+        raise ModelLoadError(f"unknown torchvision classification model {arch!r}; {hint}")
+
+
+def _default_weights(arch: str):
+    tvm = _torchvision_models()
+    try:
+        return tvm.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+def _cross_entropy(model: nn.Module, batch: dict) -> torch.Tensor:
+    return F.cross_entropy(model(batch["pixels"]).float(), batch["labels"])
+
+
+def _subject(name: str, source: str, model: nn.Module, make_scratch, num_classes: int, weights, config,
+             meta: dict) -> Subject:
+    if config.text:
+        raise UsageError("--text is for text models; this is an image classifier (use --images)")
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
+    model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
+    n = config.batch_size * config.batches
+    if config.images:
+        if weights is None:
+            raise UsageError(f"--images: torchvision has no preprocessing recorded for {name}; leave out --images")
+        pixels = load_images(config.images, n, weights.transforms())
+        inputs = f"{n} images from {config.images} (the weights' preprocessing)"
+    else:
+        crop = getattr(weights.transforms(), "crop_size", [DEFAULT_IMAGE_SIZE])[0] if weights else DEFAULT_IMAGE_SIZE
+        size = config.image_size or crop
+        pixels = synthetic_images(n, 3, size, config.seed)
+        inputs = f"seeded synthetic images {n} x 3 x {size} x {size}"
+    labels = random_labels(n, num_classes, config.seed)
+    inputs += f", seeded random labels over {num_classes} classes"
+    model_dtype = next(model.parameters()).dtype
+    batches = [
+        to_device({"pixels": pixels[b * config.batch_size:(b + 1) * config.batch_size],
+                   "labels": labels[b * config.batch_size:(b + 1) * config.batch_size]}, device, model_dtype)
+        for b in range(config.batches)
+    ]
+    return Subject(
+        name=name,
+        source=source,
+        model=model,
+        make_scratch=lambda: make_scratch().to(device=device, dtype=model_dtype),
+        batches=batches,
+        loss_fn=_cross_entropy,
+        objective="cross-entropy",
+        inputs=inputs,
+        meta=meta,
+    )
+
+
+def load_torchvision(name: str, config, progress: Callable[[str], None]) -> Subject:
+    """A torchvision classification model with its default pretrained weights (downloaded or cached)."""
+    tvm = _torchvision_models()
+
+    weights = _default_weights(name)
+    if weights is None:
+        raise ModelLoadError(
+            f"torchvision has no pretrained weights for {name}; pass a checkpoint: gradscope analyze FILE --arch {name}"
+        )
+    progress(f"loading {name} ({weights}) from torchvision")
+    num_classes = len(weights.meta["categories"])
+    try:
+        state = weights.get_state_dict(progress=False)
+    except Exception as exc:  # URLError, HTTPError, a broken cache file
+        raise ModelLoadError(
+            f"cannot load the pretrained weights of {name}: they could not be downloaded or read "
+            f"({type(exc).__name__}); download {weights.url} where the network is reachable and pass it: "
+            f"gradscope analyze {Path(weights.url).name} --arch {name}"
+        ) from None
+    model = tvm.get_model(name, weights=None, num_classes=num_classes)
+    model.load_state_dict(state)
+    return _subject(name, "torchvision", model, lambda: tvm.get_model(name, weights=None, num_classes=num_classes),
+                    num_classes, weights, config, {"architecture": name, "weights": str(weights),
+                                                   "torchvision": sys.modules["torchvision"].__version__})
+
+
+def read_state_dict(path: str) -> dict:
+    """A state dict from ``.safetensors`` or a weights-only torch checkpoint; refuses pickled code."""
+    file = Path(path)
+    if not file.is_file():
+        raise ModelLoadError(f"checkpoint {path} does not exist")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read {path} as safetensors: {str(exc).splitlines()[0]}") from None
+    try:
+        obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"refusing {path}: it needs pickled code to load ({str(exc).splitlines()[0][:160]}), and gradscope "
+            "loads checkpoints with weights_only=True so that no code from a file runs; save the weights with "
+            "torch.save(model.state_dict(), path) or as .safetensors"
+        ) from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise ModelLoadError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return obj
+
+
+def _num_classes(state: dict) -> Optional[int]:
+    # The classifier is the last 2-D weight in a torchvision state dict.
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return matrices[-1].shape[0] if matrices else None
+
+
+def load_checkpoint(path: str, config, progress: Callable[[str], None]) -> Subject:
+    """A local checkpoint of the torchvision architecture ``config.arch``."""
+    tvm = _torchvision_models()
+    _check_arch(config.arch)
+    progress(f"loading {path} as torchvision {config.arch}")
+    state = read_state_dict(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
+    num_classes = _num_classes(state) or 1000
+    model = tvm.get_model(config.arch, weights=None, num_classes=num_classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"{path} does not match torchvision {config.arch}: {detail}") from None
+    return _subject(path, "checkpoint", model,
+                    lambda: tvm.get_model(config.arch, weights=None, num_classes=num_classes),
+                    num_classes, _default_weights(config.arch), config, {"architecture": config.arch})

@@ -1,0 +1,710 @@
+"""``GradientMonitor``: gradient statistics of every training step, nearly for free.
+
+Each monitored step makes **one** fused ``grad_stats`` call over all monitored
+parameter gradients and copies its ``[params, 6]`` table into a preallocated
+buffer on the gradients' device: nothing waits for the device. Every
+``flush_every`` steps (or when you read the history) the buffer is copied to the
+host in one transfer and appended to a per-step, per-parameter history, from
+which per-block and global values are derived (blocks as :mod:`gradscope.blocks`
+defines them, in execution order).
+
+Two ways to drive it, once per optimizer step::
+
+    monitor = gradscope.GradientMonitor(model)
+    for batch in loader:
+        loss = model(batch).loss
+        loss.backward()
+        monitor.step()                          # or: monitor.clip_grad_norm_(1.0)
+        optimizer.step(); optimizer.zero_grad()
+
+    monitor = gradscope.GradientMonitor(model, optimizer)   # hooks optimizer.step: no call needed
+
+**Gradient accumulation.** The monitor reads the gradient the optimizer is about
+to consume: call ``step()`` at the optimizer step, after the last micro-batch's
+backward (the optimizer hook does exactly that).
+
+**Clipping.** ``monitor.clip_grad_norm_(max_norm)`` replaces
+``torch.nn.utils.clip_grad_norm_``: it records the step, clips with the same
+coefficient as torch (``max_norm / (total + 1e-6)``, at most 1) computed from
+the statistics it just took (no second pass over the gradients), returns the
+pre-clip total norm, and records both the pre-clip and the post-clip global
+norm. The per-step statistics are pre-clip. With the optimizer hook and torch's
+own clipping, the hook sees (and records) post-clip gradients.
+
+**Mixed precision (``torch.amp.GradScaler``).** Either call ``monitor.step()``
+after ``scaler.unscale_(optimizer)`` (recommended; it also sees the steps the
+scaler is about to skip), or pass ``scaler=scaler`` and call ``step()`` before
+unscaling: the monitor then divides the statistics by the current scale on the
+device (exact: the scale is a power of two); non-finite counts are those of the
+scaled gradients, which is what the scaler checks. When the scaler has already
+unscaled the attached optimizer's gradients it does not divide again. With the
+optimizer hook, steps the scaler skips (inf/NaN found) never reach the hook.
+
+**Non-finite gradients.** ``on_nonfinite="warn"`` warns at the next flush,
+``"raise"`` raises :class:`~gradscope.errors.GradscopeError` at the step itself
+(one host sync per monitored step: that is the price of stopping before the
+optimizer applies NaN), ``"ignore"`` only records. The message names the blocks
+with non-finite values in execution order, the first of them, and the deepest:
+non-finite values born in the backward pass enter at the deepest block and flow
+toward the input.
+
+**Distributed.** See :mod:`gradscope.distributed`: under DDP rank 0 computes;
+under FSDP2/DTensor every rank computes on its shards and one collective per
+flush combines them (call ``flush()``/``report()`` on every rank).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import warnings
+import weakref
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+from . import _ext
+from . import distributed as dist_utils
+from ._reference import STAT_NAMES
+from .blocks import block_of, find_blocks
+from .errors import GradscopeError, UsageError
+from .stats import grad_stats
+
+ON_NONFINITE = ("warn", "raise", "ignore")
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s epsilon, so the coefficient is the same
+_SUMSQ, _SUM, _SUMABS, _MAXABS, _NONFINITE, _ZEROS = range(len(STAT_NAMES))
+
+# model -> its live monitor: a second monitor on the same model is refused.
+_ATTACHED: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """How a :class:`GradientMonitor` samples and keeps gradient statistics.
+
+    - ``every``: record optimizer steps whose number (1-based) is a multiple of it;
+    - ``params``: ``None`` for every trainable parameter, or names and ``fnmatch``
+      patterns (``"encoder.layer.*.attention.*"``);
+    - ``on_nonfinite``: ``"warn"``, ``"raise"`` or ``"ignore"`` (module docstring);
+    - ``flush_every``: recorded steps held on the device between host copies;
+    - ``distributed``: ``"auto"``, ``"none"``, ``"replicated"`` (DDP) or ``"sharded"`` (DTensor);
+    - ``backend``: ``grad_stats`` backend (``"auto"``, ``"fused"``, ``"reference"``);
+    - ``keep_last``: recorded steps kept on the host (``None``: all). Each costs
+      48 bytes per monitored parameter (BERT-base: about 10 kB a step).
+    """
+
+    every: int = 1
+    params: Optional[tuple[str, ...]] = None
+    on_nonfinite: str = "warn"
+    flush_every: int = 64
+    distributed: str = "auto"
+    backend: str = "auto"
+    keep_last: Optional[int] = None
+
+    def __post_init__(self):
+        if isinstance(self.params, str):
+            object.__setattr__(self, "params", (self.params,))
+        elif self.params is not None:
+            object.__setattr__(self, "params", tuple(self.params))
+        if not isinstance(self.every, int) or self.every < 1:
+            raise UsageError(f"every must be a positive integer; got {self.every!r}")
+        if not isinstance(self.flush_every, int) or self.flush_every < 1:
+            raise UsageError(f"flush_every must be a positive integer; got {self.flush_every!r}")
+        if self.keep_last is not None and (not isinstance(self.keep_last, int) or self.keep_last < 1):
+            raise UsageError(f"keep_last must be None or a positive integer; got {self.keep_last!r}")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise UsageError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}; got {self.on_nonfinite!r}")
+        if self.distributed not in dist_utils.MODES:
+            raise UsageError(f"distributed must be one of {', '.join(dist_utils.MODES)}; got {self.distributed!r}")
+
+
+NamedParams = list[tuple[str, nn.Parameter]]
+
+
+def select_parameters(model: nn.Module, patterns: Optional[Sequence[str]]) -> tuple[NamedParams, list[str]]:
+    """(selected trainable named parameters, names of frozen parameters left out).
+
+    UsageError when nothing is trainable, or when a name or pattern selects no
+    trainable parameter (with the close matches, or the frozen ones it matched).
+    """
+    named = list(model.named_parameters())
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    frozen = [n for n, p in named if not p.requires_grad]
+    if not trainable:
+        raise UsageError(
+            "the model has no trainable parameters (all have requires_grad=False); unfreeze the ones to monitor "
+            "(p.requires_grad_(True)) before making the monitor"
+        )
+    if patterns is None:
+        return trainable, frozen
+    chosen: dict[str, nn.Parameter] = {}
+    for pattern in patterns:
+        hits = [(n, p) for n, p in trainable if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            frozen_hits = [n for n in frozen if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+            if frozen_hits:
+                raise UsageError(f"params: {pattern!r} matches only frozen parameters ({frozen_hits[0]}, ...); "
+                                 "unfreeze them first or leave the pattern out")
+            close = difflib.get_close_matches(pattern, [n for n, _ in trainable], n=3)
+            hint = f"; close matches: {', '.join(close)}" if close else "; see model.named_parameters() for names"
+            raise UsageError(f"params: {pattern!r} matches no trainable parameter{hint}")
+        chosen.update(hits)
+    selected = [(n, p) for n, p in trainable if n in chosen]  # model order, no duplicates
+    return selected, frozen
+
+
+class _ExecutionOrder:
+    """Forward pre-hooks that note the order in which blocks first run, removed after one forward pass."""
+
+    def __init__(self, model: nn.Module, blocks: list[str]):
+        self._blocks = blocks
+        self._seen: list[str] = []
+        self._handles = [model.get_submodule(b).register_forward_pre_hook(self._hook(b)) for b in blocks]
+        if blocks:
+            self._handles.append(model.register_forward_hook(lambda *_: self.close()))
+
+    def _hook(self, block: str):
+        def hook(module, inputs):
+            if block not in self._seen:
+                self._seen.append(block)
+            if len(self._seen) == len(self._blocks):
+                self.close()
+
+        return hook
+
+    @property
+    def known(self) -> bool:
+        """True once a forward pass has shown the order."""
+        return bool(self._seen)
+
+    def order(self) -> list[str]:
+        """Blocks in execution order; blocks not seen yet follow in registration order."""
+        return self._seen + [b for b in self._blocks if b not in self._seen]
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _nan_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(b > 0, a / b.clamp_min(1), torch.full_like(a, math.nan))
+
+
+@dataclass(frozen=True)
+class MonitorHistory:
+    """Recorded steps on the host. ``table[t, i]`` holds parameter ``i``'s six statistics at ``steps[t]``.
+
+    Parameters without a gradient at a step have ``present == False`` and an
+    all-zero row; their derived values are NaN, never zero.
+    """
+
+    steps: torch.Tensor  # [T] int64, optimizer step numbers (1-based)
+    param_names: tuple[str, ...]
+    table: torch.Tensor  # [T, N, 6] float64, columns STAT_NAMES
+    numel: torch.Tensor  # [T, N] int64, elements counted (0 without a gradient)
+    present: torch.Tensor  # [T, N] bool
+    post_clip_l2: torch.Tensor  # [T] float64, global norm after monitor.clip_grad_norm_; NaN where not clipped
+    blocks: tuple[str, ...]  # execution order
+    param_block: torch.Tensor  # [N] int64 index into blocks, -1 outside every block
+    order_known: bool  # False: no forward pass was seen, blocks are in registration order
+
+    def __len__(self) -> int:
+        return int(self.steps.numel())
+
+    def param_l2(self) -> torch.Tensor:
+        """[T, N] gradient L2 per parameter (finite elements); NaN where the parameter had no gradient."""
+        l2 = self.table[..., _SUMSQ].sqrt()
+        return torch.where(self.present, l2, torch.full_like(l2, math.nan))
+
+    def global_l2(self) -> torch.Tensor:
+        """[T] L2 norm over all monitored gradients; NaN at steps with non-finite values (as torch's norm)."""
+        l2 = self.table[..., _SUMSQ].sum(-1).sqrt()
+        return torch.where(self.nonfinite().sum(-1) > 0, torch.full_like(l2, math.nan), l2)
+
+    def nonfinite(self) -> torch.Tensor:
+        """[T, N] non-finite elements per parameter."""
+        return self.table[..., _NONFINITE].round().to(torch.int64)
+
+    def block_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """([T, B, 6] statistics, [T, B] elements, [T, B] parameters with a gradient) per block."""
+        steps, n_blocks = self.table.shape[0], len(self.blocks)
+        inside = self.param_block >= 0
+        index = self.param_block[inside]
+        rows = self.table[:, inside]
+        out = torch.zeros((steps, n_blocks, len(STAT_NAMES)), dtype=torch.float64)
+        out.index_add_(1, index, rows)
+        out[..., _MAXABS] = torch.zeros((steps, n_blocks), dtype=torch.float64).scatter_reduce_(
+            1, index.expand(steps, -1), rows[..., _MAXABS], "amax")
+        numel = torch.zeros((steps, n_blocks), dtype=torch.int64).index_add_(1, index, self.numel[:, inside])
+        with_grad = torch.zeros((steps, n_blocks), dtype=torch.int64).index_add_(
+            1, index, self.present[:, inside].to(torch.int64))
+        return out, numel, with_grad
+
+    def block_l2(self) -> torch.Tensor:
+        """[T, B] gradient L2 per block; NaN where no parameter of the block had a gradient."""
+        table, _, with_grad = self.block_table()
+        l2 = table[..., _SUMSQ].sqrt()
+        return torch.where(with_grad > 0, l2, torch.full_like(l2, math.nan))
+
+    def nonfinite_blocks(self, t: int) -> list[str]:
+        """Blocks with non-finite gradient values at step index ``t``, in execution order."""
+        table, _, _ = self.block_table()
+        return [b for b, n in zip(self.blocks, table[t, :, _NONFINITE].tolist()) if n > 0]
+
+    def rows(self) -> list[dict]:
+        """The time series as tidy rows: per step, one row per block and one global row (``block`` None)."""
+        table, numel, with_grad = self.block_table()
+        finite = numel - table[..., _NONFINITE].round().to(torch.int64)
+        mean = _nan_div(table[..., _SUM], finite.to(torch.float64))
+        var = (_nan_div(table[..., _SUMSQ], finite.to(torch.float64)) - mean ** 2).clamp_min(0)
+        l2 = self.block_l2()
+        block_counts = torch.bincount(self.param_block[self.param_block >= 0], minlength=len(self.blocks)).tolist()
+        glob, post, nonfinite = self.global_l2().tolist(), self.post_clip_l2.tolist(), self.nonfinite().sum(-1).tolist()
+        cols = {name: t.tolist() for name, t in (
+            ("l2", l2), ("mean", mean), ("std", var.sqrt()), ("maxabs", table[..., _MAXABS]),
+            ("nonfinite", table[..., _NONFINITE].round().to(torch.int64)), ("zeros", table[..., _ZEROS]),
+            ("numel", numel), ("with_grad", with_grad))}
+        out = []
+        for t, step in enumerate(self.steps.tolist()):
+            for b, block in enumerate(self.blocks):
+                has = cols["with_grad"][t][b] > 0
+                nan = math.nan
+                out.append({
+                    "step": step, "block": block, "depth": b,
+                    "grad_l2": cols["l2"][t][b],
+                    "grad_mean": cols["mean"][t][b] if has else nan,
+                    "grad_std": cols["std"][t][b] if has else nan,
+                    "grad_maxabs": cols["maxabs"][t][b] if has else nan,
+                    "grad_zero_frac": cols["zeros"][t][b] / cols["numel"][t][b] if cols["numel"][t][b] else nan,
+                    "grad_nonfinite": cols["nonfinite"][t][b],
+                    "params_no_grad": block_counts[b] - cols["with_grad"][t][b],
+                })
+            out.append({"step": step, "block": None, "depth": None, "grad_l2": glob[t],
+                        "grad_l2_post_clip": post[t], "grad_nonfinite": nonfinite[t]})
+        return out
+
+    def select(self, index: slice) -> "MonitorHistory":
+        """The steps in ``index`` (a slice over recorded steps)."""
+        return replace(self, steps=self.steps[index], table=self.table[index], numel=self.numel[index],
+                       present=self.present[index], post_clip_l2=self.post_clip_l2[index])
+
+
+def describe_nonfinite(history: MonitorHistory, t: int) -> str:
+    """One message about the non-finite gradient values at step index ``t``."""
+    step = int(history.steps[t])
+    count = int(history.nonfinite()[t].sum())
+    blocks = history.nonfinite_blocks(t)
+    outside = [history.param_names[i] for i in range(len(history.param_names))
+               if history.param_block[i] < 0 and history.nonfinite()[t, i] > 0]
+    order = "execution order" if history.order_known else "registration order: no forward pass seen yet"
+    if blocks:
+        where = f"first block ({order}): {blocks[0]}"
+        if len(blocks) > 1:
+            where += (f"; {len(blocks)} blocks affected, the deepest is {blocks[-1]} (values born in the backward "
+                      f"pass enter there and flow toward the input)")
+    else:
+        where = "no block affected"
+    if outside:
+        where += f"; outside blocks: {', '.join(outside[:3])}" + (" ..." if len(outside) > 3 else "")
+    return (f"gradscope: {count} non-finite gradient value(s) at step {step}; {where}. Check the inputs and the "
+            "loss for NaN/Inf, lower the learning rate, or use a GradScaler/bfloat16 for float16 training")
+
+
+class GradientMonitor:
+    """Per-step gradient statistics of a model during training (see the module docstring).
+
+    ``GradientMonitor(model, optimizer=None, *, scaler=None, config=None, **options)``:
+    ``options`` are :class:`MonitorConfig` fields (``every``, ``params``,
+    ``on_nonfinite``, ``flush_every``, ``distributed``, ``backend``). With an
+    ``optimizer`` the monitor records from its step pre-hook; without one, call
+    :meth:`step` (or :meth:`clip_grad_norm_`) once per optimizer step.
+
+    >>> import torch, gradscope
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    >>> monitor = gradscope.GradientMonitor(net)
+    >>> net(torch.randn(2, 4)).sum().backward()
+    >>> monitor.step()
+    True
+    >>> monitor.history.block_l2().shape
+    torch.Size([1, 2])
+    >>> monitor.close()
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, *,
+                 scaler=None, config: Optional[MonitorConfig] = None, **options):
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"GradientMonitor needs an nn.Module; got {type(model).__name__}")
+        unknown = set(options) - {f.name for f in fields(MonitorConfig)}
+        if unknown:
+            raise UsageError(f"unknown GradientMonitor option(s) {', '.join(sorted(unknown))}; the options are "
+                             f"{', '.join(f.name for f in fields(MonitorConfig))}")
+        self.config = replace(config or MonitorConfig(), **options)
+        previous = _ATTACHED.get(model)
+        if previous is not None and previous() is not None and not previous()._closed:
+            raise UsageError("a GradientMonitor is already attached to this model; reuse it, or call close() on it "
+                             "before making another")
+        named, self.frozen = select_parameters(model, self.config.params)
+        self.model = model
+        self.param_names = tuple(n for n, _ in named)
+        self._params = [p for _, p in named]
+        self._registered_blocks = find_blocks(model)
+        self._order = _ExecutionOrder(model, self._registered_blocks)
+        self.mode = dist_utils.resolve_mode(model, self._params, self.config.distributed)
+        self.active = not (self.mode == "replicated" and dist_utils.rank() != 0)
+        self._scaler = scaler
+        self._optimizer: Optional[torch.optim.Optimizer] = None
+        self._hook = None
+        self._recorded_by_clip = False
+        self._step_count = 0
+        self._device = self._params[0].device
+        # [flush_every, N * 6 + 1] float64 on the gradients' device: each row is one step's [N, 6] table
+        # followed by its post-clip norm, so a flush is one device-to-host copy.
+        self._buffer: Optional[torch.Tensor] = None
+        self._pending: list[tuple[int, list[bool], list[int], bool]] = []  # (step, present, local numel, clipped)
+        self._chunks: list[tuple] = []  # host history, one tuple of tensors per flush
+        self._sinks: list[Callable[[MonitorHistory], None]] = []
+        self._record_hooks: list[Callable[["GradientMonitor", int], None]] = []
+        self._closed = False
+        _ATTACHED[model] = weakref.ref(self)
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    # --- driving -------------------------------------------------------------------
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> "GradientMonitor":
+        """Record from ``optimizer``'s step pre-hook (after clipping and unscaling, before the update)."""
+        self._check_open()
+        if self._optimizer is not None:
+            raise UsageError("this monitor is already attached to an optimizer; one monitor follows one optimizer")
+        self._optimizer = optimizer
+        self._hook = optimizer.register_step_pre_hook(self._on_optimizer_step)
+        return self
+
+    def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if self._recorded_by_clip:  # clip_grad_norm_ already took this step
+            self._recorded_by_clip = False
+            return
+        self._optimizer_step(None)
+
+    def step(self, step: Optional[int] = None) -> bool:
+        """Record the current gradients as one optimizer step; True if this step was sampled.
+
+        Call it once per optimizer step, after backward (and after
+        ``scaler.unscale_``), before ``optimizer.step()``. ``step`` overrides the
+        monitor's own 1-based step counter (e.g. a trainer's global step).
+        """
+        self._check_open()
+        if self._optimizer is not None:
+            raise UsageError("this monitor records from the optimizer's step hook; do not call step() as well "
+                             "(or make the monitor without an optimizer)")
+        return self._optimizer_step(step)
+
+    def _optimizer_step(self, step: Optional[int]) -> bool:
+        self._step_count += 1
+        number = self._step_count if step is None else int(step)
+        if number % self.config.every or not self.active:
+            return False
+        self._record(number)
+        return True
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Record this step and clip its gradients in place, as ``torch.nn.utils.clip_grad_norm_`` (L2) would.
+
+        Returns the pre-clip total norm (a 0-dim tensor, NaN when any value is
+        non-finite; the gradients then become NaN as with torch). Use it instead
+        of :meth:`step` for this optimizer step. On steps the monitor does not
+        sample it calls torch's clipping, and under DDP it always does, so that
+        every replica applies the very same coefficient.
+        """
+        self._check_open()
+        if self.mode == "sharded":
+            raise UsageError("clip_grad_norm_ needs the global norm of sharded gradients; use "
+                             "torch.nn.utils.clip_grad_norm_ (it handles DTensor) and monitor.step()")
+        if self._optimizer is not None:
+            self._recorded_by_clip = True
+        recorded = self._optimizer_step(None)
+        if not recorded or self.mode == "replicated":
+            total = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+            if recorded:
+                total64 = total.to(torch.float64)
+                self._mark_clipped(total64 * (max_norm / (total64 + CLIP_EPS)).clamp(max=1.0))
+            return total
+        table = self._slot_table(len(self._pending) - 1)
+        total = table[:, _SUMSQ].sum().sqrt()
+        total = torch.where(table[:, _NONFINITE].sum() > 0, torch.full_like(total, math.nan), total)
+        coef = (max_norm / (total + CLIP_EPS)).clamp(max=1.0)
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for p in self._params:
+            if p.grad is not None:
+                groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+        for (device, dtype), grads in groups.items():
+            torch._foreach_mul_(grads, coef.to(device=device, dtype=dtype if dtype == torch.float64 else torch.float32))
+        self._mark_clipped(total * coef)
+        return total
+
+    def _mark_clipped(self, post_clip_l2: torch.Tensor) -> None:
+        slot = len(self._pending) - 1
+        self._buffer[slot, -1] = post_clip_l2.to(self._device)
+        step, present, numel, _ = self._pending[slot]
+        self._pending[slot] = (step, present, numel, True)
+
+    # --- recording -----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("this monitor is closed; make a new GradientMonitor")
+
+    def _follow_device(self) -> None:
+        """A model moved after the monitor was made: flush what the old buffer holds, continue on the new device."""
+        device = self._params[0].device
+        if device != self._device:
+            self.flush()
+            self._device, self._buffer = device, None
+
+    def _unscale_factors(self) -> Optional[torch.Tensor]:
+        scaler = self._scaler
+        if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
+            return None
+        if self._optimizer is not None:
+            state = scaler._per_optimizer_states.get(id(self._optimizer), {})
+            from torch.amp.grad_scaler import OptState
+
+            if state.get("stage") == OptState.UNSCALED:
+                return None
+        inv = scaler._scale.to(device=self._device, dtype=torch.float64).reciprocal().reshape(())
+        one = torch.ones((), dtype=torch.float64, device=self._device)
+        return torch.stack([inv * inv, inv, inv, inv, one, one])
+
+    def _stats_table(self, grads: list) -> torch.Tensor:
+        fast = (self.config.backend != "reference" and not _ext.STATUS.reason_for(self._device.type)
+                and all(g is not None and g.layout == torch.strided and g.device == self._device for g in grads))
+        if fast:  # the registered op directly: no per-call host tensors
+            return torch.ops.gradscope.grad_stats(grads)
+        return grad_stats(grads, backend=self.config.backend).table.to(self._device)
+
+    def _record(self, step: int) -> None:
+        self._follow_device()
+        grads = [p.grad for p in self._params]
+        if self.mode == "sharded":
+            grads = dist_utils.local_grads(grads, self._device)
+        present = [g is not None for g in grads]
+        numel = [g.numel() if g is not None else 0 for g in grads]
+        table = self._stats_table(grads)
+        factors = self._unscale_factors()
+        if factors is not None:
+            table = table * factors
+        if len(self._pending) == self.config.flush_every:
+            self.flush()  # before this step, so that clip_grad_norm_ finds the step in the buffer
+        if self._buffer is None:
+            shape = (self.config.flush_every, len(self._params) * len(STAT_NAMES) + 1)
+            self._buffer = torch.empty(shape, dtype=torch.float64, device=self._device)
+        slot = len(self._pending)
+        self._slot_table(slot).copy_(table)
+        self._pending.append((step, present, numel, False))
+        for hook in self._record_hooks:
+            hook(self, step)
+        if self.config.on_nonfinite == "raise" and self.mode != "sharded" and bool(table[:, _NONFINITE].any()):
+            self.flush(check=False)
+            history = self._history()
+            raise GradscopeError(describe_nonfinite(history, len(history) - 1))
+
+    def _slot_table(self, slot: int) -> torch.Tensor:
+        return self._buffer[slot, :-1].view(len(self._params), len(STAT_NAMES))
+
+    def flush(self, *, check: bool = True) -> int:
+        """Copy the buffered steps to the host history (one transfer); return how many. 0 on an empty buffer.
+
+        In sharded mode this is a collective: call it on every rank.
+        """
+        count = len(self._pending)
+        if count == 0:
+            return 0
+        self._check_parameters()
+        present = torch.tensor([p for _, p, _, _ in self._pending], dtype=torch.bool)
+        numel = torch.tensor([n for _, _, n, _ in self._pending], dtype=torch.int64)
+        shape = (count, len(self._params), len(STAT_NAMES))
+        rows = self._buffer[:count]
+        if self.mode == "sharded":  # combined on the device, where the collective runs
+            combined = dist_utils.combine(rows[:, :-1].view(shape), numel.to(self._device), present.to(self._device))
+            table, numel, present = (t.cpu() for t in combined)
+            post_col = rows[:, -1].cpu()
+        else:  # one device-to-host copy; copy=True because on CPU .cpu() would alias the reused buffer
+            host = rows.to("cpu", copy=True)
+            table, post_col = host[:, :-1].reshape(shape), host[:, -1]
+        clipped = torch.tensor([c for _, _, _, c in self._pending], dtype=torch.bool)
+        post = torch.where(clipped, post_col, torch.tensor(math.nan, dtype=torch.float64))
+        steps = torch.tensor([s for s, _, _, _ in self._pending], dtype=torch.int64)
+        self._chunks.append((steps, table, numel, present, post))
+        self._pending = []
+        new = self._history(last_chunk=True)
+        if check and self.config.on_nonfinite != "ignore":
+            bad = (new.nonfinite().sum(-1) > 0).nonzero().flatten().tolist()
+            if bad and self.config.on_nonfinite == "raise":
+                raise GradscopeError(describe_nonfinite(new, bad[0]))
+            for t in bad:
+                warnings.warn(describe_nonfinite(new, t), RuntimeWarning, stacklevel=3)
+        for sink in self._sinks:
+            sink(new)
+        self._trim()
+        return count
+
+    def _trim(self) -> None:
+        """Drop the oldest host steps beyond ``keep_last``."""
+        keep = self.config.keep_last
+        if keep is None or sum(len(c[0]) for c in self._chunks) <= keep:
+            return
+        self._chunks = [tuple(torch.cat([c[i] for c in self._chunks])[-keep:] for i in range(5))]
+
+    def _check_parameters(self) -> None:
+        current = dict(self.model.named_parameters())
+        if any(current.get(n) is not p for n, p in zip(self.param_names, self._params)):
+            self._pending = []
+            raise UsageError(
+                "the model's parameters were replaced after the monitor was made (FSDP wrapping, parameter "
+                "surgery or load_state_dict(assign=True)); close this monitor and make a new one after the change"
+            )
+
+    # --- reading -------------------------------------------------------------------
+
+    def _history(self, last_chunk: bool = False) -> MonitorHistory:
+        if len(self._chunks) > 1 and not last_chunk:  # consolidate once, so later reads do not concatenate again
+            self._chunks = [tuple(torch.cat([c[i] for c in self._chunks]) for i in range(5))]
+        chunks = self._chunks[-1:] if last_chunk else self._chunks
+        blocks = self._order.order()
+        index = {b: i for i, b in enumerate(blocks)}
+        param_block = [index.get(block_of(n, blocks), -1) for n in self.param_names]
+        n = len(self.param_names)
+        cat = lambda i, empty: chunks[0][i] if chunks else empty  # noqa: E731
+        numel = cat(2, torch.zeros((0, n), dtype=torch.int64))
+        present = cat(3, torch.zeros((0, n), dtype=torch.bool))
+        return MonitorHistory(
+            steps=cat(0, torch.zeros(0, dtype=torch.int64)),
+            param_names=self.param_names,
+            table=cat(1, torch.zeros((0, n, len(STAT_NAMES)), dtype=torch.float64)),
+            numel=numel,
+            present=present,
+            post_clip_l2=cat(4, torch.zeros(0, dtype=torch.float64)),
+            blocks=tuple(blocks),
+            param_block=torch.tensor(param_block, dtype=torch.int64),
+            order_known=self._order.known,
+        )
+
+    @property
+    def history(self) -> MonitorHistory:
+        """Every recorded step (flushes the buffer first). UsageError when nothing was recorded yet."""
+        self.flush()
+        if not self._chunks:
+            raise UsageError(self._empty_message())
+        return self._history()
+
+    def _empty_message(self) -> str:
+        if not self.active:
+            return "this rank does not record (DDP: rank 0 computes the statistics); read the history on rank 0"
+        if self._step_count:
+            return (f"no step recorded yet: {self._step_count} step(s) seen, every={self.config.every} "
+                    "samples steps whose number is a multiple of it")
+        return ("no step recorded yet: call monitor.step() after loss.backward(), or pass the optimizer to the "
+                "monitor so its step records automatically")
+
+    def latest(self) -> dict:
+        """The last recorded step as plain numbers.
+
+        Keys: ``step``, ``global`` (L2 of all monitored gradients), ``post_clip``
+        (NaN unless :meth:`clip_grad_norm_` clipped it), ``nonfinite``, ``blocks`` ({block: L2}).
+        """
+        self.flush()
+        if not self._chunks:
+            raise UsageError(self._empty_message())
+        last = self._history(last_chunk=True).select(slice(-1, None))
+        return {
+            "step": int(last.steps[0]),
+            "global": float(last.global_l2()[0]),
+            "post_clip": float(last.post_clip_l2[0]),
+            "nonfinite": int(last.nonfinite().sum()),
+            "blocks": dict(zip(last.blocks, last.block_l2()[0].tolist())),
+        }
+
+    def report(self, meta: Optional[dict] = None):
+        """A :class:`~gradscope.report.Report` with the time series (``series``) and the last step's tables."""
+        from .report import Report
+
+        history = self.history
+        last = history.select(slice(-1, None))
+        rows = history.rows()
+        step = int(last.steps[0])
+        param_l2 = last.param_l2()[0].tolist()
+        nonfinite = last.nonfinite()[0].tolist()
+        params = [{"name": n, "depth": int(last.param_block[i]) if last.param_block[i] >= 0 else None,
+                   "variant": "training", "step": step,
+                   "block": last.blocks[last.param_block[i]] if last.param_block[i] >= 0 else None,
+                   "has_grad": bool(last.present[0, i]), "grad_l2": param_l2[i], "grad_nonfinite": nonfinite[i]}
+                  for i, n in enumerate(history.param_names)]
+        blocks = [{**{k: v for k, v in r.items() if k != "step"}, "variant": "training", "step": step}
+                  for r in rows if r["step"] == step and r["block"] is not None]
+        from . import __version__
+
+        info = {"kind": "monitor", "gradscope": __version__, "torch": torch.__version__,
+                "model": type(self.model).__name__, "steps_recorded": len(history),
+                "every": self.config.every, "distributed": self.mode, "block_order":
+                "execution" if history.order_known else "registration",
+                "frozen_params": len(self.frozen), **(meta or {})}
+        return Report(meta=info, variants=[{"name": "training", "description": "gradients during training"}],
+                      blocks=blocks, params=params, series=rows)
+
+    # --- outputs -------------------------------------------------------------------
+
+    def add_sink(self, sink: Callable[[MonitorHistory], None]) -> None:
+        """Call ``sink(new_steps)`` with each flush's new steps (a :class:`MonitorHistory`)."""
+        self._sinks.append(sink)
+
+    def log_to(self, writer, *, histograms: bool = False, prefix: str = "gradscope") -> None:
+        """Write per-block and global gradient norms to a TensorBoard ``SummaryWriter`` at each flush.
+
+        ``histograms=True`` also writes one histogram per block at each recorded
+        step; it copies those gradients to the host, so it costs what any
+        histogram costs.
+        """
+        from .integrations.tensorboard import TensorBoardSink
+
+        if histograms and self.mode == "sharded":
+            raise UsageError("histograms of sharded gradients would show one rank's shards only; "
+                             "use log_to(writer) without histograms under FSDP")
+        sink = TensorBoardSink(writer, prefix=prefix)
+        self.add_sink(sink)
+        if histograms:
+            self._record_hooks.append(sink.write_histograms)
+
+    def block_gradients(self) -> dict[str, list[torch.Tensor]]:
+        """Current gradients grouped by block (execution order): what histograms are drawn from."""
+        blocks = self._order.order()
+        out: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
+        for name, p in zip(self.param_names, self._params):
+            block = block_of(name, blocks)
+            if block is not None and p.grad is not None:
+                out[block].append(p.grad)
+        return out
+
+    def close(self) -> None:
+        """Flush, remove the hooks and release the model (a new monitor may then be attached)."""
+        if self._closed:
+            return
+        try:
+            if self.active or self.mode == "sharded":
+                self.flush()
+        finally:
+            self._closed = True
+            self._order.close()
+            if self._hook is not None:
+                self._hook.remove()
+            if _ATTACHED.get(self.model) is not None and _ATTACHED[self.model]() is self:
+                del _ATTACHED[self.model]
+
+    def __enter__(self) -> "GradientMonitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

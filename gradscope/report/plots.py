@@ -1,0 +1,204 @@
+"""What each plot shows, as plain data: the one description both drawers (:mod:`.svg`, :mod:`.mpl`) follow.
+
+A plot spec picks columns of the report and names the axes; it computes
+nothing. Values that a log axis cannot show (zero, missing, non-finite) stay
+in the spec as ``None`` and each drawer leaves a gap there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+MAX_HEATMAP_STEPS = 600  # wider time series show evenly spaced recorded steps (the last always included)
+
+
+@dataclass
+class Line:
+    label: str
+    x: list[float]
+    y: list[Optional[float]]
+    color: int  # index into the drawer's palette: one color per variant or pair
+    dashed: bool = False
+    point_names: list[str] = field(default_factory=list)  # what a point is, for tooltips
+
+
+@dataclass
+class LinePlot:
+    key: str  # file stem for --format png/svg
+    title: str
+    x_label: str
+    y_label: str
+    lines: list[Line]
+    caption: str = ""
+    reference_y: Optional[float] = None  # a dotted horizontal line, e.g. ratio 1
+
+
+@dataclass
+class BarPanel:
+    label: str
+    x: list[float]
+    names: list[str]
+    back: list[Optional[float]]  # the taller bar drawn first (max |g|)
+    front: list[Optional[float]]  # drawn over it (mean |g|)
+    color: int
+
+
+@dataclass
+class BarPlot:
+    key: str
+    title: str
+    x_label: str
+    y_label: str
+    back_label: str
+    front_label: str
+    panels: list[BarPanel]
+    caption: str = ""
+
+
+@dataclass
+class Heatmap:
+    key: str
+    title: str
+    x_label: str
+    y_label: str
+    color_label: str
+    x: list[float]  # steps, one per column
+    rows: list[str]  # blocks, row 0 nearest the input
+    values: list[list[Optional[float]]]  # [row][column]
+    caption: str = ""
+
+
+def positive(value) -> Optional[float]:
+    """The value if a log axis can show it, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
+def _variants(report) -> list[str]:
+    names = report.variant_names
+    return names or sorted({b.get("variant") for b in report.blocks if b.get("variant")})
+
+
+def flow_plot(report) -> Optional[LinePlot]:
+    """Gradient L2 norm per block against depth: parameter gradient solid, dL/dh dashed, one color per variant."""
+    lines = []
+    for i, variant in enumerate(_variants(report)):
+        rows = report.block_rows(variant)
+        if not rows:
+            continue
+        x = [r["depth"] for r in rows]
+        names = [str(r["block"]) for r in rows]
+        lines.append(Line(f"{variant} dL/dθ", x, [positive(r.get("grad_l2")) for r in rows], i, False, names))
+        act = [positive(r.get("act_grad_l2")) for r in rows]
+        if any(v is not None for v in act):
+            lines.append(Line(f"{variant} dL/dh", x, act, i, True, names))
+    if not lines:
+        return None
+    first, last = lines[0].point_names[0], lines[0].point_names[-1]
+    return LinePlot(
+        key="flow", title="Gradient flow: gradient L2 norm per block against depth",
+        x_label="block depth (0 = nearest the input)", y_label="gradient L2 norm (log scale)", lines=lines,
+        caption=f"Solid: L2 norm of the block's parameter gradient dL/dθ. Dashed: L2 norm of dL/dh, the gradient "
+                f"with respect to the block's output. Depth 0 is {first}; depth {lines[0].x[-1]} is {last}. "
+                "A line that falls toward depth 0 is a vanishing gradient; gaps are blocks with no or zero gradient.",
+    )
+
+
+def bar_plot(report) -> Optional[BarPlot]:
+    """Mean and max |g| per block, one panel per variant (the view people draw by hand with plot_grad_flow)."""
+    panels = []
+    for i, variant in enumerate(_variants(report)):
+        rows = report.block_rows(variant)
+        if not rows or not any(r.get("grad_maxabs") is not None for r in rows):
+            continue
+        panels.append(BarPanel(
+            variant, [r["depth"] for r in rows], [str(r["block"]) for r in rows],
+            [positive(r.get("grad_maxabs")) for r in rows], [positive(r.get("grad_meanabs")) for r in rows], i))
+    if not panels:
+        return None
+    return BarPlot(
+        key="blocks", title="Mean and max |g| per block", x_label="block depth (0 = nearest the input)",
+        y_label="|g| per element (log scale)", back_label="max |g|", front_label="mean |g|", panels=panels,
+        caption="Light bars: the largest absolute gradient entry in the block; dark bars: the mean absolute entry. "
+                "One y scale for all panels, so heights compare across variants.",
+    )
+
+
+def ratio_plot(report) -> Optional[LinePlot]:
+    """Per-block ratios a/b of each comparison: parameter gradient solid, dL/dh dashed."""
+    lines = []
+    for i, c in enumerate(report.comparisons):
+        rows = c.get("blocks") or []
+        if not rows:
+            continue
+        x = [r["depth"] for r in rows]
+        names = [str(r["block"]) for r in rows]
+        lines.append(Line(f"{c['a']} / {c['b']} dL/dθ", x, [positive(r.get("grad_l2_ratio")) for r in rows], i,
+                          False, names))
+        act = [positive(r.get("act_grad_l2_ratio")) for r in rows]
+        if any(v is not None for v in act):
+            lines.append(Line(f"{c['a']} / {c['b']} dL/dh", x, act, i, True, names))
+    if not lines:
+        return None
+    return LinePlot(
+        key="ratios", title="Per-block gradient ratio between variants",
+        x_label="block depth (0 = nearest the input; depth of the first name)",
+        y_label="gradient L2 ratio a / b (log scale)", lines=lines, reference_y=1.0,
+        caption="Above the dotted line at 1, the first named variant gets the larger gradient at that block.",
+    )
+
+
+def _series_steps(report) -> list:
+    steps = sorted({r["step"] for r in report.series if r.get("step") is not None})
+    if len(steps) <= MAX_HEATMAP_STEPS:
+        return steps
+    stride = (len(steps) - 1) / (MAX_HEATMAP_STEPS - 1)
+    return [steps[round(i * stride)] for i in range(MAX_HEATMAP_STEPS)]
+
+
+def heatmap(report) -> Optional[Heatmap]:
+    """Block gradient L2 norm by training step (columns) and block (rows), from the monitor's time series."""
+    block_rows = [r for r in report.series if r.get("block") is not None]
+    if not block_rows:
+        return None
+    all_steps = {r["step"] for r in block_rows}
+    steps = _series_steps(report)
+    shown = set(steps)
+    blocks = [b for _, b in sorted({(r["depth"], r["block"]) for r in block_rows})]
+    row_of = {b: i for i, b in enumerate(blocks)}
+    col_of = {s: j for j, s in enumerate(steps)}
+    values: list[list[Optional[float]]] = [[None] * len(steps) for _ in blocks]
+    for r in block_rows:
+        if r["step"] in shown:
+            values[row_of[r["block"]]][col_of[r["step"]]] = positive(r.get("grad_l2"))
+    caption = "Each cell: the L2 norm of the block's parameter gradient at that step; grey: no or zero gradient."
+    if len(steps) < len(all_steps):
+        caption += f" Showing {len(steps)} of {len(all_steps)} recorded steps, evenly spaced."
+    return Heatmap(key="heatmap", title="Gradient L2 norm per block and training step", x_label="training step",
+                   y_label="block depth (0 = nearest the input)", color_label="gradient L2 norm (log scale)",
+                   x=steps, rows=blocks, values=values, caption=caption)
+
+
+def global_norm_plot(report) -> Optional[LinePlot]:
+    """The global gradient norm per recorded step, and after clipping where the monitor clipped it."""
+    rows = sorted((r for r in report.series if r.get("block") is None and r.get("step") is not None),
+                  key=lambda r: r["step"])
+    if not rows:
+        return None
+    x = [r["step"] for r in rows]
+    lines = [Line("global dL/dθ", x, [positive(r.get("grad_l2")) for r in rows], 0)]
+    clipped = [positive(r.get("grad_l2_post_clip")) for r in rows]
+    if any(v is not None for v in clipped):
+        lines.append(Line("after clipping", x, clipped, 1, True))
+    return LinePlot(key="global", title="Global gradient L2 norm per training step", x_label="training step",
+                    y_label="gradient L2 norm (log scale)", lines=lines,
+                    caption="The L2 norm of all monitored parameter gradients together, at each recorded step.")
+
+
+def all_plots(report) -> list:
+    """Every plot the report has data for, in page order."""
+    makers = (flow_plot, ratio_plot, bar_plot, global_norm_plot, heatmap)
+    return [p for p in (make(report) for make in makers) if p is not None]

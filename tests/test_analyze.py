@@ -1,0 +1,448 @@
+"""gradscope.analyze end to end: loading paths, measurement against plain autograd, verdicts, the report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope.errors import GradscopeError, ModelLoadError, UsageError
+from gradscope.report import SCHEMA, Report
+
+import helpers_models as hm
+
+SMALL = dict(batch_size=2, seq_len=16, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return hm.save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_report(tiny_bert):
+    return gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(**SMALL))
+
+
+# --- loading paths ------------------------------------------------------------------
+
+
+def test_tiny_bert_directory_loads_like_a_hub_model_with_its_masked_lm_head(tiny_bert_report):
+    report = tiny_bert_report
+    assert report.variant_names == ["pretrained", "scratch", "shallow"]
+    assert report.meta["objective"] == "masked-lm"
+    assert report.meta["architecture"] == "BertForMaskedLM"
+    assert [b["block"] for b in report.block_rows("pretrained")] == [f"bert.encoder.layer.{i}" for i in range(4)]
+    assert [b["block"] for b in report.block_rows("shallow")] == [f"bert.encoder.layer.{i}" for i in range(2)]
+    assert "built-in corpus" in report.meta["inputs"]
+    for summary in report.summaries:
+        assert summary["verdict"] in ("healthy", "vanishing", "exploding", "non-finite", "dead")
+        assert math.isfinite(summary["loss"])
+
+
+def test_parameter_and_block_gradients_match_plain_autograd(tiny_bert):
+    """Every number gradscope reports for the pretrained variant, against float64 autograd on the same batch."""
+    from transformers import BertForMaskedLM
+
+    from gradscope.models import load_subject
+
+    config = gradscope.AnalyzeConfig(baselines=("pretrained",), **SMALL)
+    report = gradscope.analyze(str(tiny_bert), config)
+
+    batch = load_subject(str(tiny_bert), config, lambda m: None).batches[0]
+    model = BertForMaskedLM.from_pretrained(tiny_bert).eval()  # eval: dropout off, as gradscope measures
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                output_hidden_states=True)
+    for h in out.hidden_states:
+        h.retain_grad()
+    out.loss.backward()
+
+    assert report.summary("pretrained")["loss"] == pytest.approx(out.loss.item(), rel=1e-6)
+    rows = {r["name"]: r for r in report.params}
+    for name, p in model.named_parameters():
+        row = rows[name]
+        if p.grad is None:
+            assert not row["has_grad"] and math.isnan(row["grad_l2"])
+            continue
+        g = p.grad.double()
+        assert row["grad_l2"] == pytest.approx(g.norm().item(), rel=1e-5, abs=1e-12), name
+        assert row["grad_maxabs"] == pytest.approx(g.abs().max().item(), rel=1e-6, abs=1e-12), name
+        assert row["grad_meanabs"] == pytest.approx(g.abs().mean().item(), rel=1e-5, abs=1e-12), name
+        assert row["grad_zero_frac"] == (g == 0).double().mean().item(), name
+        # The mean cancels: two float32 backward passes may differ by rounding in each element,
+        # so its tolerance scales with mean |g|, not with the (possibly tiny) mean itself.
+        assert row["grad_mean"] == pytest.approx(g.mean().item(), abs=1e-5 * g.abs().mean().item()), name
+        assert row["weight_l2"] == pytest.approx(p.detach().double().norm().item(), rel=1e-6), name
+    # dL/dh: hidden_states[i + 1] is the output of encoder layer i.
+    for block in report.block_rows("pretrained"):
+        h_grad = out.hidden_states[block["depth"] + 1].grad.double()
+        assert block["act_grad_l2"] == pytest.approx(h_grad.norm().item(), rel=1e-5)
+        members = [p.grad.double() for n, p in model.named_parameters() if n.startswith(block["block"] + ".")]
+        flat = torch.cat([g.flatten() for g in members])
+        assert block["grad_l2"] == pytest.approx(flat.norm().item(), rel=1e-5)
+        assert block["grad_meanabs"] == pytest.approx(flat.abs().mean().item(), rel=1e-5)
+        assert block["grad_maxabs"] == flat.abs().max().item()
+
+
+def test_same_seed_same_numbers_other_seed_other_masking(tiny_bert):
+    def numbers(seed):
+        report = gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"),
+                                                                            seed=seed, **SMALL))
+        return [(r["variant"], r["name"], r["grad_l2"]) for r in report.params]
+
+    first = numbers(0)
+    assert numbers(0) == first
+    assert numbers(1) != first
+
+
+def test_tiny_gpt2_gets_causal_lm_and_seeded_ids_without_tokenizer(tmp_path):
+    progress = []
+    report = gradscope.analyze(str(hm.save_tiny_gpt2(tmp_path)), gradscope.AnalyzeConfig(**SMALL),
+                               progress=progress.append)
+    assert report.meta["objective"] == "causal-lm"
+    assert "seeded random token ids" in report.meta["inputs"]
+    assert any("no tokenizer" in line for line in progress)
+    assert [b["block"] for b in report.block_rows("pretrained")] == [f"transformer.h.{i}" for i in range(3)]
+    assert len(report.block_rows("shallow")) == 2  # ceil(3 / 2)
+
+
+def test_base_model_gets_the_tied_embedding_surrogate_and_no_gradient_for_its_pooler(tmp_path):
+    directory = hm.save_tiny_bert(tmp_path, head="BertModel")
+    report = gradscope.analyze(str(directory), gradscope.AnalyzeConfig(baselines=("pretrained",), **SMALL))
+    assert report.meta["objective"] == "surrogate-masked-lm"
+    assert report.meta["missing_weights"] == 0  # the surrogate adds no random head
+    no_grad = report.summary("pretrained")["params_no_grad"]
+    assert no_grad == ["pooler.dense.weight", "pooler.dense.bias"]
+    rows = {r["name"]: r for r in report.params}
+    assert rows["pooler.dense.weight"]["has_grad"] is False and math.isnan(rows["pooler.dense.weight"]["grad_l2"])
+    assert any(f["kind"] == "no-gradient" and "pooler.dense.weight" in f["evidence"] for f in report.findings)
+
+
+def test_hf_image_classifier_gets_cross_entropy_on_synthetic_images(tmp_path):
+    report = gradscope.analyze(str(hm.save_tiny_hf_resnet(tmp_path)),
+                               gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), batch_size=2,
+                                                       device="cpu"))
+    assert report.meta["objective"] == "cross-entropy"
+    assert "synthetic images 2 x 3 x 32 x 32" in report.meta["inputs"]
+    assert len(report.block_rows("pretrained")) == 4  # two stages of two layers
+
+
+def test_torchvision_checkpoint_with_arch(tmp_path):
+    path = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
+    config = gradscope.AnalyzeConfig(arch="resnet18", image_size=32, batch_size=2, device="cpu",
+                                     what_ifs=("no-residual",))
+    report = gradscope.analyze(str(path), config)
+    assert report.meta["objective"] == "cross-entropy" and report.meta["source"] == "checkpoint"
+    blocks = [b["block"] for b in report.block_rows("pretrained")]
+    assert blocks == [f"layer{s}.{i}" for s in range(1, 5) for i in range(2)]  # execution order
+    assert [b["block"] for b in report.block_rows("shallow")] == [f"layer{s}.0" for s in range(1, 5)]
+    # Without skips, the downsample branches get no gradient, and say so.
+    no_grad = report.summary("no-residual")["params_no_grad"]
+    assert no_grad and all(".downsample." in name for name in no_grad)
+
+
+def test_pickled_checkpoint_is_refused_with_the_reason(tmp_path):
+    path = tmp_path / "whole-model.pt"
+    torch.save(nn.Sequential(nn.Linear(2, 2)), path)  # a pickled module, not a state dict
+    with pytest.raises(ModelLoadError, match="needs pickled code.*weights_only=True"):
+        gradscope.analyze(str(path), gradscope.AnalyzeConfig(arch="resnet18", device="cpu"))
+
+
+def test_plain_state_dict_pt_checkpoint_loads(tmp_path):
+    path = hm.save_resnet18_checkpoint(tmp_path / "r18.pt")
+    report = gradscope.analyze(str(path), gradscope.AnalyzeConfig(arch="resnet18", baselines=("pretrained",),
+                                                                  image_size=32, batch_size=2, device="cpu"))
+    assert report.summary("pretrained")["blocks"] == 8
+
+
+def test_unknown_torchvision_name_lists_close_matches():
+    with pytest.raises(ModelLoadError, match="unknown torchvision model 'resnet19'; close matches: .*resnet18"):
+        gradscope.analyze("resnet19")
+
+
+def test_unreachable_hub_id_says_so_and_how_to_pass_a_directory(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as info:
+        gradscope.analyze("nobody-here/no-such-model")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "'nobody-here/no-such-model'" in message and "local directory" in message
+    assert "HF_HUB_OFFLINE" in message
+
+
+def test_real_minilm_pretrained_differs_from_scratch_as_stated():
+    """all-MiniLM-L6-v2 (real weights) against the same architecture from scratch, same batch.
+
+    Stated difference: scratch blocks are interchangeable at init (LayerNorm weights 1, Linear std 0.02), so
+    their weight norms agree within 1% and their gradient norms within 10%; the trained blocks carry weights
+    at least 1.5x larger (measured 75-88 against 38) and, on the masked-token surrogate, gradients at least
+    2x larger in every block (measured 3-5.5x for parameters, 2.8-3.7x for dL/dh).
+    """
+    config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), batch_size=4, seq_len=32, device="cpu")
+    report = gradscope.analyze(str(hm.minilm_dir()), config)
+    pretrained, scratch = report.block_rows("pretrained"), report.block_rows("scratch")
+    assert len(pretrained) == len(scratch) == 6
+    scratch_w = [b["weight_l2"] for b in scratch]
+    assert max(scratch_w) / min(scratch_w) < 1.01
+    scratch_g = [b["grad_l2"] for b in scratch]
+    assert max(scratch_g) / min(scratch_g) < 1.1
+    for p, s in zip(pretrained, scratch):
+        assert p["weight_l2"] > 1.5 * s["weight_l2"], p["block"]
+    comparison = next(c for c in report.comparisons if (c["a"], c["b"]) == ("pretrained", "scratch"))
+    assert all(row["grad_l2_ratio"] > 2 for row in comparison["blocks"])
+    assert all(row["act_grad_l2_ratio"] > 2 for row in comparison["blocks"])
+
+
+# --- nn.Module API and bad input ------------------------------------------------------
+
+
+class Stack(nn.Module):
+    def __init__(self, depth=4, unused=False):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(depth))
+        self.head = nn.Linear(8, 3)
+        self.unused = nn.Linear(8, 8) if unused else None
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def _ce(model, batch):
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+BATCH = (torch.randn(16, 8, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 3)
+
+
+def test_module_api_every_variant_sees_the_same_batch_and_model_is_left_as_it_was():
+    seen = []
+
+    def loss_fn(model, batch):
+        seen.append(batch)
+        return _ce(model, batch)
+
+    model = Stack()
+    model.eval()
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(what_ifs=("sigmoid", "he"), device="cpu"),
+                               batch=BATCH, loss_fn=loss_fn)
+    assert report.variant_names == ["pretrained", "scratch", "shallow", "sigmoid", "he"]
+    assert len(seen) == 5 and all(b is seen[0] for b in seen)
+    assert not model.training and torch.equal(model.head.weight.grad, torch.ones_like(model.head.weight))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_no_trainable_parameters_is_a_clear_error():
+    model = Stack().requires_grad_(False)
+    with pytest.raises(GradscopeError, match="no trainable parameters"):
+        gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                          batch=BATCH, loss_fn=_ce)
+
+
+def test_unused_parameters_are_no_gradient_not_zero():
+    report = gradscope.analyze(Stack(unused=True), gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    rows = {r["name"]: r for r in report.params}
+    assert rows["unused.weight"]["has_grad"] is False
+    assert math.isnan(rows["unused.weight"]["grad_l2"]) and rows["head.weight"]["grad_l2"] > 0
+    assert report.summary("pretrained")["params_no_grad"] == ["unused.weight", "unused.bias"]
+    saved = report.to_dict()["params"]
+    assert next(r for r in saved if r["name"] == "unused.weight")["grad_l2"] is None  # JSON null, not 0
+
+
+def test_nan_loss_is_reported_non_finite_naming_the_first_block():
+    class Poisoned(Stack):
+        def forward(self, x):
+            for i, layer in enumerate(self.layers):
+                x = layer(x)
+                if i == 2:
+                    x = x * float("nan")
+            return self.head(x)
+
+    report = gradscope.analyze(Poisoned(), gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    summary = report.summary("pretrained")
+    assert summary["verdict"] == "non-finite" and math.isnan(summary["loss"])
+    # NaN is injected between layers.2 and layers.3: layers.3 is the first block whose output holds NaN.
+    assert summary["first_nonfinite"]["block"] == "layers.3"
+    finding = next(f for f in report.findings if f["kind"] == "non-finite")
+    assert "layers.3" in finding["message"] and "the loss is nan" in finding["evidence"]
+
+
+def test_batch_is_required_for_a_module_and_forbidden_for_a_name():
+    with pytest.raises(UsageError, match="batch="):
+        gradscope.analyze(Stack())
+    with pytest.raises(UsageError, match="go with an nn.Module"):
+        gradscope.analyze("resnet18", batch=BATCH)
+
+
+def test_config_is_frozen_and_validated():
+    config = gradscope.AnalyzeConfig(what_ifs="sigmoid,he")
+    assert config.what_ifs == ("sigmoid", "he")
+    with pytest.raises(Exception):
+        config.seed = 3
+    with pytest.raises(UsageError, match="--what-if: unknown variant relu2"):
+        gradscope.AnalyzeConfig(what_ifs=("relu2",))
+    with pytest.raises(UsageError, match="--batch-size must be at least 1"):
+        gradscope.AnalyzeConfig(batch_size=0)
+
+
+# --- the report ---------------------------------------------------------------------
+
+
+def test_report_round_trip_and_refusal_to_overwrite(tiny_bert_report, tmp_path):
+    out = tmp_path / "out"
+    written = tiny_bert_report.save(out)
+    assert [p.name for p in written] == ["report.json"]
+    data = json.loads((out / "report.json").read_text())
+    assert data["schema"] == SCHEMA == "gradscope.report/1"
+    assert list(data["params"][0])[:2] == ["name", "depth"]
+    loaded = Report.load(out)
+    assert loaded.to_dict() == tiny_bert_report.to_dict()
+    with pytest.raises(GradscopeError, match="already exists; pass --force"):
+        tiny_bert_report.save(out)
+    tiny_bert_report.save(out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]  # no temporary files left
+
+
+def test_report_of_unknown_schema_is_refused(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"schema": "gradscope.report/99"}))
+    with pytest.raises(GradscopeError, match="schema 'gradscope.report/99'"):
+        Report.load(tmp_path)
+
+
+def test_failed_write_leaves_nothing(tiny_bert_report, tmp_path, monkeypatch):
+    import gradscope.report as report_module
+
+    def broken(report):
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "out"
+    monkeypatch.setitem(report_module.RENDERERS, "json", lambda r: {"report.json": b"{}"})
+    out.mkdir()
+    real_replace = report_module.os.replace
+    monkeypatch.setattr(report_module.os, "replace", lambda a, b: broken(None))
+    with pytest.raises(GradscopeError, match="No space left"):
+        tiny_bert_report.save(out)
+    monkeypatch.setattr(report_module.os, "replace", real_replace)
+    assert list(out.iterdir()) == []
+
+
+def test_unwritable_output_and_unknown_formats_are_usage_errors(tiny_bert_report, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a directory"):
+        tiny_bert_report.save(blocker / "out")
+    with pytest.raises(UsageError, match="--format html: not implemented yet"):
+        tiny_bert_report.save(tmp_path / "out", formats="json,html")
+    with pytest.raises(UsageError, match="--format xls: unknown format"):
+        tiny_bert_report.save(tmp_path / "out", formats=("xls",))
+    assert not (tmp_path / "out").exists()
+
+
+def test_public_api_names_survive_importing_the_analyzer_module():
+    import gradscope.analyzer  # noqa: F401  (a submodule import must not shadow the function)
+
+    assert callable(gradscope.analyze) and gradscope.analyze.__name__ == "analyze"
+    assert gradscope.AnalyzeConfig is gradscope.analyzer.AnalyzeConfig
+
+
+def test_averaging_over_batches_equals_one_batch_of_the_same_sequences(tmp_path):
+    """Causal LM: every sequence has the same number of predicted tokens, so the mean loss over two batches
+    of one equals the mean loss over one batch of two, and so do the gradients."""
+    directory = str(hm.save_tiny_gpt2(tmp_path))
+    base = dict(baselines=("pretrained",), seq_len=16, device="cpu")
+    one = gradscope.analyze(directory, gradscope.AnalyzeConfig(batch_size=2, batches=1, **base))
+    two = gradscope.analyze(directory, gradscope.AnalyzeConfig(batch_size=1, batches=2, **base))
+    for a, b in zip(one.params, two.params):
+        assert a["grad_l2"] == pytest.approx(b["grad_l2"], rel=1e-5), a["name"]
+    assert one.summary("pretrained")["loss"] == pytest.approx(two.summary("pretrained")["loss"], rel=1e-6)
+
+
+def _image_dir(root):
+    from PIL import Image
+
+    images = root / "images"
+    images.mkdir()
+    for i, color in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (40, 30), color).save(images / f"{i}.png")
+    (images / "notes.txt").write_text("not an image")
+    return images
+
+
+def test_images_directory_goes_through_the_weights_preprocessing(tmp_path):
+    images = _image_dir(tmp_path)
+    path = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
+    report = gradscope.analyze(str(path), gradscope.AnalyzeConfig(arch="resnet18", baselines=("pretrained",),
+                                                                  images=str(images), batch_size=4, device="cpu"))
+    assert report.meta["inputs"].startswith(f"4 images from {images}")
+    assert report.summary("pretrained")["blocks"] == 8
+
+
+def test_bfloat16_runs_and_is_recorded(tmp_path):
+    report = gradscope.analyze(str(hm.save_tiny_gpt2(tmp_path)),
+                               gradscope.AnalyzeConfig(baselines=("pretrained",), dtype="bfloat16", **SMALL))
+    assert report.meta["dtype"] == "bfloat16"
+    assert report.summary("pretrained")["verdict"] in ("healthy", "vanishing", "exploding")
+
+
+def test_dead_block_is_reported_as_dead():
+    model = Stack()
+    with torch.no_grad():
+        model.layers[1][0].bias.fill_(-100.0)  # every ReLU unit of layers.1 is off: nothing flows below it
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    summary = report.summary("pretrained")
+    assert summary["verdict"] == "dead" and summary["dead_blocks"] == ["layers.0", "layers.1"]
+    assert report.block_rows("pretrained")[0]["grad_zero_frac"] == 1.0
+
+
+def test_exploding_and_vanishing_on_known_gains():
+    """Linear blocks W = gain * I with no activation: dL/dh is multiplied by exactly ``gain`` per block back."""
+
+    def chain(gain):
+        model = nn.Module()
+        model.blocks = nn.ModuleList(nn.Linear(8, 8, bias=False) for _ in range(6))
+        model.head = nn.Linear(8, 3)
+        with torch.no_grad():
+            for block in model.blocks:
+                block.weight.copy_(gain * torch.eye(8))
+        return model
+
+    def loss_fn(model, batch):
+        h = batch[0]
+        for block in model.blocks:
+            h = block(h)
+        return nn.functional.cross_entropy(model.head(h), batch[1])
+
+    config = gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu")
+    for gain, verdict in ((3.0, "exploding"), (0.3, "vanishing"), (1.0, "healthy")):
+        summary = gradscope.analyze(chain(gain), config, batch=BATCH, loss_fn=loss_fn).summary("pretrained")
+        assert summary["verdict"] == verdict
+        assert summary["first_to_last_ratio"] == pytest.approx(gain ** 5, rel=1e-5)
+        assert summary["decay"]["factor_per_block"] == pytest.approx(gain, rel=1e-5)
+        assert summary["decay"]["r2"] == pytest.approx(1.0) or gain == 1.0
+
+
+def test_images_for_a_hf_classifier_go_through_its_image_processor(tmp_path):
+    from transformers import ConvNextImageProcessor
+
+    directory = hm.save_tiny_hf_resnet(tmp_path / "model")
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(directory)
+    images = _image_dir(tmp_path)
+    report = gradscope.analyze(str(directory), gradscope.AnalyzeConfig(baselines=("pretrained",), images=str(images),
+                                                                       batch_size=2, device="cpu"))
+    assert report.meta["inputs"].startswith(f"2 images from {images} (the model's image processor)")
+
+
+def test_images_for_a_text_model_is_a_usage_error(tiny_bert, tmp_path):
+    with pytest.raises(UsageError, match="--images is for vision models"):
+        gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(images=str(tmp_path), **SMALL))

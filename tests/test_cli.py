@@ -1,0 +1,151 @@
+"""`gradscope analyze` and `gradscope demo` through the command line: output, files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradscope.cli import main
+
+import helpers_models as hm
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--batch-size", "2", "--seq-len", "16", "--device", "cpu"]
+
+
+def run_module(*args, env=None):
+    """``python -m gradscope ARGS`` in a fresh interpreter: the real entry point."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **(env or {})}
+    environment.pop("GRADSCOPE_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "gradscope", *args], capture_output=True, text=True,
+                          env=environment, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    return hm.save_tiny_bert(tmp_path_factory.mktemp("cli-bert"))
+
+
+def test_demo_through_the_entry_point():
+    result = run_module("demo", "--depth", "20")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    table = {line.split()[0]: line.split()[1] for line in lines[5:11]}  # after title, inputs, blank, header, rule
+    assert table == {"sigmoid": "vanishing", "tanh": "vanishing", "relu": "vanishing", "relu-he": "healthy",
+                     "batchnorm": "healthy", "residual": "healthy"}
+    assert "fix: replace sigmoid with a ReLU-family activation" in result.stdout
+    assert "measuring sigmoid" in result.stderr and "measuring" not in result.stdout  # progress on stderr
+
+
+def test_unreachable_hub_id_exits_3_with_one_line():
+    result = run_module("analyze", "nobody-here/no-such-model", "--device", "cpu")
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gradscope: error:")]
+    assert len(errors) == 1
+    assert "'nobody-here/no-such-model'" in errors[0] and "local directory" in errors[0]
+
+
+def test_analyze_writes_the_report_and_prints_the_summary(tiny_bert, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["analyze", str(tiny_bert), *FAST, "--out", str(out), "--what-if", "sigmoid,no-residual"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads((out / "report.json").read_text())
+    assert data["schema"] == "gradscope.report/1"
+    assert [v["name"] for v in data["variants"]] == ["pretrained", "scratch", "shallow", "sigmoid", "no-residual"]
+    assert data["meta"]["arguments"]["what_if"] == "sigmoid,no-residual"
+    for name in ("pretrained", "scratch", "shallow", "sigmoid", "no-residual"):
+        assert any(line.startswith(name + " ") for line in captured.out.splitlines())
+    assert "pretrained / scratch:" in captured.out
+    assert "loading" in captured.err and "wrote" in captured.err
+
+    # A second run refuses to overwrite before doing any work; --force overwrites.
+    assert main(["analyze", str(tiny_bert), *FAST, "--out", str(out), "--baselines", "pretrained"]) == 2
+    captured = capsys.readouterr()
+    assert "already exists; pass --force" in captured.err and "loading" not in captured.err
+    assert main(["analyze", str(tiny_bert), *FAST, "--out", str(out), "--baselines", "pretrained", "--force"]) == 0
+    assert [v["name"] for v in json.loads((out / "report.json").read_text())["variants"]] == ["pretrained"]
+
+
+def test_text_file_replaces_the_built_in_corpus(tiny_bert, tmp_path, capsys):
+    text = tmp_path / "words.txt"
+    text.write_text("Gradients flow backwards through every layer of the network.\n")
+    out = tmp_path / "out"
+    assert main(["analyze", str(tiny_bert), *FAST, "--baselines", "pretrained", "--text", str(text),
+                 "--out", str(out)]) == 0
+    assert f"text file {text}" in json.loads((out / "report.json").read_text())["meta"]["inputs"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--format", "json,html"], "--format html: not implemented yet"),
+        (["--what-if", "swish"], "--what-if: unknown variant swish"),
+        (["--baselines", "none"], "no variants to run"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--text", "/no/such/file.txt"], "--text /no/such/file.txt: cannot read it"),
+        (["--what-if", "no-norm", "--dtype", "float8"], "--dtype float8"),
+    ],
+)
+def test_bad_usage_exits_2_with_a_message(tiny_bert, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(["analyze", str(tiny_bert), *FAST, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("gradscope: error:") == 1
+    assert not out.exists()  # nothing half-written
+
+
+def test_unwritable_output_directory_exits_2_before_running(tiny_bert, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["analyze", str(tiny_bert), *FAST, "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a directory" in err and "loading" not in err
+
+
+def test_model_load_failures_exit_3(tmp_path, capsys):
+    assert main(["analyze", "resnet19"]) == 3
+    assert "close matches: resnet18" in capsys.readouterr().err
+    pickled = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    assert main(["analyze", str(pickled), "--arch", "resnet18", "--out", str(tmp_path / "out")]) == 3
+    assert "needs pickled code" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "out")]) == 3  # a directory without config.json
+    assert "without config.json" in capsys.readouterr().err
+
+
+def test_checkpoint_without_arch_is_a_usage_error(tmp_path, capsys):
+    path = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
+    assert main(["analyze", str(path)]) == 2
+    assert "--arch" in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(tiny_bert, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    assert main(["analyze", str(tiny_bert), "--device", "cuda", "--out", ""]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_demo_writes_a_report_when_asked(tmp_path, capsys):
+    assert main(["demo", "--depth", "6", "--width", "16", "--batch-size", "32", "--out", str(tmp_path / "d")]) == 0
+    data = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert [s["variant"] for s in data["summaries"]] == ["sigmoid", "tanh", "relu", "relu-he", "batchnorm", "residual"]
+
+
+def test_remote_code_is_refused_unless_asked(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "gradscope-custom", "architectures": ["CustomModel"],
+        "auto_map": {"AutoConfig": "configuration_custom.CustomConfig", "AutoModel": "modeling_custom.CustomModel"},
+    }))
+    (tmp_path / "configuration_custom.py").write_text(
+        "raise SystemExit('remote code ran')\n"  # must never run
+    )
+    assert main(["analyze", str(tmp_path), "--offline", "--out", ""]) == 3
+    assert "pass --trust-remote-code" in capsys.readouterr().err

@@ -1,0 +1,175 @@
+"""Two processes, gloo, CPU: FSDP2-sharded and DDP statistics equal the single-process model's.
+
+One spawn runs both cases (process start-up dominates the time); each rank saves
+what its monitor recorded and the assertions run here, against float64 norms of
+a single-process model trained on the whole batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import socket
+
+import pytest
+import torch
+from torch import nn
+
+WORLD = 2
+BLOCKS = ["blocks.0", "blocks.1", "blocks.2"]
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 6)  # 6 rows: shards of 3 and 3
+        self.blocks = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 7), nn.Linear(7, 5))  # uneven shards of 5 and 7
+        self.head = nn.Linear(5, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.blocks(self.inp(x))))
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)
+
+
+def loss_of(net, x, y):
+    return ((net(x) - y) ** 2).mean()
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    # a short timeout: a collective one rank skips fails the test instead of hanging it
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        from torch.nn.parallel import DistributedDataParallel
+
+        from gradscope.errors import UsageError
+        from gradscope.monitor import GradientMonitor
+
+        x, y = batch()
+        local = slice(rank * 4, rank * 4 + 4)
+
+        torch.manual_seed(0)
+        net = Net()
+        mesh = init_device_mesh("cpu", (WORLD,))
+        for block in net.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(net, mesh=mesh)
+        monitor = GradientMonitor(net)
+        loss_of(net, x[local], y[local]).backward()  # FSDP averages the ranks' gradients
+        monitor.step()
+        history = monitor.history  # a collective: every rank
+        monitor.close()
+        torch.save({"mode": monitor.mode, "names": history.param_names, "param_l2": history.param_l2(),
+                    "block_l2": history.block_l2(), "global": history.global_l2(), "table": history.table,
+                    "numel": history.numel, "blocks": history.blocks}, f"{out}/fsdp_{rank}.pt")
+
+        torch.manual_seed(0)
+        ddp = DistributedDataParallel(Net())
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        monitor = GradientMonitor(ddp.module)
+        loss_of(ddp, x[local], y[local]).backward()
+        monitor.clip_grad_norm_(0.01)  # records on rank 0; clips alike on every rank
+        opt.step()
+        result = {"mode": monitor.mode, "recorded": len(monitor._chunks) + len(monitor._pending) > 0,
+                  "params": torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])}
+        try:
+            history = monitor.history
+            result["global"], result["post_clip"] = history.global_l2(), history.post_clip_l2
+        except UsageError as exc:
+            result["error"] = str(exc)
+        monitor.close()
+        torch.save(result, f"{out}/ddp_{rank}.pt")
+
+        # Replicate placement (HSDP's replica dimension, tensor-parallel replicated weights): counted once.
+        from torch.distributed.tensor import Replicate, distribute_tensor
+
+        torch.manual_seed(0)
+        layer = nn.Linear(3, 2)
+        grad = torch.arange(6.0).reshape(2, 3)
+        layer.weight = nn.Parameter(distribute_tensor(layer.weight.detach(), mesh, [Replicate()]))
+        layer.weight.grad = distribute_tensor(grad, mesh, [Replicate()])
+        monitor = GradientMonitor(layer, params=["weight"])
+        monitor.step()
+        torch.save({"mode": monitor.mode, "l2": monitor.history.param_l2()[0, 0].item(),
+                    "numel": monitor.history.numel[0, 0].item()}, f"{out}/replicate_{rank}.pt")
+        monitor.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available in this build")
+    out = tmp_path_factory.mktemp("dist")
+    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return {kind: [torch.load(out / f"{kind}_{r}.pt", weights_only=False) for r in range(WORLD)]
+            for kind in ("fsdp", "ddp", "replicate")}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    torch.manual_seed(0)
+    net = Net()
+    x, y = batch()
+    loss_of(net, x, y).backward()
+    grads = {n: p.grad.double() for n, p in net.named_parameters()}
+    norm = lambda gs: torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in gs])).item()  # noqa: E731
+    return {
+        "param_l2": {n: g.norm().item() for n, g in grads.items()},
+        "maxabs": {n: g.abs().max().item() for n, g in grads.items()},
+        "numel": {n: g.numel() for n, g in grads.items()},
+        "block_l2": {b: norm([g for n, g in grads.items() if n.startswith(b + ".")]) for b in BLOCKS},
+        "global": norm(list(grads.values())),
+    }
+
+
+# Gradients reduced across ranks differ from single-process ones by fp32 rounding (~1e-7 relative).
+RTOL = 1e-5
+
+
+def test_fsdp2_statistics_equal_the_unsharded_model(ranks, reference):
+    for got in ranks["fsdp"]:
+        assert got["mode"] == "sharded"
+        assert list(got["blocks"]) == BLOCKS
+        for i, name in enumerate(got["names"]):
+            assert math.isclose(got["param_l2"][0, i].item(), reference["param_l2"][name], rel_tol=RTOL), name
+            assert math.isclose(got["table"][0, i, 3].item(), reference["maxabs"][name], rel_tol=RTOL), name
+            assert got["numel"][0, i].item() == reference["numel"][name]
+        for b, block in enumerate(got["blocks"]):
+            assert math.isclose(got["block_l2"][0, b].item(), reference["block_l2"][block], rel_tol=RTOL)
+        assert math.isclose(got["global"][0].item(), reference["global"], rel_tol=RTOL)
+    # every rank holds the same combined numbers
+    torch.testing.assert_close(ranks["fsdp"][0]["table"], ranks["fsdp"][1]["table"], rtol=0, atol=0)
+
+
+def test_ddp_computes_on_rank_zero_only_and_clips_alike(ranks, reference):
+    zero, one = ranks["ddp"]
+    assert zero["mode"] == one["mode"] == "replicated"
+    assert zero["recorded"] is True and one["recorded"] is False
+    assert math.isclose(zero["global"][0].item(), reference["global"], rel_tol=RTOL)
+    assert math.isclose(zero["post_clip"][0].item(), 0.01, rel_tol=1e-4)
+    assert "rank 0" in one["error"]
+    assert torch.equal(zero["params"], one["params"])  # the replicas stay identical after clipping
+
+
+def test_replicated_dtensor_is_counted_once(ranks):
+    for got in ranks["replicate"]:
+        assert got["mode"] == "sharded"
+        assert got["numel"] == 6
+        assert math.isclose(got["l2"], math.sqrt(sum(v * v for v in range(6))), rel_tol=1e-12)  # not doubled

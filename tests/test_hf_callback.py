@@ -1,0 +1,102 @@
+"""GradscopeCallback inside a real transformers.Trainer on a tiny BERT built from a config (no download)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+
+from gradscope.integrations.hf import GradscopeCallback, add_gradscope_callback  # noqa: E402
+from gradscope.report import Report  # noqa: E402
+
+LAYERS = [f"bert.encoder.layer.{i}" for i in range(2)]
+
+
+class Reference(transformers.TrainerCallback):
+    """float64 norms of the gradients the optimizer is about to consume, per step."""
+
+    def __init__(self):
+        self.steps: dict[int, dict] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        named = [(n, p.grad.double().reshape(-1)) for n, p in model.named_parameters() if p.grad is not None]
+        norm = lambda gs: torch.linalg.vector_norm(torch.cat(gs)).item()  # noqa: E731
+        row = {"global": norm([g for _, g in named])}
+        for block in LAYERS:
+            row[block] = norm([g for n, g in named if n.startswith(block + ".")])
+        self.steps[state.global_step + 1] = row
+
+
+def tiny_trainer(tmp_path, *, max_grad_norm=0.0, accumulation=1, steps=3):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    model = transformers.BertForMaskedLM(config)
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for _ in range(16):
+        ids = torch.randint(5, 64, (12,), generator=g)
+        labels = torch.where(torch.rand(12, generator=g) < 0.3, ids, torch.full_like(ids, -100))
+        labels[0] = ids[0]
+        data.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=accumulation,
+        max_steps=steps, logging_steps=1, max_grad_norm=max_grad_norm, learning_rate=1e-3, report_to=[],
+        use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True)
+    return transformers.Trainer(model=model, args=args, train_dataset=data)
+
+
+def logged(trainer):
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_global_norm_equals_trainer_grad_norm_and_blocks_match_float64(tmp_path, accumulation):
+    trainer = tiny_trainer(tmp_path, accumulation=accumulation)
+    callback = add_gradscope_callback(trainer, report_dir=tmp_path / "report")
+    reference = Reference()
+    trainer.add_callback(reference)
+    trainer.train()
+    rows = logged(trainer)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        # the Trainer's norm is fp32 foreach norms; ours sums fp32 lanes into fp64
+        assert math.isclose(row["gradscope/no_clip/grad_norm"], row["grad_norm"], rel_tol=1e-5)
+        ref = reference.steps[row["step"]]
+        assert math.isclose(row["gradscope/no_clip/grad_norm"], ref["global"], rel_tol=1e-6)
+        for block in LAYERS:
+            assert math.isclose(row[f"gradscope/no_clip/grad_norm/{block}"], ref[block], rel_tol=1e-6)
+        assert row["gradscope/nonfinite"] == 0
+    assert callback.monitor is None  # closed at the end of training
+    report = Report.load(tmp_path / "report")
+    assert report.meta["clip_stage"] == "no_clip"
+    assert report.meta["gradient_accumulation_steps"] == accumulation
+    assert {r["step"] for r in report.series} == {1, 2, 3}
+
+
+def test_with_clipping_the_keys_say_after_clip(tmp_path):
+    trainer = tiny_trainer(tmp_path, max_grad_norm=0.05, steps=2)
+    add_gradscope_callback(trainer)
+    reference = Reference()
+    trainer.add_callback(reference)
+    trainer.train()
+    for row in logged(trainer):
+        assert "gradscope/no_clip/grad_norm" not in row
+        after = row["gradscope/after_clip/grad_norm"]
+        assert row["grad_norm"] > 0.05 >= after * (1 - 1e-6)  # the Trainer logs the pre-clip norm
+        assert math.isclose(after, reference.steps[row["step"]]["global"], rel_tol=1e-6)
+
+
+def test_plain_callbacks_argument_warns_when_report_to_would_miss_values(tmp_path):
+    trainer = tiny_trainer(tmp_path, steps=1)
+    callback = GradscopeCallback()
+    trainer.add_callback(callback)
+    trainer.args.report_to = ["none-such"]  # only read by the callback's check
+    with pytest.warns(RuntimeWarning, match="add_gradscope_callback"):
+        callback.on_train_begin(trainer.args, trainer.state, trainer.control, model=trainer.model)
+    callback.monitor.close()

@@ -1,0 +1,77 @@
+"""GradscopeLightningCallback in a real lightning.pytorch Trainer (skipped where lightning is not installed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch", reason="lightning is not installed (pip install gradscope[lightning])")
+
+from gradscope.integrations.lightning import GradscopeLightningCallback  # noqa: E402
+from gradscope.report import Report  # noqa: E402
+
+BLOCKS = ["layers.0", "layers.1", "layers.2"]
+
+
+class Module(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(4, 8)
+        self.layers = nn.Sequential(*[nn.Linear(8, 8) for _ in range(3)])
+        self.head = nn.Linear(8, 1)
+        self.reference: dict[int, dict] = {}
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return ((self.head(torch.tanh(self.layers(self.inp(x)))) - y) ** 2).mean()
+
+    def on_before_optimizer_step(self, optimizer):  # runs after the callbacks' hook, on the same gradients
+        grads = {n: p.grad.double().reshape(-1) for n, p in self.named_parameters()}
+        norm = lambda gs: torch.linalg.vector_norm(torch.cat(gs)).item()  # noqa: E731
+        row = {"global": norm(list(grads.values()))}
+        row.update({b: norm([g for n, g in grads.items() if n.startswith(b + ".")]) for b in BLOCKS})
+        self.reference[self.trainer.global_step + 1] = row
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class Collect(pl.loggers.Logger):
+    def __init__(self):
+        super().__init__()
+        self.metrics: dict[int, dict] = {}
+
+    name, version = "collect", 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.setdefault(step, {}).update(metrics)
+
+
+def test_per_block_norms_match_float64_with_accumulation(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(24, 4, generator=g), torch.randn(24, 1, generator=g))
+    module, logger = Module(), Collect()
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=logger, log_every_n_steps=1,
+                         accumulate_grad_batches=2, gradient_clip_val=0.01, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[GradscopeLightningCallback(report_dir=tmp_path / "report")])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    logged = {k: v for m in logger.metrics.values() for k, v in m.items()}
+    assert len(module.reference) == 3
+    ref = module.reference[3]
+    values = [m for m in logger.metrics.values() if "gradscope/pre_clip/grad_norm" in m]
+    assert len(values) == 3
+    # pre-clip: Lightning clips to 0.01 after the hook, and the logged norm is above that
+    assert values[-1]["gradscope/pre_clip/grad_norm"] > 0.01
+    assert math.isclose(values[-1]["gradscope/pre_clip/grad_norm"], ref["global"], rel_tol=1e-6)
+    for b in BLOCKS:
+        assert math.isclose(logged[f"gradscope/pre_clip/grad_norm/{b}"], ref[b], rel_tol=1e-6)
+    report = Report.load(tmp_path / "report")
+    assert {r["step"] for r in report.series} == {1, 2, 3}

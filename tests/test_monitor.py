@@ -1,0 +1,476 @@
+"""GradientMonitor against float64 references computed here from the gradients themselves."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope.errors import GradscopeError, UsageError
+from gradscope.monitor import GradientMonitor
+
+BLOCKS = ["layers.0", "layers.1", "layers.2", "layers.3"]
+
+
+class Net(nn.Module):
+    """Embedding-like input layer, four numbered blocks, a head, and a layer the loss never uses."""
+
+    def __init__(self, width: int = 8, depth: int = 4, reverse: bool = False):
+        super().__init__()
+        self.inp = nn.Linear(4, width)
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.Tanh()) for _ in range(depth))
+        self.head = nn.Linear(width, 1)
+        self.unused = nn.Linear(2, 2)
+        self.reverse = reverse  # run the blocks in reverse registration order
+
+    def forward(self, x):
+        h = self.inp(x)
+        for layer in (reversed(self.layers) if self.reverse else self.layers):
+            h = layer(h)
+        return self.head(h)
+
+
+def make(seed: int = 0, **kw) -> Net:
+    torch.manual_seed(seed)
+    return Net(**kw)
+
+
+def backward(net: nn.Module, seed: int, scale: float = 1.0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)
+    (scale * ((net(x) - y) ** 2).mean()).backward()
+
+
+def ref_param_l2(net: nn.Module) -> dict[str, float]:
+    return {n: torch.linalg.vector_norm(p.grad.double()).item()
+            for n, p in net.named_parameters() if p.grad is not None}
+
+
+def ref_block_l2(net: nn.Module) -> dict[str, float]:
+    out = {}
+    for b in BLOCKS:
+        grads = [p.grad.double().reshape(-1) for n, p in net.named_parameters() if n.startswith(b + ".")]
+        out[b] = torch.linalg.vector_norm(torch.cat(grads)).item()
+    return out
+
+
+def ref_global_l2(net: nn.Module) -> float:
+    return torch.linalg.vector_norm(torch.cat([p.grad.double().reshape(-1) for p in net.parameters()
+                                               if p.grad is not None])).item()
+
+
+def close(a: float, b: float) -> bool:
+    # The fused op sums fp32 values in fp32 SIMD lanes per block, then in fp64 (tests/stats_reference.py holds
+    # it to 1e-6 relative); the reference sums in fp64 throughout.
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_monitors():
+    yield
+    import gc
+
+    gc.collect()
+
+
+def test_every_step_matches_float64_reference_across_flushes():
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    refs = []
+    with GradientMonitor(net, flush_every=2) as monitor:
+        for step in range(5):
+            backward(net, step)
+            refs.append((ref_param_l2(net), ref_block_l2(net), ref_global_l2(net)))
+            assert monitor.step() is True
+            opt.step()
+            opt.zero_grad()
+        history = monitor.history
+    assert history.steps.tolist() == [1, 2, 3, 4, 5]
+    assert list(history.blocks) == BLOCKS
+    names = list(history.param_names)
+    for t, (params, blocks, total) in enumerate(refs):
+        for i, name in enumerate(names):
+            if name.startswith("unused"):
+                assert not history.present[t, i] and math.isnan(history.param_l2()[t, i])
+            else:
+                assert close(history.param_l2()[t, i].item(), params[name])
+        for b, name in enumerate(history.blocks):
+            assert close(history.block_l2()[t, b].item(), blocks[name])
+        assert close(history.global_l2()[t].item(), total)
+
+
+def test_block_rows_match_reference_mean_std_max():
+    net = make()
+    monitor = GradientMonitor(net)
+    backward(net, 0)
+    monitor.step()
+    rows = [r for r in monitor.history.rows() if r["block"] == "layers.2"]
+    g = torch.cat([p.grad.double().reshape(-1) for n, p in net.named_parameters() if n.startswith("layers.2.")])
+    # a mean may cancel to near zero: its error is bounded relative to mean |g|
+    assert math.isclose(rows[0]["grad_mean"], g.mean().item(), abs_tol=1e-6 * g.abs().mean().item())
+    assert close(rows[0]["grad_std"], g.std(unbiased=False).item())
+    assert rows[0]["grad_maxabs"] == g.abs().max().item()
+    assert rows[0]["depth"] == 2 and rows[0]["grad_nonfinite"] == 0
+    monitor.close()
+
+
+def test_every_samples_multiples_of_every():
+    net = make()
+    with GradientMonitor(net, every=3) as monitor:
+        recorded = []
+        for _ in range(7):
+            backward(net, 0)
+            recorded.append(monitor.step())
+            net.zero_grad()
+        assert recorded == [False, False, True, False, False, True, False]
+        assert monitor.history.steps.tolist() == [3, 6]
+
+
+def test_optimizer_hook_sees_the_accumulated_gradient():
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    refs = []
+    with GradientMonitor(net, opt) as monitor:
+        for step in range(3):
+            for micro in range(2):  # two micro-batches per optimizer step
+                backward(net, 10 * step + micro, scale=0.5)
+            refs.append(ref_block_l2(net))
+            opt.step()
+            opt.zero_grad()
+        history = monitor.history
+        with pytest.raises(UsageError, match="step hook"):
+            monitor.step()
+    assert history.steps.tolist() == [1, 2, 3]
+    for t, ref in enumerate(refs):
+        for b, name in enumerate(history.blocks):
+            assert close(history.block_l2()[t, b].item(), ref[name])
+
+
+def test_clip_grad_norm_matches_torch_and_records_pre_and_post_clip():
+    net, twin = make(), make()
+    backward(net, 0)
+    backward(twin, 0)
+    torch_total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
+    with GradientMonitor(net) as monitor:
+        pre = ref_global_l2(net)
+        total = monitor.clip_grad_norm_(0.1)
+        post = ref_global_l2(net)
+        history = monitor.history
+    assert math.isclose(total.item(), torch_total.item(), rel_tol=1e-6)
+    for (_, p), (_, q) in zip(net.named_parameters(), twin.named_parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
+    assert close(history.global_l2()[0].item(), pre)
+    assert math.isclose(history.post_clip_l2[0].item(), post, rel_tol=1e-6)
+    assert post < pre
+
+
+def test_clip_with_optimizer_hook_records_once_per_step():
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    with GradientMonitor(net, opt) as monitor:
+        for step in range(2):
+            backward(net, step)
+            monitor.clip_grad_norm_(0.1)
+            opt.step()
+            opt.zero_grad()
+        history = monitor.history
+    assert history.steps.tolist() == [1, 2]
+    assert (history.post_clip_l2 < history.global_l2()).all()
+
+
+def test_grad_scaler_statistics_are_of_the_unscaled_gradient():
+    net, plain = make(), make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)
+    scaler.scale(((net(x) - y) ** 2).mean()).backward()
+    ((plain(x) - y) ** 2).mean().backward()
+    expected = ref_block_l2(plain)
+
+    before = GradientMonitor(net, scaler=scaler)  # before unscale_: divides by the scale
+    before.step()
+    hist_before = before.history
+    before.close()
+    scaler.unscale_(opt)
+    after = GradientMonitor(net)  # the recommended way: after unscale_, nothing to pass
+    after.step()
+    hist_after = after.history
+    after.close()
+    for b, name in enumerate(hist_before.blocks):
+        assert math.isclose(hist_before.block_l2()[0, b].item(), expected[name], rel_tol=1e-6)
+        assert math.isclose(hist_after.block_l2()[0, b].item(), expected[name], rel_tol=1e-6)
+    # maxabs scales exactly (power-of-two scale)
+    assert torch.equal(hist_before.table[..., 3], hist_after.table[..., 3])
+
+
+def test_grad_scaler_with_optimizer_hook_does_not_divide_twice():
+    net, plain = make(), make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)
+    ((plain(x) - y) ** 2).mean().backward()
+    with GradientMonitor(net, opt, scaler=scaler) as monitor:
+        scaler.scale(((net(x) - y) ** 2).mean()).backward()
+        scaler.step(opt)  # unscales, then steps: the hook sees unscaled gradients
+        scaler.update()
+        history = monitor.history
+    assert math.isclose(history.global_l2()[0].item(), ref_global_l2(plain), rel_tol=1e-6)
+
+
+def _nan_grad_at(net: Net, block: int) -> None:
+    net.layers[block][0].weight.register_hook(lambda g: torch.full_like(g, math.nan))
+
+
+def test_nonfinite_warning_names_the_first_block_in_execution_order():
+    # Registered layers.0..3 but run 3, 2, 1, 0: execution order puts layers.3 first.
+    net = make(reverse=True)
+    _nan_grad_at(net, 3)
+    _nan_grad_at(net, 1)
+    monitor = GradientMonitor(net)
+    backward(net, 0)
+    with pytest.warns(RuntimeWarning, match=r"first block \(execution order\): layers\.3"):
+        monitor.step()
+        monitor.flush()
+    assert list(monitor.history.blocks) == ["layers.3", "layers.2", "layers.1", "layers.0"]
+    assert monitor.history.nonfinite_blocks(0) == ["layers.3", "layers.1"]
+    monitor.close()
+
+
+def test_nonfinite_born_in_backward_names_the_deepest_block():
+    class NaNBackward(nn.Module):  # finite forward; 0 * d/dx sqrt(0) = NaN in the backward pass
+        def forward(self, h):
+            return h + 0 * torch.sqrt(h - h.detach())
+
+    net = make()
+    net.layers[2].append(NaNBackward())
+    monitor = GradientMonitor(net, on_nonfinite="raise")
+    backward(net, 0)
+    with pytest.raises(GradscopeError, match=r"first block \(execution order\): layers\.0.*deepest is layers\.2"):
+        monitor.step()
+    history = monitor.history  # the offending step was recorded before raising
+    assert history.nonfinite_blocks(0) == ["layers.0", "layers.1", "layers.2"]
+    assert math.isnan(history.global_l2()[0].item())
+    monitor.close()
+
+
+def test_ignore_records_without_warning():
+    net = make()
+    _nan_grad_at(net, 0)
+    with GradientMonitor(net, on_nonfinite="ignore") as monitor:
+        backward(net, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            monitor.step()
+            monitor.flush()
+        assert monitor.latest()["nonfinite"] == 64
+
+
+def test_frozen_and_selected_parameters():
+    net = make()
+    net.inp.requires_grad_(False)
+    with GradientMonitor(net, params=["layers.*.0.weight", "head.bias"]) as monitor:
+        assert monitor.param_names == ("layers.0.0.weight", "layers.1.0.weight", "layers.2.0.weight",
+                                       "layers.3.0.weight", "head.bias")
+        assert set(monitor.frozen) == {"inp.weight", "inp.bias"}
+        backward(net, 0)
+        monitor.step()
+        ref = {n: torch.linalg.vector_norm(p.grad.double()).item() for n, p in net.named_parameters()
+               if n in monitor.param_names}
+        l2 = monitor.history.param_l2()[0].tolist()
+    assert all(close(v, ref[n]) for n, v in zip(monitor.param_names, l2))
+    with pytest.raises(UsageError, match="close matches: head.bias"):
+        GradientMonitor(net, params=["head.bais"])
+    with pytest.raises(UsageError, match="only frozen"):
+        GradientMonitor(net, params=["inp.*"])
+    with pytest.raises(UsageError, match="no trainable parameters"):
+        GradientMonitor(nn.Linear(2, 2).requires_grad_(False))
+
+
+def test_missing_gradients_are_absent_not_zero():
+    net = make()
+    with GradientMonitor(net) as monitor:
+        net.head(torch.randn(3, 8)).sum().backward()  # only the head gets a gradient
+        monitor.step()
+        history = monitor.history
+    assert torch.isnan(history.block_l2()).all()
+    rows = [r for r in history.rows() if r["block"] == "layers.0"]
+    assert rows[0]["params_no_grad"] == 2 and math.isnan(rows[0]["grad_l2"])
+    assert close(history.global_l2()[0].item(), ref_global_l2(net))
+
+
+def test_attached_twice_is_refused_until_closed():
+    net = make()
+    first = GradientMonitor(net)
+    with pytest.raises(UsageError, match="already attached"):
+        GradientMonitor(net)
+    first.close()
+    GradientMonitor(net).close()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with GradientMonitor(net, opt) as monitor, pytest.raises(UsageError, match="already attached to an optimizer"):
+        monitor.attach(opt)
+
+
+def test_empty_history_flush_and_report():
+    net = make()
+    with GradientMonitor(net) as monitor:
+        assert monitor.flush() == 0
+        with pytest.raises(UsageError, match=r"call monitor.step\(\) after loss.backward"):
+            monitor.report()
+    with GradientMonitor(net, every=5) as monitor:
+        backward(net, 0)
+        monitor.step()
+        with pytest.raises(UsageError, match="every=5"):
+            monitor.history
+
+
+def test_replaced_parameters_are_refused_at_flush():
+    net = make()
+    monitor = GradientMonitor(net)
+    backward(net, 0)
+    monitor.step()
+    net.head.weight = nn.Parameter(net.head.weight.detach().clone())
+    with pytest.raises(UsageError, match="parameters were replaced"):
+        monitor.flush()
+    monitor.close()
+
+
+def test_model_moved_to_gpu_keeps_recording(cuda_device):
+    net = make()
+    with GradientMonitor(net) as monitor:
+        backward(net, 0)
+        monitor.step()
+        net.to(cuda_device)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(6, 4, generator=g).to(cuda_device)
+        net(x).sum().backward()
+        monitor.step()
+        history = monitor.history
+        assert history.steps.tolist() == [1, 2]
+        assert close(history.global_l2()[1].item(), ref_global_l2(net))
+
+
+def test_report_carries_the_time_series_and_round_trips(tmp_path):
+    from gradscope.report import Report
+
+    net = make()
+    with GradientMonitor(net) as monitor:
+        for step in range(3):
+            backward(net, step)
+            monitor.step()
+            net.zero_grad()
+        report = monitor.report()
+    assert report.meta["kind"] == "monitor" and report.meta["steps_recorded"] == 3
+    per_block = [r for r in report.series if r["block"] is not None]
+    assert len(per_block) == 3 * 4 and {r["step"] for r in per_block} == {1, 2, 3}
+    assert [r["block"] for r in report.blocks] == BLOCKS
+    report.save(tmp_path)
+    loaded = Report.load(tmp_path)
+    assert loaded.series[0]["block"] == "layers.0" and len(loaded.series) == len(report.series)
+
+
+class FakeWriter:
+    def __init__(self):
+        self.scalars, self.histograms = [], []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def add_histogram(self, tag, values, step):
+        self.histograms.append((tag, values, step))
+
+
+def test_log_to_writes_block_scalars_and_histograms():
+    net = make()
+    writer = FakeWriter()
+    with GradientMonitor(net) as monitor:
+        monitor.log_to(writer, histograms=True)
+        backward(net, 0)
+        ref = ref_block_l2(net)
+        monitor.clip_grad_norm_(0.01)
+    tags = {tag: (value, step) for tag, value, step in writer.scalars}
+    for block in BLOCKS:
+        assert close(tags[f"gradscope/grad_norm/{block}"][0], ref[block])
+    assert tags["gradscope/grad_norm_post_clip/global"][1] == 1
+    assert [tag for tag, _, _ in writer.histograms] == [f"gradscope/grad/{b}" for b in BLOCKS]
+
+
+def test_log_to_a_real_summary_writer(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from torch.utils.tensorboard import SummaryWriter
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    net = make()
+    writer = SummaryWriter(tmp_path)
+    with GradientMonitor(net) as monitor:
+        monitor.log_to(writer)
+        for step in range(2):
+            backward(net, step)
+            monitor.step()
+            net.zero_grad()
+    writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert "gradscope/grad_norm/layers.3" in events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("gradscope/grad_norm/global")] == [1, 2]
+
+
+def test_public_name_is_lazy():
+    assert gradscope.GradientMonitor is GradientMonitor
+
+
+def test_raise_from_the_optimizer_hook_stops_the_update():
+    net = make()
+    _nan_grad_at(net, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    with GradientMonitor(net, opt, on_nonfinite="raise") as monitor:
+        backward(net, 0)
+        with pytest.raises(GradscopeError, match=r"layers\.1"):
+            opt.step()
+        assert monitor.history.steps.tolist() == [1]
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_keep_last_bounds_the_host_history():
+    net = make()
+    with GradientMonitor(net, keep_last=3, flush_every=2) as monitor:
+        for step in range(7):
+            backward(net, step)
+            monitor.step()
+            net.zero_grad()
+        assert monitor.history.steps.tolist() == [5, 6, 7]
+        assert monitor.latest()["step"] == 7
+
+
+def test_explicit_step_numbers_and_bad_options():
+    net = make()
+    with GradientMonitor(net, every=10) as monitor:
+        backward(net, 0)
+        assert monitor.step(step=20) is True
+        assert monitor.history.steps.tolist() == [20]
+    with pytest.raises(UsageError, match="unknown GradientMonitor option.*evry"):
+        GradientMonitor(net, evry=2)
+    with pytest.raises(UsageError, match="on_nonfinite must be one of"):
+        GradientMonitor(net, on_nonfinite="panic")
+
+
+def test_grad_scaler_overflow_is_counted_as_the_scaler_sees_it():
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)  # scaled gradients above 3.4e38 overflow
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)
+    scaler.scale(1e3 * ((net(x) - y) ** 2).mean()).backward()
+    with GradientMonitor(net, scaler=scaler, on_nonfinite="ignore") as monitor:
+        monitor.step()
+        nonfinite = monitor.latest()["nonfinite"]
+    scaler.unscale_(opt)
+    found_inf = sum(v.item() for v in scaler._found_inf_per_device(opt).values())
+    assert nonfinite > 0 and found_inf > 0  # the step the scaler will skip is flagged, not hidden
