@@ -21,9 +21,9 @@ $(VENV)/.installed: $(PY) $(SOURCES)
 	$(BUILD_ENV) $(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: $(PY) $(SOURCES)
 	$(BUILD_ENV) $(PY) -m pip install -q --no-build-isolation -e ".[test]"
-	touch $@
+	touch $@ $(VENV)/.installed
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 try:
     import torch
@@ -84,7 +84,7 @@ if WITH_CUDA and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
     os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
 
 setup(
-    packages=find_packages(include=["gradscope", "gradscope.*"]),
+    packages=find_namespace_packages(include=["gradscope", "gradscope.*"], exclude=["*.__pycache__"]),
     ext_modules=_extensions(WITH_CUDA),
     cmdclass={"build_ext": BuildWithRecord.with_options(use_ninja=True)},
     include_package_data=True,
