@@ -1,5 +1,5 @@
 # gradscope: set-up, demo and tests on a fresh machine.
-#   make demo   set up .venv (torch, gradscope with its compiled op) and run `gradscope demo`
+#   make demo   set up .venv (torch, gradscope with its compiled op), run `gradscope demo`, write gradscope-demo/
 #   make test   set up .venv with the test extras and run the test suite
 # The CUDA kernel is compiled whenever nvcc is on PATH (no GPU needed to build it).
 
@@ -30,7 +30,7 @@ setup-test: $(VENV)/.installed-test
 
 demo: setup
 	$(VENV)/bin/gradscope info
-	$(VENV)/bin/gradscope demo
+	$(VENV)/bin/gradscope demo --out gradscope-demo --force
 
 test: setup-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

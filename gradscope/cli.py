@@ -137,12 +137,19 @@ def _finish(report, args, progress) -> int:
     return EXIT_OK
 
 
-def _add_output_flags(p, default_out) -> None:
+def _add_write_flags(p, default_out) -> None:
+    from .report import DEFAULT_FORMATS, RENDERERS
+
     p.add_argument("--out", metavar="DIR", default=default_out,
                    help="directory to write the report to" + (f" (default: {default_out})" if default_out else ""))
-    p.add_argument("--format", default="json", metavar="LIST",
-                   help="report formats, comma separated (json; csv, md, html, png come with the report renderers)")
+    p.add_argument("--format", default=",".join(DEFAULT_FORMATS), metavar="LIST",
+                   help=f"report formats, comma separated, of {', '.join(RENDERERS)} "
+                        f"(default: {','.join(DEFAULT_FORMATS)}; png needs matplotlib)")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
+
+
+def _add_output_flags(p, default_out) -> None:
+    _add_write_flags(p, default_out)
     p.add_argument("--seed", type=int, default=0, help="seed for inputs, masking and initialization (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu or cuda (default auto)")
 
@@ -222,6 +229,33 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_reports
+    from .report import check_output
+
+    if args.out:
+        check_output(args.out, args.format, force=args.force)
+    progress = _progress_printer()
+    report = compare_reports(args.reports, labels=_names(args.labels) if args.labels else ())
+    progress(f"compared {len(args.reports)} reports: {len(report.comparisons)} pairs of variants")
+    return _finish(report, args, progress)
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare", help="several saved reports side by side: per-block ratios, overlaid flow, verdict changes",
+        description="Compare reports written by analyze, demo or compare (report.json files or the directories "
+                    "holding them). The first is the reference: each variant of a later report is compared with "
+                    "the reference's variant of the same name, blocks matched by name (by depth for different "
+                    "models).",
+    )
+    p.add_argument("reports", nargs="+", metavar="REPORT", help="report.json files or directories holding one")
+    p.add_argument("--labels", metavar="LIST",
+                   help="comma separated names for the reports (default: each report's directory or file name)")
+    _add_write_flags(p, default_out="gradscope-compare")
+    p.set_defaults(func=_cmd_compare)
+
+
 # --- entry point --------------------------------------------------------------------
 
 
@@ -235,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_analyze(sub)
     _add_demo(sub)
+    _add_compare(sub)
     return parser
 
 

@@ -300,8 +300,8 @@ def test_config_is_frozen_and_validated():
 
 def test_report_round_trip_and_refusal_to_overwrite(tiny_bert_report, tmp_path):
     out = tmp_path / "out"
-    written = tiny_bert_report.save(out)
-    assert [p.name for p in written] == ["report.json"]
+    written = tiny_bert_report.save(out)  # default formats: json, html, md
+    assert [p.name for p in written] == ["report.json", "report.html", "report.md"]
     data = json.loads((out / "report.json").read_text())
     assert data["schema"] == SCHEMA == "gradscope.report/1"
     assert list(data["params"][0])[:2] == ["name", "depth"]
@@ -310,7 +310,7 @@ def test_report_round_trip_and_refusal_to_overwrite(tiny_bert_report, tmp_path):
     with pytest.raises(GradscopeError, match="already exists; pass --force"):
         tiny_bert_report.save(out)
     tiny_bert_report.save(out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["report.json"]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]  # no temporary files
 
 
 def test_report_of_unknown_schema_is_refused(tmp_path):
@@ -341,8 +341,8 @@ def test_unwritable_output_and_unknown_formats_are_usage_errors(tiny_bert_report
     blocker.write_text("x")
     with pytest.raises(UsageError, match="is a file, not a directory"):
         tiny_bert_report.save(blocker / "out")
-    with pytest.raises(UsageError, match="--format html: not implemented yet"):
-        tiny_bert_report.save(tmp_path / "out", formats="json,html")
+    with pytest.raises(UsageError, match="give at least one format"):
+        tiny_bert_report.save(tmp_path / "out", formats=" , ")
     with pytest.raises(UsageError, match="--format xls: unknown format"):
         tiny_bert_report.save(tmp_path / "out", formats=("xls",))
     assert not (tmp_path / "out").exists()

@@ -85,7 +85,7 @@ def test_text_file_replaces_the_built_in_corpus(tiny_bert, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--format", "json,html"], "--format html: not implemented yet"),
+        (["--format", "json,pdf"], "--format pdf: unknown format"),
         (["--what-if", "swish"], "--what-if: unknown variant swish"),
         (["--baselines", "none"], "no variants to run"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),

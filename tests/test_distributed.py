@@ -117,7 +117,13 @@ def ranks(tmp_path_factory):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available in this build")
     out = tmp_path_factory.mktemp("dist")
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    try:
+        torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    except torch.multiprocessing.ProcessRaisedException as exc:
+        # The free port can be taken between _free_port() and the rendezvous: one retry on another port.
+        if "address" not in str(exc).lower() and "connect" not in str(exc).lower():
+            raise
+        torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
     return {kind: [torch.load(out / f"{kind}_{r}.pt", weights_only=False) for r in range(WORLD)]
             for kind in ("fsdp", "ddp", "replicate")}
 

@@ -11,10 +11,17 @@ A :class:`Report` holds plain Python data only (no tensors, no models):
 - ``params``: per-parameter rows (``name`` and ``depth`` first), all variants in one table;
 - ``series``: per-step rows of a training-time monitor (empty for ``analyze``).
 
-JSON is the source of truth. Non-finite floats (NaN, +-Inf) are written as
-``null``: JSON has no spelling for them. Writing is atomic (a temporary file,
-then ``os.replace``) and refuses to overwrite an existing report unless
-``force=True``.
+JSON is the source of truth (``docs/report-schema.md`` documents it field by
+field). Non-finite floats (NaN, +-Inf) are written as ``null``: JSON has no
+spelling for them. The other formats render what the report holds and compute
+nothing: ``csv`` (:mod:`.tables`), ``md`` (:mod:`.markdown`), ``html``
+(:mod:`.html`, plots drawn by :mod:`.svg` from the specs in :mod:`.plots`),
+``svg`` and ``png`` (:mod:`.mpl`, needs matplotlib), and the terminal text
+(:mod:`.terminal`). Each is imported only when used.
+
+Writing is atomic: every file is rendered in memory and written to a temporary
+name first, and renamed only when all of them succeeded; an existing report is
+not overwritten unless ``force=True``.
 """
 
 from __future__ import annotations
@@ -23,14 +30,16 @@ import json
 import math
 import os
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from ..errors import GradscopeError, UsageError
 
 SCHEMA = "gradscope.report/1"
 JSON_NAME = "report.json"
+DEFAULT_FORMATS = ("json", "html", "md")
 
 
 def _clean(value):
@@ -76,6 +85,19 @@ class Report:
     def variant_names(self) -> list[str]:
         return [v["name"] for v in self.variants]
 
+    def to_pandas(self, table: Optional[str] = None):
+        """The report's tables as pandas DataFrames (pandas is optional; a clear error when it is missing).
+
+        ``report.to_pandas("params")`` is one DataFrame; ``report.to_pandas()`` a dict of every
+        non-empty table (``params``, ``blocks``, ``summaries``, ``findings``, ``comparisons``,
+        ``comparison_blocks``, ``variants``, ``series``), with the columns of the CSV files.
+
+        >>> report.to_pandas("blocks").pivot(index="depth", columns="variant", values="grad_l2")  # doctest: +SKIP
+        """
+        from .tables import to_pandas
+
+        return to_pandas(self, table)
+
     @classmethod
     def from_dict(cls, data: dict) -> "Report":
         schema = data.get("schema")
@@ -100,11 +122,13 @@ class Report:
             raise GradscopeError(f"{path} is not a JSON report: {exc}") from None
         return cls.from_dict(data)
 
-    def save(self, directory, formats: Iterable[str] = ("json",), *, force: bool = False) -> list[Path]:
-        """Write the report into ``directory`` in each format; return the paths written.
+    def save(self, directory, formats: Iterable[str] | str = DEFAULT_FORMATS, *, force: bool = False) -> list[Path]:
+        """Write the report into ``directory`` in each format (default json, html, md); return the paths written.
 
-        All files are written to temporary names first and renamed only when
-        every one succeeded, so a failure leaves nothing half-written.
+        Every file is rendered in memory, written to a temporary name, and renamed
+        only when all of them were written; a failure or an interruption at any
+        point removes what this call wrote and restores what it replaced.
+        Raises :class:`GradscopeError` if a file exists and ``force`` is False.
         """
         formats = check_formats(formats)
         out = Path(directory)
@@ -116,25 +140,72 @@ class Report:
                 f"{out / existing[0]} already exists; pass --force (force=True) to overwrite it, "
                 "or choose another --out"
             )
+        created = [d for d in (out, *out.parents) if not d.exists()]
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise GradscopeError(f"cannot create the output directory {out}: {exc.strerror or exc}") from None
-        temps: list[tuple[str, Path]] = []
         try:
-            for name, content in rendered.items():
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-                temps.append((name, Path(tmp)))
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(content)
-            for name, tmp in temps:
-                os.replace(tmp, out / name)
-        except OSError as exc:
-            raise GradscopeError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
-        finally:
-            for _, tmp in temps:
-                tmp.unlink(missing_ok=True)
+            _write_all(out, rendered)
+        except BaseException as exc:
+            for d in created:  # leaf first; only directories this call made, and only if empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+            if isinstance(exc, OSError):
+                raise GradscopeError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
+            raise
         return [out / name for name in rendered]
+
+
+def _write_all(out: Path, rendered: dict[str, bytes]) -> None:
+    """Write every file or none: temporary files first, then renames, undone if any step fails."""
+    mask = os.umask(0)  # the only way to read the umask; set back at once
+    os.umask(mask)
+    temps: list[tuple[str, Path]] = []
+    placed: list[tuple[Path, bool, Optional[Path]]] = []  # (target, existed, hard link to what it replaced)
+    backups: list[Path] = []
+    try:
+        for name, content in rendered.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            temps.append((name, Path(tmp)))
+            try:
+                handle = os.fdopen(fd, "wb")
+            except BaseException:
+                os.close(fd)
+                raise
+            with handle:
+                os.fchmod(handle.fileno(), 0o666 & ~mask)  # mkstemp's 0600 would hide the report from others
+                handle.write(content)
+        for name, tmp in temps:
+            target = out / name
+            backup, existed = None, target.exists()
+            if existed:
+                backup = out / f".{name}.{uuid.uuid4().hex}.bak"
+                try:
+                    os.link(target, backup)
+                except OSError:
+                    backup = None  # no hard links here: the old file cannot be restored, only replaced
+            if backup is not None:
+                backups.append(backup)
+            os.replace(tmp, target)
+            placed.append((target, existed, backup))
+    except BaseException:
+        for target, existed, backup in reversed(placed):
+            try:
+                if backup is not None:
+                    os.replace(backup, target)
+                elif not existed:
+                    target.unlink(missing_ok=True)
+            except OSError:
+                pass
+        raise
+    finally:
+        for _, tmp in temps:
+            tmp.unlink(missing_ok=True)
+        for backup in backups:
+            backup.unlink(missing_ok=True)
 
 
 def _render_json(report: Report) -> dict[str, bytes]:
@@ -142,9 +213,56 @@ def _render_json(report: Report) -> dict[str, bytes]:
     return {JSON_NAME: (text + "\n").encode("utf-8")}
 
 
-# format -> renderer returning {file name: bytes}. The report issue adds csv, md, html and png here.
-RENDERERS: dict[str, Callable[[Report], dict[str, bytes]]] = {"json": _render_json}
-PLANNED_FORMATS = ("csv", "md", "html", "png")
+def _render_csv(report: Report) -> dict[str, bytes]:
+    from .tables import render_csv
+
+    return render_csv(report)
+
+
+def _render_md(report: Report) -> dict[str, bytes]:
+    from .markdown import render_md
+
+    return render_md(report)
+
+
+def _render_html(report: Report) -> dict[str, bytes]:
+    from .html import render_html
+
+    return render_html(report)
+
+
+def _render_svg(report: Report) -> dict[str, bytes]:
+    from .plots import all_plots
+    from .svg import render
+
+    return {f"{spec.key}.svg": render(spec).encode("utf-8") for spec in all_plots(report)}
+
+
+def _render_png(report: Report) -> dict[str, bytes]:
+    from .mpl import render_png
+    from .plots import all_plots
+
+    return {f"{spec.key}.png": render_png(spec) for spec in all_plots(report)}
+
+
+# format -> renderer returning {file name: bytes}; each imports its module when called.
+RENDERERS: dict[str, Callable[[Report], dict[str, bytes]]] = {
+    "json": _render_json, "csv": _render_csv, "md": _render_md, "html": _render_html,
+    "svg": _render_svg, "png": _render_png,
+}
+
+
+def output_names(fmt: str) -> tuple[str, ...]:
+    """Every file name a format can write (which of them it does depends on the report)."""
+    from .plots import PLOT_KEYS
+    from .tables import TABLES
+
+    fixed = {"json": (JSON_NAME,), "md": ("report.md",), "html": ("report.html",)}
+    if fmt in fixed:
+        return fixed[fmt]
+    if fmt == "csv":
+        return tuple(f"{t}.csv" for t in TABLES)
+    return tuple(f"{key}.{fmt}" for key in PLOT_KEYS)
 
 
 def check_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
@@ -155,21 +273,27 @@ def check_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
     if not names:
         raise UsageError("--format: give at least one format, e.g. --format json")
     for name in names:
-        if name in RENDERERS:
-            continue
-        if name in PLANNED_FORMATS:
-            raise UsageError(f"--format {name}: not implemented yet in this version; available: {', '.join(RENDERERS)}")
-        raise UsageError(f"--format {name}: unknown format; choose from {', '.join(RENDERERS)}")
+        if name not in RENDERERS:
+            raise UsageError(f"--format {name}: unknown format; choose from {', '.join(RENDERERS)}")
+    if "png" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--format png needs matplotlib, which is not installed: pip install 'gradscope[plots]' "
+                             "(or use --format svg, which needs nothing)")
     return names
 
 
-def check_output(directory, formats: Iterable[str] | str, *, force: bool = False) -> tuple[str, ...]:
+def check_output(directory, formats: Iterable[str] | str = DEFAULT_FORMATS, *, force: bool = False) -> tuple[str, ...]:
     """Everything :meth:`Report.save` would refuse, checked before an analysis runs; returns the formats."""
     names = check_formats(formats)
     check_writable(Path(directory))
-    report_file = Path(directory) / JSON_NAME
-    if report_file.exists() and not force:
-        raise UsageError(f"{report_file} already exists; pass --force to overwrite it, or choose another --out")
+    if not force:
+        for fmt in names:
+            for name in output_names(fmt):
+                if (Path(directory) / name).exists():
+                    raise UsageError(f"{Path(directory) / name} already exists; pass --force to overwrite it, "
+                                     "or choose another --out")
     return names
 
 

@@ -45,13 +45,16 @@ def title(report) -> str:
     """What the report is about, in one line: the model, or the reports a comparison combines."""
     meta = report.meta
     if meta.get("kind") == "comparison":
-        return "comparison of " + ", ".join(str(i.get("label")) for i in meta.get("inputs", []))
+        return "comparison of " + ", ".join(str(i.get("label")) for i in meta.get("reports", []))
     return str(meta.get("model") or "model")
 
 
 def run_facts(report) -> list[tuple[str, str]]:
     """(label, value) pairs of run metadata, in reading order; absent facts are left out."""
     meta = report.meta
+    if meta.get("kind") == "comparison":
+        return [("report " + str(i.get("label")), f"{i.get('model')} ({i.get('path')}, created {i.get('created')})")
+                for i in meta.get("reports", [])] + [("created", str(meta.get("created")))]
     versions = meta.get("versions") or {k: meta[k] for k in ("gradscope", "torch") if meta.get(k)}
     facts = [
         ("source", meta.get("source")),

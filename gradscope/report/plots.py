@@ -202,3 +202,6 @@ def all_plots(report) -> list:
     """Every plot the report has data for, in page order."""
     makers = (flow_plot, ratio_plot, bar_plot, global_norm_plot, heatmap)
     return [p for p in (make(report) for make in makers) if p is not None]
+
+
+PLOT_KEYS = ("flow", "ratios", "blocks", "global", "heatmap")  # file stems of --format png/svg, in page order

@@ -5,16 +5,9 @@ It reads the :class:`~gradscope.report.Report` only; nothing is recomputed here.
 
 from __future__ import annotations
 
-import math
-from typing import Optional
+from .fmt import MAX_BLOCK_ROWS, decay_text, num, shown_depths, title
 
-MAX_BLOCK_ROWS = 40  # longer models show evenly spaced blocks, the first and last always included
-
-
-def _num(x: Optional[float], spec: str = ".3g") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-" if x is None or math.isnan(x) else str(x)
-    return format(x, spec)
+_num = num
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -24,14 +17,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]]
 
 
-def _halving(decay: Optional[dict]) -> str:
-    if not decay:
-        return "-"
-    if decay["trend"] == "flat":
-        return "flat"
-    if decay["trend"] == "shrinks":
-        return f"halves/{_num(decay['halves_every_blocks'], '.2g')}"
-    return f"doubles/{_num(decay['doubles_every_blocks'], '.2g')}"
+_halving = decay_text
 
 
 def summary_lines(report) -> list[str]:
@@ -56,17 +42,13 @@ def flow_lines(report) -> list[str]:
     if depth == 0:
         return []
     signal = {s["variant"]: s["flow_signal"] for s in report.summaries}
-    key = {n: "act_grad_l2" if signal[n] == "dL/dh" else "grad_l2" for n in names}
-    shown = list(range(depth))
-    if depth > MAX_BLOCK_ROWS:
-        step = (depth - 1) / (MAX_BLOCK_ROWS - 1)
-        shown = sorted({round(i * step) for i in range(MAX_BLOCK_ROWS)})
+    key = {n: "act_grad_l2" if signal.get(n) == "dL/dh" else "grad_l2" for n in names}
     rows = []
-    for d in shown:
+    for d in shown_depths(depth, MAX_BLOCK_ROWS):
         label = next((per_variant[n][d]["block"] for n in names if d < len(per_variant[n])), str(d))
-        rows.append([str(d), label] + [_num(per_variant[n][d][key[n]]) if d < len(per_variant[n]) else ""
+        rows.append([str(d), label] + [_num(per_variant[n][d].get(key[n])) if d < len(per_variant[n]) else ""
                                        for n in names])
-    kinds = sorted(set(signal.values()))
+    kinds = sorted({signal.get(n, "parameter gradient") for n in names})
     title = f"gradient L2 per block ({' / '.join(kinds)}; depth 0 is nearest the input)"
     return [title, *_table(["depth", "block", *names], rows)]
 
@@ -88,11 +70,15 @@ def finding_lines(report) -> list[str]:
 
 
 def comparison_lines(report) -> list[str]:
+    verdict = {s["variant"]: s["verdict"] for s in report.summaries}
     lines = []
     for c in report.comparisons:
+        va, vb = verdict.get(c["a"]), verdict.get(c["b"])
+        change = f"; verdict changed: {vb} -> {va}" if va and vb and va != vb else ""
         lines.append(
             f"{c['a']} / {c['b']}: parameter gradient x{_num(c['grad_l2_ratio_geomean'])}, "
             f"dL/dh x{_num(c['act_grad_l2_ratio_geomean'])} (geometric mean over {len(c['blocks'])} shared blocks)"
+            + change
         )
     return lines
 
@@ -100,13 +86,17 @@ def comparison_lines(report) -> list[str]:
 def render_text(report) -> str:
     """The whole terminal view as one string."""
     meta = report.meta
+    if meta.get("kind") == "comparison":
+        header = [f"gradscope: {title(report)}",
+                  *(f"  {i['label']}: {i.get('model')} ({i.get('path')})" for i in meta.get("reports", []))]
+    else:
+        header = [f"gradscope: {meta.get('model')} ({meta.get('source')}, objective {meta.get('objective')}, "
+                  f"{meta.get('device')}, {meta.get('dtype')}, grad_stats {meta.get('backend')})",
+                  f"inputs: {meta.get('inputs')}"]
     parts = [
-        f"gradscope: {meta.get('model')} ({meta.get('source')}, objective {meta.get('objective')}, "
-        f"{meta.get('device')}, {meta.get('dtype')}, grad_stats {meta.get('backend')})",
-        f"inputs: {meta.get('inputs')}",
+        *header,
         "",
-        *summary_lines(report),
-        "",
+        *(summary_lines(report) + [""] if report.summaries else []),
         *flow_lines(report),
         "",
         *finding_lines(report),

@@ -1,0 +1,122 @@
+"""The report as Markdown: a summary for a pull request or a model card (GitHub-flavoured tables).
+
+Every string from the model or the run (module names, file names, config
+values) goes through :func:`md`, so it renders as the text it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .fmt import decay_text, num, run_facts, shown_depths, title
+
+# CommonMark lets a backslash escape any ASCII punctuation. These can start markup inside a line: emphasis,
+# code, links and images, raw HTML, table cells, strikethrough, entities, GitHub's $math$. (Headings and
+# lists only start a line, and every string here follows a prefix.)
+_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&$])")
+
+
+def md(text) -> str:
+    """Text as Markdown that renders as that text, on one line (safe inside a table cell)."""
+    return _SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
+    align = ["---:" if i in right else "---" for i in range(len(header))]
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |",
+            *["| " + " | ".join(r) + " |" for r in rows]]
+
+
+def _verdicts(report) -> list[str]:
+    if not report.summaries:
+        return []
+    rows = []
+    for s in report.summaries:
+        decay = s.get("decay") or {}
+        rows.append([md(s["variant"]), f"**{md(s['verdict'])}**", num(s.get("loss"), ".4g"), str(s.get("blocks")),
+                     md(s.get("flow_signal", "")), num(s.get("first_to_last_ratio")),
+                     num(decay.get("factor_per_block")), num(decay.get("r2"), ".2f"), md(decay_text(s.get("decay"))),
+                     str(len(s.get("params_no_grad") or []))])
+    header = ["variant", "verdict", "loss", "blocks", "flow signal", "first/last block", "factor per block", "R²",
+              "every N blocks", "no grad"]
+    return ["## Verdicts", "", *_table(header, rows, right={2, 3, 5, 6, 7, 9}), ""]
+
+
+def _findings(report) -> list[str]:
+    if not report.findings:
+        return []
+    order = {"error": 0, "warning": 1, "info": 2}
+    grouped: dict[tuple, list[str]] = {}
+    for f in report.findings:
+        grouped.setdefault((f["severity"], f["message"], f["evidence"], f.get("fix") or ""), []).append(f["variant"])
+    lines = ["## Findings", ""]
+    for (severity, message, evidence, fix), variants in sorted(grouped.items(), key=lambda kv: order.get(kv[0][0], 3)):
+        lines.append(f"- **{md(severity)}** ({', '.join(md(v) for v in variants)}): {md(message)}")
+        lines.append(f"  - evidence: {md(evidence)}")
+        if fix:
+            lines.append(f"  - fix: {md(fix)}")
+    return lines + [""]
+
+
+def _comparisons(report) -> list[str]:
+    if not report.comparisons:
+        return []
+    verdict = {s["variant"]: s["verdict"] for s in report.summaries}
+    rows = []
+    for c in report.comparisons:
+        va, vb = verdict.get(c["a"]), verdict.get(c["b"])
+        change = "-" if va is None or vb is None else (md(vb) if va == vb else f"**{md(vb)} → {md(va)}**")
+        rows.append([f"{md(c['a'])} / {md(c['b'])}", num(c.get("grad_l2_ratio_geomean")),
+                     num(c.get("act_grad_l2_ratio_geomean")), str(len(c.get("blocks") or [])), change])
+    header = ["a / b", "dL/dθ ratio (geometric mean)", "dL/dh ratio (geometric mean)", "shared blocks",
+              "verdict b → a"]
+    return ["## Comparisons", "", *_table(header, rows, right={1, 2, 3}), ""]
+
+
+def _flow(report) -> list[str]:
+    names = [n for n in report.variant_names if report.block_rows(n)]
+    per_variant = {n: report.block_rows(n) for n in names}
+    depth = max((len(r) for r in per_variant.values()), default=0)
+    if not depth:
+        return []
+    signal = {s["variant"]: s.get("flow_signal") for s in report.summaries}
+    key = {n: "act_grad_l2" if signal.get(n) == "dL/dh" else "grad_l2" for n in names}
+    shown = shown_depths(depth)
+    rows = []
+    for d in shown:
+        label = next((per_variant[n][d]["block"] for n in names if d < len(per_variant[n])), d)
+        rows.append([str(d), md(label)] + [num(per_variant[n][d].get(key[n])) if d < len(per_variant[n]) else ""
+                                           for n in names])
+    kinds = " / ".join(sorted({"dL/dh" if k == "act_grad_l2" else "parameter gradient" for k in key.values()}))
+    note = f"L2 norm of the {kinds} per block; depth 0 is nearest the input"
+    if len(shown) < depth:
+        note += f"; {len(shown)} of {depth} blocks shown, evenly spaced"
+    return ["## Gradient flow per block", "", note + ".", "",
+            *_table(["depth", "block", *[md(n) for n in names]], rows, right=set(range(2, 2 + len(names)))), ""]
+
+
+def _series(report) -> list[str]:
+    glob = [r for r in report.series if r.get("block") is None]
+    if not glob:
+        return []
+    first, last = glob[0], glob[-1]
+    return ["## Training", "",
+            f"{len(glob)} recorded steps, {first['step']} to {last['step']}; global gradient L2 norm "
+            f"{num(first.get('grad_l2'))} at the first, {num(last.get('grad_l2'))} at the last.", ""]
+
+
+def render_markdown(report) -> str:
+    """The whole Markdown summary as one string."""
+    lines = [f"# gradscope: {md(title(report))}", ""]
+    lines += [f"- **{label}**: {md(value)}" for label, value in run_facts(report)]
+    lines.append("")
+    for part in (_verdicts, _findings, _comparisons, _flow, _series):
+        lines += part(report)
+    from . import SCHEMA
+
+    lines.append(f"<sub>Written by gradscope; the full data is in report.json (schema {SCHEMA}).</sub>")
+    return "\n".join(lines) + "\n"
+
+
+def render_md(report) -> dict[str, bytes]:
+    return {"report.md": render_markdown(report).encode("utf-8")}

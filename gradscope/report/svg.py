@@ -1,0 +1,358 @@
+"""Plot specs (:mod:`.plots`) drawn as standalone SVG, in plain Python: no matplotlib, no script.
+
+The HTML page inlines these; ``--format svg`` writes them as files. Every
+string is escaped; a heatmap's cells are one small PNG (encoded here) inside
+the SVG, so a 300-block by 600-step map stays a few kilobytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import math
+import struct
+import zlib
+from html import escape
+from typing import Optional
+
+from .fmt import num
+from .plots import BarPlot, Heatmap, LinePlot
+
+# Okabe-Ito, then Tableau: distinguishable, also for most color-blind readers.
+PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#8c564b",
+           "#7f7f7f", "#bcbd22")
+VIRIDIS = ("#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70",
+           "#7ad151", "#bddf26", "#fde725")
+MISSING = "#d9d9d9"
+WIDTH = 960
+FONT = "font-family=\"system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif\""
+MARKERS_UP_TO = 60  # points per line that get a marker with a tooltip; denser lines are drawn plain
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _e(text) -> str:
+    return escape(str(text), quote=True)
+
+
+def _f(x: float) -> str:
+    return f"{x:.1f}"
+
+
+# --- axes ---------------------------------------------------------------------------
+
+
+def log_range(values) -> Optional[tuple[int, int]]:
+    """Whole decades (lo, hi) covering the positive values; None when there are none."""
+    logs = [math.log10(v) for v in values if v is not None]
+    if not logs:
+        return None
+    lo, hi = math.floor(min(logs)), math.ceil(max(logs))
+    if hi == lo:
+        hi += 1
+    return lo, hi
+
+
+def decade_ticks(lo: int, hi: int) -> list[int]:
+    step = max(1, math.ceil((hi - lo) / 8))
+    return list(range(lo, hi + 1, step))
+
+
+def linear_ticks(lo: float, hi: float, most: int = 10) -> list[float]:
+    """Round numbers (1, 2, 5 x 10^k apart) between lo and hi, at most ``most`` of them."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / most
+    base = 10 ** math.floor(math.log10(raw))
+    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+    step = max(step, 1.0) if float(lo).is_integer() and float(hi).is_integer() else step
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _decade_label(x: float, y: float, exponent: int, anchor: str = "end") -> str:
+    return (f'<text x="{_f(x)}" y="{_f(y)}" text-anchor="{anchor}" font-size="11">10'
+            f'<tspan dy="-5" font-size="8">{exponent}</tspan></text>')
+
+
+def tick_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else num(value)
+
+
+class _LogY:
+    def __init__(self, lo: int, hi: int, top: float, bottom: float):
+        self.lo, self.hi, self.top, self.bottom = lo, hi, top, bottom
+
+    def __call__(self, v: float) -> float:
+        return self.bottom - (math.log10(v) - self.lo) / (self.hi - self.lo) * (self.bottom - self.top)
+
+    def draw(self, left: float, right: float) -> list[str]:
+        out = []
+        for d in decade_ticks(self.lo, self.hi):
+            y = self(10.0 ** d)
+            out.append(f'<line x1="{_f(left)}" x2="{_f(right)}" y1="{_f(y)}" y2="{_f(y)}" stroke="#e3e3e3"/>')
+            out.append(_decade_label(left - 6, y + 4, d))
+        if self.hi - self.lo <= 2:  # few decades: label 2x and 5x too, so values can be read off
+            for d in range(self.lo, self.hi):
+                for m in (2, 5):
+                    y = self(m * 10.0 ** d)
+                    out.append(f'<line x1="{_f(left)}" x2="{_f(right)}" y1="{_f(y)}" y2="{_f(y)}" '
+                               'stroke="#f0f0f0"/>')
+                    out.append(f'<text x="{_f(left - 6)}" y="{_f(y + 4)}" text-anchor="end" font-size="10" '
+                               f'fill="#666">{num(m * 10.0 ** d, "g")}</text>')
+        return out
+
+
+class _LinX:
+    def __init__(self, lo: float, hi: float, left: float, right: float):
+        if hi == lo:
+            lo, hi = lo - 1, hi + 1
+        self.lo, self.hi, self.left, self.right = lo, hi, left, right
+
+    def __call__(self, v: float) -> float:
+        return self.left + (v - self.lo) / (self.hi - self.lo) * (self.right - self.left)
+
+    def draw(self, bottom: float) -> list[str]:
+        out = []
+        for t in linear_ticks(self.lo, self.hi):
+            x = self(t)
+            out.append(f'<line x1="{_f(x)}" x2="{_f(x)}" y1="{_f(bottom)}" y2="{_f(bottom + 5)}" stroke="#555"/>')
+            out.append(f'<text x="{_f(x)}" y="{_f(bottom + 18)}" text-anchor="middle" font-size="11">'
+                       f'{tick_text(t)}</text>')
+        return out
+
+
+def _open(width: float, height: float, title: str, key: str) -> list[str]:
+    return [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" id="plot-{_e(key)}" role="img" '
+            f'viewBox="0 0 {_f(width)} {_f(height)}" width="{_f(width)}" height="{_f(height)}" {FONT}>',
+            f"<title>{_e(title)}</title>",
+            f'<rect width="{_f(width)}" height="{_f(height)}" fill="#ffffff"/>',
+            f'<text x="16" y="24" font-size="15" font-weight="600">{_e(title)}</text>']
+
+
+def _axis_labels(x_label: str, y_label: str, left: float, right: float, top: float, bottom: float) -> list[str]:
+    mid_y = (top + bottom) / 2
+    return [
+        f'<rect x="{_f(left)}" y="{_f(top)}" width="{_f(right - left)}" height="{_f(bottom - top)}" '
+        'fill="none" stroke="#888"/>',
+        f'<text x="{_f((left + right) / 2)}" y="{_f(bottom + 38)}" text-anchor="middle" font-size="12">'
+        f"{_e(x_label)}</text>",
+        f'<text transform="translate(16 {_f(mid_y)}) rotate(-90)" text-anchor="middle" font-size="12">'
+        f"{_e(y_label)}</text>",
+    ]
+
+
+def _no_data(width: float, height: float, message: str) -> str:
+    return (f'<text x="{_f(width / 2)}" y="{_f(height / 2)}" text-anchor="middle" font-size="13" fill="#666">'
+            f"{_e(message)}</text>")
+
+
+def _legend(entries: list[tuple[str, str, bool]], x: float, y: float) -> list[str]:
+    out = []
+    for i, (label, stroke, dashed) in enumerate(entries):
+        yy = y + i * 17
+        dash = ' stroke-dasharray="6 4"' if dashed else ""
+        out.append(f'<line x1="{_f(x)}" x2="{_f(x + 26)}" y1="{_f(yy)}" y2="{_f(yy)}" stroke="{stroke}" '
+                   f'stroke-width="2"{dash}/>')
+        out.append(f'<text x="{_f(x + 32)}" y="{_f(yy + 4)}" font-size="11">{_e(label)}</text>')
+    return out
+
+
+def _legend_width(labels) -> float:
+    return min(300.0, 48 + 6.4 * max((len(label) for label in labels), default=0))
+
+
+# --- line plots ------------------------------------------------------------------------
+
+
+def _path(points: list[tuple[float, Optional[float]]]) -> str:
+    """An SVG path through the points, lifting the pen at each missing value."""
+    parts, pen_down = [], False
+    for x, y in points:
+        if y is None:
+            pen_down = False
+            continue
+        parts.append(f"{'L' if pen_down else 'M'}{_f(x)} {_f(y)}")
+        pen_down = True
+    return " ".join(parts)
+
+
+def line_plot(spec: LinePlot) -> str:
+    legend_w = _legend_width(line.label for line in spec.lines)
+    height = max(440.0, 90 + 17 * len(spec.lines))
+    left, top, right, bottom = 78.0, 44.0, WIDTH - legend_w - 12, height - 58
+    out = _open(WIDTH, height, spec.title, spec.key)
+    values = [v for line in spec.lines for v in line.y]
+    if spec.reference_y is not None:
+        values.append(spec.reference_y)
+    decades = log_range(values)
+    xs = [x for line in spec.lines for x in line.x]
+    if decades is None or not xs:
+        return "\n".join(out + [_no_data(WIDTH, height, "no positive values to draw on a log scale"), "</svg>"])
+    ly = _LogY(*decades, top, bottom)
+    lx = _LinX(min(xs), max(xs), left, right)
+    out += ly.draw(left, right) + lx.draw(bottom) + _axis_labels(spec.x_label, spec.y_label, left, right, top, bottom)
+    if spec.reference_y is not None:
+        y = ly(spec.reference_y)
+        out.append(f'<line x1="{_f(left)}" x2="{_f(right)}" y1="{_f(y)}" y2="{_f(y)}" stroke="#444" '
+                   'stroke-dasharray="2 3"/>')
+    for line in spec.lines:
+        stroke = color(line.color)
+        dash = ' stroke-dasharray="6 4"' if line.dashed else ""
+        pts = [(lx(x), ly(y) if y is not None else None) for x, y in zip(line.x, line.y)]
+        out.append(f'<g class="series"><title>{_e(line.label)}</title>'
+                   f'<path d="{_path(pts)}" fill="none" stroke="{stroke}" stroke-width="1.8"{dash}/></g>')
+        if len(pts) <= MARKERS_UP_TO:
+            names = line.point_names or [tick_text(x) for x in line.x]
+            for (px, py), name, v in zip(pts, names, line.y):
+                if py is not None:
+                    out.append(f'<circle cx="{_f(px)}" cy="{_f(py)}" r="2.6" fill="{stroke}">'
+                               f"<title>{_e(line.label)}: {_e(name)} = {num(v)}</title></circle>")
+    out += _legend([(line.label, color(line.color), line.dashed) for line in spec.lines], right + 16, top + 8)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# --- bar charts -----------------------------------------------------------------------
+
+
+def bar_plot(spec: BarPlot) -> str:
+    panel_h, gap = 150.0, 34.0
+    left, right, top = 78.0, WIDTH - 24.0, 64.0
+    last_bottom = top + 14 + (len(spec.panels) - 1) * (panel_h + gap) + panel_h
+    height = last_bottom + 52
+    out = _open(WIDTH, height, spec.title, spec.key)
+    decades = log_range([v for p in spec.panels for v in p.back + p.front])
+    if decades is None:
+        return "\n".join(out + [_no_data(WIDTH, height, "no positive values to draw on a log scale"), "</svg>"])
+    x_lo, x_hi = min(x for p in spec.panels for x in p.x), max(x for p in spec.panels for x in p.x)
+    out.append(f'<rect x="{_f(right - 250)}" y="34" width="12" height="10" fill="#555" fill-opacity="0.3"/>'
+               f'<text x="{_f(right - 234)}" y="43" font-size="11">{_e(spec.back_label)}</text>'
+               f'<rect x="{_f(right - 150)}" y="34" width="12" height="10" fill="#555"/>'
+               f'<text x="{_f(right - 134)}" y="43" font-size="11">{_e(spec.front_label)}</text>')
+    for k, panel in enumerate(spec.panels):
+        p_top = top + k * (panel_h + gap) + 14
+        p_bottom = p_top + panel_h
+        ly = _LogY(*decades, p_top, p_bottom)
+        lx = _LinX(x_lo - 0.5, x_hi + 0.5, left, right)  # one depth axis for all panels, drawn under the last
+        fill = color(panel.color)
+        out.append(f'<text x="{_f(left)}" y="{_f(p_top - 5)}" font-size="12" font-weight="600">'
+                   f"{_e(panel.label)}</text>")
+        out += ly.draw(left, right)
+        bar_w = max(0.6, (lx(1) - lx(0)) * 0.8)
+        for x, name, back, front in zip(panel.x, panel.names, panel.back, panel.front):
+            cx = lx(x) - bar_w / 2
+            tip = f"{_e(name)}: {_e(spec.back_label)} {num(back)}, {_e(spec.front_label)} {num(front)}"
+            bars = []
+            for value, opacity in ((back, ' fill-opacity="0.3"'), (front, "")):
+                if value is not None:
+                    y = ly(value)
+                    bars.append(f'<rect x="{_f(cx)}" y="{_f(y)}" width="{_f(bar_w)}" height="{_f(p_bottom - y)}" '
+                                f'fill="{fill}"{opacity}/>')
+            if bars:
+                out.append(f"<g><title>{tip}</title>{''.join(bars)}</g>")
+        out.append(f'<rect x="{_f(left)}" y="{_f(p_top)}" width="{_f(right - left)}" height="{panel_h}" '
+                   'fill="none" stroke="#888"/>')
+        out += lx.draw(p_bottom) if k == len(spec.panels) - 1 else []
+    out.append(f'<text x="{_f((left + right) / 2)}" y="{_f(last_bottom + 38)}" text-anchor="middle" '
+               f'font-size="12">{_e(spec.x_label)}</text>')
+    out.append(f'<text transform="translate(16 {_f((top + last_bottom) / 2)}) rotate(-90)" text-anchor="middle" '
+               f'font-size="12">{_e(spec.y_label)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# --- heatmaps ------------------------------------------------------------------------
+
+
+def _hex(c: str) -> tuple[int, int, int]:
+    return int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)
+
+
+def viridis(t: float) -> tuple[int, int, int]:
+    """The viridis color at t in [0, 1] (linear between 11 anchors)."""
+    t = min(max(t, 0.0), 1.0) * (len(VIRIDIS) - 1)
+    i = min(int(t), len(VIRIDIS) - 2)
+    a, b = _hex(VIRIDIS[i]), _hex(VIRIDIS[i + 1])
+    f = t - i
+    return tuple(round(a[k] + (b[k] - a[k]) * f) for k in range(3))  # type: ignore[return-value]
+
+
+def png(rgb_rows: list[list[tuple[int, int, int]]]) -> bytes:
+    """A truecolor PNG of the pixel rows (top first)."""
+    height, width = len(rgb_rows), len(rgb_rows[0])
+    raw = b"".join(b"\x00" + bytes(c for px in row for c in px) for row in rgb_rows)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
+def heatmap(spec: Heatmap) -> str:
+    left, top, right = 78.0, 44.0, WIDTH - 130.0
+    rows, cols = len(spec.rows), len(spec.x)
+    plot_h = float(min(max(4 * rows, 220), 620))
+    bottom = top + plot_h
+    height = bottom + 60
+    out = _open(WIDTH, height, spec.title, spec.key)
+    logs = [math.log10(v) for row in spec.values for v in row if v is not None]
+    if not logs or not cols:
+        return "\n".join(out + [_no_data(WIDTH, height, "no positive values to draw on a log scale"), "</svg>"])
+    lo, hi = min(logs), max(logs)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    missing = _hex(MISSING)
+    pixels = [[viridis((math.log10(v) - lo) / (hi - lo)) if v is not None else missing for v in spec.values[r]]
+              for r in reversed(range(rows))]  # the top pixel row is the deepest block
+    image = base64.b64encode(png(pixels)).decode("ascii")
+    out.append(f'<image x="{_f(left)}" y="{_f(top)}" width="{_f(right - left)}" height="{_f(plot_h)}" '
+               f'preserveAspectRatio="none" image-rendering="pixelated" href="data:image/png;base64,{image}"/>')
+    row_h, col_w = plot_h / rows, (right - left) / cols
+    for t in linear_ticks(0, rows - 1, 8):
+        y = bottom - (t + 0.5) * row_h
+        out.append(f'<line x1="{_f(left - 5)}" x2="{_f(left)}" y1="{_f(y)}" y2="{_f(y)}" stroke="#555"/>'
+                   f'<text x="{_f(left - 8)}" y="{_f(y + 4)}" text-anchor="end" font-size="11">{int(t)}'
+                   f"<title>{_e(spec.rows[int(t)])}</title></text>")
+    for t in linear_ticks(min(spec.x), max(spec.x), 8):
+        j = bisect.bisect_left(spec.x, t)  # round steps, at the column of the nearest shown step at or after them
+        if j >= cols:
+            continue
+        x = left + (j + 0.5) * col_w
+        out.append(f'<line x1="{_f(x)}" x2="{_f(x)}" y1="{_f(bottom)}" y2="{_f(bottom + 5)}" stroke="#555"/>'
+                   f'<text x="{_f(x)}" y="{_f(bottom + 18)}" text-anchor="middle" font-size="11">'
+                   f"{tick_text(t)}</text>")
+    out += _axis_labels(spec.x_label, spec.y_label, left, right, top, bottom)
+    # color bar: the same map, low at the bottom
+    bar_x = right + 24
+    stops = "".join(f'<stop offset="{i / (len(VIRIDIS) - 1):.2f}" stop-color="{c}"/>' for i, c in enumerate(VIRIDIS))
+    out.append(f'<defs><linearGradient id="cbar-{_e(spec.key)}" x1="0" y1="1" x2="0" y2="0">{stops}'
+               "</linearGradient></defs>")
+    out.append(f'<rect x="{_f(bar_x)}" y="{_f(top)}" width="14" height="{_f(plot_h)}" '
+               f'fill="url(#cbar-{_e(spec.key)})" stroke="#888"/>')
+    decades = [d for d in range(math.ceil(lo), math.floor(hi) + 1)]
+    step = max(1, math.ceil(len(decades) / 8))
+    for d in decades[::step]:
+        y = bottom - (d - lo) / (hi - lo) * plot_h
+        out.append(_decade_label(bar_x + 20, y + 4, d, anchor="start"))
+    if len(decades) < 2:
+        for value, y in ((10 ** lo, bottom), (10 ** hi, top + 8)):
+            out.append(f'<text x="{_f(bar_x + 20)}" y="{_f(y)}" font-size="11">{num(value)}</text>')
+    out.append(f'<text transform="translate({_f(WIDTH - 12)} {_f((top + bottom) / 2)}) rotate(-90)" '
+               f'text-anchor="middle" font-size="12">{_e(spec.color_label)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def render(spec) -> str:
+    """Any plot spec as a standalone SVG document."""
+    if isinstance(spec, LinePlot):
+        return line_plot(spec)
+    if isinstance(spec, BarPlot):
+        return bar_plot(spec)
+    if isinstance(spec, Heatmap):
+        return heatmap(spec)
+    raise TypeError(f"no SVG drawer for {type(spec).__name__}")

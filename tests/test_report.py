@@ -1,0 +1,326 @@
+"""The report: JSON round trip, CSV and pandas, Markdown (golden), HTML and SVG, escaping, atomic writes."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import report_fixtures as rf
+from gradscope.errors import GradscopeError, UsageError
+from gradscope.report import RENDERERS, SCHEMA, Report
+from gradscope.report import html as html_module
+from gradscope.report.markdown import md, render_markdown
+from gradscope.report.plots import PLOT_KEYS, all_plots
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_report():
+    return rf.demo_report(depth=4)
+
+
+@pytest.fixture(scope="module")
+def monitor_report():
+    return rf.monitor_report()
+
+
+@pytest.fixture(scope="module")
+def golden_report():
+    return Report.load(GOLDEN / "tiny_demo_report.json")
+
+
+# --- JSON --------------------------------------------------------------------------------
+
+
+def test_json_round_trip_gives_back_the_same_report(demo_report, monitor_report, tmp_path):
+    for i, report in enumerate((demo_report, monitor_report)):
+        out = tmp_path / str(i)
+        written = report.save(out, formats="json")
+        assert [p.name for p in written] == ["report.json"]
+        data = json.loads((out / "report.json").read_text())
+        assert list(data)[0] == "schema" and data["schema"] == SCHEMA
+        loaded = Report.load(out / "report.json")
+        assert loaded.to_dict() == report.to_dict()
+        assert Report.load(out).to_dict() == report.to_dict()  # the directory works too
+
+
+def test_default_formats_are_json_html_md_and_files_are_readable_by_others(demo_report, tmp_path):
+    written = demo_report.save(tmp_path / "r")
+    assert [p.name for p in written] == ["report.json", "report.html", "report.md"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in written)  # not mkstemp's private 0600
+
+
+def test_a_newer_schema_is_refused_with_both_versions_named(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"schema": "gradscope.report/2", "meta": {}}))
+    with pytest.raises(GradscopeError, match=r"'gradscope.report/2' is not 'gradscope.report/1'"):
+        Report.load(tmp_path)
+
+
+def test_every_field_a_report_can_hold_is_documented(demo_report, monitor_report, tmp_path):
+    """docs/report-schema.md names every key of analyze/demo, monitor and compare reports."""
+    from gradscope.compare import compare_reports
+
+    doc = (REPO / "docs" / "report-schema.md").read_text()
+    documented = {part.strip("[]") for token in re.findall(r"`([a-z_0-9.\[\]]+)`", doc) for part in token.split(".")}
+    demo_report.save(tmp_path / "a", formats="json")
+    demo_report.save(tmp_path / "b", formats="json")
+    combined = compare_reports([tmp_path / "a", tmp_path / "b"])
+    keys = set()
+    for report in (demo_report, monitor_report, combined):
+        data = report.to_dict()
+        keys |= set(data)
+        for part in ("variants", "summaries", "findings", "comparisons", "blocks", "params", "series"):
+            for row in data[part]:
+                keys |= set(row)
+        for c in data["comparisons"]:
+            for row in c["blocks"]:
+                keys |= set(row)
+        for s in data["summaries"]:
+            keys |= set(s.get("decay") or {})
+    keys |= set(combined.meta) | set(combined.meta["reports"][0])
+    keys |= set(monitor_report.meta)
+    missing = sorted(k for k in keys if k not in documented)
+    assert not missing, f"add to docs/report-schema.md: {missing}"
+
+
+# --- CSV and pandas ------------------------------------------------------------------------
+
+
+def test_csv_files_read_back_with_the_csv_module(demo_report, tmp_path):
+    written = {p.name for p in demo_report.save(tmp_path, formats="csv")}
+    assert {"params.csv", "blocks.csv", "summaries.csv", "findings.csv", "comparisons.csv",
+            "comparison_blocks.csv", "variants.csv"} == written  # no series.csv: the demo has none
+    with open(tmp_path / "params.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(demo_report.params)
+    assert list(rows[0])[:2] == ["name", "depth"]
+    for row, original in zip(rows, demo_report.params):
+        assert row["name"] == original["name"] and row["variant"] == original["variant"]
+        assert float(row["grad_l2"]) == original["grad_l2"]  # full precision
+        assert json.loads(row["shape"]) == original["shape"]
+        assert row["depth"] == ("" if original["depth"] is None else str(original["depth"]))
+    with open(tmp_path / "summaries.csv", newline="", encoding="utf-8") as handle:
+        summaries = list(csv.DictReader(handle))
+    assert float(summaries[0]["decay_factor_per_block"]) == demo_report.summaries[0]["decay"]["factor_per_block"]
+
+
+def test_csv_reads_back_with_pandas_like_to_pandas(demo_report, monitor_report, tmp_path):
+    pd = pytest.importorskip("pandas", reason="pandas is optional; install it to test the pandas path")
+    for i, report in enumerate((demo_report, monitor_report)):
+        out = tmp_path / str(i)
+        report.save(out, formats="csv")
+        frames = report.to_pandas()
+        assert set(frames) == {p.stem for p in out.glob("*.csv")}
+        for name, frame in frames.items():
+            read = pd.read_csv(out / f"{name}.csv")
+            assert list(read.columns) == list(frame.columns)
+            assert len(read) == len(frame)
+        blocks = report.to_pandas("blocks")
+        assert blocks["grad_l2"].tolist() == pytest.approx([b["grad_l2"] for b in report.blocks], nan_ok=True)
+    flow = demo_report.to_pandas("blocks").pivot(index="depth", columns="variant", values="grad_l2")
+    assert flow.shape == (4, 4)
+
+
+def test_to_pandas_without_pandas_says_what_to_install(demo_report, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
+    with pytest.raises(GradscopeError, match="needs pandas, which is not installed: pip install pandas"):
+        demo_report.to_pandas()
+
+
+# --- Markdown -------------------------------------------------------------------------------
+
+
+def test_markdown_matches_the_golden_file(golden_report):
+    """Regenerate with GRADSCOPE_UPDATE_GOLDEN=1 after an intended change, and read the diff."""
+    text = render_markdown(golden_report)
+    golden = GOLDEN / "tiny_demo_report.md"
+    if os.environ.get("GRADSCOPE_UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_markdown_escaping_keeps_model_strings_as_text():
+    assert md("<img src=x onerror=alert(1)>") == r"\<img src=x onerror=alert(1)\>"
+    assert md("a|b `c` *d* _e_ [f](g) ~h~ &amp; $x$") == r"a\|b \`c\` \*d\* \_e\_ \[f\](g) \~h\~ \&amp; \$x\$"
+    assert md("two\nlines\ttab") == "two lines tab"
+
+
+def test_hostile_names_render_as_text_in_markdown():
+    text = render_markdown(rf.hostile_report())
+    raw_tags = set(re.findall(r"(?<!\\)<(/?[a-z]+)", text))
+    assert raw_tags == {"sub", "/sub"}  # ours only; every other < is escaped
+    assert r"\<img src=x onerror=alert(1)\>" in text and r"\*\*bold\*\*" in text
+    tables = [block for block in text.split("\n\n") if block.startswith("| ")]
+    for table in tables:
+        counts = {len(re.split(r"(?<!\\)\|", row)) for row in table.splitlines()}
+        assert len(counts) == 1, table
+
+
+# --- HTML --------------------------------------------------------------------------------
+
+
+def test_html_is_self_contained_with_plots_and_tables(demo_report):
+    page = html_module.render_page(demo_report)
+    for key in ("flow", "ratios", "blocks"):
+        assert f'id="plot-{key}"' in page
+    assert 'id="param-table"' in page and page.count("<tr data-variant=") == len(demo_report.params) + len(
+        demo_report.blocks) + sum(len(c["blocks"]) for c in demo_report.comparisons)
+    assert 'id="figure-heatmap"' not in page  # no time series in a demo report
+    # nothing is fetched: no external URL, no src attribute (images are data: URIs inside the SVG)
+    urls = set(re.findall(r"https?://[^\s\"'<>)]+", page))
+    assert urls <= {"http://www.w3.org/2000/svg"}
+    assert " src=" not in page and "<link" not in page
+    assert page.count("<script") == 1 and page.count("<style") == 1
+
+
+def test_html_policy_allows_only_our_script_and_style(demo_report):
+    page = html_module.render_page(demo_report)
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+    script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+    style = re.search(r"<style>(.*?)</style>", page, re.S).group(1)
+    assert "default-src 'none'" in policy and "unsafe-inline" not in policy
+    assert html_module._csp_hash(script) in policy and html_module._csp_hash(style) in policy
+
+
+def test_hostile_names_render_as_text_in_html():
+    report = rf.hostile_report()
+    page = html_module.render_page(report)
+    assert "<img" not in page and "<svg onload" not in page and "alert(3)</script>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert page.count("<script") == 1  # ours; the model's "<script>" is text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page
+
+
+def test_monitor_report_gets_a_heatmap_and_global_norm_plot(monitor_report):
+    keys = [p.key for p in all_plots(monitor_report)]
+    assert "heatmap" in keys and "global" in keys
+    page = html_module.render_page(monitor_report)
+    assert 'id="plot-heatmap"' in page and 'id="plot-global"' in page
+
+
+def test_heatmap_cells_are_one_png_of_blocks_by_steps(monitor_report):
+    from PIL import Image
+    import io
+
+    svg_text = RENDERERS["svg"](monitor_report)["heatmap.svg"].decode()
+    data = re.search(r'href="data:image/png;base64,([^"]+)"', svg_text).group(1)
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    steps = len({r["step"] for r in monitor_report.series})
+    blocks = len({r["block"] for r in monitor_report.series if r["block"] is not None})
+    assert image.size == (steps, blocks)
+
+
+def test_plots_stay_readable_with_300_blocks_and_long_series():
+    report = rf.synthetic_report(layers=300, tensors_per_layer=2, variants=("pretrained", "scratch"), steps=2000)
+    svgs = RENDERERS["svg"](report)
+    flow = svgs["flow.svg"].decode()
+    assert "<circle" not in flow  # no per-point markers when they would overlap
+    assert len(re.findall(r'text-anchor="middle" font-size="11">\d+</text>', flow)) <= 11  # depth ticks
+    assert len(svgs["heatmap.svg"]) < 400_000
+    heatmap = next(p for p in all_plots(report) if p.key == "heatmap")
+    assert len(heatmap.x) == 600 and "Showing 600 of 2000 recorded steps" in heatmap.caption
+    assert set(p.key for p in all_plots(report)) <= set(PLOT_KEYS)
+
+
+def test_svg_and_png_files_for_papers(demo_report, tmp_path):
+    pytest.importorskip("matplotlib", reason="png needs the optional matplotlib")
+    written = {p.name for p in demo_report.save(tmp_path, formats="svg,png")}
+    assert written == {"flow.svg", "ratios.svg", "blocks.svg", "flow.png", "ratios.png", "blocks.png"}
+    assert (tmp_path / "flow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "flow.svg").read_text().startswith("<svg xmlns=")
+
+
+def test_png_without_matplotlib_is_a_usage_error(demo_report, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(UsageError, match="--format png needs matplotlib.*--format svg"):
+        demo_report.save(tmp_path / "out", formats="json,png")
+    assert not (tmp_path / "out").exists()
+
+
+def test_rendering_imports_neither_matplotlib_nor_pandas(tmp_path):
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); import report_fixtures as rf; "
+        "r = rf.synthetic_report(6, 2, steps=5); "
+        f"r.save({str(tmp_path)!r}, formats='json,csv,md,html,svg'); "
+        "heavy = [m for m in ('matplotlib', 'pandas') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def test_existing_report_is_not_overwritten_without_force(demo_report, tmp_path):
+    demo_report.save(tmp_path, formats="json,md")
+    before = (tmp_path / "report.md").read_bytes()
+    with pytest.raises(GradscopeError, match=r"report.json already exists; pass --force"):
+        demo_report.save(tmp_path, formats="json,md")
+    assert (tmp_path / "report.md").read_bytes() == before
+    demo_report.save(tmp_path, formats="json,md", force=True)
+
+
+def test_a_renderer_failing_mid_save_leaves_nothing_behind(demo_report, tmp_path, monkeypatch):
+    def broken(report):
+        raise RuntimeError("renderer bug")
+
+    monkeypatch.setitem(RENDERERS, "md", broken)
+    out = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError, match="renderer bug"):
+        demo_report.save(out, formats="json,html,md")
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_interrupted_write_restores_what_was_there(demo_report, tmp_path, monkeypatch):
+    import gradscope.report as report_module
+
+    demo_report.save(tmp_path, formats="json,html,md")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace = os.replace
+    calls = []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the first file is already in place when the interrupt comes
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(report_module.os, "replace", interrupted)
+    changed = Report(**{**demo_report.__dict__, "meta": {**demo_report.meta, "model": "changed"}})
+    with pytest.raises(KeyboardInterrupt):
+        changed.save(tmp_path, formats="json,html,md", force=True)
+    monkeypatch.setattr(report_module.os, "replace", real_replace)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old files back, no temporaries
+
+
+def test_an_interrupted_first_write_leaves_no_files(demo_report, tmp_path, monkeypatch):
+    import gradscope.report as report_module
+
+    real_write = os.fdopen
+    opened = []
+
+    def fdopen(fd, *args, **kwargs):
+        opened.append(fd)
+        if len(opened) == 3:
+            raise KeyboardInterrupt
+        return real_write(fd, *args, **kwargs)
+
+    monkeypatch.setattr(report_module.os, "fdopen", fdopen)
+    with pytest.raises(KeyboardInterrupt):
+        demo_report.save(tmp_path / "out", formats="json,html,md")
+    assert not (tmp_path / "out").exists()
