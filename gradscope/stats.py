@@ -162,18 +162,24 @@ def _to_device(values: Sequence, dtype: torch.dtype, device: torch.device) -> to
     return host.to(device)
 
 
-@torch.no_grad()  # tensors that require grad (weights) are read as they are, no detach
 def _run_group(tensors: list[torch.Tensor], device: torch.device, backend: str) -> tuple[torch.Tensor, str]:
     """Statistics of dense tensors on one device, with the backend asked for."""
-    if backend == "reference":
+    # Weights require grad, and the statistics belong to no graph: autograd off
+    # (the plain switch: the no_grad context manager costs more than a small call).
+    grad_was_enabled = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(False)
+    try:
+        if backend == "reference":
+            return grad_stats_reference(tensors), "reference"
+        reason = _ext.STATUS.reason_for(device.type)
+        if not reason:
+            return torch.ops.gradscope.grad_stats(tensors), "fused"
+        if backend == "fused":
+            raise RuntimeError(f"grad_stats: the fused backend cannot run on {device.type} tensors: {reason}")
+        _ext.warn_fallback_once(device.type)
         return grad_stats_reference(tensors), "reference"
-    reason = _ext.STATUS.reason_for(device.type)
-    if not reason:
-        return torch.ops.gradscope.grad_stats(tensors), "fused"
-    if backend == "fused":
-        raise RuntimeError(f"grad_stats: the fused backend cannot run on {device.type} tensors: {reason}")
-    _ext.warn_fallback_once(device.type)
-    return grad_stats_reference(tensors), "reference"
+    finally:
+        torch._C._set_grad_enabled(grad_was_enabled)
 
 
 def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "auto") -> GradStats:
@@ -193,12 +199,14 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
         raise ValueError(f"grad_stats: backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     items: Sequence = tensors if isinstance(tensors, (list, tuple)) else list(tensors)
 
-    groups: dict[torch.device, list[int]] = {}
     dense: list[Optional[torch.Tensor]] = [None] * len(items)
     numel = [0] * len(items)
     implicit_zeros: dict[int, int] = {}
+    out_device: Optional[torch.device] = None
+    one_dense_group = True  # one device, no None: the op's result is the table as it is
     for i, t in enumerate(items):
         if t is None:
+            one_dense_group = False
             continue
         if isinstance(t, torch.Tensor) and t.layout is torch.strided and t.dtype in FLOAT_DTYPES:
             numel[i] = t.numel()  # the fast path: a dense float tensor
@@ -208,15 +216,22 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
             if zeros:
                 implicit_zeros[i] = zeros
         dense[i] = t
-        groups.setdefault(t.device, []).append(i)
+        if out_device is None:
+            out_device = t.device
+        elif one_dense_group and t.device != out_device:
+            one_dense_group = False
+    if out_device is None:
+        out_device = torch.device("cpu")
 
-    out_device = next(iter(groups), torch.device("cpu"))
     names: set[str] = set()
-    if len(groups) == 1 and len(groups[out_device]) == len(items):
-        # The common case, one device and no None: no scatter, no extra copies.
+    if one_dense_group and items:
         table, name = _run_group(dense, out_device, backend)  # type: ignore[arg-type]
         names.add(name)
     else:
+        groups: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(dense):
+            if t is not None:
+                groups.setdefault(t.device, []).append(i)
         table = torch.zeros((len(items), len(STAT_NAMES)), dtype=torch.float64, device=out_device)
         for device, index in groups.items():
             rows, name = _run_group([dense[i] for i in index], device, backend)  # type: ignore[misc]
