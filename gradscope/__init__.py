@@ -7,9 +7,8 @@ neither transformers, torchvision nor matplotlib.
 
 from __future__ import annotations
 
-import importlib
-
 from . import _ext  # noqa: F401  (finds the compiled op at import, as documented)
+from ._lazy import lazy_attributes
 from ._reference import STAT_NAMES
 from .stats import GradStats, grad_stats
 
@@ -26,17 +25,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gradscope' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = ["GradStats", "STAT_NAMES", "grad_stats", "__version__", *_LAZY]

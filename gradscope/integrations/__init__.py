@@ -6,7 +6,7 @@ Each lives in its own module and imports its framework only when used:
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes
 
 _LAZY = {
     "GradscopeCallback": ".hf",
@@ -16,17 +16,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gradscope.integrations' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
-
-__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
