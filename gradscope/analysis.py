@@ -64,7 +64,7 @@ def _moments(sumsq: float, total: float, finite: int) -> tuple[float, float, flo
 def parameter_rows(variant: str, m: Measurement) -> list[dict]:
     """One row per trainable parameter: ``name`` and ``depth`` first."""
     depth = {b: i for i, b in enumerate(m.blocks)}
-    g, w = m.grad, m.weight
+    g, w = m.grad.cpu(), m.weight.cpu()  # one device-to-host copy each, then host reads
     cols = {k: getattr(g, k).tolist()
             for k in ("sumsq", "sum", "sumabs", "maxabs", "nonfinite", "zeros", "numel", "present")}
     weight_sumsq = w.sumsq.tolist()
