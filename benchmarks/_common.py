@@ -595,6 +595,13 @@ class Deadline:
         return False
 
 
+def start_run(args) -> tuple[torch.device, int, dict]:
+    """What every benchmark starts with: its device, torch threads, the rotation size, the run's metadata."""
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    return device, rotate_bytes_from(args, device), run_metadata(device, args)
+
+
 def rotate_bytes_from(args, device: torch.device) -> int:
     if args.rotate_mb is None:
         # A smoke run only needs the rotation to run, not to defeat the cache.

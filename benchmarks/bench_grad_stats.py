@@ -118,10 +118,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = C.resolve_device(args.device)
-    torch.set_num_threads(args.threads)
-    rotate = C.rotate_bytes_from(args, device)
-    payload = {"schema": C.SCHEMA, "benchmark": "bench_grad_stats", "meta": C.run_metadata(device, args), "cases": []}
+    device, rotate, meta = C.start_run(args)
+    payload = {"schema": C.SCHEMA, "benchmark": "bench_grad_stats", "meta": meta, "cases": []}
     ext = payload["meta"]["extension"]
     print(
         f"gradscope bench_grad_stats · {device} · torch {torch.__version__} · {args.threads} threads · "

@@ -399,10 +399,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = C.resolve_device(args.device)
-    torch.set_num_threads(args.threads)
-    rotate = C.rotate_bytes_from(args, device)
-    meta = C.run_metadata(device, args)
+    device, rotate, meta = C.start_run(args)
     payload = {"schema": C.SCHEMA, "benchmark": "bench_scaling", "meta": meta, "sweeps": {}}
     meta_line = f"{meta.get('gpu', {}).get('name', meta['cpu'])}, torch {torch.__version__}, {args.threads} threads, {meta['date_utc'][:10]}"
     fused = C.fused_available(device)

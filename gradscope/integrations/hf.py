@@ -38,20 +38,15 @@ from transformers import TrainerCallback
 
 from .. import distributed as dist_utils
 from ..errors import GradscopeError
-from ..monitor import GradientMonitor
+from ._options import MonitorCallbackOptions
 
 
-class GradscopeCallback(TrainerCallback):
+class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
     """A ``TrainerCallback`` that logs per-block and global gradient norms (see the module docstring)."""
 
     def __init__(self, *, every: int = 1, params: Optional[Sequence[str]] = None, on_nonfinite: str = "warn",
                  report_dir=None, prefix: str = "gradscope"):
-        self.every = every
-        self.params = params
-        self.on_nonfinite = on_nonfinite
-        self.report_dir = report_dir
-        self.prefix = prefix
-        self.monitor: Optional[GradientMonitor] = None
+        super().__init__(every=every, params=params, on_nonfinite=on_nonfinite, report_dir=report_dir, prefix=prefix)
         self.stage = "no_clip"
         self.installed_first = False
         self._logged_step: Optional[int] = None
@@ -74,8 +69,7 @@ class GradscopeCallback(TrainerCallback):
                           "(trainer) to run it first", RuntimeWarning, stacklevel=2)
         sharded = any(dist_utils.is_dtensor(p) for p in model.parameters())
         if self._main or sharded:
-            self.monitor = GradientMonitor(model, every=self.every, params=self.params,
-                                           on_nonfinite=self.on_nonfinite)
+            self.monitor = self.make_monitor(model)
         self._logged_step = None
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):

@@ -18,25 +18,17 @@ Install with ``pip install gradscope[lightning]``.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 from lightning.pytorch import Callback
 
 from .. import distributed as dist_utils
-from ..monitor import GradientMonitor
+from ._options import MonitorCallbackOptions
 
 
-class GradscopeLightningCallback(Callback):
-    """A Lightning ``Callback`` that records every optimizer step and logs per-block gradient norms."""
+class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
+    """A Lightning ``Callback`` that records every optimizer step and logs per-block gradient norms.
 
-    def __init__(self, *, every: int = 1, params: Optional[Sequence[str]] = None, on_nonfinite: str = "warn",
-                 report_dir=None, prefix: str = "gradscope"):
-        self.every = every
-        self.params = params
-        self.on_nonfinite = on_nonfinite
-        self.report_dir = report_dir
-        self.prefix = prefix
-        self.monitor: Optional[GradientMonitor] = None
+    Options: see :class:`~gradscope.integrations._options.MonitorCallbackOptions`.
+    """
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.monitor is not None:
@@ -44,8 +36,7 @@ class GradscopeLightningCallback(Callback):
         sharded = any(dist_utils.is_dtensor(p) for p in pl_module.parameters())
         self.monitor = None
         if trainer.is_global_zero or sharded:
-            self.monitor = GradientMonitor(pl_module, every=self.every, params=self.params,
-                                           on_nonfinite=self.on_nonfinite)
+            self.monitor = self.make_monitor(pl_module)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.monitor is None:
