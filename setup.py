@@ -39,7 +39,7 @@ def _extensions(with_cuda: bool):
     extensions = [
         CppExtension(
             "gradscope._C",
-            ["csrc/ops.cpp", "csrc/grad_stats_cpu.cpp"],
+            ["csrc/ops.cpp", "csrc/module.cpp", "csrc/grad_stats_cpu.cpp"],
             include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=["-fopenmp"],

@@ -382,8 +382,11 @@ void reduce_segment(const at::Tensor& t, const Segment& seg, Partial& out) {
 
 at::Tensor grad_stats_cpu(at::TensorList tensors) {
   const int64_t n = static_cast<int64_t>(tensors.size());
-  std::vector<at::Tensor> dense;
-  dense.reserve(n);
+  // dense[i] is the tensor read for input i: the input itself (no reference
+  // count traffic), or a copy kept in `copies` (reserved, so never moved).
+  std::vector<const at::Tensor*> dense(n);
+  std::vector<at::Tensor> copies;
+  copies.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.layout() == at::kStrided, "gradscope::grad_stats: tensor ", i, " has layout ", t.layout(),
@@ -397,8 +400,13 @@ at::Tensor grad_stats_cpu(at::TensorList tensors) {
     // A dense layout (contiguous, channels_last, any permutation) is read as
     // its flat storage span, with no copy; only gappy views are copied. A
     // negative view's storage holds -x, so it is resolved first.
+    if (!t.is_neg() && t.is_non_overlapping_and_dense()) {
+      dense[i] = &t;
+      continue;
+    }
     const at::Tensor resolved = t.is_neg() ? t.resolve_neg() : t;
-    dense.push_back(resolved.is_non_overlapping_and_dense() ? resolved : resolved.contiguous());
+    copies.push_back(resolved.is_non_overlapping_and_dense() ? resolved : resolved.contiguous());
+    dense[i] = &copies.back();
   }
 
   // Cut the tensors into segments of at most kItemElems and pack consecutive
@@ -409,7 +417,7 @@ at::Tensor grad_stats_cpu(at::TensorList tensors) {
   int64_t item_fill = kItemElems;        // full, so the first segment opens an item
   for (int64_t i = 0; i < n; ++i) {
     first_segment[i] = static_cast<int64_t>(segments.size());
-    const int64_t numel = dense[i].numel();
+    const int64_t numel = dense[i]->numel();
     for (int64_t begin = 0; begin < numel; begin += kItemElems) {
       const int64_t len = std::min(kItemElems, numel - begin);
       if (item_fill + len > kItemElems) {
@@ -428,7 +436,7 @@ at::Tensor grad_stats_cpu(at::TensorList tensors) {
   at::parallel_for(0, n_items, 1, [&](int64_t first, int64_t last) {
     for (int64_t item = first; item < last; ++item) {
       for (int64_t s = item_starts[item]; s < item_starts[item + 1]; ++s) {
-        reduce_segment(dense[segments[s].tensor], segments[s], partials[s]);
+        reduce_segment(*dense[segments[s].tensor], segments[s], partials[s]);
       }
     }
   });

@@ -9,6 +9,11 @@
 //     the chunk's 6 partial statistics to its own slot; no atomics.
 //   * finalize_kernel: one warp per tensor combines its chunks' partials in a
 //     fixed order, so results are bitwise reproducible from run to run.
+//   * Small lists (up to kArgTensors tensors, the common call of a training
+//     step's monitor) skip the staging buffer: their descriptors travel as a
+//     kernel argument, and when every tensor fits one chunk a single launch
+//     writes the result rows. The chunk cut and the order of every sum are
+//     the same on both paths, so they agree bitwise.
 
 #include <Python.h>
 
@@ -305,17 +310,26 @@ __device__ __forceinline__ bool needs_fp64(const Partial<double>& p) {
          (p.maxabs > 0.0 && p.maxabs < kTiny);
 }
 
+// Where a chunk's six statistics go: stat s to base[s * stride]. A chunk
+// partial goes to column `chunk` of the stat-major partials (stride: the
+// number of chunks), so finalize's per-stat loads are coalesced; the only
+// chunk of a tensor goes straight to its row of the result (stride 1).
+struct Slot {
+  double* base;
+  int64_t stride;
+};
+
 template <typename E>
-__device__ __forceinline__ void reduce_chunk(const TensorDesc& d, int64_t chunk,
-                                             int64_t num_chunks_total,
-                                             double* __restrict__ partials, BlockScratch& s) {
+__device__ __forceinline__ void reduce_chunk(const TensorDesc& d, int64_t chunk, Slot slot,
+                                             BlockScratch& s) {
   using Storage = typename E::Storage;
   using Acc = typename E::Val;  // float for fp32/fp16/bf16, double for fp64
   constexpr int64_t kElems = chunk_elems<E>();
 
   const int64_t begin = (chunk - d.chunk_begin) * kElems;
   const int64_t left = d.numel - begin;
-  const int n = static_cast<int>(left < kElems ? left : kElems);  // 1..kElems
+  // 0 only for the one chunk of an empty tensor (small-list path): zeros.
+  const int n = static_cast<int>(left < kElems ? left : kElems);
   const Storage* p = static_cast<const Storage*>(d.data) + begin;
 
   Partial<double> r = block_reduce(to_double(thread_reduce<E, Acc>(p, n)), s);
@@ -325,70 +339,52 @@ __device__ __forceinline__ void reduce_chunk(const TensorDesc& d, int64_t chunk,
     if (s.redo) r = block_reduce(to_double(thread_reduce<E, double>(p, n)), s);
   }
   if (threadIdx.x == 0) {
-    // Stat-major layout so finalize's per-stat loads are coalesced.
-    partials[kSumSq * num_chunks_total + chunk] = r.sumsq;
-    partials[kSum * num_chunks_total + chunk] = r.sum;
-    partials[kSumAbs * num_chunks_total + chunk] = r.sumabs;
-    partials[kMaxAbs * num_chunks_total + chunk] = r.maxabs;
-    partials[kNonFinite * num_chunks_total + chunk] = static_cast<double>(r.nonfinite);
-    partials[kZeros * num_chunks_total + chunk] = static_cast<double>(r.zeros);
+    slot.base[kSumSq * slot.stride] = r.sumsq;
+    slot.base[kSum * slot.stride] = r.sum;
+    slot.base[kSumAbs * slot.stride] = r.sumabs;
+    slot.base[kMaxAbs * slot.stride] = r.maxabs;
+    slot.base[kNonFinite * slot.stride] = static_cast<double>(r.nonfinite);
+    slot.base[kZeros * slot.stride] = static_cast<double>(r.zeros);
   }
 }
 
-__global__ void __launch_bounds__(kBlock)
-chunk_stats_kernel(const TensorDesc* __restrict__ descs,
-                   const int32_t* __restrict__ chunk_to_tensor,
-                   double* __restrict__ partials) {
-  __shared__ BlockScratch scratch;
-  const int64_t chunk = blockIdx.x;
-  const int64_t num_chunks_total = gridDim.x;
-  const TensorDesc d = descs[chunk_to_tensor[chunk]];
-  // Block-uniform branch: every thread reads the same descriptor.
+// Block-uniform branch: every thread of the block reads the same descriptor.
+__device__ __forceinline__ void reduce_chunk_any(const TensorDesc& d, int64_t chunk, Slot slot,
+                                                 BlockScratch& s) {
   switch (d.dtype) {
     case kCodeF32:
-      reduce_chunk<F32>(d, chunk, num_chunks_total, partials, scratch);
-      break;
+      return reduce_chunk<F32>(d, chunk, slot, s);
     case kCodeF16:
-      reduce_chunk<F16>(d, chunk, num_chunks_total, partials, scratch);
-      break;
+      return reduce_chunk<F16>(d, chunk, slot, s);
     case kCodeBF16:
-      reduce_chunk<BF16>(d, chunk, num_chunks_total, partials, scratch);
-      break;
+      return reduce_chunk<BF16>(d, chunk, slot, s);
     case kCodeF64:
-      reduce_chunk<F64>(d, chunk, num_chunks_total, partials, scratch);
-      break;
+      return reduce_chunk<F64>(d, chunk, slot, s);
     default:
-      break;  // unreachable: the host only writes the codes above
+      return;  // unreachable: the host only writes the codes above
   }
 }
 
-// One warp per tensor: lane l adds chunks l, l+32, l+64, ... in increasing
-// order, then a fixed shuffle tree; max is combined with max. Counts are exact
-// in fp64 (integers < 2^53). Tensors without chunks get zeros.
-__global__ void __launch_bounds__(kFinBlock)
-finalize_kernel(const TensorDesc* __restrict__ descs, int64_t num_tensors,
-                const double* __restrict__ partials, int64_t num_chunks_total,
-                double* __restrict__ out) {
+// One warp combines the `count` chunk partials of one tensor, starting at
+// chunk `first`: lane l adds chunks l, l+32, l+64, ... in increasing order,
+// then a fixed shuffle tree; max is combined with max. Counts are exact in
+// fp64 (integers < 2^53). The caller keeps the whole warp here.
+__device__ __forceinline__ void finalize_tensor(int64_t first, int64_t count,
+                                                const double* __restrict__ partials,
+                                                int64_t num_chunks_total, double* __restrict__ row) {
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * kFinWarps +
-                    static_cast<int64_t>(threadIdx.x) / kWarpSize;
-  if (t >= num_tensors) return;  // warp-uniform, so the shuffles below are safe
-
-  const int64_t first = descs[t].chunk_begin;
-  const int64_t count = descs[t].num_chunks;
-
   double acc[kNumStats];
 #pragma unroll
   for (int s = 0; s < kNumStats; ++s) acc[s] = 0.0;
 
   for (int64_t c = lane; c < count; c += kWarpSize * kFinUnroll) {
-    double row[kFinUnroll][kNumStats];
+    double vals[kFinUnroll][kNumStats];
 #pragma unroll
     for (int j = 0; j < kFinUnroll; ++j) {
       const int64_t cj = c + j * kWarpSize;
 #pragma unroll
       for (int s = 0; s < kNumStats; ++s) {
-        row[j][s] = cj < count ? partials[s * num_chunks_total + first + cj] : 0.0;
+        vals[j][s] = cj < count ? partials[s * num_chunks_total + first + cj] : 0.0;
       }
     }
 #pragma unroll
@@ -396,7 +392,7 @@ finalize_kernel(const TensorDesc* __restrict__ descs, int64_t num_tensors,
       if (c + j * kWarpSize < count) {
 #pragma unroll
         for (int s = 0; s < kNumStats; ++s) {
-          acc[s] = (s == kMaxAbs) ? fmax(acc[s], row[j][s]) : acc[s] + row[j][s];
+          acc[s] = (s == kMaxAbs) ? fmax(acc[s], vals[j][s]) : acc[s] + vals[j][s];
         }
       }
     }
@@ -412,14 +408,104 @@ finalize_kernel(const TensorDesc* __restrict__ descs, int64_t num_tensors,
   }
   if (lane == 0) {
 #pragma unroll
-    for (int s = 0; s < kNumStats; ++s) out[t * kNumStats + s] = acc[s];
+    for (int s = 0; s < kNumStats; ++s) row[s] = acc[s];
   }
+}
+
+// --- Large lists: descriptors in device memory ------------------------------
+
+// One block per chunk of all tensors; each writes its partials, no atomics.
+__global__ void __launch_bounds__(kBlock)
+chunk_stats_kernel(const TensorDesc* __restrict__ descs,
+                   const int32_t* __restrict__ chunk_to_tensor,
+                   double* __restrict__ partials) {
+  __shared__ BlockScratch scratch;
+  const int64_t chunk = blockIdx.x;
+  const TensorDesc d = descs[chunk_to_tensor[chunk]];
+  reduce_chunk_any(d, chunk, Slot{partials + chunk, static_cast<int64_t>(gridDim.x)}, scratch);
+}
+
+// One warp per tensor. Tensors without chunks (empty) get zeros.
+__global__ void __launch_bounds__(kFinBlock)
+finalize_kernel(const TensorDesc* __restrict__ descs, int64_t num_tensors,
+                const double* __restrict__ partials, int64_t num_chunks_total,
+                double* __restrict__ out) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kFinWarps +
+                    static_cast<int64_t>(threadIdx.x) / kWarpSize;
+  if (t >= num_tensors) return;  // warp-uniform, so the shuffles inside are safe
+  finalize_tensor(descs[t].chunk_begin, descs[t].num_chunks, partials, num_chunks_total,
+                  out + t * kNumStats);
+}
+
+// --- Small lists: descriptors as a kernel argument ---------------------------
+//
+// Up to kArgTensors tensors travel in the launch itself: no staging buffer, no
+// host-to-device copy, and when every tensor fits one chunk, one launch that
+// writes the result rows directly. Every tensor has at least one chunk here
+// (an empty tensor's chunk writes its row of zeros).
+
+constexpr int kArgTensors = 224;
+
+struct SmallList {
+  const void* data[kArgTensors];
+  int32_t numel[kArgTensors];
+  int32_t chunk_end[kArgTensors];  // chunks of tensors 0..i together
+  int8_t dtype[kArgTensors];       // DtypeCode
+};
+// Kernel arguments are limited to 4 KiB (before sm_70 / CUDA 12.1).
+static_assert(sizeof(SmallList) + 64 <= 4096, "the small-list argument must fit the 4 KiB limit");
+
+__device__ __forceinline__ TensorDesc small_desc(const SmallList& list, int t) {
+  const int first = t == 0 ? 0 : list.chunk_end[t - 1];
+  return TensorDesc{list.data[t], list.numel[t], first, list.chunk_end[t] - first, list.dtype[t]};
+}
+
+// direct: one chunk per tensor, so chunk == tensor and `dst` is the result;
+// else `dst` is the stat-major partials, finalized by small_finalize_kernel.
+__global__ void __launch_bounds__(kBlock)
+small_list_kernel(const __grid_constant__ SmallList list, int num_tensors, int direct,
+                  double* __restrict__ dst) {
+  __shared__ BlockScratch scratch;
+  const int chunk = static_cast<int>(blockIdx.x);
+  // The tensor of this chunk: the first whose chunk_end exceeds it.
+  int lo = 0;
+  int hi = num_tensors - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (list.chunk_end[mid] > chunk) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  const Slot slot = direct ? Slot{dst + static_cast<int64_t>(lo) * kNumStats, 1}
+                           : Slot{dst + chunk, static_cast<int64_t>(gridDim.x)};
+  reduce_chunk_any(small_desc(list, lo), chunk, slot, scratch);
+}
+
+__global__ void __launch_bounds__(kFinBlock)
+small_finalize_kernel(const __grid_constant__ SmallList list, int num_tensors,
+                      const double* __restrict__ partials, int num_chunks_total,
+                      double* __restrict__ out) {
+  const int t = static_cast<int>(blockIdx.x) * kFinWarps + static_cast<int>(threadIdx.x) / kWarpSize;
+  if (t >= num_tensors) return;  // warp-uniform
+  const TensorDesc d = small_desc(list, t);
+  finalize_tensor(d.chunk_begin, d.num_chunks, partials, num_chunks_total,
+                  out + static_cast<int64_t>(t) * kNumStats);
 }
 
 // ---------------------------------------------------------------------------
 // Host side.
 
-// Returns false for dtypes the kernel does not handle (already rejected).
+// One input as the kernels read it.
+struct Input {
+  const void* data;  // nullptr when empty
+  int64_t numel;
+  int32_t code;
+  int64_t per_chunk;  // elements per chunk for its dtype
+};
+
+// Returns false for dtypes the kernel does not handle.
 bool dtype_code(at::ScalarType st, int32_t* code, int64_t* elem_size, int64_t* per_chunk) {
   switch (st) {
     case at::kFloat:
@@ -447,24 +533,110 @@ bool dtype_code(at::ScalarType st, int32_t* code, int64_t* elem_size, int64_t* p
   }
 }
 
+at::TensorOptions f64_on(at::Device device) {
+  return at::TensorOptions().dtype(at::kDouble).device(device);
+}
+
+void launch_small(const std::vector<Input>& inputs, const at::Tensor& out, cudaStream_t stream) {
+  const int n = static_cast<int>(inputs.size());
+  SmallList list{};
+  int32_t chunks = 0;
+  for (int i = 0; i < n; ++i) {
+    const Input& in = inputs[static_cast<size_t>(i)];
+    list.data[i] = in.data;
+    list.numel[i] = static_cast<int32_t>(in.numel);
+    list.dtype[i] = static_cast<int8_t>(in.code);
+    chunks += static_cast<int32_t>(std::max<int64_t>(1, (in.numel + in.per_chunk - 1) / in.per_chunk));
+    list.chunk_end[i] = chunks;
+  }
+  double* result = out.mutable_data_ptr<double>();
+  if (chunks == n) {
+    small_list_kernel<<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(list, n, /*direct=*/1, result);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  // Freed on return: the caching allocator orders its reuse after these kernels on this stream.
+  at::Tensor partials = at::empty({kNumStats * static_cast<int64_t>(chunks)}, f64_on(out.device()));
+  small_list_kernel<<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(
+      list, n, /*direct=*/0, partials.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  small_finalize_kernel<<<static_cast<unsigned>((n + kFinWarps - 1) / kFinWarps), kFinBlock, 0, stream>>>(
+      list, n, partials.const_data_ptr<double>(), chunks, result);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void launch_large(const std::vector<Input>& inputs, const at::Tensor& out, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(inputs.size());
+  int64_t total_chunks = 0;
+  for (const Input& in : inputs) total_chunks += (in.numel + in.per_chunk - 1) / in.per_chunk;
+  TORCH_CHECK(total_chunks <= std::numeric_limits<int32_t>::max(),
+              "gradscope::grad_stats: the tensors need ", total_chunks,
+              " chunks, more than one launch allows; split the list");
+
+  // Pinned staging buffer: [TensorDesc x n][int32 chunk -> tensor x total_chunks].
+  const int64_t desc_bytes = n * static_cast<int64_t>(sizeof(TensorDesc));
+  const int64_t bytes = desc_bytes + total_chunks * static_cast<int64_t>(sizeof(int32_t));
+  at::Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  auto* host_base = static_cast<uint8_t*>(host.mutable_data_ptr());
+  auto* host_descs = reinterpret_cast<TensorDesc*>(host_base);
+  auto* host_map = reinterpret_cast<int32_t*>(host_base + desc_bytes);
+  int64_t chunk_begin = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const Input& in = inputs[static_cast<size_t>(i)];
+    const int64_t num_chunks = (in.numel + in.per_chunk - 1) / in.per_chunk;
+    host_descs[i] = TensorDesc{in.data, in.numel, chunk_begin, static_cast<int32_t>(num_chunks), in.code};
+    std::fill_n(host_map + chunk_begin, num_chunks, static_cast<int32_t>(i));
+    chunk_begin += num_chunks;
+  }
+  // non_blocking from pinned memory: the host allocator records the stream, so
+  // the staging block is not reused before the copy has run.
+  const at::Tensor meta = host.to(at::TensorOptions().device(out.device()).dtype(at::kByte), /*non_blocking=*/true);
+  const auto* dev_base = static_cast<const uint8_t*>(meta.const_data_ptr());
+  const auto* dev_descs = reinterpret_cast<const TensorDesc*>(dev_base);
+  const auto* dev_map = reinterpret_cast<const int32_t*>(dev_base + desc_bytes);
+
+  at::Tensor partials = at::empty({kNumStats * total_chunks}, f64_on(out.device()));
+  if (total_chunks > 0) {
+    chunk_stats_kernel<<<static_cast<unsigned>(total_chunks), kBlock, 0, stream>>>(
+        dev_descs, dev_map, partials.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  finalize_kernel<<<static_cast<unsigned>((n + kFinWarps - 1) / kFinWarps), kFinBlock, 0, stream>>>(
+      dev_descs, n, partials.const_data_ptr<double>(), total_chunks, out.mutable_data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// A dense copy of t to read when t itself cannot be read as its flat span.
+at::Tensor dense_copy(const at::Tensor& t) {
+  at::Tensor r = t.is_neg() ? t.resolve_neg() : t;  // storage holds -x for a neg view
+  return r.is_non_overlapping_and_dense() ? r : r.contiguous();
+}
+
 }  // namespace
 
 at::Tensor grad_stats_cuda(at::TensorList tensors) {
   const int64_t n = static_cast<int64_t>(tensors.size());
   if (n == 0) {
     // Dispatch never gets here without a tensor; stay total anyway.
-    return at::empty({0, kNumStats}, at::TensorOptions().dtype(at::kDouble).device(at::kCUDA));
+    return at::empty({0, kNumStats}, f64_on(at::kCUDA));
   }
   TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(),
               "gradscope::grad_stats: got ", n, " tensors, at most ",
               std::numeric_limits<int32_t>::max(), " are supported per call; split the list");
-
   TORCH_CHECK(tensors[0].defined(),
               "gradscope::grad_stats: tensors[0] is undefined (None); pass only defined tensors");
   const at::Device device = tensors[0].device();
   TORCH_CHECK(device.is_cuda(), "gradscope::grad_stats (CUDA): tensors[0] is on ", device,
               "; move all tensors to one CUDA device");
+  c10::cuda::CUDAGuard guard(device);
 
+  // Dense views are read in place as their flat storage span (the statistics
+  // do not depend on element order); anything else is read from a copy. The
+  // copies stay alive until the kernels are enqueued; the caching allocator's
+  // stream ordering covers the rest.
+  std::vector<Input> inputs(static_cast<size_t>(n));
+  std::vector<at::Tensor> copies;
+  bool small = n <= kArgTensors;
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.defined(), "gradscope::grad_stats: tensors[", i,
@@ -475,85 +647,34 @@ at::Tensor grad_stats_cuda(at::TensorList tensors) {
     TORCH_CHECK(t.device() == device, "gradscope::grad_stats: tensors[", i, "] is on ",
                 t.device(), " but tensors[0] is on ", device,
                 "; move all tensors to the same CUDA device");
-    const at::ScalarType st = t.scalar_type();
-    TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
-                "gradscope::grad_stats: tensors[", i, "] has dtype ", st,
-                "; supported dtypes are float32, float16, bfloat16 and float64, "
-                "cast it first (e.g. t.float())");
-  }
-
-  c10::cuda::CUDAGuard guard(device);
-
-  // Dense views are read in place as their flat storage span (the statistics
-  // do not depend on element order); anything else gets a contiguous copy.
-  // The copies stay alive until the kernels are enqueued; the caching
-  // allocator's stream ordering covers the rest.
-  std::vector<at::Tensor> inputs;
-  inputs.reserve(static_cast<size_t>(n));
-  std::vector<int32_t> codes(static_cast<size_t>(n));
-  std::vector<int64_t> num_chunks(static_cast<size_t>(n));
-  int64_t total_chunks = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    at::Tensor t = tensors[i];
-    if (t.is_neg()) t = t.resolve_neg();  // storage holds -x for a neg view
-    if (!t.is_non_overlapping_and_dense()) t = t.contiguous();
     int32_t code = 0;
     int64_t elem_size = 0;
     int64_t per_chunk = 0;
-    const bool known = dtype_code(t.scalar_type(), &code, &elem_size, &per_chunk);
-    TORCH_INTERNAL_ASSERT(known, "dtype was validated above");
-    const int64_t numel = t.numel();
-    if (numel > 0 && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % elem_size != 0) {
-      t = t.clone(at::MemoryFormat::Contiguous);  // fresh, aligned storage
+    TORCH_CHECK(dtype_code(t.scalar_type(), &code, &elem_size, &per_chunk),
+                "gradscope::grad_stats: tensors[", i, "] has dtype ", t.scalar_type(),
+                "; supported dtypes are float32, float16, bfloat16 and float64, "
+                "cast it first (e.g. t.float())");
+    const at::Tensor* read = &t;
+    if (t.is_neg() || !t.is_non_overlapping_and_dense()) {
+      copies.push_back(dense_copy(t));
+      read = &copies.back();
     }
-    codes[i] = code;
-    num_chunks[i] = (numel + per_chunk - 1) / per_chunk;
-    total_chunks += num_chunks[i];
-    inputs.push_back(std::move(t));
+    const int64_t numel = read->numel();
+    if (numel > 0 && reinterpret_cast<uintptr_t>(read->const_data_ptr()) % elem_size != 0) {
+      copies.push_back(read->clone(at::MemoryFormat::Contiguous));  // fresh, aligned storage
+      read = &copies.back();
+    }
+    inputs[static_cast<size_t>(i)] = Input{numel > 0 ? read->const_data_ptr() : nullptr, numel, code, per_chunk};
+    small = small && numel <= std::numeric_limits<int32_t>::max();
   }
-  TORCH_CHECK(total_chunks <= std::numeric_limits<int32_t>::max(),
-              "gradscope::grad_stats: the tensors need ", total_chunks,
-              " chunks, more than one launch allows; split the list");
 
-  // Pinned staging buffer: [TensorDesc x n][int32 chunk -> tensor x total_chunks].
-  const int64_t desc_bytes = n * static_cast<int64_t>(sizeof(TensorDesc));
-  const int64_t bytes = desc_bytes + total_chunks * static_cast<int64_t>(sizeof(int32_t));
-  at::Tensor host =
-      at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  auto* host_base = static_cast<uint8_t*>(host.mutable_data_ptr());
-  auto* host_descs = reinterpret_cast<TensorDesc*>(host_base);
-  auto* host_map = reinterpret_cast<int32_t*>(host_base + desc_bytes);
-  int64_t chunk_begin = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const at::Tensor& t = inputs[i];
-    host_descs[i] = TensorDesc{t.numel() > 0 ? t.const_data_ptr() : nullptr, t.numel(),
-                               chunk_begin, static_cast<int32_t>(num_chunks[i]), codes[i]};
-    std::fill_n(host_map + chunk_begin, num_chunks[i], static_cast<int32_t>(i));
-    chunk_begin += num_chunks[i];
-  }
-  // non_blocking from pinned memory: the host allocator records the stream, so
-  // the staging block is not reused before the copy has run.
-  const at::Tensor meta =
-      host.to(at::TensorOptions().device(device).dtype(at::kByte), /*non_blocking=*/true);
-  const auto* dev_base = static_cast<const uint8_t*>(meta.const_data_ptr());
-  const auto* dev_descs = reinterpret_cast<const TensorDesc*>(dev_base);
-  const auto* dev_map = reinterpret_cast<const int32_t*>(dev_base + desc_bytes);
-
-  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
-  at::Tensor partials = at::empty({kNumStats * total_chunks}, f64);
-  at::Tensor out = at::empty({n, kNumStats}, f64);  // finalize writes every row
-
+  at::Tensor out = at::empty({n, kNumStats}, f64_on(device));  // every row is written
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (total_chunks > 0) {
-    chunk_stats_kernel<<<static_cast<unsigned>(total_chunks), kBlock, 0, stream>>>(
-        dev_descs, dev_map, partials.mutable_data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (small) {
+    launch_small(inputs, out, stream);
+  } else {
+    launch_large(inputs, out, stream);
   }
-  const int64_t fin_blocks = (n + kFinWarps - 1) / kFinWarps;
-  finalize_kernel<<<static_cast<unsigned>(fin_blocks), kFinBlock, 0, stream>>>(
-      dev_descs, n, partials.const_data_ptr<double>(), total_chunks,
-      out.mutable_data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 

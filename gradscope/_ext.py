@@ -118,6 +118,11 @@ STATUS = _load()
 if not STATUS.cpu:
     logger.warning("gradscope: compiled op unavailable: %s; using the PyTorch reference path", STATUS.reason)
 
+# The fast entry for the common call (csrc/module.cpp): a list of dense float
+# tensors on one CPU device, or one CUDA device when the CUDA kernel is loaded.
+# It returns (table, numel) or None for any other list. None here: not loaded.
+dense_call = getattr(importlib.import_module("gradscope._C"), "_dense_grad_stats", None) if STATUS.cpu else None
+
 _warned_devices: set[str] = set()
 
 

@@ -479,21 +479,23 @@ class GradientMonitor:
         one = torch.ones((), dtype=torch.float64, device=self._device)
         return torch.stack([inv * inv, inv, inv, inv, one, one])
 
-    def _stats_table(self, grads: list) -> torch.Tensor:
-        fast = (self.config.backend != "reference" and not _ext.STATUS.reason_for(self._device.type)
-                and all(g is not None and g.layout == torch.strided and g.device == self._device for g in grads))
-        if fast:  # the registered op directly: no per-call host tensors
-            return torch.ops.gradscope.grad_stats(grads)
-        return grad_stats(grads, backend=self.config.backend).table.to(self._device)
+    def _stats(self, grads: list) -> tuple[torch.Tensor, Sequence[bool], Sequence[int]]:
+        """The step's statistics table on the monitor's device, and which gradients were present, of what size."""
+        if self.config.backend != "reference" and _ext.STATUS.cpu and _ext.dense_call:
+            # Every gradient dense on one device (the usual step): read in C++, no per-tensor Python.
+            result = _ext.dense_call(grads, _ext.STATUS.cuda)
+            if result is not None:
+                table, numel = result
+                return table.to(self._device), (True,) * len(numel), numel
+        stats = grad_stats(grads, backend=self.config.backend)
+        return stats.table.to(self._device), stats.present_host, stats.numel_host
 
     def _record(self, step: int) -> None:
         self._follow_device()
         grads = [p.grad for p in self._params]
         if self.mode == "sharded":
             grads = dist_utils.local_grads(grads, self._device)
-        present = [g is not None for g in grads]
-        numel = [g.numel() if g is not None else 0 for g in grads]
-        table = self._stats_table(grads)
+        table, present, numel = self._stats(grads)
         factors = self._unscale_factors()
         if factors is not None:
             table = table * factors

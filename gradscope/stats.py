@@ -197,6 +197,13 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
     """
     if backend not in BACKENDS:
         raise ValueError(f"grad_stats: backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend != "reference" and _ext.STATUS.cpu and _ext.dense_call and not torch.compiler.is_compiling():
+        # The common call (dense float tensors on one CPU or CUDA device) is read
+        # in C++; None hands anything else to the general path below.
+        result = _ext.dense_call(tensors, _ext.STATUS.cuda)
+        if result is not None:
+            table, numel = result
+            return GradStats(table, numel, (True,) * len(numel), "fused")
     items: Sequence = tensors if isinstance(tensors, (list, tuple)) else list(tensors)
 
     dense: list[Optional[torch.Tensor]] = [None] * len(items)

@@ -300,6 +300,72 @@ def test_works_inside_torch_compile():
     torch.testing.assert_close(compiled(xs), stats_of(xs))
 
 
+# --- the fast entry (csrc/module.cpp) -----------------------------------------------------
+
+needs_fast = pytest.mark.skipif(not _ext.dense_call, reason=f"no compiled op: {_ext.STATUS.reason}")
+
+
+@needs_fast
+def test_fast_entry_matches_the_op_bitwise():
+    tensors = [randn(3 * ITEM + 5, seed=1), randn(40, 3, dtype=torch.bfloat16, seed=2).t(), torch.empty(0),
+               randn(7, dtype=torch.float16, seed=3), -randn(9, dtype=torch.float64, seed=4)]
+    for items in (tensors, tuple(tensors)):
+        table, numel = _ext.dense_call(items, False)
+        assert numel == tuple(t.numel() for t in tensors)
+        assert torch.equal(table, torch.ops.gradscope.grad_stats(list(tensors)))
+    stats = gradscope.grad_stats(tensors)
+    assert stats.backend == "fused" and stats.present_host == (True,) * len(tensors)
+    assert_stats_match(stats, tensors)
+
+
+@needs_fast
+@pytest.mark.parametrize(
+    "items",
+    [
+        [],
+        [torch.ones(2), None],
+        [torch.ones(2), torch.ones(2).to_sparse()],
+        [torch.ones(2), torch.ones(2, dtype=torch.int32)],
+        [torch.ones(2), torch.ones(2, device="meta")],
+        [torch.ones(2, device="meta")],
+        [torch.ones(2), [1.0]],
+        [torch.ones(2), torch.ones(2).as_subclass(type("Sub", (torch.Tensor,), {}))],
+    ],
+    ids=["empty", "none", "sparse", "int", "two-devices", "meta", "not-a-tensor", "subclass"],
+)
+def test_fast_entry_hands_unusual_lists_back(items):
+    assert _ext.dense_call(items, False) is None
+    assert _ext.dense_call(iter([torch.ones(2)]), False) is None  # only lists and tuples are read in C++
+
+
+@needs_fast
+def test_fast_entry_leaves_no_graph():
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    with torch.enable_grad():
+        stats = gradscope.grad_stats([w, w.detach() * 2])
+    assert not stats.table.requires_grad and stats.table.grad_fn is None
+    assert_stats_match(stats, [w.detach(), w.detach() * 2])
+
+
+@needs_fast
+def test_fast_entry_goes_through_the_dispatcher():
+    # A dispatch mode sees the op: the fast entry does not call the kernel behind torch's back.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as seen:
+        gradscope.grad_stats([torch.ones(3), torch.ones(2)])
+    assert "gradscope.grad_stats.default" in seen.ops
+
+
 # --- determinism ------------------------------------------------------------------------
 
 

@@ -1,5 +1,10 @@
 """The CUDA kernel: against the fp64 reference, opcheck, determinism, no host sync.
 
+The kernel has two paths: lists of up to SMALL_LIST tensors pass their
+descriptors as a kernel argument (one launch when every tensor fits one chunk,
+else a chunk launch and a finalize launch), longer lists go through a staging
+buffer. Each path is checked against the reference, and against the others bitwise.
+
 Skipped, with the reason, where no GPU is visible or the CUDA kernel is not built.
 """
 
@@ -11,7 +16,8 @@ from stats_reference import assert_stats_match
 
 import gradscope
 
-CHUNK_BYTES = 256 * 1024  # csrc/grad_stats_cuda.cu
+CHUNK_BYTES = 256 * 1024  # csrc/grad_stats_cuda.cu: kChunkBytes
+SMALL_LIST = 224  # csrc/grad_stats_cuda.cu: kArgTensors
 
 
 def cases(device):
@@ -38,6 +44,48 @@ def test_cuda_matches_reference(fused_cuda):
     assert_stats_match(stats, tensors)
 
 
+def one_chunk_cases(device, n=SMALL_LIST):
+    """n tensors of every dtype, each within one chunk, a few empty."""
+    g = torch.Generator().manual_seed(2)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    out = []
+    for i in range(n):
+        dtype = dtypes[i % 4]
+        size = 0 if i % 37 == 5 else int(torch.randint(1, CHUNK_BYTES // torch.tensor([], dtype=dtype).element_size() + 1, (1,), generator=g))
+        out.append((torch.randn(size, generator=g) * 10.0 ** (i % 7 - 3)).to(dtype).to(device))
+    if n > 3:
+        out[3][0] = float("nan")  # float64, never empty
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, SMALL_LIST - 1, SMALL_LIST, SMALL_LIST + 1])
+def test_cuda_one_chunk_lists_at_the_small_list_edge(fused_cuda, n):
+    tensors = one_chunk_cases(fused_cuda, n)
+    assert_stats_match(gradscope.grad_stats(tensors, backend="fused"), tensors)
+
+
+def test_cuda_paths_agree_bitwise(fused_cuda):
+    small = one_chunk_cases(fused_cuda, 100)  # one launch, rows written directly
+    multi = cases(fused_cuda)  # small list with multi-chunk tensors: chunk + finalize launches
+    assert len(multi) <= SMALL_LIST
+    pad = [torch.empty(0, device=fused_cuda)] * (SMALL_LIST + 1)  # forces the staging-buffer path
+    op = torch.ops.gradscope.grad_stats
+    direct = op(small)
+    assert torch.equal(op(small + multi)[: len(small)], direct)  # same rows from the chunk + finalize path
+    assert torch.equal(op(small + pad)[: len(small)], direct)
+    assert torch.equal(op(multi + pad)[: len(multi)], op(multi))
+
+
+def test_cuda_fast_entry_matches_the_op(fused_cuda):
+    from gradscope import _ext
+
+    tensors = cases(fused_cuda)
+    table, numel = _ext.dense_call(tensors, True)
+    assert numel == tuple(t.numel() for t in tensors)
+    assert torch.equal(table, torch.ops.gradscope.grad_stats(tensors))
+    assert _ext.dense_call(tensors, False) is None  # CUDA kernel not loaded: the Python path decides
+
+
 def test_cuda_many_tiny_tensors_one_call(fused_cuda):
     g = torch.Generator().manual_seed(1)
     tensors = [torch.randn(int(n), generator=g).to(fused_cuda) for n in torch.randint(0, 50, (20_000,), generator=g)]
@@ -56,8 +104,9 @@ def test_cuda_bitwise_identical_over_100_calls(fused_cuda):
         assert torch.equal(gradscope.grad_stats(tensors).table, first)
 
 
-def test_cuda_no_host_sync(fused_cuda):
-    tensors = cases(fused_cuda)
+@pytest.mark.parametrize("padding", [0, SMALL_LIST], ids=["small-list", "staging-buffer"])
+def test_cuda_no_host_sync(fused_cuda, padding):
+    tensors = cases(fused_cuda) + [torch.ones(3, device=fused_cuda)] * padding
     gradscope.grad_stats(tensors)  # warm up allocators
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -133,6 +133,21 @@ def test_csv_reads_back_with_pandas_like_to_pandas(demo_report, monitor_report, 
     assert flow.shape == (4, 4)
 
 
+def test_csv_text_cells_never_start_a_spreadsheet_formula(tmp_path):
+    report = rf.demo_report(depth=3, variants=("sigmoid", "relu"))
+    payloads = ["=HYPERLINK(\"http://x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+    for row, payload in zip(report.params, payloads):
+        row["name"] = payload
+    report.save(tmp_path, formats="csv")
+    with open(tmp_path / "params.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for row, payload in zip(rows, payloads):
+        assert row["name"] == "'" + payload  # quoted: read as text
+    numbers = [float(r["grad_mean"]) for r in rows if r["grad_mean"]]
+    assert any(v < 0 for v in numbers)  # negative numbers stay numbers, unquoted
+    assert rows[len(payloads)]["name"] == report.params[len(payloads)]["name"]  # plain names untouched
+
+
 def test_to_pandas_without_pandas_says_what_to_install(demo_report, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
     with pytest.raises(GradscopeError, match="needs pandas, which is not installed: pip install pandas"):

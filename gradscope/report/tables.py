@@ -47,11 +47,19 @@ def table(report, name: str) -> tuple[list[str], list[dict]]:
     return columns, [{c: r.get(c) for c in columns} for r in rows]
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
         return repr(value)  # full precision; inf reads back as inf in pandas and float()
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        # Text comes from the model (parameter and module names): a leading
+        # quote keeps a spreadsheet from running it. Numbers are never quoted.
+        return "'" + value
     return str(value)
 
 
