@@ -95,9 +95,12 @@ def main(argv=None) -> int:
         errors += compare(fused, reference(ts), str(dtype))
         if not torch.equal(fused, again):
             errors.append(f"{dtype}: two calls on the same tensors differ bitwise")
-    # All dtypes in one call, and many small tensors (several launches' worth of descriptors).
+    # All dtypes in one call; the same with only tensors of one chunk (the one-launch path of
+    # small lists); and many small tensors (the staging-buffer path of long lists).
     ref_mixed = reference(mixed)
     errors += compare(torch.ops.gradscope.grad_stats(mixed), ref_mixed, "mixed")
+    one_chunk = [t for t in mixed if t.numel() * t.element_size() <= CHUNK_BYTES]
+    errors += compare(torch.ops.gradscope.grad_stats(one_chunk), reference(one_chunk), "one chunk each")
     many = [torch.randn(int(n), generator=g).to(device) for n in torch.randint(1, 300, (1000,), generator=g)]
     errors += compare(torch.ops.gradscope.grad_stats(many), reference(many), "1000 small")
     # The raw op cannot dispatch on an empty list (no tensor names a device); the API answers it.
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
         errors.append(f"empty list: shape {tuple(empty.shape)}, expected (0, 6)")
     stats = gradscope.grad_stats(mixed, backend="fused")  # the public API on the same data
     errors += compare(stats.table, ref_mixed, "public API")
-    n = len(mixed) + len(many)
+    n = len(mixed) + len(one_chunk) + len(many)
     if errors:
         print(f"cuda_sanitizer_case: {len(errors)} mismatches over {n} tensors:")
         for e in errors[:20]:

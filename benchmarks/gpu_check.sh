@@ -152,7 +152,7 @@ run_stage info 60 "$PY" -m gradscope info
 
 if [[ $HAVE_GPU == 1 ]]; then
   if "$PY" -c 'import pytest' >/dev/null 2>&1; then
-    run_stage tests-cuda 120 "$PY" -m pytest tests -q -x -k cuda -p no:cacheprovider --continue-on-collection-errors
+    run_stage tests-cuda 150 "$PY" -m pytest tests -q -m gpu -p no:cacheprovider --continue-on-collection-errors
   else
     skip tests-cuda "pytest is not installed for $PY"
   fi

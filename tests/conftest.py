@@ -1,4 +1,9 @@
-"""Shared fixtures. GPU tests skip, with the reason, where no GPU is visible."""
+"""Shared fixtures. GPU tests skip, with the reason, where no GPU is visible.
+
+Every test that asks for a GPU (the ``cuda_device`` fixture, directly or through
+``fused_cuda``) is marked ``gpu``: ``pytest -m gpu`` runs just those
+(benchmarks/gpu_check.sh does).
+"""
 
 from __future__ import annotations
 
@@ -24,3 +29,13 @@ def fused_cuda(cuda_device) -> torch.device:
     if not _ext.STATUS.fused_for("cuda"):
         pytest.skip(f"CUDA kernel unavailable: {_ext.STATUS.reason_for('cuda')}")
     return cuda_device
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (asks for the cuda_device fixture)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "cuda_device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.gpu)
