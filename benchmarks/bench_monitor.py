@@ -6,22 +6,19 @@ batch. Steps with and without ``monitor.step()`` alternate (AB BA AB ...), so
 drift on a shared machine hits both alike. Three figures: the ratio of median
 step times, the median of the ratios within each adjacent pair, and, the most
 precise on a CPU, the time of ``monitor.step()`` itself over the plain step
-(median over pairs, and over the median plain step) (every step monitored, default ``flush_every``; the flushes' host
-copies are included in the steps that do them). On a GPU the call returns before
-its kernel ends, so there the pair ratio is the figure to read.
+(median over pairs, and over the median plain step) (every step monitored, default
+``flush_every``; the flushes' host copies are included in the steps that do them).
+On a GPU the call returns before its kernel ends, so the monitor's device time
+is also taken, with CUDA events around ``monitor.step()``.
 
     python benchmarks/bench_monitor.py                 # 4-layer BERT, batch 8, seq 128, CPU
     python benchmarks/bench_monitor.py --quick         # fewer steps
     python benchmarks/bench_monitor.py --device cuda --layers 12   # BERT-base on a GPU
 
-Targets (issue 5): at most 3% on the CPU case, at most 1% for BERT-base on the H200.
+Targets (issue 5): at most 3% on the CPU case; at most 1% for BERT-base on the H200, where the
+figure is the larger of the monitor's device time and its host time, over the plain step.
 
-Results (2026-11-29, 2-core CPU shared with other jobs, load ~2.7; torch 2.14.1,
-74 parameter tensors, 8 pairs, ``--pairs 8``): plain step 2511 ms, monitored
-2492 ms (ratio of medians 0.993, median pair ratio 0.990: the difference is
-below the machine's noise); ``monitor.step()`` 20.4 ms, 0.73% of a step (median
-per pair). Earlier runs under heavier load: 0.40% to 1.23%. H200: not measured
-yet (no device in this task).
+Figures, with the command and machine: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -77,34 +74,44 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     monitor = gradscope.GradientMonitor(model)
 
-    def train_step(monitored: bool) -> tuple[float, float]:
+    cuda = device.type == "cuda"
+
+    def train_step(monitored: bool) -> tuple[float, float, float]:
+        """(step seconds, host seconds of monitor.step(), device seconds of its work; 0 where not measured)."""
         sync(device)
         start = time.perf_counter()
         loss = model(**inputs).loss
         loss.backward()
         call = 0.0
+        events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda and monitored else None
         if monitored:
             before = time.perf_counter()
+            if events:
+                events[0].record()
             monitor.step()
+            if events:
+                events[1].record()  # the stream runs in order: the time between is the monitor's work
             call = time.perf_counter() - before  # host time of the call (on a GPU the op runs asynchronously)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync(device)
-        return time.perf_counter() - start, call
+        gpu = events[0].elapsed_time(events[1]) / 1e3 if events else 0.0
+        return time.perf_counter() - start, call, gpu
 
     for _ in range(2):  # warm-up: allocator, kernels, the monitor's buffer
         train_step(True)
         train_step(False)
-    plain, monitored, calls, pair_ratios, call_ratios = [], [], [], [], []
+    plain, monitored, calls, gpu_times, pair_ratios, call_ratios = [], [], [], [], [], []
     for i in range(pairs):
         order = (False, True) if i % 2 == 0 else (True, False)
         times = {}
         for flag in order:
-            seconds, call = train_step(flag)
+            seconds, call, gpu = train_step(flag)
             times[flag] = seconds
             (monitored if flag else plain).append(seconds)
             if flag:
                 calls.append(call)
+                gpu_times.append(gpu)
         pair_ratios.append(times[True] / times[False])
         call_ratios.append(calls[-1] / times[False])
     monitor.flush()
@@ -122,6 +129,10 @@ def main(argv=None) -> int:
         "pair_ratio_median": statistics.median(pair_ratios),
         "call_overhead": call_ms / plain_ms,
         "call_overhead_pair_median": statistics.median(call_ratios),
+        # On a GPU: the device time of the monitor's work (CUDA events around monitor.step()), and the
+        # overhead that decides the target: the larger of its device and host time, over the plain step.
+        "monitor_gpu_ms": statistics.median(gpu_times) * 1e3 if cuda else None,
+        "gpu_overhead": max(statistics.median(gpu_times) * 1e3, call_ms) / plain_ms if cuda else None,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
@@ -133,6 +144,9 @@ def main(argv=None) -> int:
           f"median pair ratio {result['pair_ratio_median']:.4f}")
     print(f"  monitor.step()  {call_ms:9.2f} ms (median)   overhead {100 * result['call_overhead']:.2f}% of the "
           f"median step, median per pair {100 * result['call_overhead_pair_median']:.2f}%")
+    if cuda:
+        print(f"  monitor on GPU  {result['monitor_gpu_ms']:9.3f} ms (median, CUDA events)   overhead "
+              f"{100 * result['gpu_overhead']:.2f}% of the median step (the larger of device and host time)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0

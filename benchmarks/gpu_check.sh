@@ -17,7 +17,7 @@
 # /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default: the local GPU's, e.g. 9.0).
 #
 # Output files (few, on purpose): gpu-check.log, summary.json,
-# bench_grad_stats.json, bench_scaling.json, scaling_bytes_cuda.png,
+# bench_grad_stats.json, bench_monitor_cuda.json, bench_scaling.json, scaling_bytes_cuda.png,
 # scaling_count_cuda.png (CPU smoke run: the same with _cpu_quick / _cpu).
 
 set -u -o pipefail
@@ -168,12 +168,14 @@ if [[ $HAVE_GPU == 1 ]]; then
   fi
   run_stage bench-grad-stats 120 "$PY" benchmarks/bench_grad_stats.py --device cuda \
     --out "$OUTDIR/bench_grad_stats.json" --time-budget-s 90
+  run_stage bench-monitor 90 "$PY" benchmarks/bench_monitor.py --device cuda --layers 12 --batch 32 --seq 128 \
+    --pairs 15 --json "$OUTDIR/bench_monitor_cuda.json"
   # The scaling run takes what is left and stops starting new points 30 s before the budget ends.
   left=$((BUDGET_S - ($(date +%s) - START) - 30))
   run_stage bench-scaling 300 "$PY" benchmarks/bench_scaling.py --device cuda --coarse \
     --out "$OUTDIR/bench_scaling.json" --plot-dir "$OUTDIR" --time-budget-s "$((left > 30 ? left : 30))"
 else
-  for s in tests-cuda sanitizer-memcheck sanitizer-racecheck bench-grad-stats bench-scaling; do skip "$s" "$NO_GPU_WHY"; done
+  for s in tests-cuda sanitizer-memcheck sanitizer-racecheck bench-grad-stats bench-monitor bench-scaling; do skip "$s" "$NO_GPU_WHY"; done
   if [[ ${GPU_CHECK_CPU_SMOKE:-1} == 1 ]]; then
     run_stage cpu-smoke-grad-stats 150 "$PY" benchmarks/bench_grad_stats.py --device cpu --quick \
       --out "$OUTDIR/bench_grad_stats_cpu_quick.json"

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     outdir, stages_tsv, info_json, elapsed = Path(argv[1]), Path(argv[2]), Path(argv[3]), int(argv[4])
     stages = read_stages(stages_tsv)
     info = _load(info_json)
-    summary = {"elapsed_s": elapsed, "stages": stages, "gradscope_info": info, "grad_stats": {}, "scaling": {}, "targets": []}
+    summary = {"elapsed_s": elapsed, "stages": stages, "gradscope_info": info, "grad_stats": {}, "scaling": {}, "monitor": {}, "targets": []}
 
     print("=" * 30 + " gpu_check summary " + "=" * 30)
     print(f"{'stage':<22} {'status':<8} {'s':>4}  detail")
@@ -122,6 +122,21 @@ def main(argv: list[str]) -> int:
             print(f"  count {dtype} gradscope faster from (tensors): {fits.get('gradscope_faster_from')}")
         if bench.get("left_out"):
             print(f"  left out: {len(bench['left_out'].get('points', []))} points ({bench['left_out']['reason']})")
+
+    for path in sorted(outdir.glob("bench_monitor*.json")):
+        mon = _load(path)
+        summary["monitor"] = mon
+        if not mon:
+            continue
+        print(f"\n{path.name}: {mon.get('case')}, {mon.get('params')} parameter tensors, {mon.get('pairs')} pairs")
+        print(f"  plain step {_f(mon.get('plain_step_ms'), '.2f')} ms, monitored {_f(mon.get('monitored_step_ms'), '.2f')} ms "
+              f"(median pair ratio {_f(mon.get('pair_ratio_median'), '.4f')}); monitor.step() host {_f(mon.get('monitor_call_ms'), '.3f')} ms, "
+              f"device {_f(mon.get('monitor_gpu_ms'), '.3f')} ms")
+        overhead = mon.get("gpu_overhead")
+        if overhead is not None:
+            summary["targets"].append({"target": "monitor overhead at most 1% of a BERT-base step", "maximum": 1.0,
+                                       "value": 100 * overhead, "status": "PASS" if overhead <= 0.01 else "FAIL",
+                                       "source": path.name})
 
     if summary["targets"]:
         print("\ntargets:")

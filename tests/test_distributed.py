@@ -102,8 +102,13 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.save({"mode": monitor.mode, "l2": monitor.history.param_l2()[0, 0].item(),
                     "numel": monitor.history.numel[0, 0].item()}, f"{out}/replicate_{rank}.pt")
         monitor.close()
+        dist.barrier()  # both ranks are done with every collective before either tears down
     finally:
         dist.destroy_process_group()
+    # Everything is saved: leave without interpreter finalization, where gloo's worker
+    # threads can still abort a finished process ("terminate called without an active
+    # exception", SIGABRT) and fail the test after its work was done.
+    os._exit(0)
 
 
 def _free_port() -> int:
