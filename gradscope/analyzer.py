@@ -42,7 +42,7 @@ class AnalyzeConfig:
     baselines: tuple[str, ...] = DEFAULT_BASELINES
     what_ifs: tuple[str, ...] = ()
     batch_size: int = 8
-    seq_len: int = 128
+    seq_len: Optional[int] = None  # text models: 128, or the model's positions where it has fewer
     batches: int = 1
     seed: int = 0
     device: str = "auto"
@@ -61,7 +61,7 @@ class AnalyzeConfig:
             object.__setattr__(self, name, tuple(value))
         check_names(self.baselines, self.what_ifs)
         for name, low in (("batch_size", 1), ("seq_len", 2), ("batches", 1)):
-            if int(getattr(self, name)) < low:
+            if getattr(self, name) is not None and int(getattr(self, name)) < low:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least {low}; got {getattr(self, name)}")
         from .models import DTYPES
 

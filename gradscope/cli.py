@@ -187,7 +187,8 @@ def _add_analyze(sub) -> None:
     p.add_argument("--what-if", default="", metavar="LIST",
                    help=f"comma separated surgery variants on the scratch model: {', '.join(WHAT_IFS)}")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="sequences or images per batch (default 8)")
-    p.add_argument("--seq-len", type=int, default=128, metavar="N", help="tokens per sequence for text models (default 128)")
+    p.add_argument("--seq-len", type=int, default=None, metavar="N",
+                   help="tokens per sequence for text models (default 128, or the model's positions if fewer)")
     p.add_argument("--batches", type=int, default=1, metavar="N", help="batches to average the gradient over (default 1)")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16, float64, or auto")
     p.add_argument("--text", metavar="FILE", help="text file to use instead of the built-in English corpus")

@@ -15,8 +15,10 @@ weights are tuned to the architecture they were trained in:
 
 - ``sigmoid`` / ``tanh``: every ReLU-family activation module (ReLU, GELU, SiLU, ...) replaced;
 - ``no-norm``: every normalization layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm) replaced by identity;
-- ``no-residual``: the skip connection removed from torchvision ``BasicBlock``/``Bottleneck``
-  and from BERT-style sublayer outputs (``LayerNorm(dense(h) + input)`` becomes ``LayerNorm(dense(h))``);
+- ``no-residual``: the skip connection removed from torchvision ``BasicBlock``/``Bottleneck``,
+  from BERT-style sublayer outputs (``LayerNorm(dense(h) + input)`` becomes ``LayerNorm(dense(h))``)
+  and from pre-norm decoder blocks (GPT-2, LLaMA-family, GPT-NeoX with a sequential residual:
+  ``h + attn(norm(h))`` becomes ``attn(norm(h))``, and the same for the MLP);
 - ``xavier`` / ``he``: every Linear and convolution weight re-drawn (Xavier uniform; He normal, fan-in,
   ReLU gain), biases zero.
 
@@ -88,8 +90,7 @@ def describe_architecture(model: nn.Module) -> dict:
             relu_family += is_activation(module)
         if is_norm(module):
             norms += 1
-        editable = _residual_forward(module) is not None and not type(module).__name__.startswith("NoResidual")
-        if editable or getattr(module, "residual", None) is True:  # the demo's own blocks say so
+        if _editable_residual(module) or getattr(module, "residual", None) is True:  # the demo's own blocks say so
             residual += 1
     return {
         "activations": activations,
@@ -148,6 +149,11 @@ def _sublayer_output_without_skip(self, hidden_states, input_tensor, *args, **kw
     return self.LayerNorm(self.dropout(self.dense(hidden_states)))
 
 
+_NO_RESIDUAL_FOUND = ("found no residual block gradscope can edit (it knows torchvision BasicBlock/Bottleneck, "
+                      "BERT-style sublayer outputs and pre-norm decoder blocks: GPT-2, LLaMA-family, GPT-NeoX "
+                      "with a sequential residual)")
+
+
 def _residual_forward(module: nn.Module):
     """The skip-free forward for a module whose residual gradscope knows how to remove, else None."""
     cls_names = {c.__name__ for c in type(module).__mro__}
@@ -166,33 +172,93 @@ def _residual_forward(module: nn.Module):
     return None
 
 
+# Pre-norm decoder blocks add their residuals inline in forward: h = h + sublayer(norm(h)).
+# Per known block layout, the (norm, sublayer) pairs whose adds are sequential.
+_PRENORM_LAYOUTS = (
+    (("ln_1", "attn"), ("ln_2", "mlp")),  # GPT-2
+    (("input_layernorm", "self_attn"), ("post_attention_layernorm", "mlp")),  # LLaMA, Mistral, Qwen, Gemma
+    (("input_layernorm", "attention"), ("post_attention_layernorm", "mlp")),  # GPT-NeoX
+)
+
+
+def _prenorm_pairs(module: nn.Module) -> Optional[list[tuple[nn.Module, nn.Module]]]:
+    """The (norm, sublayer) pairs of a pre-norm block whose residual adds gradscope can cancel, else None."""
+    if (getattr(module, "use_parallel_residual", False)  # GPT-NeoX's default: h + attn(ln1(h)) + mlp(ln2(h))
+            or any(hasattr(module, a) for a in ("crossattention", "pre_feedforward_layernorm",
+                                                 "post_feedforward_layernorm"))):
+        return None  # other layouts: an extra residual, or norms applied after the sublayer (Gemma 2)
+    for layout in _PRENORM_LAYOUTS:
+        pairs = [(getattr(module, norm, None), getattr(module, sub, None)) for norm, sub in layout]
+        if all(isinstance(n, nn.Module) and is_norm(n) and isinstance(s, nn.Module) for n, s in pairs):
+            return pairs
+    return None
+
+
+class _ResidualTap:
+    """Cancels one inline residual add ``h + sublayer(norm(h))``.
+
+    A pre-hook on the norm keeps its input ``h`` (the residual); a hook on the
+    sublayer returns ``sublayer(...) - h``, so the block's add yields the
+    sublayer's output alone and the gradient takes no skip path. The taps live
+    on the block, so a deep copy of the model copies them along with it.
+    """
+
+    def __init__(self):
+        self.residual: Optional[torch.Tensor] = None
+
+    def keep(self, module, args):
+        self.residual = args[0]
+
+    def cancel(self, module, args, output):
+        residual, self.residual = self.residual, None  # hold no activation past the forward
+        if isinstance(output, tuple):
+            return (output[0] - residual, *output[1:])
+        return output - residual
+
+
+def _edited(module: nn.Module) -> bool:
+    return type(module).__name__.startswith("NoResidual") or hasattr(module, "_gradscope_residual_taps")
+
+
+def _editable_residual(module: nn.Module) -> bool:
+    return not _edited(module) and (_residual_forward(module) is not None or _prenorm_pairs(module) is not None)
+
+
 _NO_SKIP_CLASSES: dict[type, type] = {}
 
 
 def remove_residuals(model: nn.Module) -> int:
-    """Remove the skip connection from every block gradscope knows (see module docstring); return how many.
+    """Remove the skip connections from every block gradscope knows (see module docstring); return how many.
 
-    The module's class is swapped for a subclass named ``NoResidual<Class>`` whose
-    forward drops the ``+ identity``; parameters stay where they are (a
-    downsample branch then receives no gradient).
+    A torchvision block or BERT sublayer output gets its class swapped for a
+    subclass named ``NoResidual<Class>`` whose forward drops the ``+ identity``;
+    a pre-norm decoder block gets a :class:`_ResidualTap` per residual add.
+    Parameters stay where they are (a downsample branch then receives no gradient).
     """
     count = 0
     for module in model.modules():
-        if type(module).__name__.startswith("NoResidual"):
+        if _edited(module):
             continue
         forward = _residual_forward(module)
-        if forward is None:
+        if forward is not None:
+            cls = type(module)
+            if cls not in _NO_SKIP_CLASSES:
+                _NO_SKIP_CLASSES[cls] = type(f"NoResidual{cls.__name__}", (cls,), {"forward": forward})
+            module.__class__ = _NO_SKIP_CLASSES[cls]
+            count += 1
             continue
-        cls = type(module)
-        if cls not in _NO_SKIP_CLASSES:
-            _NO_SKIP_CLASSES[cls] = type(f"NoResidual{cls.__name__}", (cls,), {"forward": forward})
-        module.__class__ = _NO_SKIP_CLASSES[cls]
-        count += 1
+        pairs = _prenorm_pairs(module)
+        if pairs is not None:
+            taps = []
+            for norm, sublayer in pairs:
+                tap = _ResidualTap()
+                norm.register_forward_pre_hook(tap.keep)
+                sublayer.register_forward_hook(tap.cancel)
+                taps.append(tap)
+            module._gradscope_residual_taps = taps
+            count += len(pairs)
     if count == 0:
-        raise UsageError(
-            "what-if no-residual: no residual block gradscope can edit was found (it knows torchvision "
-            "BasicBlock/Bottleneck and BERT-style sublayer outputs); drop it from --what-if"
-        )
+        raise UsageError(f"what-if no-residual: {_NO_RESIDUAL_FOUND}; drop it from --what-if")
     return count
 
 
@@ -281,8 +347,7 @@ def check_applicable(model: nn.Module, what_ifs: tuple[str, ...]) -> None:
         "tanh": ("relu_family_activations", "found no ReLU-family activation modules to replace (functional "
                  "activations such as F.relu in forward cannot be swapped)"),
         "no-norm": ("norm_layers", "the model has no normalization layers"),
-        "no-residual": ("residual_modules", "found no residual block gradscope can edit (it knows torchvision "
-                        "BasicBlock/Bottleneck and BERT-style sublayer outputs)"),
+        "no-residual": ("residual_modules", _NO_RESIDUAL_FOUND),
     }
     for name in what_ifs:
         if name in needs and inventory[needs[name][0]] == 0:

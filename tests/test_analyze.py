@@ -110,6 +110,27 @@ def test_tiny_gpt2_gets_causal_lm_and_seeded_ids_without_tokenizer(tmp_path):
     assert len(report.block_rows("shallow")) == 2  # ceil(3 / 2)
 
 
+def test_sequence_length_fits_the_model_positions(tmp_path):
+    directory = str(hm.save_tiny_gpt2(tmp_path))  # 64 positions
+    progress = []
+    report = gradscope.analyze(directory, gradscope.AnalyzeConfig(baselines=("pretrained",), batch_size=2, device="cpu"),
+                               progress=progress.append)
+    assert "2 x 64" in report.meta["inputs"]  # the default 128 would index past the position table
+    assert "the model has 64 positions: sequences of 64 tokens" in progress
+    with pytest.raises(UsageError, match="--seq-len 100 is longer than the model's 64 positions; use --seq-len 64"):
+        gradscope.analyze(directory, gradscope.AnalyzeConfig(baselines=("pretrained",), seq_len=100, device="cpu"))
+
+
+def test_no_residual_what_if_on_a_pre_norm_decoder(tmp_path):
+    report = gradscope.analyze(str(hm.save_tiny_gpt2(tmp_path)),
+                               gradscope.AnalyzeConfig(baselines=("scratch",), what_ifs=("no-residual",), **SMALL))
+    variant = next(v for v in report.variants if v["name"] == "no-residual")
+    assert variant["changes"] == {"residuals_removed": 6}  # attention and MLP, per block
+    flow = {v: [b["grad_l2"] for b in report.block_rows(v)] for v in ("scratch", "no-residual")}
+    assert len(flow["no-residual"]) == 3 and all(g > 0 for g in flow["no-residual"])
+    assert flow["no-residual"] != pytest.approx(flow["scratch"], rel=1e-3)  # the skips carried gradient
+
+
 def test_base_model_gets_the_tied_embedding_surrogate_and_no_gradient_for_its_pooler(tmp_path):
     directory = hm.save_tiny_bert(tmp_path, head="BertModel")
     report = gradscope.analyze(str(directory), gradscope.AnalyzeConfig(baselines=("pretrained",), **SMALL))

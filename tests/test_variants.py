@@ -161,3 +161,68 @@ def test_stages_of_a_hf_resnet_split_into_layers_but_t5_sublayers_do_not():
     assert block_containers(resnet) == ["encoder.stages.0.layers", "encoder.stages.1.layers"]
     t5 = T5Model(T5Config(d_model=16, d_ff=16, num_layers=2, num_heads=2, d_kv=8, vocab_size=50))
     assert find_blocks(t5) == ["encoder.block.0", "encoder.block.1", "decoder.block.0", "decoder.block.1"]
+
+
+def _decoder(kind: str):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32)
+        model = transformers.GPT2LMHeadModel(config)
+        layers, attn, norm2, mlp = model.transformer.h, "attn", "ln_2", "mlp"
+    elif kind == "llama":
+        config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                          num_key_value_heads=2, vocab_size=64, max_position_embeddings=32)
+        model = transformers.LlamaForCausalLM(config)
+        layers, attn, norm2, mlp = model.model.layers, "self_attn", "post_attention_layernorm", "mlp"
+    else:
+        config = transformers.GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                            vocab_size=64, max_position_embeddings=32,
+                                            use_parallel_residual=(kind == "neox-parallel"))
+        model = transformers.GPTNeoXForCausalLM(config)
+        layers, attn, norm2, mlp = model.gpt_neox.layers, "attention", "post_attention_layernorm", "mlp"
+    return model.eval(), layers, attn, norm2, mlp
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "neox-sequential"])
+def test_no_residual_cancels_the_inline_adds_of_pre_norm_decoder_blocks(kind):
+    model, layers, attn, norm2, mlp = _decoder(kind)
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    with_skip = model(ids).logits
+    seen = {}  # per layer: the sublayers' own outputs, and what each block passes on
+    for i, layer in enumerate(layers):  # hooks made before the surgery's see the sublayers' raw outputs
+        getattr(layer, attn).register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("attn", i), out[0] if isinstance(out, tuple) else out))
+        getattr(layer, norm2).register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(("mid", i), a[0]))
+        getattr(layer, mlp).register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("mlp", i), out))
+        layer.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("block", i), out[0] if isinstance(out, tuple) else out))
+
+    assert remove_residuals(model) == 2 * len(layers)
+    assert describe_architecture(model)["residual_modules"] == 0
+    without_skip = model(ids).logits
+    for i in range(len(layers)):
+        # h + attn(norm(h)) became attn(norm(h)), and the same for the MLP.
+        torch.testing.assert_close(seen[("mid", i)], seen[("attn", i)])
+        torch.testing.assert_close(seen[("block", i)], seen[("mlp", i)])
+    assert not torch.allclose(with_skip, without_skip)
+    without_skip.sum().backward()  # gradients still reach every block's weights
+    assert all(p.grad is not None for p in layers[0].parameters())
+
+
+def test_no_residual_refuses_parallel_residual_blocks():
+    model, *_ = _decoder("neox-parallel")
+    with pytest.raises(UsageError, match="what-if no-residual: found no residual block"):
+        check_applicable(model, ("no-residual",))
+    with pytest.raises(UsageError, match="pre-norm decoder blocks"):
+        remove_residuals(model)
+
+
+def test_no_residual_taps_follow_a_deep_copy():
+    import copy
+
+    model, layers, *_ = _decoder("gpt2")
+    remove_residuals(model)
+    twin = copy.deepcopy(model)
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(twin(ids).logits, model(ids).logits)
+    taps = twin.transformer.h[0]._gradscope_residual_taps
+    assert taps is not layers[0]._gradscope_residual_taps and all(t.residual is None for t in taps)

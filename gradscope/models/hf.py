@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -158,12 +158,30 @@ _LOSSES = {
 # --- batches ------------------------------------------------------------------------
 
 
+DEFAULT_SEQ_LEN = 128
+
+
+def _sequence_length(hf_config, asked: Optional[int], progress) -> int:
+    """Tokens per sequence: as asked, else 128; never more positions than the model has."""
+    positions = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", None)
+    if asked is not None:
+        if positions and asked > positions:
+            raise UsageError(f"--seq-len {asked} is longer than the model's {positions} positions; "
+                             f"use --seq-len {positions} or less")
+        return asked
+    if positions and positions < DEFAULT_SEQ_LEN:
+        progress(f"the model has {positions} positions: sequences of {positions} tokens")
+        return positions
+    return DEFAULT_SEQ_LEN
+
+
 def _text_batches(spec: str, hf_config, objective: str, config, progress) -> tuple[list[dict], str]:
     from transformers import AutoTokenizer
 
     if config.images:
         raise UsageError("--images is for vision models; this is a text model (use --text)")
     n = config.batch_size * config.batches
+    seq_len = _sequence_length(hf_config, config.seq_len, progress)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=config.trust_remote_code)
     except Exception:  # no tokenizer files: fall back to seeded ids, and say so
@@ -172,7 +190,7 @@ def _text_batches(spec: str, hf_config, objective: str, config, progress) -> tup
         tokenizer = None  # transformers may build an empty tokenizer when the files are missing
     if tokenizer is not None:
         texts, where = texts_for(config.text)
-        ids = token_windows(tokenizer, texts, n, config.seq_len)
+        ids = token_windows(tokenizer, texts, n, seq_len)
         if int(ids.max()) >= hf_config.vocab_size:
             raise ModelLoadError(
                 f"the tokenizer in {spec} gives token ids up to {int(ids.max())}, beyond the model's vocabulary "
@@ -183,15 +201,15 @@ def _text_batches(spec: str, hf_config, objective: str, config, progress) -> tup
             dtype=torch.bool,
         )
         mask_id = tokenizer.mask_token_id
-        inputs = f"{where}, {n} packed sequences of {config.seq_len} tokens"
+        inputs = f"{where}, {n} packed sequences of {seq_len} tokens"
     else:
         if config.text:
             raise UsageError(f"--text: {spec} has no tokenizer files to read text with")
         progress("no tokenizer found next to the model: using seeded random token ids")
-        ids = random_token_ids(hf_config.vocab_size, n, config.seq_len, config.seed)
+        ids = random_token_ids(hf_config.vocab_size, n, seq_len, config.seed)
         special = torch.zeros_like(ids, dtype=torch.bool)
         mask_id = None
-        inputs = f"seeded random token ids (no tokenizer), {n} x {config.seq_len}"
+        inputs = f"seeded random token ids (no tokenizer), {n} x {seq_len}"
     if objective.endswith("masked-lm"):
         if mask_id is None:
             mask_id = getattr(hf_config, "mask_token_id", None) or 0
