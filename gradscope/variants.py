@@ -15,7 +15,8 @@ weights are tuned to the architecture they were trained in:
 
 - ``sigmoid`` / ``tanh``: every ReLU-family activation module (ReLU, GELU, SiLU, ...) replaced;
 - ``no-norm``: every normalization layer (BatchNorm, LayerNorm, GroupNorm, RMSNorm) replaced by identity;
-- ``no-residual``: the skip connection removed from torchvision ``BasicBlock``/``Bottleneck``,
+- ``no-residual``: the skip connection removed from torchvision ``BasicBlock``/``Bottleneck`` and
+  Hugging Face ResNet layers,
   from BERT-style sublayer outputs (``LayerNorm(dense(h) + input)`` becomes ``LayerNorm(dense(h))``)
   and from pre-norm decoder blocks (GPT-2, LLaMA-family, GPT-NeoX with a sequential residual:
   ``h + attn(norm(h))`` becomes ``attn(norm(h))``, and the same for the MLP);
@@ -145,13 +146,17 @@ def _bottleneck_without_skip(self, x):
     return self.relu(self.bn3(self.conv3(out)))
 
 
+def _hf_resnet_layer_without_skip(self, hidden_state):
+    return self.activation(self.layer(hidden_state))
+
+
 def _sublayer_output_without_skip(self, hidden_states, input_tensor, *args, **kwargs):
     return self.LayerNorm(self.dropout(self.dense(hidden_states)))
 
 
-_NO_RESIDUAL_FOUND = ("found no residual block gradscope can edit (it knows torchvision BasicBlock/Bottleneck, "
-                      "BERT-style sublayer outputs and pre-norm decoder blocks: GPT-2, LLaMA-family, GPT-NeoX "
-                      "with a sequential residual)")
+_NO_RESIDUAL_FOUND = ("found no residual block gradscope can edit (it knows torchvision and Hugging Face ResNet "
+                      "blocks, BERT-style sublayer outputs and pre-norm decoder blocks: GPT-2, LLaMA-family, "
+                      "GPT-NeoX with a sequential residual)")
 
 
 def _residual_forward(module: nn.Module):
@@ -161,6 +166,9 @@ def _residual_forward(module: nn.Module):
         return _basic_block_without_skip
     if "Bottleneck" in cls_names and type(module).__module__.startswith("torchvision"):
         return _bottleneck_without_skip
+    # Hugging Face ResNet: activation(layer(h) + shortcut(h)).
+    if cls_names & {"ResNetBasicLayer", "ResNetBottleNeckLayer"} and type(module).__module__.startswith("transformers"):
+        return _hf_resnet_layer_without_skip
     # BERT-style sublayer output: LayerNorm(dropout(dense(h)) + input_tensor).
     if all(hasattr(module, a) for a in ("dense", "LayerNorm", "dropout")):
         try:

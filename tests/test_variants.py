@@ -226,3 +226,16 @@ def test_no_residual_taps_follow_a_deep_copy():
     torch.testing.assert_close(twin(ids).logits, model(ids).logits)
     taps = twin.transformer.h[0]._gradscope_residual_taps
     assert taps is not layers[0]._gradscope_residual_taps and all(t.residual is None for t in taps)
+
+
+def test_no_residual_removes_the_shortcut_of_hugging_face_resnet_layers():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], layer_type="bottleneck")
+    model = transformers.ResNetForImageClassification(config).eval()
+    layers = [m for m in model.modules() if type(m).__name__ == "ResNetBottleNeckLayer"]
+    x = torch.randn(1, 8, 8, 8)
+    expected = layers[0].activation(layers[0].layer(x))
+    assert remove_residuals(model) == len(layers) == 3
+    torch.testing.assert_close(layers[0](x), expected)
+    assert describe_architecture(model)["residual_modules"] == 0
