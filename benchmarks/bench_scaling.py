@@ -1,7 +1,10 @@
 """How the cost of gradient statistics grows with total size and with tensor count.
 
-Three studies, each method timed in the same run (see _common.py for the methods):
+Four studies, each method timed in the same run (see _common.py for the methods):
 
+- latency: per-call time of small lists (1 to 1,000 fp32 tensors, 64 KiB and
+  4 MiB in total), where fixed costs rule: the CUDA target is at most 10 us per
+  call for lists under 4 MB;
 - bytes: total bytes from 1 MiB up to --max-bytes at a fixed tensor count
   (--bytes-count, equal sizes);
 - count: tensor count from 1 to --max-count at fixed total bytes (--count-bytes);
@@ -31,7 +34,10 @@ import torch
 
 MIB = 1 << 20
 GIB = 1 << 30
-SWEEPS = ("bytes", "count", "models")
+SWEEPS = ("latency", "bytes", "count", "models")
+LATENCY_COUNTS = (1, 8, 64, 200, 1000)
+LATENCY_BYTES = (64 * 1024, 4 * MIB)
+LATENCY_METHODS = (C.GRADSCOPE, C.GRADSCOPE_OP, C.FOREACH_NORM, C.TOTAL_NORM)
 FULL_MODELS = ("resnet50:fp32", "resnet50:bf16", "bert-base:fp32", "bert-base:bf16", "bert-large:fp32", "bert-large:bf16", "decoder-1b:bf16")
 QUICK_MODELS = ("bert-tiny:fp32", "bert-tiny:bf16")
 PLOTTED = (C.GRADSCOPE, C.GRADSCOPE_OP, C.FOREACH_NORM, C.TOTAL_NORM, C.LOOP, C.FLAT_SUM, C.COPY)
@@ -206,6 +212,39 @@ def run_models(args, device, rotate: int, payload: dict, methods_for, deadline: 
         _print_ratio_line(point)
 
 
+def run_latency(args, device, rotate: int, payload: dict, deadline: C.Deadline) -> None:
+    """Per-call time of small fp32 lists: the fixed costs of a call, by tensor count."""
+    sweep = payload["sweeps"]["latency"]
+    available = C.grad_methods(device, reference=False)
+    methods = {m: available[m] for m in LATENCY_METHODS if m in available}
+    for total in LATENCY_BYTES:
+        for count in LATENCY_COUNTS:
+            name = f"latency:fp32:{count}x{total}"
+            if deadline.expired(name):
+                continue
+            label = f"{count:,} tensors, {total / 1024:g} KiB"
+            case = C.Case(name, label, "fp32", device, C.equal_shapes(count, total, 4), seed=args.seed, rotate_bytes=rotate)
+            case.allocate()
+            point = case.describe()
+            point["total_bytes"] = total
+            point["results"] = C.measure_methods(case, methods, args)
+            case.release()
+            sweep["points"].append(point)
+            C.write_json(args.out, payload)
+            cells = [f"{m}={point['results'][m]['median_ms'] * 1e3:.1f}" for m in methods if "median_ms" in point["results"].get(m, {})]
+            print(f"  {label:<24} us per call: " + " ".join(cells))
+
+
+def latency_table(payload: dict) -> dict[str, dict[str, dict[int, float]]]:
+    """{method: {total bytes: {tensor count: us per call}}} from the latency sweep."""
+    out: dict = {}
+    for p in payload["sweeps"].get("latency", {}).get("points", []):
+        for m, r in p["results"].items():
+            if "median_ms" in r:
+                out.setdefault(m, {}).setdefault(str(p["total_bytes"]), {})[p["n_tensors"]] = r["median_ms"] * 1e3
+    return out
+
+
 # --- targets (issue 6), CUDA only -----------------------------------------------------------
 
 
@@ -236,6 +275,16 @@ def evaluate_targets(device, payload: dict) -> list[dict]:
     else:
         row["status"] = "not measured"
     out.append(row)
+    # The same bound by tensor count, from the latency sweep (4 MiB lists): where it holds.
+    table = latency_table(payload).get(C.GRADSCOPE, {}).get(str(4 * MIB), {})
+    if table:
+        held = [n for n, us in sorted(table.items()) if us <= 10.0]
+        out.append({
+            "target": "at most 10 us per call for a 4 MiB list, by tensor count (latency sweep): "
+                      + ", ".join(f"{n:,}: {us:.1f} us" for n, us in sorted(table.items())),
+            "maximum": 10.0, "value": max(table.values()),
+            "status": "PASS" if len(held) == len(table) else ("PART" if held else "FAIL"),
+        })
     return out
 
 
@@ -419,8 +468,13 @@ def main(argv=None) -> int:
         return C.grad_methods(device, reference=False)
 
     # Real lists before the count sweep: under a --time-budget-s they matter more.
-    for kind in ("bytes", "models", "count"):
+    for kind in ("latency", "bytes", "models", "count"):
         if kind not in args.sweeps:
+            continue
+        if kind == "latency":
+            payload["sweeps"]["latency"] = {"points": [], "counts": list(LATENCY_COUNTS), "bytes": list(LATENCY_BYTES)}
+            print("\n== latency: per-call time of small fp32 lists")
+            run_latency(args, device, rotate, payload, deadline)
             continue
         if kind == "models":
             payload["sweeps"]["models"] = {"points": []}

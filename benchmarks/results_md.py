@@ -71,6 +71,19 @@ def grad_stats_md(bench: dict) -> list[str]:
 
 def scaling_md(bench: dict) -> list[str]:
     lines = provenance(bench["meta"])
+    latency = bench.get("sweeps", {}).get("latency", {}).get("points", [])
+    if latency:
+        counts = sorted({p["n_tensors"] for p in latency})
+        lines += ["", "**latency** (us per call of small fp32 lists, median)", "",
+                  "| total | method | " + " | ".join(f"{n:,} tensors" for n in counts) + " |",
+                  "|---|---|" + "--:|" * len(counts)]
+        for total in sorted({p["total_bytes"] for p in latency}):
+            pts = {p["n_tensors"]: p["results"] for p in latency if p["total_bytes"] == total}
+            methods = [m for m in ("gradscope", "gradscope.op", "foreach_norm", "get_total_norm")
+                       if any(m in r for r in pts.values())]
+            for m in methods:
+                cells = [_f(pts.get(n, {}).get(m, {}).get("median_ms"), ".1f", 1e-3) for n in counts]
+                lines.append(f"| {total / 1024:g} KiB | {m} | " + " | ".join(cells) + " |")
     for kind in ("bytes", "count"):
         sweep = bench.get("sweeps", {}).get(kind)
         if not sweep or not sweep.get("points"):

@@ -49,6 +49,7 @@ namespace {
 
 constexpr int64_t kItemElems = int64_t{1} << 16;  // elements per parallel work item
 constexpr int64_t kBlockElems = 1024;             // elements per fp32 block
+constexpr int64_t kParallelGrain = 2;             // items per thread at least (128K elements)
 
 struct Partial {
   double sumsq = 0, sum = 0, sumabs = 0, maxabs = 0;
@@ -433,7 +434,9 @@ at::Tensor grad_stats_cpu(at::TensorList tensors) {
   const int64_t n_items = static_cast<int64_t>(item_starts.size()) - 1;
 
   std::vector<Partial> partials(segments.size());
-  at::parallel_for(0, n_items, 1, [&](int64_t first, int64_t last) {
+  // Threads only for lists of more than kParallelGrain items: below that, starting
+  // the parallel region costs more than the split saves.
+  at::parallel_for(0, n_items, kParallelGrain, [&](int64_t first, int64_t last) {
     for (int64_t item = first; item < last; ++item) {
       for (int64_t s = item_starts[item]; s < item_starts[item + 1]; ++s) {
         reduce_segment(*dense[segments[s].tensor], segments[s], partials[s]);
