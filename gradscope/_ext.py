@@ -120,7 +120,8 @@ if not STATUS.cpu:
 
 # The fast entry for the common call (csrc/module.cpp): a list of dense float
 # tensors on one CPU device, or one CUDA device when the CUDA kernel is loaded.
-# It returns (table, numel) or None for any other list. None here: not loaded.
+# It returns (table, numel packed as native int64 bytes) or None for any other
+# list. None here: not loaded.
 dense_call = getattr(importlib.import_module("gradscope._C"), "_dense_grad_stats", None) if STATUS.cpu else None
 
 _warned_devices: set[str] = set()

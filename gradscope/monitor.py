@@ -71,7 +71,7 @@ from . import distributed as dist_utils
 from ._reference import STAT_NAMES
 from .blocks import block_of, find_blocks
 from .errors import GradscopeError, UsageError
-from .stats import grad_stats
+from .stats import grad_stats, unpack_numel
 
 ON_NONFINITE = ("warn", "raise", "ignore")
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s epsilon, so the coefficient is the same
@@ -486,7 +486,7 @@ class GradientMonitor:
             result = _ext.dense_call(grads, _ext.STATUS.cuda)
             if result is not None:
                 table, numel = result
-                return table.to(self._device), (True,) * len(numel), numel
+                return table.to(self._device), (True,) * len(grads), unpack_numel(numel)
         stats = grad_stats(grads, backend=self.config.backend)
         return stats.table.to(self._device), stats.present_host, stats.numel_host
 

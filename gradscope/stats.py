@@ -131,6 +131,32 @@ class GradStats:
         return out
 
 
+class _PackedGradStats(GradStats):
+    """The fast path's GradStats: every input present, ``numel`` packed (one int64 per row) until first read.
+
+    The compiled entry returns the element counts as bytes: most callers never
+    read them, and a tuple would cost a Python int per tensor on every call.
+    """
+
+    def __init__(self, table: torch.Tensor, numel_packed: bytes):
+        object.__setattr__(self, "table", table)
+        object.__setattr__(self, "backend", "fused")
+        object.__setattr__(self, "_numel_packed", numel_packed)
+
+    @cached_property
+    def numel_host(self) -> tuple[int, ...]:
+        return unpack_numel(self._numel_packed)
+
+    @cached_property
+    def present_host(self) -> tuple[bool, ...]:
+        return (True,) * self.table.shape[0]
+
+
+def unpack_numel(packed: bytes) -> tuple[int, ...]:
+    """The element counts the compiled fast entry returns packed, as a tuple."""
+    return tuple(memoryview(packed).cast("q"))
+
+
 def _unusual_item(i: int, t):
     """Checks an item off the fast path; returns the dense tensor to read and its implicit zeros."""
     if not isinstance(t, torch.Tensor):
@@ -202,8 +228,7 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
         # in C++; None hands anything else to the general path below.
         result = _ext.dense_call(tensors, _ext.STATUS.cuda)
         if result is not None:
-            table, numel = result
-            return GradStats(table, numel, (True,) * len(numel), "fused")
+            return _PackedGradStats(*result)
     items: Sequence = tensors if isinstance(tensors, (list, tuple)) else list(tensors)
 
     dense: list[Optional[torch.Tensor]] = [None] * len(items)

@@ -14,6 +14,7 @@ from stats_reference import assert_stats_match, expected_stats
 
 import gradscope
 from gradscope import _ext
+from gradscope.stats import unpack_numel
 
 ITEM = 1 << 16  # the CPU kernel's work-item size (csrc/grad_stats_cpu.cpp)
 BLOCK = 1024  # its fp32 block size
@@ -311,11 +312,14 @@ def test_fast_entry_matches_the_op_bitwise():
                randn(7, dtype=torch.float16, seed=3), -randn(9, dtype=torch.float64, seed=4)]
     for items in (tensors, tuple(tensors)):
         table, numel = _ext.dense_call(items, False)
-        assert numel == tuple(t.numel() for t in tensors)
+        assert unpack_numel(numel) == tuple(t.numel() for t in tensors)
         assert torch.equal(table, torch.ops.gradscope.grad_stats(list(tensors)))
     stats = gradscope.grad_stats(tensors)
     assert stats.backend == "fused" and stats.present_host == (True,) * len(tensors)
+    assert stats.numel_host == tuple(t.numel() for t in tensors) and stats.numel.tolist() == list(stats.numel_host)
     assert_stats_match(stats, tensors)
+    moved = stats.to("cpu")
+    assert isinstance(moved, gradscope.GradStats) and moved.numel_host == stats.numel_host
 
 
 @needs_fast
