@@ -103,10 +103,9 @@ def main(argv=None) -> int:
     errors += compare(torch.ops.gradscope.grad_stats(one_chunk), reference(one_chunk), "one chunk each")
     many = [torch.randn(int(n), generator=g).to(device) for n in torch.randint(1, 300, (1000,), generator=g)]
     errors += compare(torch.ops.gradscope.grad_stats(many), reference(many), "1000 small")
-    # The raw op cannot dispatch on an empty list (no tensor names a device); the API answers it.
-    empty = gradscope.grad_stats([], backend="fused").table
-    if tuple(empty.shape) != (0, 6):
-        errors.append(f"empty list: shape {tuple(empty.shape)}, expected (0, 6)")
+    for label, empty in (("raw op", torch.ops.gradscope.grad_stats([])), ("API", gradscope.grad_stats([], backend="fused").table)):
+        if tuple(empty.shape) != (0, 6):
+            errors.append(f"empty list ({label}): shape {tuple(empty.shape)}, expected (0, 6)")
     stats = gradscope.grad_stats(mixed, backend="fused")  # the public API on the same data
     errors += compare(stats.table, ref_mixed, "public API")
     n = len(mixed) + len(one_chunk) + len(many)
