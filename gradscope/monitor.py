@@ -66,12 +66,11 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from . import _ext
 from . import distributed as dist_utils
 from ._reference import STAT_NAMES
 from .blocks import block_of, find_blocks
 from .errors import GradscopeError, UsageError
-from .stats import grad_stats, unpack_numel
+from .stats import grad_stats
 
 ON_NONFINITE = ("warn", "raise", "ignore")
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s epsilon, so the coefficient is the same
@@ -481,13 +480,7 @@ class GradientMonitor:
 
     def _stats(self, grads: list) -> tuple[torch.Tensor, Sequence[bool], Sequence[int]]:
         """The step's statistics table on the monitor's device, and which gradients were present, of what size."""
-        if self.config.backend != "reference" and _ext.STATUS.cpu and _ext.dense_call:
-            # Every gradient dense on one device (the usual step): read in C++, no per-tensor Python.
-            result = _ext.dense_call(grads, _ext.STATUS.cuda)
-            if result is not None:
-                table, numel = result
-                return table.to(self._device), (True,) * len(grads), unpack_numel(numel)
-        stats = grad_stats(grads, backend=self.config.backend)
+        stats = grad_stats(grads, backend=self.config.backend)  # the usual step (all dense, one device) is read in C++
         return stats.table.to(self._device), stats.present_host, stats.numel_host
 
     def _record(self, step: int) -> None:
