@@ -13,7 +13,8 @@
 //     step's monitor) skip the staging buffer: their descriptors travel as a
 //     kernel argument, and when every tensor fits one chunk a single launch
 //     writes the result rows. The chunk cut and the order of every sum are
-//     the same on both paths, so they agree bitwise.
+//     the same on both paths, so they agree bitwise. Under CUDA graph capture
+//     a longer list goes through this path too, kArgTensors tensors a launch.
 
 #include <Python.h>
 
@@ -537,26 +538,26 @@ at::TensorOptions f64_on(at::Device device) {
   return at::TensorOptions().dtype(at::kDouble).device(device);
 }
 
-void launch_small(const std::vector<Input>& inputs, const at::Tensor& out, cudaStream_t stream) {
-  const int n = static_cast<int>(inputs.size());
+// Statistics of inputs[0, n) (n <= kArgTensors, each under 2^31 elements) into
+// the n rows at `result` (row-major, kNumStats doubles a row).
+void launch_small(const Input* inputs, int n, double* result, at::Device device, cudaStream_t stream) {
   SmallList list{};
   int32_t chunks = 0;
   for (int i = 0; i < n; ++i) {
-    const Input& in = inputs[static_cast<size_t>(i)];
+    const Input& in = inputs[i];
     list.data[i] = in.data;
     list.numel[i] = static_cast<int32_t>(in.numel);
     list.dtype[i] = static_cast<int8_t>(in.code);
     chunks += static_cast<int32_t>(std::max<int64_t>(1, (in.numel + in.per_chunk - 1) / in.per_chunk));
     list.chunk_end[i] = chunks;
   }
-  double* result = out.mutable_data_ptr<double>();
   if (chunks == n) {
     small_list_kernel<<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(list, n, /*direct=*/1, result);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
   // Freed on return: the caching allocator orders its reuse after these kernels on this stream.
-  at::Tensor partials = at::empty({kNumStats * static_cast<int64_t>(chunks)}, f64_on(out.device()));
+  at::Tensor partials = at::empty({kNumStats * static_cast<int64_t>(chunks)}, f64_on(device));
   small_list_kernel<<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(
       list, n, /*direct=*/0, partials.mutable_data_ptr<double>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -671,9 +672,26 @@ at::Tensor grad_stats_cuda(at::TensorList tensors) {
   at::Tensor out = at::empty({n, kNumStats}, f64_on(device));  // every row is written
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   if (small) {
-    launch_small(inputs, out, stream);
-  } else {
+    launch_small(inputs.data(), static_cast<int>(n), out.mutable_data_ptr<double>(), device, stream);
+    return out;
+  }
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture == cudaStreamCaptureStatusNone) {
     launch_large(inputs, out, stream);
+    return out;
+  }
+  // Captured into a CUDA graph (torch.compile's "reduce-overhead", torch.cuda.graph): a
+  // replay would read the staging buffer long after it was reused, so the list goes
+  // through the small-list path, kArgTensors tensors per launch, descriptors in the graph.
+  for (int64_t first = 0; first < n; first += kArgTensors) {
+    const int count = static_cast<int>(std::min<int64_t>(kArgTensors, n - first));
+    for (int i = 0; i < count; ++i) {
+      TORCH_CHECK(inputs[static_cast<size_t>(first + i)].numel <= std::numeric_limits<int32_t>::max(),
+                  "gradscope::grad_stats: tensors[", first + i, "] has ", inputs[static_cast<size_t>(first + i)].numel,
+                  " elements; under CUDA graph capture each tensor must have fewer than 2^31");
+    }
+    launch_small(inputs.data() + first, count, out.mutable_data_ptr<double>() + first * kNumStats, device, stream);
   }
   return out;
 }

@@ -88,6 +88,29 @@ def test_cuda_fast_entry_matches_the_op(fused_cuda):
     assert _ext.dense_call(tensors, False) is None  # CUDA kernel not loaded: the Python path decides
 
 
+def test_cuda_graph_capture_replays_with_new_values(fused_cuda):
+    # Captured, a long list takes the small-list path in batches (no staging buffer to go stale).
+    g = torch.Generator().manual_seed(5)
+    sizes = torch.randint(0, 3000, (2 * SMALL_LIST + 7,), generator=g).tolist() + [3 * CHUNK_BYTES // 4 + 5]
+    tensors = [torch.randn(n, generator=g).to(fused_cuda) for n in sizes]
+    op = torch.ops.gradscope.grad_stats
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        op(tensors)  # warm up off the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = op(tensors)
+    for t in tensors:
+        t.mul_(-2.0)  # new values in place: the replay must read them
+    graph.replay()
+    torch.cuda.synchronize()
+    stats = gradscope.GradStats(captured.clone(), tuple(sizes), (True,) * len(sizes), "fused")
+    assert_stats_match(stats, tensors)
+    assert torch.equal(captured, op(tensors))  # the staging-buffer path, bitwise alike
+
+
 def test_cuda_many_tiny_tensors_one_call(fused_cuda):
     g = torch.Generator().manual_seed(1)
     tensors = [torch.randn(int(n), generator=g).to(fused_cuda) for n in torch.randint(0, 50, (20_000,), generator=g)]
