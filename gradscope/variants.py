@@ -214,11 +214,14 @@ class _ResidualTap:
     def __init__(self):
         self.residual: Optional[torch.Tensor] = None
 
-    def keep(self, module, args):
-        self.residual = args[0]
+    def keep(self, module, args, kwargs):
+        self.residual = args[0] if args else next(iter(kwargs.values()))
 
     def cancel(self, module, args, output):
         residual, self.residual = self.residual, None  # hold no activation past the forward
+        if residual is None:
+            raise RuntimeError(f"no-residual: {type(module).__name__} ran without its norm before it; "
+                               "gradscope does not know this block layout (drop no-residual from --what-if)")
         if isinstance(output, tuple):
             return (output[0] - residual, *output[1:])
         return output - residual
@@ -260,7 +263,7 @@ def remove_residuals(model: nn.Module) -> int:
             taps = []
             for norm, sublayer in pairs:
                 tap = _ResidualTap()
-                norm.register_forward_pre_hook(tap.keep)
+                norm.register_forward_pre_hook(tap.keep, with_kwargs=True)
                 sublayer.register_forward_hook(tap.cancel)
                 taps.append(tap)
             module._gradscope_residual_taps = taps

@@ -239,3 +239,29 @@ def test_no_residual_removes_the_shortcut_of_hugging_face_resnet_layers():
     assert remove_residuals(model) == len(layers) == 3
     torch.testing.assert_close(layers[0](x), expected)
     assert describe_architecture(model)["residual_modules"] == 0
+
+
+class _PreNormBlock(nn.Module):
+    """GPT-2's layout in miniature; ``skip_norm`` calls the attention without its norm first."""
+
+    def __init__(self, skip_norm: bool = False):
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2, self.mlp = nn.LayerNorm(4), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 4)
+        self.skip_norm = skip_norm
+
+    def forward(self, x):
+        x = x + self.attn(x if self.skip_norm else self.ln_1(input=x))  # the norm's input by keyword
+        return x + self.mlp(self.ln_2(x))
+
+
+def test_no_residual_taps_read_keyword_inputs_and_refuse_an_unknown_order():
+    torch.manual_seed(0)
+    block, x = _PreNormBlock(), torch.randn(2, 4)
+    with torch.no_grad():
+        expected = block.mlp(block.ln_2(block.attn(block.ln_1(x))))
+    assert remove_residuals(block) == 2
+    torch.testing.assert_close(block(x), expected)
+    odd = _PreNormBlock(skip_norm=True)
+    remove_residuals(odd)
+    with pytest.raises(RuntimeError, match="Linear ran without its norm before it"):
+        odd(x)
