@@ -151,6 +151,11 @@ class _PackedGradStats(GradStats):
     def present_host(self) -> tuple[bool, ...]:
         return (True,) * self.table.shape[0]
 
+    @cached_property
+    def numel(self) -> torch.Tensor:
+        """[N] int64 on the device of ``table``, straight from the packed counts."""
+        return _host_to(torch.frombuffer(bytearray(self._numel_packed), dtype=torch.int64), self.table.device)
+
 
 def unpack_numel(packed: bytes) -> tuple[int, ...]:
     """The element counts the compiled fast entry returns packed, as a tuple."""
@@ -181,7 +186,10 @@ def _unusual_item(i: int, t):
 
 
 def _to_device(values: Sequence, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    host = torch.tensor(values, dtype=dtype)
+    return _host_to(torch.tensor(values, dtype=dtype), device)
+
+
+def _host_to(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         # Pinned + non_blocking: the host does not wait for the device.
         return host.pin_memory().to(device, non_blocking=True)
