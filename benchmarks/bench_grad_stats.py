@@ -20,6 +20,7 @@ import argparse
 import sys
 
 import _common as C
+from _targets import target_line
 import torch
 
 import gradscope
@@ -156,8 +157,7 @@ def main(argv=None) -> int:
     if payload["targets"]:
         print(f"targets (issue 2), {device.type}:")
         for t in payload["targets"]:
-            value = f" ({t['value']:.2f}" + (f"; raw op {t['value_op']:.2f}" if t.get("value_op") is not None else "") + ")" if "value" in t else ""
-            print(f"  {t['status']:<4} {t['case']}: {t['target']}{value}")
+            print(f"  {target_line(t)}")
     if args.out:
         print(f"wrote {args.out}")
     return 0

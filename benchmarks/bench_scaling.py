@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import _common as C
+from _targets import target_line
 import torch
 
 MIB = 1 << 20
@@ -504,8 +505,7 @@ def main(argv=None) -> int:
     if payload["targets"]:
         print("\ntargets (issue 6), cuda:")
         for t in payload["targets"]:
-            value = f" ({t['value']:.2f}" + (f"; raw op {t['value_op']:.2f}" if t.get("value_op") is not None else "") + ")" if "value" in t else ""
-            print(f"  {t['status']:<4} {t['target']}{value}")
+            print(f"  {target_line(t)}")
     if args.out:
         print(f"wrote {args.out}")
     return 0

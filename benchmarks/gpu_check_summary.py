@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from _targets import target_line
+
 
 def _load(path: Path) -> dict:
     try:
@@ -64,6 +66,18 @@ def scaling_rows(bench: dict) -> dict:
     return out
 
 
+def _benches(outdir: Path, name: str, to_rows, summary: dict):
+    """Each ``<name>*.json`` in ``outdir`` with its rows; files rows and targets in ``summary`` and prints a heading."""
+    key = name.removeprefix("bench_")
+    for path in sorted(outdir.glob(f"{name}*.json")):
+        bench = _load(path)
+        rows = to_rows(bench)
+        summary[key][path.name] = rows
+        summary["targets"] += [dict(t, source=path.name) for t in bench.get("targets", [])]
+        print(f"\n{path.name} ({bench.get('meta', {}).get('device')}):")
+        yield bench, rows
+
+
 def _f(v, fmt: str, scale: float = 1.0) -> str:
     """A number for the summary; "-" for null (the JSON holds null for NaN and infinity)."""
     return "-" if v is None else format(v / scale, fmt)
@@ -84,12 +98,7 @@ def main(argv: list[str]) -> int:
         print(f"gradscope backends: cpu {b.get('cpu')}{': ' + r['cpu'] if r.get('cpu') else ''}; "
               f"cuda {b.get('cuda')}{': ' + r['cuda'] if r.get('cuda') else ''}; GPUs: {', '.join(info.get('gpus', [])) or 'none'}")
 
-    for path in sorted(outdir.glob("bench_grad_stats*.json")):
-        bench = _load(path)
-        rows = grad_stats_rows(bench)
-        summary["grad_stats"][path.name] = rows
-        summary["targets"] += [dict(t, source=path.name) for t in bench.get("targets", [])]
-        print(f"\n{path.name} ({bench.get('meta', {}).get('device')}):")
+    for bench, rows in _benches(outdir, "bench_grad_stats", grad_stats_rows, summary):
         print(f"  {'case':<17} {'n':>6} {'MB':>7} {'ms':>9} {'GB/s':>7} {'op ms':>9} {'x fnorm':>7} {'x loop':>7} {'%sum':>5} {'%copy':>5}  check")
         for r in rows:
             print(
@@ -101,12 +110,7 @@ def main(argv: list[str]) -> int:
         if bench.get("left_out"):
             print(f"  left out: {bench['left_out']}")
 
-    for path in sorted(outdir.glob("bench_scaling*.json")):
-        bench = _load(path)
-        rows = scaling_rows(bench)
-        summary["scaling"][path.name] = rows
-        summary["targets"] += [dict(t, source=path.name) for t in bench.get("targets", [])]
-        print(f"\n{path.name} ({bench.get('meta', {}).get('device')}):")
+    for bench, rows in _benches(outdir, "bench_scaling", scaling_rows, summary):
         for dtype, fits in rows.get("bytes", {}).items():
             for m in ("gradscope", "foreach_norm", "flat_sum"):
                 f = fits.get(m)
@@ -141,8 +145,7 @@ def main(argv: list[str]) -> int:
     if summary["targets"]:
         print("\ntargets:")
         for t in summary["targets"]:
-            value = f" ({t['value']:.2f}" + (f"; raw op {t['value_op']:.2f}" if t.get("value_op") is not None else "") + ")" if "value" in t else ""
-            print(f"  {t['status']:<4} {t.get('case', '')} {t['target']}{value}")
+            print(f"  {target_line(t)}")
 
     summary["files"] = sorted(p.name for p in outdir.iterdir() if p.is_file()) + ["summary.json"]
     (outdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -12,19 +12,14 @@ from __future__ import annotations
 import json
 import sys
 
+from _targets import measured
+
 MIB = 1 << 20
 
 
 def _f(v, fmt: str, scale: float = 1.0) -> str:
     """A number for a table; "–" for null (the JSON holds null for NaN and infinity)."""
     return "–" if v is None else format(v / scale, fmt)
-
-
-def _measured(t: dict) -> str:
-    if "value" not in t:
-        return ""
-    op = f"; raw op {t['value_op']:.2f}" if t.get("value_op") is not None else ""
-    return f" (measured {t['value']:.2f}{op})"
 
 
 def provenance(meta: dict) -> list[str]:
@@ -65,8 +60,19 @@ def grad_stats_md(bench: dict) -> list[str]:
         lines.append(f"| {c['name']} | {cell('foreach_norm')} | {cell('get_total_norm')} | {cell('loop')} | {cell('gradscope.reference')} | {cell('flat_sum')} | {cell('copy')} |")
     if bench.get("targets"):
         lines += ["", "Targets (issue 2):", ""]
-        lines += [f"- {t['status']}: {t['case']}: {t['target']}" + _measured(t) for t in bench["targets"]]
+        lines += [f"- {t['status']}: {t['case']}: {t['target']}" + measured(t, "measured ") for t in bench["targets"]]
     return lines
+
+
+# Per sweep: the fit's column headings, and its cells.
+FIT_COLUMNS = {
+    "bytes": (("t0 (us)", "BW (GB/s)", "crossover (MiB)", "max rel. residual"),
+              lambda f: (_f(f["t0_us"], ".1f"), _f(f["bandwidth_gbps"], ".1f"), _f(f["crossover_bytes"], ".3g", MIB),
+                         _f(f["max_rel_residual"], ".2f"))),
+    "count": (("fixed (us)", "per tensor (us)", "crossover (tensors)", "max rel. residual"),
+              lambda f: (_f(f["t_fixed_us"], ".1f"), _f(f["per_tensor_us"], ".3f"), _f(f["crossover_count"], ".3g"),
+                         _f(f["max_rel_residual"], ".2f"))),
+}
 
 
 def scaling_md(bench: dict) -> list[str]:
@@ -90,22 +96,11 @@ def scaling_md(bench: dict) -> list[str]:
             continue
         fixed = f"{sweep['fixed_count']} tensors" if kind == "bytes" else f"{sweep['fixed_bytes'] / MIB:g} MiB in total"
         lines += ["", f"**{kind} sweep** ({fixed}; plot `{sweep.get('plot')}`)", ""]
-        if kind == "bytes":
-            lines += ["| dtype | method | t0 (us) | BW (GB/s) | crossover (MiB) | max rel. residual |", "|---|---|--:|--:|--:|--:|"]
-            for dtype, fits in sweep["fits"].items():
-                for m, f in fits.items():
-                    lines.append(
-                        f"| {dtype} | {m} | {_f(f['t0_us'], '.1f')} | {_f(f['bandwidth_gbps'], '.1f')} "
-                        f"| {_f(f['crossover_bytes'], '.3g', MIB)} | {_f(f['max_rel_residual'], '.2f')} |"
-                    )
-        else:
-            lines += ["| dtype | method | fixed (us) | per tensor (us) | crossover (tensors) | max rel. residual |", "|---|---|--:|--:|--:|--:|"]
-            for dtype, fits in sweep["fits"].items():
-                for m, f in fits.items():
-                    lines.append(
-                        f"| {dtype} | {m} | {_f(f['t_fixed_us'], '.1f')} | {_f(f['per_tensor_us'], '.3f')} "
-                        f"| {_f(f['crossover_count'], '.3g')} | {_f(f['max_rel_residual'], '.2f')} |"
-                    )
+        headings, cells = FIT_COLUMNS[kind]
+        lines += ["| dtype | method | " + " | ".join(headings) + " |", "|---|---|" + "--:|" * len(headings)]
+        for dtype, fits in sweep["fits"].items():
+            for m, f in fits.items():
+                lines.append(f"| {dtype} | {m} | " + " | ".join(cells(f)) + " |")
         unit = (lambda x: f"{x / MIB:g} MiB") if kind == "bytes" else (lambda x: f"{x:,} tensors")
         lines.append("")
         for dtype, wins in sweep.get("gradscope_faster_from", {}).items():
@@ -127,7 +122,7 @@ def scaling_md(bench: dict) -> list[str]:
             )
     if bench.get("targets"):
         lines += ["", "Targets (issue 6):", ""]
-        lines += [f"- {t['status']}: {t['target']}" + _measured(t) for t in bench["targets"]]
+        lines += [f"- {t['status']}: {t['target']}" + measured(t, "measured ") for t in bench["targets"]]
     if bench.get("left_out"):
         lines += ["", f"Left out: {len(bench['left_out'].get('points', []))} points ({bench['left_out']['reason']})."]
     return lines

@@ -504,6 +504,8 @@ struct Input {
   int64_t numel;
   int32_t code;
   int64_t per_chunk;  // elements per chunk for its dtype
+
+  int64_t chunks() const { return (numel + per_chunk - 1) / per_chunk; }
 };
 
 // Returns false for dtypes the kernel does not handle.
@@ -548,7 +550,7 @@ void launch_small(const Input* inputs, int n, double* result, at::Device device,
     list.data[i] = in.data;
     list.numel[i] = static_cast<int32_t>(in.numel);
     list.dtype[i] = static_cast<int8_t>(in.code);
-    chunks += static_cast<int32_t>(std::max<int64_t>(1, (in.numel + in.per_chunk - 1) / in.per_chunk));
+    chunks += static_cast<int32_t>(std::max<int64_t>(1, in.chunks()));
     list.chunk_end[i] = chunks;
   }
   if (chunks == n) {
@@ -569,7 +571,7 @@ void launch_small(const Input* inputs, int n, double* result, at::Device device,
 void launch_large(const std::vector<Input>& inputs, const at::Tensor& out, cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(inputs.size());
   int64_t total_chunks = 0;
-  for (const Input& in : inputs) total_chunks += (in.numel + in.per_chunk - 1) / in.per_chunk;
+  for (const Input& in : inputs) total_chunks += in.chunks();
   TORCH_CHECK(total_chunks <= std::numeric_limits<int32_t>::max(),
               "gradscope::grad_stats: the tensors need ", total_chunks,
               " chunks, more than one launch allows; split the list");
@@ -584,7 +586,7 @@ void launch_large(const std::vector<Input>& inputs, const at::Tensor& out, cudaS
   int64_t chunk_begin = 0;
   for (int64_t i = 0; i < n; ++i) {
     const Input& in = inputs[static_cast<size_t>(i)];
-    const int64_t num_chunks = (in.numel + in.per_chunk - 1) / in.per_chunk;
+    const int64_t num_chunks = in.chunks();
     host_descs[i] = TensorDesc{in.data, in.numel, chunk_begin, static_cast<int32_t>(num_chunks), in.code};
     std::fill_n(host_map + chunk_begin, num_chunks, static_cast<int32_t>(i));
     chunk_begin += num_chunks;
@@ -637,7 +639,7 @@ at::Tensor grad_stats_cuda(at::TensorList tensors) {
   // stream ordering covers the rest.
   std::vector<Input> inputs(static_cast<size_t>(n));
   std::vector<at::Tensor> copies;
-  bool small = n <= kArgTensors;
+  bool under_2g = true;  // every tensor under 2^31 elements, as the small-list path's descriptors hold
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.defined(), "gradscope::grad_stats: tensors[", i,
@@ -666,12 +668,12 @@ at::Tensor grad_stats_cuda(at::TensorList tensors) {
       read = &copies.back();
     }
     inputs[static_cast<size_t>(i)] = Input{numel > 0 ? read->const_data_ptr() : nullptr, numel, code, per_chunk};
-    small = small && numel <= std::numeric_limits<int32_t>::max();
+    under_2g = under_2g && numel <= std::numeric_limits<int32_t>::max();
   }
 
   at::Tensor out = at::empty({n, kNumStats}, f64_on(device));  // every row is written
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (small) {
+  if (n <= kArgTensors && under_2g) {
     launch_small(inputs.data(), static_cast<int>(n), out.mutable_data_ptr<double>(), device, stream);
     return out;
   }
@@ -684,13 +686,10 @@ at::Tensor grad_stats_cuda(at::TensorList tensors) {
   // Captured into a CUDA graph (torch.compile's "reduce-overhead", torch.cuda.graph): a
   // replay would read the staging buffer long after it was reused, so the list goes
   // through the small-list path, kArgTensors tensors per launch, descriptors in the graph.
+  TORCH_CHECK(under_2g, "gradscope::grad_stats: under CUDA graph capture each tensor must have fewer than 2^31 "
+              "elements; call it outside the capture for larger tensors");
   for (int64_t first = 0; first < n; first += kArgTensors) {
     const int count = static_cast<int>(std::min<int64_t>(kArgTensors, n - first));
-    for (int i = 0; i < count; ++i) {
-      TORCH_CHECK(inputs[static_cast<size_t>(first + i)].numel <= std::numeric_limits<int32_t>::max(),
-                  "gradscope::grad_stats: tensors[", first + i, "] has ", inputs[static_cast<size_t>(first + i)].numel,
-                  " elements; under CUDA graph capture each tensor must have fewer than 2^31");
-    }
     launch_small(inputs.data() + first, count, out.mutable_data_ptr<double>() + first * kNumStats, device, stream);
   }
   return out;
