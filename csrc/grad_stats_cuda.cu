@@ -49,7 +49,7 @@ constexpr int kWarps = kBlock / kWarpSize;
 constexpr int kUnroll = 4;                 // independent 16-byte loads in flight per thread
 constexpr int kVecBytes = 16;
 // Same bytes per block for every dtype: 64K fp32, 128K fp16/bf16, 32K fp64
-// elements. Small enough that fp32 per-thread sums stay short (<= 512 terms).
+// elements.
 constexpr int64_t kChunkBytes = 256 * 1024;
 
 constexpr int kFinBlock = 256;             // finalize: one warp per tensor
@@ -202,27 +202,50 @@ constexpr int64_t chunk_elems() {
   return kChunkBytes / static_cast<int64_t>(sizeof(typename E::Storage));
 }
 
+// Adds a run accumulated in Acc into the thread's fp64 total.
+template <typename Acc>
+__device__ __forceinline__ void add_run(Partial<double>& total, const Partial<Acc>& run) {
+  total.sumsq += static_cast<double>(run.sumsq);
+  total.sum += static_cast<double>(run.sum);
+  total.sumabs += static_cast<double>(run.sumabs);
+  total.maxabs = fmax(total.maxabs, static_cast<double>(run.maxabs));
+  total.nonfinite += run.nonfinite;
+  total.zeros += run.zeros;
+}
+
 // This thread's share of the n elements at p. p is element-aligned (checked on
 // the host); a scalar head brings it to 16-byte alignment, then 16-byte vector
 // loads, kUnroll of them issued before any is consumed, then a scalar tail.
+//
+// Values are summed in Acc over short runs (one loop iteration: kUnroll
+// vectors, 16 fp32 or 32 fp16/bf16 elements) and the runs in fp64. Long fp32
+// sums drift: on a constant tensor every thread rounds the same way, and 256
+// terms already cost 2e-6 of relative error. An fp32 square that overflows
+// still makes its run, and so the total, infinite: needs_fp64 sees it.
 template <typename E, typename Acc>
-__device__ __forceinline__ Partial<Acc> thread_reduce(const typename E::Storage* __restrict__ p,
-                                                      int n) {
+__device__ __forceinline__ Partial<double> thread_reduce(const typename E::Storage* __restrict__ p,
+                                                         int n) {
   using Storage = typename E::Storage;
   using Vec = typename E::Vec;
   constexpr int kPerVec = kVecBytes / static_cast<int>(sizeof(Storage));
   static_assert(sizeof(Vec) == kVecBytes, "vector type must be 16 bytes");
 
   const int tid = static_cast<int>(threadIdx.x);
-  Partial<Acc> acc = zero_partial<Acc>();
+  Partial<double> total = zero_partial<double>();
 
   const auto addr = reinterpret_cast<uintptr_t>(p);
   const int head = min(n, static_cast<int>(((kVecBytes - (addr & (kVecBytes - 1))) &
                                             (kVecBytes - 1)) / sizeof(Storage)));
-  if (tid < head) add_elem(acc, E::load1(p + tid));  // head < kPerVec <= kBlock
-
   const Vec* __restrict__ vp = reinterpret_cast<const Vec*>(p + head);
   const int nvec = (n - head) / kPerVec;
+  const int tail_begin = head + nvec * kPerVec;
+  {
+    Partial<Acc> ends = zero_partial<Acc>();
+    if (tid < head) add_elem(ends, E::load1(p + tid));  // head < kPerVec <= kBlock
+    if (tid < n - tail_begin) add_elem(ends, E::load1(p + tail_begin + tid));  // < kPerVec
+    add_run(total, ends);
+  }
+
   for (int i = tid; i < nvec; i += kBlock * kUnroll) {
     Vec v[kUnroll];
 #pragma unroll
@@ -230,15 +253,14 @@ __device__ __forceinline__ Partial<Acc> thread_reduce(const typename E::Storage*
       const int k = i + j * kBlock;
       if (k < nvec) v[j] = __ldg(vp + k);
     }
+    Partial<Acc> run = zero_partial<Acc>();
 #pragma unroll
     for (int j = 0; j < kUnroll; ++j) {
-      if (i + j * kBlock < nvec) E::add_vec(acc, v[j]);
+      if (i + j * kBlock < nvec) E::add_vec(run, v[j]);
     }
+    add_run(total, run);
   }
-
-  const int tail_begin = head + nvec * kPerVec;
-  if (tid < n - tail_begin) add_elem(acc, E::load1(p + tail_begin + tid));  // < kPerVec
-  return acc;
+  return total;
 }
 
 // ---------------------------------------------------------------------------
@@ -261,13 +283,6 @@ __device__ __forceinline__ void warp_reduce(Partial<double>& p) {
     p.nonfinite += __shfl_down_sync(kFullMask, p.nonfinite, off);
     p.zeros += __shfl_down_sync(kFullMask, p.zeros, off);
   }
-}
-
-template <typename Acc>
-__device__ __forceinline__ Partial<double> to_double(const Partial<Acc>& p) {
-  return Partial<double>{static_cast<double>(p.sumsq), static_cast<double>(p.sum),
-                         static_cast<double>(p.sumabs), static_cast<double>(p.maxabs),
-                         p.nonfinite, p.zeros};
 }
 
 // Result is valid in thread 0 only. The caller must __syncthreads() before the
@@ -333,11 +348,11 @@ __device__ __forceinline__ void reduce_chunk(const TensorDesc& d, int64_t chunk,
   const int n = static_cast<int>(left < kElems ? left : kElems);
   const Storage* p = static_cast<const Storage*>(d.data) + begin;
 
-  Partial<double> r = block_reduce(to_double(thread_reduce<E, Acc>(p, n)), s);
+  Partial<double> r = block_reduce(thread_reduce<E, Acc>(p, n), s);
   if constexpr (!std::is_same_v<Acc, double>) {
     if (threadIdx.x == 0) s.redo = needs_fp64(r) ? 1 : 0;
     __syncthreads();  // also orders warp 0's scratch reads before the rewrite below
-    if (s.redo) r = block_reduce(to_double(thread_reduce<E, double>(p, n)), s);
+    if (s.redo) r = block_reduce(thread_reduce<E, double>(p, n), s);
   }
   if (threadIdx.x == 0) {
     slot.base[kSumSq * slot.stride] = r.sumsq;
@@ -639,7 +654,9 @@ at::Tensor grad_stats_cuda(at::TensorList tensors) {
   // stream ordering covers the rest.
   std::vector<Input> inputs(static_cast<size_t>(n));
   std::vector<at::Tensor> copies;
-  bool under_2g = true;  // every tensor under 2^31 elements, as the small-list path's descriptors hold
+  // The first tensor of 2^31 elements or more, if any: the small-list path's descriptors
+  // hold int32 counts.
+  int64_t first_huge = -1;
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.defined(), "gradscope::grad_stats: tensors[", i,
@@ -668,12 +685,12 @@ at::Tensor grad_stats_cuda(at::TensorList tensors) {
       read = &copies.back();
     }
     inputs[static_cast<size_t>(i)] = Input{numel > 0 ? read->const_data_ptr() : nullptr, numel, code, per_chunk};
-    under_2g = under_2g && numel <= std::numeric_limits<int32_t>::max();
+    if (first_huge < 0 && numel > std::numeric_limits<int32_t>::max()) first_huge = i;
   }
 
   at::Tensor out = at::empty({n, kNumStats}, f64_on(device));  // every row is written
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (n <= kArgTensors && under_2g) {
+  if (n <= kArgTensors && first_huge < 0) {
     launch_small(inputs.data(), static_cast<int>(n), out.mutable_data_ptr<double>(), device, stream);
     return out;
   }
@@ -686,8 +703,9 @@ at::Tensor grad_stats_cuda(at::TensorList tensors) {
   // Captured into a CUDA graph (torch.compile's "reduce-overhead", torch.cuda.graph): a
   // replay would read the staging buffer long after it was reused, so the list goes
   // through the small-list path, kArgTensors tensors per launch, descriptors in the graph.
-  TORCH_CHECK(under_2g, "gradscope::grad_stats: under CUDA graph capture each tensor must have fewer than 2^31 "
-              "elements; call it outside the capture for larger tensors");
+  TORCH_CHECK(first_huge < 0, "gradscope::grad_stats: under CUDA graph capture each tensor must have fewer "
+              "than 2^31 elements, but tensors[", first_huge, "] has ", inputs[static_cast<size_t>(first_huge)].numel,
+              "; call it outside the capture for larger tensors");
   for (int64_t first = 0; first < n; first += kArgTensors) {
     const int count = static_cast<int>(std::min<int64_t>(kArgTensors, n - first));
     launch_small(inputs.data() + first, count, out.mutable_data_ptr<double>() + first * kNumStats, device, stream);

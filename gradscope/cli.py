@@ -198,7 +198,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let a Hugging Face model run code shipped with it (off by default)")
     p.add_argument("--offline", action="store_true",
-                   help="never contact the Hugging Face hub (sets HF_HUB_OFFLINE=1): local directories and the cache")
+                   help="download nothing (sets HF_HUB_OFFLINE=1): local directories, files and caches only")
     _add_output_flags(p, default_out="gradscope-report")
     p.set_defaults(func=_cmd_analyze)
 

@@ -92,7 +92,8 @@ class MonitorConfig:
     - ``distributed``: ``"auto"``, ``"none"``, ``"replicated"`` (DDP) or ``"sharded"`` (DTensor);
     - ``backend``: ``grad_stats`` backend (``"auto"``, ``"fused"``, ``"reference"``);
     - ``keep_last``: recorded steps kept on the host (``None``: all). Each costs
-      48 bytes per monitored parameter (BERT-base: about 10 kB a step).
+      57 bytes per monitored parameter (BERT-base: about 11.5 kB a step, 1.2 GB
+      over 100,000 steps): for long runs set it, or sample with ``every``.
     """
 
     every: int = 1
@@ -102,6 +103,15 @@ class MonitorConfig:
     distributed: str = "auto"
     backend: str = "auto"
     keep_last: Optional[int] = None
+
+    @classmethod
+    def with_options(cls, config: Optional["MonitorConfig"], options: dict) -> "MonitorConfig":
+        """``config`` (default: the defaults) with ``options``, which must be field names."""
+        unknown = set(options) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UsageError(f"unknown GradientMonitor option(s) {', '.join(sorted(unknown))}; the options are "
+                             f"{', '.join(f.name for f in fields(cls))}")
+        return replace(config or cls(), **options)
 
     def __post_init__(self):
         if isinstance(self.params, str):
@@ -215,14 +225,17 @@ class MonitorHistory:
         return int(self.steps.numel())
 
     def param_l2(self) -> torch.Tensor:
-        """[T, N] gradient L2 per parameter (finite elements); NaN where the parameter had no gradient."""
+        """[T, N] gradient L2 per parameter; NaN where the parameter had no gradient or a non-finite value
+        (as torch's norm). ``table`` keeps the sums over the finite elements."""
         l2 = self.table[..., _SUMSQ].sqrt()
-        return torch.where(self.present, l2, torch.full_like(l2, math.nan))
+        return torch.where(self.present & (self.nonfinite() == 0), l2, torch.full_like(l2, math.nan))
 
     def global_l2(self) -> torch.Tensor:
-        """[T] L2 norm over all monitored gradients; NaN at steps with non-finite values (as torch's norm)."""
+        """[T] L2 norm over all monitored gradients; NaN at steps with non-finite values (as torch's norm)
+        and at steps where no monitored parameter had a gradient."""
         l2 = self.table[..., _SUMSQ].sum(-1).sqrt()
-        return torch.where(self.nonfinite().sum(-1) > 0, torch.full_like(l2, math.nan), l2)
+        valid = (self.nonfinite().sum(-1) == 0) & self.present.any(-1)
+        return torch.where(valid, l2, torch.full_like(l2, math.nan))
 
     def nonfinite(self) -> torch.Tensor:
         """[T, N] non-finite elements per parameter."""
@@ -244,10 +257,11 @@ class MonitorHistory:
         return out, numel, with_grad
 
     def block_l2(self) -> torch.Tensor:
-        """[T, B] gradient L2 per block; NaN where no parameter of the block had a gradient."""
+        """[T, B] gradient L2 per block; NaN where no parameter of the block had a gradient, or where the
+        block had a non-finite value (as torch's norm)."""
         table, _, with_grad = self.block_table()
         l2 = table[..., _SUMSQ].sqrt()
-        return torch.where(with_grad > 0, l2, torch.full_like(l2, math.nan))
+        return torch.where((with_grad > 0) & (table[..., _NONFINITE] == 0), l2, torch.full_like(l2, math.nan))
 
     def nonfinite_blocks(self, t: int) -> list[str]:
         """Blocks with non-finite gradient values at step index ``t``, in execution order."""
@@ -274,7 +288,7 @@ class MonitorHistory:
                 nan = math.nan
                 out.append({
                     "step": step, "block": block, "depth": b,
-                    "grad_l2": cols["l2"][t][b],
+                    "grad_l2": cols["l2"][t][b],  # NaN with a non-finite value; the rest are over finite values
                     "grad_mean": cols["mean"][t][b] if has else nan,
                     "grad_std": cols["std"][t][b] if has else nan,
                     "grad_maxabs": cols["maxabs"][t][b] if has else nan,
@@ -313,12 +327,45 @@ def describe_nonfinite(history: MonitorHistory, t: int) -> str:
             "loss for NaN/Inf, lower the learning rate, or use a GradScaler/bfloat16 for float16 training")
 
 
+def _check_optimizer(optimizer, params: list[nn.Parameter]) -> None:
+    """UsageError unless ``optimizer`` is an optimizer that trains at least one of ``params``."""
+    if not (hasattr(optimizer, "register_step_pre_hook") and hasattr(optimizer, "param_groups")):
+        hint = " (a GradScaler goes in scaler=...)" if hasattr(optimizer, "unscale_") else ""
+        raise UsageError(f"optimizer must be a torch.optim.Optimizer; got {type(optimizer).__name__}{hint}")
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in owned for p in params):
+        raise UsageError("the optimizer holds none of the monitored parameters; pass the optimizer that trains "
+                         "this model")
+
+
+def _check_scaler(scaler) -> None:
+    if scaler is not None and not (hasattr(scaler, "unscale_") and hasattr(scaler, "is_enabled")):
+        raise UsageError(f"scaler must be a torch.amp.GradScaler; got {type(scaler).__name__}")
+
+
+def _widen(chunk: tuple, source: list[int]) -> tuple:
+    """A host history chunk re-indexed to new parameter rows: row j is old row ``source[j]``, or a
+    row without a gradient where ``source[j]`` is -1."""
+    steps, table, numel, present, post = chunk
+    index = torch.tensor(source, dtype=torch.int64)
+    known = index >= 0
+    new_table = table.new_zeros((table.shape[0], len(source), table.shape[2]))
+    new_numel = numel.new_zeros((numel.shape[0], len(source)))
+    new_present = present.new_zeros((present.shape[0], len(source)))
+    new_table[:, known] = table[:, index[known]]
+    new_numel[:, known] = numel[:, index[known]]
+    new_present[:, known] = present[:, index[known]]
+    return steps, new_table, new_numel, new_present, post
+
+
 class GradientMonitor:
     """Per-step gradient statistics of a model during training (see the module docstring).
 
     ``GradientMonitor(model, optimizer=None, *, scaler=None, config=None, **options)``:
     ``options`` are :class:`MonitorConfig` fields (``every``, ``params``,
-    ``on_nonfinite``, ``flush_every``, ``distributed``, ``backend``). With an
+    ``on_nonfinite``, ``flush_every``, ``distributed``, ``backend``,
+    ``keep_last``). Parameters unfrozen later join the monitor at their first
+    step (earlier steps read as "no gradient"). With an
     ``optimizer`` the monitor records from its step pre-hook; without one, call
     :meth:`step` (or :meth:`clip_grad_norm_`) once per optimizer step.
 
@@ -337,19 +384,21 @@ class GradientMonitor:
                  scaler=None, config: Optional[MonitorConfig] = None, **options):
         if not isinstance(model, nn.Module):
             raise UsageError(f"GradientMonitor needs an nn.Module; got {type(model).__name__}")
-        unknown = set(options) - {f.name for f in fields(MonitorConfig)}
-        if unknown:
-            raise UsageError(f"unknown GradientMonitor option(s) {', '.join(sorted(unknown))}; the options are "
-                             f"{', '.join(f.name for f in fields(MonitorConfig))}")
-        self.config = replace(config or MonitorConfig(), **options)
+        self.config = MonitorConfig.with_options(config, options)
         previous = _ATTACHED.get(model)
         if previous is not None and previous() is not None and not previous()._closed:
             raise UsageError("a GradientMonitor is already attached to this model; reuse it, or call close() on it "
                              "before making another")
         named, self.frozen = select_parameters(model, self.config.params)
+        _check_scaler(scaler)
+        if optimizer is not None:
+            _check_optimizer(optimizer, [p for _, p in named])
+        # Every check is done: from here on the monitor registers hooks.
         self.model = model
         self.param_names = tuple(n for n, _ in named)
         self._params = [p for _, p in named]
+        frozen = set(self.frozen)
+        self._frozen_params = [p for n, p in model.named_parameters() if n in frozen]
         self._registered_blocks = find_blocks(model)
         self._order = _ExecutionOrder(model, self._registered_blocks)
         self.mode = dist_utils.resolve_mode(model, self._params, self.config.distributed)
@@ -379,6 +428,7 @@ class GradientMonitor:
         self._check_open()
         if self._optimizer is not None:
             raise UsageError("this monitor is already attached to an optimizer; one monitor follows one optimizer")
+        _check_optimizer(optimizer, self._params)
         self._optimizer = optimizer
         self._hook = optimizer.register_step_pre_hook(self._on_optimizer_step)
         return self
@@ -403,6 +453,7 @@ class GradientMonitor:
         return self._optimizer_step(step)
 
     def _optimizer_step(self, step: Optional[int]) -> bool:
+        self._pick_up_unfrozen()
         self._step_count += 1
         number = self._step_count if step is None else int(step)
         if number % self.config.every or not self.active:
@@ -411,13 +462,18 @@ class GradientMonitor:
         return True
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        """Record this step and clip its gradients in place, as ``torch.nn.utils.clip_grad_norm_`` (L2) would.
+        """Record this step and clip the gradients of every trainable parameter in place, as
+        ``torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)`` would (L2 norm).
 
-        Returns the pre-clip total norm (a 0-dim tensor, NaN when any value is
-        non-finite; the gradients then become NaN as with torch). Use it instead
-        of :meth:`step` for this optimizer step. On steps the monitor does not
-        sample it calls torch's clipping, and under DDP it always does, so that
-        every replica applies the very same coefficient.
+        Returns the pre-clip total norm as a 0-dim tensor. When any
+        gradient value is non-finite the total is NaN (torch gives inf when
+        the non-finite values are all infinite) and the gradients become NaN
+        or zero, as with torch: skip such steps. Use it instead of
+        :meth:`step` for this optimizer step. The coefficient comes from the
+        statistics just taken (no second pass over the gradients), except on
+        steps the monitor does not sample, under DDP (so that every replica
+        applies the very same coefficient) and when ``params`` monitors a
+        subset: torch's clipping of all trainable parameters runs then.
         """
         self._check_open()
         if self.mode == "sharded":
@@ -426,15 +482,16 @@ class GradientMonitor:
         if self._optimizer is not None:
             self._recorded_by_clip = True
         recorded = self._optimizer_step(None)
-        if not recorded or self.mode == "replicated":
-            total = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        subset = self.config.params is not None
+        if not recorded or self.mode == "replicated" or subset:
+            trainable = [p for p in self.model.parameters() if p.requires_grad] if subset else self._params
+            total = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
             if recorded:
-                total64 = total.to(torch.float64)
-                self._mark_clipped(total64 * (max_norm / (total64 + CLIP_EPS)).clamp(max=1.0))
+                total64 = total.to(device=self._device, dtype=torch.float64)
+                coef = (max_norm / (total64 + CLIP_EPS)).clamp(max=1.0)
+                self._mark_clipped((self._monitored_total() if subset else total64) * coef)
             return total
-        table = self._slot_table(len(self._pending) - 1)
-        total = table[:, _SUMSQ].sum().sqrt()
-        total = torch.where(table[:, _NONFINITE].sum() > 0, torch.full_like(total, math.nan), total)
+        total = self._monitored_total()
         coef = (max_norm / (total + CLIP_EPS)).clamp(max=1.0)
         groups: dict[tuple, list[torch.Tensor]] = {}
         for p in self._params:
@@ -444,6 +501,12 @@ class GradientMonitor:
             torch._foreach_mul_(grads, coef.to(device=device, dtype=dtype if dtype == torch.float64 else torch.float32))
         self._mark_clipped(total * coef)
         return total
+
+    def _monitored_total(self) -> torch.Tensor:
+        """The L2 norm of the monitored gradients at the step just recorded (NaN with a non-finite value)."""
+        table = self._slot_table(len(self._pending) - 1)
+        total = table[:, _SUMSQ].sum().sqrt()
+        return torch.where(table[:, _NONFINITE].sum() > 0, torch.full_like(total, math.nan), total)
 
     def _mark_clipped(self, post_clip_l2: torch.Tensor) -> None:
         slot = len(self._pending) - 1
@@ -464,16 +527,44 @@ class GradientMonitor:
             self.flush()
             self._device, self._buffer = device, None
 
+    def _pick_up_unfrozen(self) -> None:
+        """Parameters unfrozen since the monitor was made join it (matching ``params``, if given): their
+        earlier steps read as "no gradient". Costs one ``requires_grad`` read per frozen parameter."""
+        if not any(p.requires_grad for p in self._frozen_params):
+            return
+        patterns = self.config.params
+        unfrozen = {n for n, p in zip(self.frozen, self._frozen_params) if p.requires_grad}
+        joining = {n for n in unfrozen
+                   if patterns is None or any(n == pat or fnmatch.fnmatchcase(n, pat) for pat in patterns)}
+        self.frozen = [n for n in self.frozen if n not in unfrozen]
+        self._frozen_params = [p for p in self._frozen_params if not p.requires_grad]
+        if not joining:
+            return
+        self.flush()  # the buffered steps keep the old rows
+        monitored = set(self.param_names) | joining
+        named = [(n, p) for n, p in self.model.named_parameters() if n in monitored]  # model order
+        old = {n: i for i, n in enumerate(self.param_names)}
+        self._chunks = [_widen(chunk, [old.get(n, -1) for n, _ in named]) for chunk in self._chunks]
+        self.param_names = tuple(n for n, _ in named)
+        self._params = [p for _, p in named]
+        self._buffer = None
+
     def _unscale_factors(self) -> Optional[torch.Tensor]:
         scaler = self._scaler
         if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
             return None
-        if self._optimizer is not None:
-            state = scaler._per_optimizer_states.get(id(self._optimizer), {})
-            from torch.amp.grad_scaler import OptState
+        from torch.amp.grad_scaler import OptState
 
-            if state.get("stage") == OptState.UNSCALED:
-                return None
+        if self._optimizer is not None:
+            unscaled = [scaler._per_optimizer_states.get(id(self._optimizer), {}).get("stage") == OptState.UNSCALED]
+        else:  # the optimizers the scaler has seen this step
+            unscaled = [state.get("stage") == OptState.UNSCALED for state in scaler._per_optimizer_states.values()]
+        if unscaled and all(unscaled):
+            return None  # scaler.unscale_ already ran: the gradients are true values
+        if any(unscaled):
+            raise UsageError("the GradScaler has unscaled the gradients of some optimizers but not of others; "
+                             "pass the optimizer to the monitor (GradientMonitor(model, optimizer, scaler=scaler)) "
+                             "so it knows which gradients it reads")
         inv = scaler._scale.to(device=self._device, dtype=torch.float64).reciprocal().reshape(())
         one = torch.ones((), dtype=torch.float64, device=self._device)
         return torch.stack([inv * inv, inv, inv, inv, one, one])

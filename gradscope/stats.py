@@ -189,11 +189,19 @@ def _to_device(values: Sequence, dtype: torch.dtype, device: torch.device) -> to
     return _host_to(torch.tensor(values, dtype=dtype), device)
 
 
+# Pinned sources of copies captured into CUDA graphs: a replay reads them again, so they must
+# never be freed and reused. A few bytes per row, once per capture.
+_CAPTURED_SOURCES: list[torch.Tensor] = []
+
+
 def _host_to(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        # Pinned + non_blocking: the host does not wait for the device.
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
+    if device.type != "cuda":
+        return host.to(device)
+    # Pinned + non_blocking: the host does not wait for the device.
+    pinned = host.pin_memory()
+    if torch.cuda.is_current_stream_capturing():
+        _CAPTURED_SOURCES.append(pinned)
+    return pinned.to(device, non_blocking=True)
 
 
 def _run_group(tensors: list[torch.Tensor], device: torch.device, backend: str) -> tuple[torch.Tensor, str]:

@@ -27,6 +27,19 @@ def expected_stats(t) -> dict:
     )
 
 
+def constant_cases(device) -> list[torch.Tensor]:
+    """Long constant tensors: every fp32 partial sum rounds the same way, so rounding errors add up
+    instead of cancelling. A kernel that sums too many terms in fp32 before widening drifts past 1e-6."""
+    out = []
+    for dtype, value, sizes in ((torch.bfloat16, 0.99609375, (131_072, 3 * 131_072 + 5)),
+                                (torch.float16, 0.3, (131_072,)),
+                                (torch.float32, 0.1, (65_536, 1 << 20)),
+                                (torch.float32, 0.3, (65_536,)),
+                                (torch.float32, -0.7, (1 << 20,))):
+        out += [torch.full((n,), value, dtype=dtype, device=device) for n in sizes]
+    return out
+
+
 def assert_stats_match(stats, tensors, rtol: float = 1e-6) -> None:
     """Every row of ``stats`` against the reference: counts and max exact, sums within rtol.
 

@@ -180,6 +180,26 @@ def test_plain_state_dict_pt_checkpoint_loads(tmp_path):
     assert report.summary("pretrained")["blocks"] == 8
 
 
+def test_offline_torchvision_name_reads_the_cache_and_never_downloads(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what --offline sets
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: pytest.fail("--offline must not download"))
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    with pytest.raises(ModelLoadError, match="--offline: the pretrained weights of resnet18 are not in the torch hub "
+                                             "cache .*--arch resnet18"):
+        gradscope.analyze("resnet18", gradscope.AnalyzeConfig(device="cpu"))
+
+    (tmp_path / "checkpoints").mkdir()
+    hm.save_resnet18_checkpoint(tmp_path / "checkpoints" / "cached.pt", num_classes=1000)
+    (tmp_path / "checkpoints" / "cached.pt").rename(tmp_path / "checkpoints" / url.rsplit("/", 1)[1])
+    report = gradscope.analyze("resnet18", gradscope.AnalyzeConfig(baselines=("pretrained",), image_size=32,
+                                                                   batch_size=2, device="cpu"))
+    assert report.meta["source"] == "torchvision" and report.summary("pretrained")["blocks"] == 8
+
+
 def test_unknown_torchvision_name_lists_close_matches():
     with pytest.raises(ModelLoadError, match="unknown torchvision model 'resnet19'; close matches: .*resnet18"):
         gradscope.analyze("resnet19")

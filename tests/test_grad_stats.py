@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from stats_reference import assert_stats_match, expected_stats
+from stats_reference import assert_stats_match, constant_cases, expected_stats
 
 import gradscope
 from gradscope import _ext
@@ -198,6 +198,12 @@ def test_large_values_do_not_overflow(backend, scale):
     stats = gradscope.grad_stats(tensors, backend=backend)
     assert torch.isfinite(stats.sumsq).all()
     assert_stats_match(stats, tensors)
+
+
+def test_constant_tensors_do_not_drift(backend):
+    # Rounding errors that do not cancel: the fp32 partial sums must stay short.
+    tensors = constant_cases("cpu")
+    assert_stats_match(gradscope.grad_stats(tensors, backend=backend), tensors)
 
 
 def test_mixed_dtypes_low_precision_error_bound(backend):

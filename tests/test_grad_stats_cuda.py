@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stats_reference import assert_stats_match
+from stats_reference import assert_stats_match, constant_cases
 
 import gradscope
 
@@ -42,6 +42,12 @@ def test_cuda_matches_reference(fused_cuda):
     stats = gradscope.grad_stats(tensors, backend="fused")
     assert stats.device == fused_cuda
     assert_stats_match(stats, tensors)
+
+
+def test_cuda_constant_tensors_do_not_drift(fused_cuda):
+    # Every thread rounds the same way on a constant tensor: long fp32 runs would drift past 1e-6.
+    tensors = constant_cases(fused_cuda)
+    assert_stats_match(gradscope.grad_stats(tensors, backend="fused"), tensors)
 
 
 def one_chunk_cases(device, n=SMALL_LIST):
@@ -98,17 +104,24 @@ def test_cuda_graph_capture_replays_with_new_values(fused_cuda):
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         op(tensors)  # warm up off the capture
+        gradscope.grad_stats(tensors).numel
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = op(tensors)
+        captured_numel = gradscope.grad_stats(tensors).numel  # a host-to-device copy, captured
     for t in tensors:
         t.mul_(-2.0)  # new values in place: the replay must read them
+    torch.cuda.synchronize()
+    for _ in range(3):  # reuse freed pinned host memory: the captured copy must not read it
+        gradscope.grad_stats([torch.full((7,), 1.0, device=fused_cuda)] * len(sizes)).numel.sum().item()
+    captured_numel.zero_()
     graph.replay()
     torch.cuda.synchronize()
     stats = gradscope.GradStats(captured.clone(), tuple(sizes), (True,) * len(sizes), "fused")
     assert_stats_match(stats, tensors)
     assert torch.equal(captured, op(tensors))  # the staging-buffer path, bitwise alike
+    assert captured_numel.tolist() == sizes
 
 
 def test_cuda_many_tiny_tensors_one_call(fused_cuda):

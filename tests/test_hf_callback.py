@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 
+from gradscope.errors import UsageError  # noqa: E402
 from gradscope.integrations.hf import GradscopeCallback, add_gradscope_callback  # noqa: E402
 from gradscope.report import Report  # noqa: E402
 
@@ -32,7 +33,7 @@ class Reference(transformers.TrainerCallback):
         self.steps[state.global_step + 1] = row
 
 
-def tiny_trainer(tmp_path, *, max_grad_norm=0.0, accumulation=1, steps=3):
+def tiny_trainer(tmp_path, *, max_grad_norm=0.0, accumulation=1, steps=3, logging_steps=1):
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=32, max_position_embeddings=32)
@@ -46,7 +47,7 @@ def tiny_trainer(tmp_path, *, max_grad_norm=0.0, accumulation=1, steps=3):
         data.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=accumulation,
-        max_steps=steps, logging_steps=1, max_grad_norm=max_grad_norm, learning_rate=1e-3, report_to=[],
+        max_steps=steps, logging_steps=logging_steps, max_grad_norm=max_grad_norm, learning_rate=1e-3, report_to=[],
         use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True)
     return transformers.Trainer(model=model, args=args, train_dataset=data)
 
@@ -100,3 +101,21 @@ def test_plain_callbacks_argument_warns_when_report_to_would_miss_values(tmp_pat
     with pytest.warns(RuntimeWarning, match="add_gradscope_callback"):
         callback.on_train_begin(trainer.args, trainer.state, trainer.control, model=trainer.model)
     callback.monitor.close()
+
+
+def test_monitor_options_pass_through_and_only_training_logs_get_values(tmp_path):
+    trainer = tiny_trainer(tmp_path, steps=5, logging_steps=2)
+    callback = add_gradscope_callback(trainer, every=2, flush_every=1)
+    assert callback.config.keep_last == 1024  # no report: only recent steps are kept
+    monitors = []
+    trainer.add_callback(type("Spy", (transformers.TrainerCallback,), {
+        "on_train_begin": lambda self, *a, **k: monitors.append(callback.monitor)})())
+    trainer.train()
+    assert monitors[0].config.every == 2 and monitors[0].config.flush_every == 1
+    assert [r["step"] for r in logged(trainer)] == [2, 4]
+    assert all("gradscope/no_clip/grad_norm" in r for r in logged(trainer))
+    summary = [h for h in trainer.state.log_history if "train_runtime" in h]
+    assert summary and not any(k.startswith("gradscope/") for k in summary[0])  # step 5: no training log
+    with pytest.raises(UsageError, match="unknown GradientMonitor option.*evry"):
+        GradscopeCallback(evry=2)
+    assert GradscopeCallback(report_dir=tmp_path / "r").config.keep_last is None  # the report has every step

@@ -474,3 +474,112 @@ def test_grad_scaler_overflow_is_counted_as_the_scaler_sees_it():
     scaler.unscale_(opt)
     found_inf = sum(v.item() for v in scaler._found_inf_per_device(opt).values())
     assert nonfinite > 0 and found_inf > 0  # the step the scaler will skip is flagged, not hidden
+
+
+def test_parameters_unfrozen_later_join_and_are_clipped():
+    net, twin = make(), make()
+    for m in (net, twin):
+        m.inp.requires_grad_(False)
+    with GradientMonitor(net) as monitor:
+        backward(net, 0)
+        monitor.step()
+        net.zero_grad()
+        for m in (net, twin):
+            m.inp.requires_grad_(True)  # unfrozen mid-training
+            backward(m, 1)
+        torch_total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.05)
+        pre = ref_global_l2(net)
+        total = monitor.clip_grad_norm_(0.05)
+        history = monitor.history
+        assert monitor.frozen == []
+    assert math.isclose(total.item(), torch_total.item(), rel_tol=1e-6) and math.isclose(total.item(), pre,
+                                                                                          rel_tol=1e-6)
+    for p, q in zip(net.parameters(), twin.parameters()):  # the unfrozen layer was clipped too
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
+    assert history.param_names[:2] == ("inp.weight", "inp.bias")  # model order
+    assert not history.present[0, :2].any() and history.present[1, :2].all()  # step 1: no gradient there
+    assert torch.isnan(history.param_l2()[0, :2]).all()
+    assert close(history.param_l2()[1, 0].item(), torch.linalg.vector_norm(twin.inp.weight.grad.double()).item()
+                 / (0.05 / (torch_total.item() + 1e-6)))
+    assert close(history.global_l2()[1].item(), pre)
+
+
+def test_unfrozen_parameters_outside_params_stay_out():
+    net = make()
+    net.inp.requires_grad_(False)
+    with GradientMonitor(net, params=["layers.*"]) as monitor:
+        net.inp.requires_grad_(True)
+        backward(net, 0)
+        monitor.step()
+        assert all(n.startswith("layers.") for n in monitor.param_names) and monitor.frozen == []
+
+
+def test_clip_with_a_params_subset_clips_every_trainable_parameter():
+    net, twin = make(), make()
+    backward(net, 0)
+    backward(twin, 0)
+    torch_total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1)
+    with GradientMonitor(net, params=["layers.*"]) as monitor:
+        subset_pre = torch.linalg.vector_norm(torch.cat([p.grad.double().reshape(-1)
+                                                         for n, p in net.named_parameters()
+                                                         if n.startswith("layers.")])).item()
+        total = monitor.clip_grad_norm_(0.1)
+        history = monitor.history
+    assert math.isclose(total.item(), torch_total.item(), rel_tol=1e-6)
+    for p, q in zip(net.parameters(), twin.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
+    coef = 0.1 / (torch_total.item() + 1e-6)
+    assert close(history.global_l2()[0].item(), subset_pre)
+    assert math.isclose(history.post_clip_l2[0].item(), subset_pre * coef, rel_tol=1e-6)
+
+
+def test_grad_scaler_without_optimizer_after_unscale_does_not_divide_twice():
+    net, plain = make(), make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)
+    ((plain(x) - y) ** 2).mean().backward()
+    with GradientMonitor(net, scaler=scaler) as monitor:
+        scaler.scale(((net(x) - y) ** 2).mean()).backward()
+        scaler.unscale_(opt)
+        monitor.step()  # after unscale_, with the scaler passed anyway
+        history = monitor.history
+    assert math.isclose(history.global_l2()[0].item(), ref_global_l2(plain), rel_tol=1e-6)
+
+
+def test_nonfinite_block_and_parameter_norms_are_nan_as_torch():
+    net = make()
+    _nan_grad_at(net, 2)
+    with GradientMonitor(net, on_nonfinite="ignore") as monitor:
+        backward(net, 0)
+        monitor.step()
+        history, latest = monitor.history, monitor.latest()
+    b = history.blocks.index("layers.2")
+    assert math.isnan(history.block_l2()[0, b].item()) and math.isnan(latest["blocks"]["layers.2"])
+    assert torch.isnan(torch.linalg.vector_norm(net.layers[2][0].weight.grad))  # what torch says
+    assert math.isnan(history.param_l2()[0, history.param_names.index("layers.2.0.weight")].item())
+    assert not math.isnan(latest["blocks"]["layers.0"])
+    row = [r for r in history.rows() if r["block"] == "layers.2"][0]
+    assert math.isnan(row["grad_l2"]) and row["grad_nonfinite"] == 64
+
+
+def test_a_step_without_any_gradient_has_no_global_norm():
+    with GradientMonitor(make()) as monitor:
+        monitor.step()  # before any backward
+        assert math.isnan(monitor.latest()["global"])
+
+
+def test_bad_optimizer_or_scaler_is_refused_and_leaves_nothing_behind():
+    net, other = make(), make(seed=1)
+    scaler = torch.amp.GradScaler("cpu")
+    with pytest.raises(UsageError, match="optimizer must be a torch.optim.Optimizer; got GradScaler.*scaler="):
+        GradientMonitor(net, scaler)
+    with pytest.raises(UsageError, match="scaler must be a torch.amp.GradScaler; got SGD"):
+        GradientMonitor(net, scaler=torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(UsageError, match="holds none of the monitored parameters"):
+        GradientMonitor(net, torch.optim.SGD(other.parameters(), lr=0.1))
+    assert not net._forward_pre_hooks and not any(m._forward_pre_hooks for m in net.modules())
+    GradientMonitor(net).close()  # the corrected call is not refused as "already attached"

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 from torch import nn
 
-from ..monitor import GradientMonitor
+from ..monitor import GradientMonitor, MonitorConfig
+
+# Steps a callback keeps on the host when it writes no report: it only logs the latest.
+CALLBACK_KEEP_LAST = 1024
 
 
 class MonitorCallbackOptions:
     """The options of a training-framework callback, and the monitor it makes from them.
 
-    ``every``, ``params`` and ``on_nonfinite`` are :class:`~gradscope.GradientMonitor`'s;
-    ``report_dir`` writes a report when training ends; ``prefix`` starts every log key.
+    ``options`` are :class:`~gradscope.GradientMonitor`'s (``every``, ``params``,
+    ``on_nonfinite``, ``keep_last``, ...); ``report_dir`` writes a report with
+    every recorded step when training ends; ``prefix`` starts every log key.
+    Without ``report_dir`` only the last ``CALLBACK_KEEP_LAST`` steps stay on
+    the host, unless ``keep_last`` says otherwise.
     """
 
-    def __init__(self, *, every: int = 1, params: Optional[Sequence[str]] = None, on_nonfinite: str = "warn",
-                 report_dir=None, prefix: str = "gradscope"):
-        self.every = every
-        self.params = params
-        self.on_nonfinite = on_nonfinite
+    def __init__(self, *, report_dir=None, prefix: str = "gradscope", **options):
+        if report_dir is None:
+            options.setdefault("keep_last", CALLBACK_KEEP_LAST)
+        self.config = MonitorConfig.with_options(None, options)  # bad options fail here, not at train time
         self.report_dir = report_dir
         self.prefix = prefix
-        self.monitor: Optional[GradientMonitor] = None
+        self.monitor: GradientMonitor | None = None
 
     def make_monitor(self, model: nn.Module) -> GradientMonitor:
-        return GradientMonitor(model, every=self.every, params=self.params, on_nonfinite=self.on_nonfinite)
+        return GradientMonitor(model, config=self.config)

@@ -32,7 +32,7 @@ off), before this event, so the numbers are of unscaled gradients.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 from transformers import TrainerCallback
 
@@ -44,9 +44,8 @@ from ._options import MonitorCallbackOptions
 class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
     """A ``TrainerCallback`` that logs per-block and global gradient norms (see the module docstring)."""
 
-    def __init__(self, *, every: int = 1, params: Optional[Sequence[str]] = None, on_nonfinite: str = "warn",
-                 report_dir=None, prefix: str = "gradscope"):
-        super().__init__(every=every, params=params, on_nonfinite=on_nonfinite, report_dir=report_dir, prefix=prefix)
+    def __init__(self, *, report_dir=None, prefix: str = "gradscope", **options):
+        super().__init__(report_dir=report_dir, prefix=prefix, **options)
         self.stage = "no_clip"
         self.installed_first = False
         self._logged_step: Optional[int] = None
@@ -89,6 +88,8 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.monitor is None or logs is None or self._logged_step == state.global_step:
             return
+        if "loss" not in logs and "grad_norm" not in logs:
+            return  # an evaluation or the end-of-training summary, not a training step's log
         self.monitor.flush()  # a collective in sharded mode: every process takes part
         if not self._main or not self.monitor._chunks:
             return

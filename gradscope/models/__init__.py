@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -36,6 +37,11 @@ class Subject:
     objective: str  # "masked-lm", "causal-lm", "surrogate-masked-lm", "surrogate-causal-lm", "cross-entropy", "custom"
     inputs: str  # where the batch came from, in words
     meta: dict = field(default_factory=dict)
+
+
+def offline() -> bool:
+    """True under ``--offline`` (it sets HF_HUB_OFFLINE): then nothing is downloaded, from any source."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -19,7 +19,6 @@ transformers and ``HF_HUB_OFFLINE``; a model that cannot be fetched is a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError, UsageError
-from . import Subject, resolve_device, resolve_dtype, to_device
+from . import Subject, offline, resolve_device, resolve_dtype, to_device
 from .inputs import (
     load_images,
     mask_tokens,
@@ -59,8 +58,7 @@ def _load_error(spec: str, local: bool, exc: Exception) -> ModelLoadError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if local:
         return ModelLoadError(f"cannot load the Hugging Face model in {spec}: {first}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    if offline:
+    if offline():
         why = "HF_HUB_OFFLINE is set and it is not in the local cache"
     else:
         why = "the Hugging Face hub could not be reached"
@@ -281,7 +279,7 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
     dtype = resolve_dtype(config.dtype)
     if local:
         progress(f"loading {spec} (Hugging Face, local directory)")
-    elif os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    elif offline():
         progress(f"loading {spec} from the Hugging Face cache (HF_HUB_OFFLINE is set)")
     else:
         progress(f"loading {spec} from the Hugging Face hub or its cache (offline? pass --offline to skip the hub)")

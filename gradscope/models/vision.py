@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError, UsageError
-from . import Subject, resolve_device, resolve_dtype, to_device
+from . import Subject, offline, resolve_device, resolve_dtype, to_device
 from .inputs import load_images, random_labels, synthetic_images
 
 DEFAULT_IMAGE_SIZE = 224
@@ -115,6 +115,11 @@ def _subject(name: str, source: str, model: nn.Module, make_scratch, num_classes
     )
 
 
+def _cached_weights(url: str) -> Path:
+    """Where torchvision keeps a downloaded weights file (torch.hub's checkpoints folder)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
 def load_torchvision(name: str, config, progress: Callable[[str], None]) -> Subject:
     """A torchvision classification model with its default pretrained weights (downloaded or cached)."""
     tvm = _torchvision_models()
@@ -126,6 +131,12 @@ def load_torchvision(name: str, config, progress: Callable[[str], None]) -> Subj
         )
     progress(f"loading {name} ({weights}) from torchvision")
     num_classes = len(weights.meta["categories"])
+    if offline() and not _cached_weights(weights.url).is_file():
+        raise ModelLoadError(
+            f"--offline: the pretrained weights of {name} are not in the torch hub cache "
+            f"({_cached_weights(weights.url)}); download {weights.url} where the network is reachable and pass it: "
+            f"gradscope analyze {Path(weights.url).name} --arch {name}"
+        )
     try:
         state = weights.get_state_dict(progress=False)
     except Exception as exc:  # URLError, HTTPError, a broken cache file
