@@ -261,15 +261,22 @@ def _fmt(x: Optional[float]) -> str:
 
 
 def describe_decay(decay: Optional[dict]) -> str:
-    """'halves every 1.2 blocks (factor 0.56 per block, R^2 0.98)' and the like."""
+    """'the gradient halves every 1.2 blocks toward the input (factor 0.56 per block, R^2 0.98)' and the like.
+
+    Under one block per halving (doubling) it says the factor instead: 'falls 7.1x per block'.
+    """
     if not decay:
         return "no decay fit (fewer than 2 blocks with a gradient)"
     fit = f"factor {_fmt(decay['factor_per_block'])} per block, R^2 {decay['r2']:.2f}"
     if decay["trend"] == "flat":
         return f"the gradient is about constant across depth ({fit})"
-    if decay["trend"] == "shrinks":
-        return f"the gradient halves every {_fmt(decay['halves_every_blocks'])} blocks toward the input ({fit})"
-    return f"the gradient doubles every {_fmt(decay['doubles_every_blocks'])} blocks toward the input ({fit})"
+    shrinks = decay["trend"] == "shrinks"
+    every = decay["halves_every_blocks" if shrinks else "doubles_every_blocks"]
+    if every is not None and every < 1:  # "halves every 0.35 blocks" is hard to picture
+        factor = decay["factor_per_block"]
+        return (f"the gradient {'falls' if shrinks else 'grows'} {_fmt(max(factor, 1 / factor))}x per block "
+                f"toward the input (R^2 {decay['r2']:.2f})")
+    return f"the gradient {'halves' if shrinks else 'doubles'} every {_fmt(every)} blocks toward the input ({fit})"
 
 
 def _vanishing_fixes(inventory: dict) -> str:

@@ -97,6 +97,17 @@ def _run_meta(subject, config: Optional[AnalyzeConfig], device: str) -> dict:
     }
 
 
+def _forward_error(variant: str, exc: Exception) -> GradscopeError:
+    """One line for a forward/backward pass that raised; the ones the inputs cause are usage errors."""
+    from .models.failures import first_line, short_reason
+
+    if "Expected more than 1 value per channel" in str(exc):
+        # BatchNorm runs on batch statistics (as in training): one value per channel has no variance.
+        return UsageError(f"variant {variant}: batch normalization needs more than one value per channel "
+                          f"({short_reason(exc)}); raise --batch-size (or --image-size)")
+    return GradscopeError(f"variant {variant}: the forward/backward pass failed: {first_line(exc)}")
+
+
 def run_variants(subject, variants: Iterable, seed: int, progress: Progress, config=None):
     """Measure and analyze each variant on the subject's batches; return the :class:`Report`."""
     from .analysis import block_rows, compare, comparison_pairs, findings_for, parameter_rows, summarize
@@ -114,8 +125,7 @@ def run_variants(subject, variants: Iterable, seed: int, progress: Progress, con
         except GradscopeError:
             raise
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GradscopeError(f"variant {variant.name}: the forward/backward pass failed: {first}") from exc
+            raise _forward_error(variant.name, exc) from exc
         backends.add(m.grad.backend)
         inventory = describe_architecture(variant.model)
         params = parameter_rows(variant.name, m)

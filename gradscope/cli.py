@@ -117,7 +117,22 @@ def _progress_printer():
 
 
 def _names(text: str) -> tuple[str, ...]:
-    return tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    """``"he, sigmoid,he"`` -> ``("he", "sigmoid")``: a name given twice runs (and shows) once; ``none`` is none."""
+    return tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"))
+
+
+SEED_LIMIT = 2**63  # torch.manual_seed takes up to 2**64 - 1; inputs add small offsets to the seed
+
+
+def _seed(text: str) -> int:
+    """argparse type for --seed: an integer 0 <= seed < 2**63, or a clear usage error (exit 2)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= seed < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give an integer from 0 to 2**63 - 1")
+    return seed
 
 
 def _finish(report, args, progress) -> int:
@@ -141,16 +156,19 @@ def _add_write_flags(p, default_out) -> None:
     from .report import DEFAULT_FORMATS, RENDERERS
 
     p.add_argument("--out", metavar="DIR", default=default_out,
-                   help="directory to write the report to" + (f" (default: {default_out})" if default_out else ""))
+                   help="directory to write the report to (default: "
+                        + (f"{default_out})" if default_out else "none: only the summary is printed)"))
     p.add_argument("--format", default=",".join(DEFAULT_FORMATS), metavar="LIST",
                    help=f"report formats, comma separated, of {', '.join(RENDERERS)} "
                         f"(default: {','.join(DEFAULT_FORMATS)}; png needs matplotlib)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing report")
+    p.add_argument("--force", action="store_true",
+                   help="replace a report already in --out (its files this run does not write are removed)")
 
 
 def _add_output_flags(p, default_out) -> None:
     _add_write_flags(p, default_out)
-    p.add_argument("--seed", type=int, default=0, help="seed for inputs, masking and initialization (default 0)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed for inputs, masking and initialization, 0 to 2**63 - 1 (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu or cuda (default auto)")
 
 
@@ -237,7 +255,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.out:
         check_output(args.out, args.format, force=args.force)
     progress = _progress_printer()
-    report = compare_reports(args.reports, labels=_names(args.labels) if args.labels else ())
+    labels = tuple(n.strip() for n in args.labels.split(",") if n.strip()) if args.labels else ()
+    report = compare_reports(args.reports, labels=labels)  # repeated labels stay: compare numbers them
+    for warning in report.meta.get("warnings", []):
+        print(f"gradscope: warning: {warning}", file=sys.stderr)
     progress(f"compared {len(args.reports)} reports: {len(report.comparisons)} pairs of variants")
     return _finish(report, args, progress)
 
@@ -247,8 +268,8 @@ def _add_compare(sub) -> None:
         "compare", help="several saved reports side by side: per-block ratios, overlaid flow, verdict changes",
         description="Compare reports written by analyze, demo or compare (report.json files or the directories "
                     "holding them). The first is the reference: each variant of a later report is compared with "
-                    "the reference's variant of the same name, blocks matched by name (by depth for different "
-                    "models).",
+                    "the reference's variant of the same name, blocks matched by name (by depth, with a warning, for "
+                    "different models).",
     )
     p.add_argument("reports", nargs="+", metavar="REPORT", help="report.json files or directories holding one")
     p.add_argument("--labels", metavar="LIST",
@@ -274,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unexpected_error_lines(exc: BaseException) -> list[str]:
+    """What the command prints for an error it did not expect: its type and message, and how to see more."""
+    from .models.failures import first_line
+
+    message = first_line(exc)
+    message = "" if message == type(exc).__name__ else message
+    return [f"gradscope: error: {type(exc).__name__}" + (f": {message}" if message else ""),
+            f"gradscope: this was not expected; rerun with {DEBUG_ENV}=1 to see the traceback"]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -285,8 +316,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"gradscope: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        if _debug():
+            raise
         print("gradscope: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # last resort: one line, not a traceback, for what the cases above do not know
+        if _debug():
+            raise
+        print("\n".join(unexpected_error_lines(exc)), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ models. The first report is the reference. Each variant of a later report is
 compared with the reference's variant of the same name (or, when the two
 reports share no variant name, with the reference's variant at the same
 position), and the pair's blocks are matched by name (or, when the models
-share no block name, by depth). The result is an ordinary Report whose
+share no block name, by depth). A later report of another model, or with
+other block names, is still compared, with a one-line warning in
+``meta["warnings"]`` saying how. The result is an ordinary Report whose
 variants are named ``<label>/<variant>``, where a label names the report (its
 directory, or its file name without ``.json``), whose ``comparisons`` hold
 the per-block ratios (later / reference) and whose summaries hold each
@@ -74,6 +76,45 @@ def _compare_blocks(a: str, b: str, blocks_a: list[dict], blocks_b: list[dict]) 
     return {**compare(a, b, blocks_a, aligned), "matched_by": "depth"}
 
 
+def _model(report) -> tuple:
+    return report.meta.get("model"), report.meta.get("source")
+
+
+def _block_names(report, variant: str) -> list:
+    return [r["block"] for r in report.block_rows(variant)]
+
+
+def _matching_warning(ref_label: str, reference, label: str, report, comparisons: list[dict]) -> str:
+    """One line when ``report`` is not simply the reference's model under other conditions, else "".
+
+    Different models (meta model or source), or blocks of other names, are still compared, but by rules a
+    reader should know: variants paired in order when no names are shared, blocks by depth when no block
+    names are shared (by name, only the shared ones, otherwise).
+    """
+    pairs = _pairs(reference, report)
+    other_names = any(_block_names(report, mine) != _block_names(reference, theirs) for mine, theirs in pairs)
+    by_position = bool(pairs) and not any(mine == theirs for mine, theirs in pairs)
+    if _model(report) == _model(reference) and not other_names and not by_position:
+        return ""
+    if _model(report) != _model(reference):
+        subject = (f"{label} and {ref_label} are different models "
+                   f"({report.meta.get('model')!s}; {reference.meta.get('model')!s})")
+    elif other_names:
+        subject = f"{label} and {ref_label} have different blocks"
+    else:
+        subject = f"{label} and {ref_label}"
+    how = []
+    if by_position:
+        how.append("variants are paired in order, having no names in common")
+    if any(c.get("matched_by") == "depth" for c in comparisons):
+        how.append("blocks are matched by depth (position from the input), not by name")
+    elif other_names:
+        how.append("blocks are matched by name, only those both have")
+    else:
+        how.append("blocks are matched by name")
+    return f"{subject}: {'; '.join(how)}"
+
+
 def compare_reports(paths: Sequence, labels: Sequence[str] = ()):
     """Load the reports at ``paths`` and combine them into one comparison Report.
 
@@ -87,6 +128,10 @@ def compare_reports(paths: Sequence, labels: Sequence[str] = ()):
     if len(paths) < 2:
         raise UsageError("compare: give at least two reports (report.json files or the directories holding them)")
     reports = [Report.load(p) for p in paths]
+    for path, report in zip(paths, reports):
+        if not report.variants:
+            raise UsageError(f"compare: {os.fspath(path)} holds no variants: nothing to compare; give reports "
+                             "written by analyze, demo or a training monitor")
     labels = _unique(list(labels) if labels else [report_label(p) for p in paths])
     if len(labels) != len(reports):
         raise UsageError(f"compare: {len(labels)} labels for {len(reports)} reports")
@@ -103,11 +148,16 @@ def compare_reports(paths: Sequence, labels: Sequence[str] = ()):
         combined.blocks += _renamed(report.blocks, names)
         combined.params += _renamed(report.params, names)
 
-    reference = reports[0]
-    for report, names in zip(reports[1:], renames[1:]):
+    reference, warnings = reports[0], []
+    for label, report, names in zip(labels[1:], reports[1:], renames[1:]):
+        comparisons = []
         for mine, theirs in _pairs(reference, report):
             a, b = names[mine], renames[0][theirs]
-            combined.comparisons.append(_compare_blocks(a, b, combined.block_rows(a), combined.block_rows(b)))
+            comparisons.append(_compare_blocks(a, b, combined.block_rows(a), combined.block_rows(b)))
+        combined.comparisons += comparisons
+        warning = _matching_warning(labels[0], reference, label, report, comparisons)
+        if warning:
+            warnings.append(warning)
 
     combined.meta = {
         "kind": "comparison",
@@ -116,5 +166,6 @@ def compare_reports(paths: Sequence, labels: Sequence[str] = ()):
         "reports": [{"label": label, "path": os.fspath(path), "model": r.meta.get("model"),
                     "created": r.meta.get("created"), "meta": r.meta}
                    for label, path, r in zip(labels, paths, reports)],
+        "warnings": warnings,
     }
     return combined

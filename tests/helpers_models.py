@@ -71,3 +71,26 @@ def save_resnet18_checkpoint(path: Path, seed: int = 0, num_classes: int = 10) -
     else:
         torch.save(model.state_dict(), path)
     return path
+
+
+def save_small_bert(directory: Path, head: str = "BertForMaskedLM", num_labels: int = 2, seed: int = 0) -> Path:
+    """A 2-layer, 16-wide BERT with a 64-token vocabulary, ``head`` kept in its config, and no tokenizer files."""
+    import transformers
+    from transformers import BertConfig
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, num_labels=num_labels)
+    getattr(transformers, head)(config).save_pretrained(directory)
+    return directory
+
+
+def save_small_vocab_tokenizer(directory: Path, words: tuple[str, ...] = ("the", "a", "of")) -> Path:
+    """A WordPiece tokenizer that knows BERT's special tokens and ``words``: any other word reads as [UNK]."""
+    from transformers import BertTokenizer
+
+    vocab = Path(directory) / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizer(str(vocab)).save_pretrained(directory)
+    vocab.unlink()  # the saved tokenizer.json is what a model directory ships
+    return directory

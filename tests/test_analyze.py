@@ -424,7 +424,9 @@ def test_images_directory_goes_through_the_weights_preprocessing(tmp_path):
     path = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
     report = gradscope.analyze(str(path), gradscope.AnalyzeConfig(arch="resnet18", baselines=("pretrained",),
                                                                   images=str(images), batch_size=4, device="cpu"))
-    assert report.meta["inputs"].startswith(f"4 images from {images}")
+    # Three files for a batch of four: the inputs line says they repeat.
+    assert report.meta["inputs"].startswith(f"4 images from the 3 files in {images} (repeated; the weights' "
+                                            "preprocessing)")
     assert report.summary("pretrained")["blocks"] == 8
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,141 @@ def test_remote_code_is_refused_unless_asked(tmp_path, capsys):
     )
     assert main(["analyze", str(tmp_path), "--offline", "--out", ""]) == 3
     assert "pass --trust-remote-code" in capsys.readouterr().err
+
+
+# --- errors nobody planned for, argument checks -------------------------------------------------
+
+
+class _Silent(Exception):
+    def __str__(self):
+        raise RuntimeError("a broken __str__")
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (RuntimeError("boom\nsecond line"), "gradscope: error: RuntimeError: boom"),
+        (RuntimeError(), "gradscope: error: RuntimeError"),  # no message: no dangling colon, no crash
+        (KeyError("x"), "gradscope: error: KeyError: 'x'"),
+        (_Silent(), "gradscope: error: _Silent"),  # even a message that cannot be read
+    ],
+)
+def test_an_unexpected_error_is_one_line_and_a_debug_hint(monkeypatch, capsys, error, line):
+    import gradscope.cli as cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_cmd_info", fail)
+    monkeypatch.delenv("GRADSCOPE_DEBUG", raising=False)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [line, "gradscope: this was not expected; rerun with GRADSCOPE_DEBUG=1 to see the "
+                                      "traceback"]
+    monkeypatch.setenv("GRADSCOPE_DEBUG", "1")
+    with pytest.raises(type(error)):  # the traceback, for whoever debugs it
+        main(["info"])
+
+
+def test_ctrl_c_exits_130_with_a_short_line(monkeypatch, capsys):
+    import gradscope.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_info", interrupted)
+    monkeypatch.delenv("GRADSCOPE_DEBUG", raising=False)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "gradscope: interrupted\n"
+
+
+@pytest.mark.parametrize("seed", ["99999999999999999999", "-1", str(2**63), "1.5"])
+def test_a_seed_torch_cannot_take_is_a_usage_error(capsys, seed):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--seed", seed, "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --seed" in err and "Traceback" not in err
+
+
+def test_the_largest_seed_runs(capsys):
+    assert main(["demo", "--depth", "2", "--width", "4", "--batch-size", "4", "--device", "cpu",
+                 "--seed", str(2**63 - 1)]) == 0
+
+
+def test_a_name_given_twice_runs_once(monkeypatch, capsys):
+    from gradscope.cli import _names
+    from gradscope.report import Report, check_formats
+
+    assert _names("he, sigmoid,he,none") == ("he", "sigmoid")
+    assert check_formats("json,md,json") == ("json", "md")
+    seen = {}
+
+    def fake_analyze(model, config, progress=None):
+        seen["config"] = config
+        return Report()
+
+    monkeypatch.setattr("gradscope.analyzer.analyze", fake_analyze)
+    assert main(["analyze", "some-model", "--what-if", "he,he", "--baselines", "scratch,pretrained,scratch",
+                 "--out", ""]) == 0
+    assert seen["config"].what_ifs == ("he",) and seen["config"].baselines == ("scratch", "pretrained")
+
+
+def test_demo_help_says_no_report_is_written_without_out(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "directory to write the report to (default: none: only the summary is printed)" in text
+
+
+# --- one report per directory ----------------------------------------------------------------------
+
+TINY_DEMO = ["demo", "--depth", "3", "--width", "4", "--batch-size", "4", "--device", "cpu"]
+
+
+def test_another_format_into_a_report_directory_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main([*TINY_DEMO, "--out", str(out), "--format", "json"]) == 0
+    capsys.readouterr()
+    assert main([*TINY_DEMO, "--out", str(out), "--format", "md"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'report.json'} already exists; pass --force" in err and "demo:" not in err  # no work done
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+
+
+def test_force_replaces_the_whole_report_not_just_the_files_it_writes(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main([*TINY_DEMO, "--out", str(out), "--format", "json,html,md,csv"]) == 0
+    assert main([*TINY_DEMO, "--out", str(out), "--format", "json", "--force", "--seed", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]  # no stale page, summary or tables
+    assert json.loads((out / "report.json").read_text())["meta"]["seed"] == 1
+    (out / "notes.txt").write_text("mine")
+    assert main([*TINY_DEMO, "--out", str(out), "--format", "md", "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.md"]  # only gradscope's files go
+
+
+# --- the per-block table of variants with different blocks ---------------------------------------
+
+
+def test_shallow_resnet_values_sit_on_their_own_blocks(tmp_path, capsys):
+    """The shallow ResNet-18 keeps layer1.0, layer2.0, layer3.0, layer4.0: its values belong on those rows."""
+    path = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
+    out = tmp_path / "out"
+    assert main(["analyze", str(path), "--arch", "resnet18", "--image-size", "32", "--batch-size", "2",
+                 "--device", "cpu", "--baselines", "pretrained,shallow", "--out", str(out), "--format", "json,md"]) == 0
+    text = capsys.readouterr().out
+    data = json.loads((out / "report.json").read_text())
+    shallow = {b["block"]: b["act_grad_l2"] for b in data["blocks"] if b["variant"] == "shallow"}
+    assert list(shallow) == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    from gradscope.report.fmt import num
+
+    terminal = {line.split()[1]: line.split()[2:] for line in text.splitlines() if re.match(r"\d+ +layer\d\.\d", line)}
+    markdown = {cells[2].strip(): [c.strip() for c in cells[3:-1]]
+                for cells in (line.split("|") for line in (out / "report.md").read_text().splitlines())
+                if len(cells) > 3 and re.fullmatch(r" layer\d\.\d ", cells[2])}
+    for table in (terminal, markdown):
+        assert list(table) == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0",
+                               "layer4.1"]
+        for block, cells in table.items():
+            assert (cells[1] if len(cells) > 1 and cells[1] else None) == (
+                num(shallow[block]) if block in shallow else None), block

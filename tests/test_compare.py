@@ -104,3 +104,109 @@ def test_training_monitor_reports_compare_too(tmp_path):
     assert ratios[0] != ratios[0] and all(r > 0 for r in ratios[1:])  # NaN where a norm is missing
     assert all(r["act_grad_l2_ratio"] != r["act_grad_l2_ratio"] for r in pair["blocks"])
     combined.save(tmp_path / "out", formats="json,md,html")
+
+
+# --- files that are not gradscope reports ----------------------------------------------------------
+
+
+def _broken(data, key_path, value):
+    """A copy of report data with one field, at a path like ("blocks", 0, "grad_l2"), replaced."""
+    data = json.loads(json.dumps(data))
+    target = data
+    for key in key_path[:-1]:
+        target = target[key]
+    target[key_path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ([], "it holds a JSON array, not an object"),
+        ({"model": "bert", "layers": 12}, "it has no \"schema\" key"),
+        ({"schema": "other.tool/3"}, "its schema is 'other.tool/3', not 'gradscope.report/1'"),
+        ({"schema": "gradscope.report/1"}, "it has no 'meta', 'variants', 'summaries', 'findings', 'comparisons', "
+                                           "'blocks', 'params', 'series' (every gradscope report has them)"),
+        (("blocks", 0, "grad_l2", "0.5"), "blocks[0].grad_l2 is a string ('0.5'), not a number or null"),
+        (("blocks", 2, "depth", None), "blocks[2].depth is null, not an integer"),
+        (("summaries", 1, "decay", "r2", [1]), "summaries[1].decay.r2 is a list ([1]), not a number or null"),
+        (("blocks", 0, "variant", "ghost"), "blocks[0].variant 'ghost' is not one of its variants"),
+    ],
+)
+def test_a_file_that_is_not_a_report_is_refused_naming_what_is_wrong(shallow_and_deep, tmp_path, capsys, content,
+                                                                      problem):
+    a, _ = shallow_and_deep
+    if isinstance(content, tuple):  # a real report with one field broken
+        content = _broken(json.loads((a / "report.json").read_text()), content[:-1], content[-1])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(content))
+    assert main(["compare", str(a), str(bad), "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gradscope: error: {bad} is not a gradscope report: {problem}")
+    assert err.count("\n") == 1 and "upgrade" not in err
+
+
+def test_only_a_newer_schema_says_upgrade(shallow_and_deep, tmp_path, capsys):
+    a, _ = shallow_and_deep
+    (tmp_path / "report.json").write_text(json.dumps({"schema": "gradscope.report/2"}))
+    assert main(["compare", str(a), str(tmp_path), "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert "'gradscope.report/2' is not 'gradscope.report/1'" in err and "upgrade gradscope" in err
+
+
+def test_a_report_without_variants_has_nothing_to_compare(shallow_and_deep, tmp_path, capsys):
+    a, _ = shallow_and_deep
+    Report().save(tmp_path / "empty", formats="json")
+    assert main(["compare", str(a), str(tmp_path / "empty"), "--out", ""]) == 2
+    assert "holds no variants: nothing to compare" in capsys.readouterr().err
+
+
+# --- reports of different models -------------------------------------------------------------------
+
+
+def _other_model(report_dir, tmp_path):
+    """The report of ``report_dir`` as another model would have it: its own name, block and variant names."""
+    data = json.loads((report_dir / "report.json").read_text())
+    variants = {v["name"]: f"v{i}" for i, v in enumerate(data["variants"])}
+    for part in ("variants", "summaries", "findings", "blocks", "params", "comparisons"):
+        for row in data[part]:
+            for key in ("name", "variant", "base", "a", "b"):
+                if row.get(key) in variants:
+                    row[key] = variants[row[key]]
+            for key in ("block", "name", "first_block", "last_block"):
+                if isinstance(row.get(key), str):
+                    row[key] = row[key].replace("blocks.", "layer")
+    data["meta"]["model"], data["meta"]["source"] = "resnet-ish", "torchvision"
+    path = tmp_path / "other" / "report.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_different_models_get_a_warning_and_a_note_and_still_compare(shallow_and_deep, tmp_path, capsys):
+    a, _ = shallow_and_deep
+    other = _other_model(a, tmp_path)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(other), "--out", str(out), "--format", "json,md,html"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("gradscope: warning:")]
+    assert warnings == ["gradscope: warning: other and depth3 are different models (resnet-ish; demo MLP, 3 blocks of "
+                        "width 8): variants are paired in order, having no names in common; blocks are matched by "
+                        "depth (position from the input), not by name"]
+    combined = Report.load(out)
+    assert combined.meta["warnings"] == [warnings[0].removeprefix("gradscope: warning: ")]
+    assert combined.comparisons and all(c["matched_by"] == "depth" for c in combined.comparisons)
+    assert "matched by depth" in (out / "report.md").read_text()
+    assert "matched by depth" in (out / "report.html").read_text()
+    # the flow table names each value's own block where it is not the row's
+    row = next(line for line in captured.out.splitlines() if line.startswith("0 "))
+    assert row.split()[1] == "blocks.0" and "(layer0)" in row and "(blocks.0)" not in row
+
+
+def test_the_same_model_compares_without_a_warning(shallow_and_deep, tmp_path, capsys):
+    a, _ = shallow_and_deep
+    combined = compare_reports([a, a / "report.json"], labels=("run1", "run2"))
+    assert combined.meta["warnings"] == []
+    deep = compare_reports([a, shallow_and_deep[1]])
+    assert deep.meta["warnings"] == ["depth12 and depth3 are different models (demo MLP, 12 blocks of width 8; demo "
+                                     "MLP, 3 blocks of width 8): blocks are matched by name, only those both have"]

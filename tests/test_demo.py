@@ -22,6 +22,7 @@ The fitted factors are held to 5%.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -74,7 +75,10 @@ def test_findings_name_the_fix_a_reader_would_apply(report):
     assert set(by_variant) == {"sigmoid", "tanh", "relu"}
     assert "ReLU-family activation" in by_variant["sigmoid"]["fix"]
     assert "He init" in by_variant["relu"]["fix"] and "residual" in by_variant["relu"]["fix"]
-    assert "halves every" in by_variant["sigmoid"]["evidence"]
+    # under one block per halving, the factor per block reads better than "halves every 0.35 blocks"
+    falls = re.search(r"the gradient falls ([\d.]+)x per block toward the input", by_variant["sigmoid"]["evidence"])
+    assert float(falls.group(1)) == pytest.approx(1 / EXPECTED_FACTOR["sigmoid"], rel=0.05)
+    assert re.search(r"the gradient halves every [\d.]+ blocks toward the input", by_variant["tanh"]["evidence"])
 
 
 def test_same_seed_same_numbers(report):

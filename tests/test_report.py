@@ -339,3 +339,116 @@ def test_an_interrupted_first_write_leaves_no_files(demo_report, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         demo_report.save(tmp_path / "out", formats="json,html,md")
     assert not (tmp_path / "out").exists()
+
+
+def test_force_removes_the_old_reports_other_files_with_the_write(demo_report, tmp_path):
+    demo_report.save(tmp_path, formats="json,html,md,csv")
+    with pytest.raises(UsageError, match=r"report.json already exists; pass --force"):
+        demo_report.save(tmp_path, formats="svg")  # another format, same directory: still one report per directory
+    demo_report.save(tmp_path, formats="md", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
+def test_a_failed_forced_write_leaves_the_old_report_whole(demo_report, tmp_path, monkeypatch):
+    import gradscope.report as report_module
+
+    demo_report.save(tmp_path, formats="json,html,md")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace = os.replace
+
+    def fail_on_the_last_removal(src, dst):
+        if str(dst).endswith(".old") and Path(src).name == "report.html":
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(report_module.os, "replace", fail_on_the_last_removal)
+    changed = Report(**{**demo_report.__dict__, "meta": {**demo_report.meta, "model": "changed"}})
+    with pytest.raises(GradscopeError, match="cannot write the report"):
+        changed.save(tmp_path, formats="json", force=True)  # md went aside, html could not: all is undone
+    monkeypatch.setattr(report_module.os, "replace", real_replace)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def test_reading_checks_the_structure(demo_report, monitor_report, golden_report):
+    for report in (demo_report, monitor_report, golden_report):
+        assert Report.from_dict(json.loads(json.dumps(report.to_dict()))).to_dict() == report.to_dict()
+    data = demo_report.to_dict()
+    data["params"][3] = {**data["params"][3], "has_grad": "yes"}
+    with pytest.raises(UsageError, match=r"^the data is not a gradscope report: params\[3\].has_grad is a string "
+                                         r"\('yes'\), not true or false$"):
+        Report.from_dict(data)
+    data = {**demo_report.to_dict(), "variants": demo_report.to_dict()["variants"] * 2}
+    with pytest.raises(UsageError, match="variant 'sigmoid' is listed twice"):
+        Report.from_dict(data)
+    newer = {**demo_report.to_dict(), "schema": "gradscope.report/2", "future_field": 1}
+    with pytest.raises(UsageError, match="upgrade gradscope"):
+        Report.from_dict(newer)
+    assert Report.from_dict({**demo_report.to_dict(), "future_field": 1})  # added keys are allowed within /1
+
+
+# --- wording and per-block tables --------------------------------------------------------------------
+
+
+def test_trend_cells_say_the_factor_when_it_takes_under_one_block():
+    from gradscope.analysis import describe_decay, fit_decay
+    from gradscope.report.fmt import decay_text
+
+    falls, halves = fit_decay([1 / 7 ** (3 - d) for d in range(4)]), fit_decay([0.6 ** (3 - d) for d in range(4)])
+    grows, flat = fit_decay([3.0 ** (3 - d) for d in range(4)]), fit_decay([1.2 ** (3 - d) for d in range(4)])
+    assert [decay_text(d) for d in (falls, halves, grows, flat)] == [
+        "falls 7x/block", "halves every 1.4", "grows 3x/block", "flat"]
+    assert describe_decay(falls) == "the gradient falls 7x per block toward the input (R^2 1.00)"
+    assert describe_decay(grows) == "the gradient grows 3x per block toward the input (R^2 1.00)"
+    assert describe_decay(halves).startswith("the gradient halves every 1.36 blocks")
+
+
+def test_summary_tables_state_the_flat_rule(demo_report):
+    from gradscope.report.terminal import render_text
+
+    rule = "flat means under 2x change across all blocks"
+    assert rule in render_text(demo_report) and rule in render_markdown(demo_report)
+    assert rule in html_module.render_page(demo_report)
+
+
+def _shallow_report():
+    """pretrained with blocks a.0, a.1, b.0, b.1; a shallow copy that kept a.0 and b.0 (as analyze's shallow does)."""
+    report = Report(meta={"model": "m"})
+    for variant, blocks in (("pretrained", ["a.0", "a.1", "b.0", "b.1"]), ("shallow", ["a.0", "b.0"])):
+        report.variants.append({"name": variant})
+        report.summaries.append({"variant": variant, "verdict": "healthy", "flow_signal": "dL/dh", "decay": None})
+        scale = 1.0 if variant == "pretrained" else 1000.0
+        report.blocks += [{"block": b, "depth": d, "variant": variant, "grad_l2": 1.0,
+                           "act_grad_l2": scale * (d + 1)} for d, b in enumerate(blocks)]
+    return report
+
+
+def test_a_shallow_variants_values_stay_on_its_own_blocks():
+    from gradscope.report.terminal import flow_lines
+
+    report = _shallow_report()
+    lines = flow_lines(report)
+    rows = {line.split()[1]: line.split()[2:] for line in lines[3:7]}
+    assert rows == {"a.0": ["1", "1e+03"], "a.1": ["2"], "b.0": ["3", "2e+03"], "b.1": ["4"]}
+    assert "a blank cell: that variant has no block of that name (depths are pretrained's)" in lines
+    table = [line for line in render_markdown(report).splitlines() if line.startswith("| ") and "." in line]
+    assert table == ["| 0 | a.0 | 1 | 1e+03 |", "| 1 | a.1 | 2 |  |", "| 2 | b.0 | 3 | 2e+03 |", "| 3 | b.1 | 4 |  |"]
+    flow = next(p for p in all_plots(report) if p.key == "flow")  # the page's plot: names per point, caption says so
+    assert ("Depth 0 is a.0; depth 3 is b.1 in pretrained (other variants have other blocks at some depths)"
+            in flow.caption)
+
+
+def test_different_models_flow_table_names_each_values_block():
+    from gradscope.report.fmt import flow_table
+
+    report = _shallow_report()
+    for b in report.blocks:
+        if b["variant"] == "shallow":
+            b["block"] = b["block"].replace("a.", "stage1.").replace("b.", "stage2.")
+    table = flow_table({n: report.block_rows(n) for n in report.variant_names})
+    assert table.matched_by == "depth"
+    assert [(r.block, r.own_name) for r in table.rows] == [("a.0", {"shallow": "stage1.0"}),
+                                                           ("a.1", {"shallow": "stage2.0"}), ("b.0", {}), ("b.1", {})]
+    assert "| 1 | a.1 | 2 | 2e+03 (stage2.0) |" in render_markdown(report)

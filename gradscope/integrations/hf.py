@@ -3,7 +3,7 @@
 ::
 
     from gradscope.integrations import add_gradscope_callback
-    add_gradscope_callback(trainer, report_dir="gradscope-report")
+    add_gradscope_callback(trainer, report_dir="gradscope-report")   # also any GradientMonitor option: every=10, ...
     trainer.train()
 
 The callback records at ``on_pre_optimizer_step``: once per optimizer step

@@ -4,6 +4,7 @@
 
 - a directory: a Hugging Face model saved with ``save_pretrained`` (:mod:`.hf`);
 - a torchvision model name such as ``resnet50``, or a checkpoint file with ``arch`` (:mod:`.vision`);
+- a path that does not exist (see :func:`is_local_path`): a :class:`ModelLoadError`, never a hub lookup;
 - anything else: a Hugging Face hub id, fetched (or read from the local cache) by transformers (:mod:`.hf`);
 - from Python, any ``nn.Module`` with a batch and a loss function (:func:`from_module`).
 """
@@ -34,7 +35,8 @@ class Subject:
     make_scratch: Callable[[], nn.Module]  # same architecture, the library's own initialization
     batches: list  # each on the model's device, the same for every variant
     loss_fn: LossFn  # loss_fn(model, batch) -> scalar tensor
-    objective: str  # "masked-lm", "causal-lm", "surrogate-masked-lm", "surrogate-causal-lm", "cross-entropy", "custom"
+    objective: str  # "masked-lm", "causal-lm", "surrogate-masked-lm", "surrogate-causal-lm", "cross-entropy",
+    #                 "mean-squared-error" or "custom"
     inputs: str  # where the batch came from, in words
     meta: dict = field(default_factory=dict)
 
@@ -119,8 +121,25 @@ def from_module(model: nn.Module, batch: Any, loss_fn: Optional[LossFn], config)
     )
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def is_local_path(spec: str) -> bool:
+    """True for what can only name a local file: a Hugging Face hub id is ``name`` or ``org/name``, never more.
+
+    So ``/abs``, ``./rel``, ``../up``, ``~/home``, ``a/b/c`` and ``model.pt`` are paths even when nothing
+    is there, and their error is "no such file", not a hub lookup.
+    """
+    return (spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") > 1 or spec.endswith("/")
+            or Path(spec).suffix in CHECKPOINT_SUFFIXES)
+
+
 def load_subject(spec: str, config, progress: Callable[[str], None]) -> Subject:
     """Load the model ``spec`` names (see module docstring) with its inputs and objective."""
+    from ..errors import ModelLoadError
+
+    if spec.startswith("~"):
+        spec = os.path.expanduser(spec)
     path = Path(spec)
     if config.arch:
         from .vision import load_checkpoint
@@ -130,11 +149,13 @@ def load_subject(spec: str, config, progress: Callable[[str], None]) -> Subject:
         from .hf import load_hf
 
         return load_hf(spec, config, progress, local=True)
-    if path.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt") or path.is_file():
+    if path.is_file():
         raise UsageError(
             f"{spec} is a checkpoint file: name its architecture with --arch (e.g. --arch resnet50), "
             "or give the directory a Hugging Face model was saved to"
         )
+    if is_local_path(spec):
+        raise ModelLoadError(f"no such file or directory: {spec}")
     if "/" not in spec:
         from .vision import close_torchvision_names, is_torchvision_name, load_torchvision
 
@@ -142,8 +163,6 @@ def load_subject(spec: str, config, progress: Callable[[str], None]) -> Subject:
             return load_torchvision(spec, config, progress)
         close = close_torchvision_names(spec)
         if close:
-            from ..errors import ModelLoadError
-
             raise ModelLoadError(
                 f"unknown torchvision model {spec!r}; close matches: {', '.join(close)} "
                 "(a Hugging Face hub id is written owner/name)"

@@ -5,12 +5,21 @@ The head matches how the model was trained, read from ``config.architectures``
 
 - ``...ForMaskedLM`` / ``...ForPreTraining``: masked LM on seeded masked text (``masked-lm``);
 - ``...ForCausalLM`` / ``...LMHeadModel``: next-token prediction on the text (``causal-lm``);
+- ``...ForSequenceClassification``: the classifier kept, cross-entropy on the text against seeded
+  random labels in ``range(num_labels)`` (``cross-entropy``); with one label, a regression head,
+  mean squared error against seeded standard-normal targets (``mean-squared-error``);
+- ``...ForTokenClassification``: the same per token, special tokens unlabelled (``cross-entropy``);
 - ``...ForImageClassification``: cross-entropy on a seeded synthetic image batch and seeded labels;
-- anything else (a base model such as ``BertModel``, as sentence-transformers ship): the base model
-  with a *surrogate* loss that adds no random weights: the last hidden state is scored against the
-  model's own input embedding matrix (``logits = h @ E.T``, the tied LM head without its transform),
-  cross-entropy at the masked positions for encoders (``surrogate-masked-lm``), or at the next token
-  for decoders (``surrogate-causal-lm``).
+- anything else (a base model such as ``BertModel``, as sentence-transformers ship, or a head
+  gradscope has no objective for): the base model with a *surrogate* loss that adds no random
+  weights: the last hidden state is scored against the model's own input embedding matrix
+  (``logits = h @ E.T``, the tied LM head without its transform), cross-entropy at the masked
+  positions for encoders (``surrogate-masked-lm``), or at the next token for decoders
+  (``surrogate-causal-lm``). A progress line and ``meta["objective_note"]`` say so.
+
+Text is read with the model's tokenizer. Without one (transformers may make up a tokenizer of
+special tokens only when no tokenizer files were saved), or when it reads the text as mostly
+unknown tokens, the batch is seeded random token ids, and the inputs line says why.
 
 ``trust_remote_code`` is off unless the config asks for it. Hub access follows
 transformers and ``HF_HUB_OFFLINE``; a model that cannot be fetched is a
@@ -19,6 +28,7 @@ transformers and ``HF_HUB_OFFLINE``; a model that cannot be fetched is a
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,14 +38,17 @@ from torch import nn
 
 from ..errors import ModelLoadError, UsageError
 from . import Subject, offline, resolve_device, resolve_dtype, to_device
+from .failures import needs_code_message, pickled_global, short_reason
 from .inputs import (
     load_images,
     mask_tokens,
     random_labels,
+    random_targets,
     random_token_ids,
     synthetic_images,
     texts_for,
     token_windows,
+    unknown_fraction,
 )
 
 DEFAULT_IMAGE_SIZE = 224
@@ -55,9 +68,8 @@ def _quiet_transformers() -> None:
 
 
 def _load_error(spec: str, local: bool, exc: Exception) -> ModelLoadError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if local:
-        return ModelLoadError(f"cannot load the Hugging Face model in {spec}: {first}")
+        return ModelLoadError(f"cannot load the Hugging Face model in {spec}: {short_reason(exc)}")
     if offline():
         why = "HF_HUB_OFFLINE is set and it is not in the local cache"
     else:
@@ -69,18 +81,62 @@ def _load_error(spec: str, local: bool, exc: Exception) -> ModelLoadError:
     )
 
 
-def _objective(config) -> str:
+def _weights_error(spec: str, local: bool, exc: Exception, load_ignoring_sizes) -> ModelLoadError:
+    """One line for weights transformers found but could not read into the model, and what to do."""
+    where = f"the Hugging Face model in {spec}" if local else f"model {spec!r}"
+    if type(exc).__name__ == "SafetensorError":
+        return ModelLoadError(f"cannot load {where}: its .safetensors weights are damaged or truncated "
+                              f"({short_reason(exc)}); download or save the model again")
+    if isinstance(exc, pickle.UnpicklingError):
+        if pickled_global(exc):
+            return ModelLoadError(needs_code_message(
+                f"the .bin weights of {spec}", exc,
+                "if you trust the file, load it in Python and save it again with save_pretrained "
+                "(which writes model.safetensors)"))
+        return ModelLoadError(f"cannot load {where}: its .bin weights are not a readable torch checkpoint "
+                              f"({short_reason(exc)}); download or save the model again")
+    if isinstance(exc, RuntimeError) and ("ignore_mismatched_sizes" in str(exc) or "size mismatch" in str(exc)):
+        return ModelLoadError(f"cannot load {where}: its weights do not match the sizes in its config.json"
+                              f"{_first_mismatch(load_ignoring_sizes)}; save the config with the weights it "
+                              "belongs to (save_pretrained writes both)")
+    return ModelLoadError(f"cannot load {where}: {type(exc).__name__}: {short_reason(exc)}")
+
+
+def _first_mismatch(load_ignoring_sizes) -> str:
+    """`` (name is [a] in the checkpoint, [b] by the config; N tensors differ)``, or nothing if not found.
+
+    transformers names the tensors only in a log report; loading once more, told to skip them, lists them.
+    """
+    try:
+        _, info = load_ignoring_sizes()
+        mismatched = sorted(info["mismatched_keys"], key=lambda row: row[0])
+        name, saved, wanted = mismatched[0]
+    except Exception:  # best effort: the message stands without an example
+        return ""
+    return (f" ({name} is {list(saved)} in the checkpoint, {list(wanted)} by the config; "
+            f"{len(mismatched)} tensors differ)")
+
+
+def _task(config) -> str:
+    """What the model was trained to do, read from its config (see the module docstring)."""
     from transformers.models.auto import modeling_auto as auto
 
+    heads = (
+        (("ForMaskedLM", "ForPreTraining"), "masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+        (("ForCausalLM", "LMHeadModel"), "causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+        (("ForImageClassification",), "image-classification", None),
+        (("ForSequenceClassification",), "sequence-classification",
+         auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
+        (("ForTokenClassification",), "token-classification", auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
+    )
     architectures = list(getattr(config, "architectures", None) or [])
     model_type = config.model_type
     for arch in architectures:
-        if arch.endswith(("ForMaskedLM", "ForPreTraining")) and model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-            return "masked-lm"
-        if arch.endswith(("ForCausalLM", "LMHeadModel")) and model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            return "causal-lm"
-        if arch.endswith("ForImageClassification"):
-            return "cross-entropy"
+        for suffixes, task, supported in heads:
+            if arch.endswith(suffixes) and (supported is None or model_type in supported):
+                if task == "sequence-classification" and _is_regression(config):
+                    return "sequence-regression"
+                return task
     if architectures:  # a base model or another task head
         return "surrogate-causal-lm" if _is_decoder(config) else "surrogate-masked-lm"
     if model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
@@ -88,8 +144,13 @@ def _objective(config) -> str:
     if model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "causal-lm"
     if model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
-        return "cross-entropy"
+        return "image-classification"
     return "surrogate-causal-lm" if _is_decoder(config) else "surrogate-masked-lm"
+
+
+def _is_regression(config) -> bool:
+    """A one-output sequence head is trained as regression by transformers (e.g. similarity scores)."""
+    return getattr(config, "problem_type", None) == "regression" or config.num_labels == 1
 
 
 def _is_decoder(config) -> bool:
@@ -101,14 +162,13 @@ def _is_decoder(config) -> bool:
     )
 
 
-def _auto_class(objective: str):
-    import transformers
-
-    return {
-        "masked-lm": transformers.AutoModelForMaskedLM,
-        "causal-lm": transformers.AutoModelForCausalLM,
-        "cross-entropy": transformers.AutoModelForImageClassification,
-    }.get(objective, transformers.AutoModel)
+def _surrogate_note(config) -> str:
+    """Why a surrogate loss is measured, in one phrase for the user."""
+    heads = [arch for arch in (getattr(config, "architectures", None) or []) if "For" in arch]
+    how = "its last hidden state is scored against its own input embeddings, adding no random weights"
+    if heads:
+        return f"surrogate loss: gradscope has no objective for the {heads[0]} head, so it is left out and {how}"
+    return f"surrogate loss: the model has no language-model head, so {how}"
 
 
 # --- objectives: loss_fn(model, batch) ----------------------------------------------
@@ -144,12 +204,33 @@ def _image_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.float(), batch["labels"])
 
 
-_LOSSES = {
-    "masked-lm": _lm_loss,
-    "causal-lm": _lm_loss,
-    "surrogate-masked-lm": _surrogate_masked_loss,
-    "surrogate-causal-lm": _surrogate_causal_loss,
-    "cross-entropy": _image_loss,
+def _text_logits(model: nn.Module, batch: dict) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
+
+def _sequence_classification_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    return F.cross_entropy(_text_logits(model, batch), batch["labels"])
+
+
+def _sequence_regression_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    return F.mse_loss(_text_logits(model, batch).squeeze(-1), batch["labels"].float())
+
+
+def _token_classification_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    logits = _text_logits(model, batch)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))  # -100: unlabelled
+
+
+# task: (the objective the report names, the transformers Auto class that keeps the head, the loss)
+_TASKS = {
+    "masked-lm": ("masked-lm", "AutoModelForMaskedLM", _lm_loss),
+    "causal-lm": ("causal-lm", "AutoModelForCausalLM", _lm_loss),
+    "surrogate-masked-lm": ("surrogate-masked-lm", "AutoModel", _surrogate_masked_loss),
+    "surrogate-causal-lm": ("surrogate-causal-lm", "AutoModel", _surrogate_causal_loss),
+    "image-classification": ("cross-entropy", "AutoModelForImageClassification", _image_loss),
+    "sequence-classification": ("cross-entropy", "AutoModelForSequenceClassification", _sequence_classification_loss),
+    "sequence-regression": ("mean-squared-error", "AutoModelForSequenceClassification", _sequence_regression_loss),
+    "token-classification": ("cross-entropy", "AutoModelForTokenClassification", _token_classification_loss),
 }
 
 
@@ -173,20 +254,37 @@ def _sequence_length(hf_config, asked: Optional[int], progress) -> int:
     return DEFAULT_SEQ_LEN
 
 
-def _text_batches(spec: str, hf_config, objective: str, config, progress) -> tuple[list[dict], str]:
+MAX_UNKNOWN = 0.5  # above this share of [UNK] tokens the text says nothing to the model
+
+
+def _tokenizer(spec: str, config):
+    """The tokenizer saved with the model, or None when there is none to read text with."""
     from transformers import AutoTokenizer
 
-    if config.images:
-        raise UsageError("--images is for vision models; this is a text model (use --text)")
-    n = config.batch_size * config.batches
-    seq_len = _sequence_length(hf_config, config.seq_len, progress)
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=config.trust_remote_code)
-    except Exception:  # no tokenizer files: fall back to seeded ids, and say so
-        tokenizer = None
-    if tokenizer is not None and not tokenizer.vocab_size:
-        tokenizer = None  # transformers may build an empty tokenizer when the files are missing
-    if tokenizer is not None:
+    except Exception:  # no tokenizer files: the caller falls back to seeded ids, and says so
+        return None
+    # Without tokenizer files, transformers may build one that knows only its special tokens
+    # ([PAD], [UNK], [CLS], ...): every word would read as [UNK].
+    if not tokenizer.vocab_size or len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        return None
+    return tokenizer
+
+
+def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
+    """``n`` x ``seq_len`` token ids, which of them are special, the mask token id, and the source in words.
+
+    Text is read with the model's tokenizer. Without one, or when it reads the text as mostly unknown
+    tokens (a batch of one repeated id, with nothing to mask), the ids are seeded random ids instead.
+    """
+    tokenizer = _tokenizer(spec, config)
+    if tokenizer is None:
+        if config.text:
+            raise UsageError(f"--text: {spec} has no tokenizer files to read text with; save its tokenizer next to it")
+        why = "no tokenizer"
+        progress("no tokenizer found next to the model: using seeded random token ids")
+    else:
         texts, where = texts_for(config.text)
         ids = token_windows(tokenizer, texts, n, seq_len)
         if int(ids.max()) >= hf_config.vocab_size:
@@ -198,44 +296,76 @@ def _text_batches(spec: str, hf_config, objective: str, config, progress) -> tup
             [tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True) for row in ids.tolist()],
             dtype=torch.bool,
         )
-        mask_id = tokenizer.mask_token_id
-        inputs = f"{where}, {n} packed sequences of {seq_len} tokens"
-    else:
+        unknown = unknown_fraction(ids, special, tokenizer.unk_token_id)
+        if unknown > MAX_UNKNOWN:
+            why = f"the tokenizer reads {unknown:.0%} of the {where} as unknown tokens"
+        elif not bool((~special).any(dim=1).all()):
+            why = f"a sequence of the {where} holds only special or unknown tokens"
+        else:
+            return ids, special, tokenizer.mask_token_id, f"{where}, {n} packed sequences of {seq_len} tokens"
         if config.text:
-            raise UsageError(f"--text: {spec} has no tokenizer files to read text with")
-        progress("no tokenizer found next to the model: using seeded random token ids")
-        ids = random_token_ids(hf_config.vocab_size, n, seq_len, config.seed)
-        special = torch.zeros_like(ids, dtype=torch.bool)
-        mask_id = None
-        inputs = f"seeded random token ids (no tokenizer), {n} x {seq_len}"
-    if objective.endswith("masked-lm"):
+            raise UsageError(f"--text {config.text}: {why}; give text the model's tokenizer knows, "
+                             "or a longer --seq-len")
+        progress(f"{why}: using seeded random token ids")
+    ids = random_token_ids(hf_config.vocab_size, n, seq_len, config.seed)
+    mask_id = tokenizer.mask_token_id if tokenizer is not None else None
+    return ids, torch.zeros_like(ids, dtype=torch.bool), mask_id, f"seeded random token ids ({why}), {n} x {seq_len}"
+
+
+def _targets(task: str, ids: torch.Tensor, special: torch.Tensor, mask_id: Optional[int], hf_config, seed: int):
+    """The task's input ids and labels, and the labels in words (None: the text is its own label)."""
+    if task.endswith("masked-lm"):
         if mask_id is None:
             mask_id = getattr(hf_config, "mask_token_id", None) or 0
-        ids, labels = mask_tokens(ids, special, mask_id, config.seed)
-        inputs += f", {int((labels != -100).sum())} positions masked (seed {config.seed})"
-    else:
-        labels = ids.clone()
+        ids, labels = mask_tokens(ids, special, mask_id, seed)
+        return ids, labels, f"{int((labels != -100).sum())} positions masked (seed {seed})"
+    classes = hf_config.num_labels
+    if task == "sequence-classification":
+        return ids, random_labels(ids.shape[0], classes, seed), f"seeded random labels over {classes} classes"
+    if task == "sequence-regression":
+        return ids, random_targets(ids.shape[0], seed), "seeded standard-normal regression targets"
+    if task == "token-classification":
+        labels = random_labels(ids.numel(), classes, seed).view_as(ids)
+        labels[special] = -100  # as fine-tuning labels words, never [CLS] or [SEP]
+        return ids, labels, f"seeded random labels over {classes} classes per token"
+    return ids, ids.clone(), None  # causal: the next token
+
+
+def _text_batches(spec: str, hf_config, task: str, config, progress) -> tuple[list[dict], str]:
+    if config.images:
+        raise UsageError("--images is for vision models; this is a text model (use --text)")
+    n = config.batch_size * config.batches
+    seq_len = _sequence_length(hf_config, config.seq_len, progress)
+    ids, special, mask_id, inputs = _token_ids(spec, hf_config, config, n, seq_len, progress)
+    ids, labels, targets = _targets(task, ids, special, mask_id, hf_config, config.seed)
+    if targets:
+        inputs += f", {targets}"
     batches = []
     for b in range(config.batches):
         rows = slice(b * config.batch_size, (b + 1) * config.batch_size)
+        if not labels.is_floating_point() and not bool((labels[rows] != -100).any()):
+            # The loss would be a mean over nothing: NaN, read as a broken model.
+            raise UsageError(f"batch {b + 1} has no position to predict (every token is special or unknown); "
+                             "give a longer --seq-len or other --text")
         batches.append({
             "input_ids": ids[rows],
             "attention_mask": torch.ones_like(ids[rows]),
             "labels": labels[rows],
-            "causal": objective == "causal-lm",
+            "causal": task == "causal-lm",
         })
     return batches, inputs
 
 
-def _processed_images(spec: str, config, n: int) -> torch.Tensor:
-    """``--images`` through the model's own image processor (saved next to it)."""
+def _processed_images(spec: str, config, n: int) -> tuple[torch.Tensor, str]:
+    """``--images`` through the model's own image processor (saved next to it), and their source in words."""
     from transformers import AutoImageProcessor
 
     try:
         processor = AutoImageProcessor.from_pretrained(spec, trust_remote_code=config.trust_remote_code)
     except Exception:
         raise UsageError(f"--images: {spec} has no image processor saved with it; leave out --images") from None
-    return load_images(config.images, n, lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0])
+    return load_images(config.images, n, lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0],
+                       "the model's image processor")
 
 
 def _image_batches(spec: str, hf_config, config) -> tuple[list[dict], str]:
@@ -243,8 +373,7 @@ def _image_batches(spec: str, hf_config, config) -> tuple[list[dict], str]:
         raise UsageError("--text is for text models; this is an image classifier (use --images)")
     n = config.batch_size * config.batches
     if config.images:
-        pixels = _processed_images(spec, config, n)
-        source = f"{n} images from {config.images} (the model's image processor)"
+        pixels, source = _processed_images(spec, config, n)
     else:
         size = config.image_size or getattr(hf_config, "image_size", None) or DEFAULT_IMAGE_SIZE
         channels = getattr(hf_config, "num_channels", 3)
@@ -294,8 +423,9 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
     except (OSError, EnvironmentError) as exc:
         raise _load_error(spec, local, exc) from None
 
-    objective = _objective(hf_config)
-    auto_class = _auto_class(objective)
+    task = _task(hf_config)
+    objective, auto_name, loss_fn = _TASKS[task]
+    auto_class = getattr(transformers, auto_name)
     kwargs = {"trust_remote_code": config.trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -304,7 +434,10 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
     except (OSError, EnvironmentError) as exc:
         raise _load_error(spec, local, exc) from None
     except ValueError as exc:
-        raise ModelLoadError(f"cannot load {spec!r} as {auto_class.__name__}: {str(exc).splitlines()[0]}") from None
+        raise ModelLoadError(f"cannot load {spec!r} as {auto_class.__name__}: {short_reason(exc)}") from None
+    except Exception as exc:  # SafetensorError, UnpicklingError, RuntimeError: the weights themselves
+        raise _weights_error(spec, local, exc, lambda: auto_class.from_pretrained(
+            spec, config=hf_config, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)) from exc
     missing = list(info.get("missing_keys", []))
     if missing:
         progress(f"{len(missing)} weights not in the checkpoint were initialized at random (e.g. {missing[0]})")
@@ -314,10 +447,14 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         scratch = auto_class.from_config(hf_config, trust_remote_code=config.trust_remote_code)
         return scratch.to(device=device, dtype=dtype or next(model.parameters()).dtype)
 
-    if objective == "cross-entropy":
+    if task == "image-classification":
         batches, inputs = _image_batches(spec, hf_config, config)
     else:
-        batches, inputs = _text_batches(spec, hf_config, objective, config, progress)
+        batches, inputs = _text_batches(spec, hf_config, task, config, progress)
+    meta = {}
+    if task.startswith("surrogate"):
+        meta["objective_note"] = _surrogate_note(hf_config)
+        progress(meta["objective_note"])
     model_dtype = next(model.parameters()).dtype
     return Subject(
         name=spec,
@@ -325,7 +462,7 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         model=model,
         make_scratch=make_scratch,
         batches=[to_device(b, device, model_dtype) for b in batches],
-        loss_fn=_LOSSES[objective],
+        loss_fn=loss_fn,
         objective=objective,
         inputs=inputs,
         meta={
@@ -333,5 +470,6 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
             "model_type": hf_config.model_type,
             "missing_weights": len(missing),
             "transformers": transformers.__version__,
+            **meta,
         },
     )

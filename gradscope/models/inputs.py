@@ -105,18 +105,26 @@ def image_files(directory: str, n: int) -> list[Path]:
     return [files[i % len(files)] for i in range(n)]
 
 
-def load_images(directory: str, n: int, transform) -> torch.Tensor:
-    """``n`` images from ``directory`` through ``transform`` (the weights' own preprocessing), stacked."""
+def load_images(directory: str, n: int, transform, preprocessing: str) -> tuple[torch.Tensor, str]:
+    """``n`` images from ``directory`` through ``transform`` (the weights' own preprocessing, named by
+    ``preprocessing``), stacked, and where they came from in words: a batch larger than the directory
+    repeats its files, and says so."""
     from PIL import Image, UnidentifiedImageError
 
+    paths = image_files(directory, n)
     tensors = []
-    for path in image_files(directory, n):
+    for path in paths:
         try:
             with Image.open(path) as image:
                 tensors.append(transform(image.convert("RGB")))
         except (OSError, UnidentifiedImageError) as exc:
             raise UsageError(f"--images: cannot read {path} ({exc}); remove it or convert it to PNG/JPEG")
-    return torch.stack(tensors)
+    files = len(set(paths))
+    if files < n:
+        where = f"{n} images from the {files} file{'s' if files > 1 else ''} in {directory} (repeated; {preprocessing})"
+    else:
+        where = f"{n} images from {directory} ({preprocessing})"
+    return torch.stack(tensors), where
 
 
 def synthetic_images(n: int, channels: int, size: int, seed: int) -> torch.Tensor:
@@ -129,6 +137,25 @@ def random_labels(n: int, num_classes: int, seed: int) -> torch.Tensor:
     """Class labels drawn uniformly with the seed (a documented target, the same for every variant)."""
     generator = torch.Generator().manual_seed(seed + 1)
     return torch.randint(0, num_classes, (n,), generator=generator)
+
+
+def random_targets(n: int, seed: int) -> torch.Tensor:
+    """Standard-normal regression targets drawn with the seed, for a one-output regression head."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    return torch.randn((n,), generator=generator)
+
+
+def unknown_fraction(ids: torch.Tensor, special: torch.Tensor, unk_id) -> float:
+    """The share of the text's tokens that are the unknown token (specials such as ``[CLS]`` left out).
+
+    A tokenizer that does not know the text's words (or one transformers made up because no
+    tokenizer files were saved) reads most of it as ``[UNK]``: a batch of one repeated token.
+    """
+    if unk_id is None:
+        return 0.0
+    unknown = ids == unk_id
+    text = ~special | unknown  # tokenizers count [UNK] among their special tokens
+    return float(unknown.sum()) / max(int(text.sum()), 1)
 
 
 def texts_for(text_file: Optional[str]) -> tuple[list[str], str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import pickle
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..errors import ModelLoadError, UsageError
 from . import Subject, offline, resolve_device, resolve_dtype, to_device
+from .failures import clip, needs_code_message, pickled_global, short_reason
 from .inputs import load_images, random_labels, synthetic_images
 
 DEFAULT_IMAGE_SIZE = 224
@@ -61,7 +63,7 @@ def _check_arch(arch: str) -> None:
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
         hint = f"close matches: {', '.join(close)}" if close else "see torchvision.models.list_models()"
-        raise ModelLoadError(f"unknown torchvision classification model {arch!r}; {hint}")
+        raise UsageError(f"--arch {arch}: unknown torchvision classification model; {hint}")
 
 
 def _default_weights(arch: str):
@@ -87,8 +89,7 @@ def _subject(name: str, source: str, model: nn.Module, make_scratch, num_classes
     if config.images:
         if weights is None:
             raise UsageError(f"--images: torchvision has no preprocessing recorded for {name}; leave out --images")
-        pixels = load_images(config.images, n, weights.transforms())
-        inputs = f"{n} images from {config.images} (the weights' preprocessing)"
+        pixels, inputs = load_images(config.images, n, weights.transforms(), "the weights' preprocessing")
     else:
         crop = getattr(weights.transforms(), "crop_size", [DEFAULT_IMAGE_SIZE])[0] if weights else DEFAULT_IMAGE_SIZE
         size = config.image_size or crop
@@ -156,30 +157,50 @@ def read_state_dict(path: str) -> dict:
     """A state dict from ``.safetensors`` or a weights-only torch checkpoint; refuses pickled code."""
     file = Path(path)
     if not file.is_file():
-        raise ModelLoadError(f"checkpoint {path} does not exist")
+        raise ModelLoadError(f"no such file or directory: {path}")
+    if file.stat().st_size == 0:
+        raise ModelLoadError(f"cannot read checkpoint {path}: the file is empty (0 bytes); copy or save it again")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(file))
         except Exception as exc:
-            raise ModelLoadError(f"cannot read {path} as safetensors: {str(exc).splitlines()[0]}") from None
-    try:
-        obj = torch.load(str(file), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelLoadError(
-            f"refusing {path}: it needs pickled code to load ({str(exc).splitlines()[0][:160]}), and gradscope "
-            "loads checkpoints with weights_only=True so that no code from a file runs; save the weights with "
-            "torch.save(model.state_dict(), path) or as .safetensors"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise ModelLoadError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+            raise ModelLoadError(f"cannot read {path} as safetensors ({short_reason(exc)}); "
+                                 "it may be truncated: copy or save it again") from None
+    obj = _torch_load_weights_only(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelLoadError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return obj
+
+
+def _torch_load_weights_only(path: str):
+    """``torch.load(weights_only=True)``, its failures as one line each.
+
+    torch's own warnings are silenced here: the error that follows says all that matters, and a
+    warning printed before it would bury it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if pickled_global(exc):
+            raise ModelLoadError(needs_code_message(
+                path, exc, "save the weights with torch.save(model.state_dict(), path) or as .safetensors")) from None
+        raise _not_a_checkpoint(path, exc) from None
+    except Exception as exc:  # KeyError, EOFError, RuntimeError (not a zip), ...: not a checkpoint torch can read
+        raise _not_a_checkpoint(path, exc) from None
+
+
+def _not_a_checkpoint(path: str, exc: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"cannot read checkpoint {path}: it is neither a torch.save file nor safetensors ({short_reason(exc)}); "
+        "give the file torch.save(model.state_dict(), path) wrote, or a .safetensors file"
+    )
 
 
 def _num_classes(state: dict) -> Optional[int]:
@@ -192,6 +213,9 @@ def load_checkpoint(path: str, config, progress: Callable[[str], None]) -> Subje
     """A local checkpoint of the torchvision architecture ``config.arch``."""
     tvm = _torchvision_models()
     _check_arch(config.arch)
+    if Path(path).is_dir():
+        raise UsageError(f"--arch is for a checkpoint file, and {path} is a directory; "
+                         "leave out --arch for a Hugging Face model directory")
     progress(f"loading {path} as torchvision {config.arch}")
     state = read_state_dict(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
@@ -200,7 +224,7 @@ def load_checkpoint(path: str, config, progress: Callable[[str], None]) -> Subje
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:300]
+        detail = clip(" ".join(str(exc).split()), 300)
         raise ModelLoadError(f"{path} does not match torchvision {config.arch}: {detail}") from None
     return _subject(path, "checkpoint", model,
                     lambda: tvm.get_model(config.arch, weights=None, num_classes=num_classes),

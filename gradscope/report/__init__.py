@@ -20,8 +20,11 @@ nothing: ``csv`` (:mod:`.tables`), ``md`` (:mod:`.markdown`), ``html``
 (:mod:`.terminal`). Each is imported only when used.
 
 Writing is atomic: every file is rendered in memory and written to a temporary
-name first, and renamed only when all of them succeeded; an existing report is
-not overwritten unless ``force=True``.
+name first, and renamed only when all of them succeeded. A directory holds one
+report: one already there is not replaced unless ``force=True``, and then its
+files that the new report does not rewrite are removed with the same care.
+Reading checks the structure (:mod:`.validate`), so a file that is not a
+report is refused in one sentence rather than failing somewhere downstream.
 """
 
 from __future__ import annotations
@@ -99,14 +102,27 @@ class Report:
         return to_pandas(self, table)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Report":
-        schema = data.get("schema")
+    def from_dict(cls, data, *, source: str = "the data") -> "Report":
+        """The Report in ``data`` (parsed ``report.json``); UsageError naming ``source`` unless it is one.
+
+        Only ``gradscope.report/1`` is read: a newer version is refused with both versions named (an older
+        gradscope never misreads a newer report), anything else with what is missing or wrong.
+        """
+        from .validate import schema_version, structure_problem
+
+        if not isinstance(data, dict):
+            raise UsageError(f"{source} is not a gradscope report: it holds {_json_kind(data)}, not an object")
+        schema, version = data.get("schema"), schema_version(data)
+        if version is not None and version > 1:
+            raise UsageError(f"{source}: report schema {schema!r} is not {SCHEMA!r}; this gradscope reads {SCHEMA} "
+                             "(upgrade gradscope to read newer reports)")
         if schema != SCHEMA:
-            raise GradscopeError(
-                f"report schema {schema!r} is not {SCHEMA!r}; this gradscope reads {SCHEMA} "
-                "(upgrade gradscope to read newer reports)"
-            )
-        return cls(**{f.name: data.get(f.name, f.default_factory()) for f in fields(cls)})  # type: ignore[misc]
+            found = "it has no \"schema\" key" if "schema" not in data else f"its schema is {schema!r}, not {SCHEMA!r}"
+            raise UsageError(f"{source} is not a gradscope report: {found}")
+        problem = structure_problem(data)
+        if problem:
+            raise UsageError(f"{source} is not a gradscope report: {problem}")
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
     @classmethod
     def load(cls, path) -> "Report":
@@ -117,36 +133,35 @@ class Report:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise GradscopeError(f"cannot read report {path}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot read report {path}: {exc.strerror or exc}") from None
         except ValueError as exc:
-            raise GradscopeError(f"{path} is not a JSON report: {exc}") from None
-        return cls.from_dict(data)
+            raise UsageError(f"{path} is not a gradscope report: it is not JSON ({exc})") from None
+        return cls.from_dict(data, source=str(path))
 
     def save(self, directory, formats: Iterable[str] | str = DEFAULT_FORMATS, *, force: bool = False) -> list[Path]:
         """Write the report into ``directory`` in each format (default json, html, md); return the paths written.
 
-        Every file is rendered in memory, written to a temporary name, and renamed
-        only when all of them were written; a failure or an interruption at any
-        point removes what this call wrote and restores what it replaced.
-        Raises :class:`GradscopeError` if a file exists and ``force`` is False.
+        A directory holds one report: without ``force``, UsageError if it already holds any file a report
+        is made of (:func:`report_files`); with ``force``, the previous report's files that this one does not
+        rewrite are removed, so no stale page or table is left beside the new ``report.json``. Every file
+        is rendered in memory, written to a temporary name, and renamed only when all of them were written;
+        a failure or an interruption at any point removes what this call wrote and restores what it replaced
+        or removed.
         """
         formats = check_formats(formats)
         out = Path(directory)
         check_writable(out)
         rendered = {name: content for fmt in formats for name, content in RENDERERS[fmt](self).items()}
-        existing = [name for name in rendered if (out / name).exists()]
+        existing = report_files(out)
         if existing and not force:
-            raise GradscopeError(
-                f"{out / existing[0]} already exists; pass --force (force=True) to overwrite it, "
-                "or choose another --out"
-            )
+            raise UsageError(_exists_message(out, existing, "--force (force=True)"))
         created = [d for d in (out, *out.parents) if not d.exists()]
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise GradscopeError(f"cannot create the output directory {out}: {exc.strerror or exc}") from None
         try:
-            _write_all(out, rendered)
+            _write_all(out, rendered, remove=[name for name in existing if name not in rendered])
         except BaseException as exc:
             for d in created:  # leaf first; only directories this call made, and only if empty
                 try:
@@ -159,13 +174,19 @@ class Report:
         return [out / name for name in rendered]
 
 
-def _write_all(out: Path, rendered: dict[str, bytes]) -> None:
-    """Write every file or none: temporary files first, then renames, undone if any step fails."""
+def _write_all(out: Path, rendered: dict[str, bytes], remove: Iterable[str] = ()) -> None:
+    """Write every file and remove every file in ``remove``, or do none of it.
+
+    Temporary files first, then renames, then the removals (each moved aside, not deleted, until all is
+    done); if any step fails, what was placed is undone and what was moved aside is put back.
+    """
     mask = os.umask(0)  # the only way to read the umask; set back at once
     os.umask(mask)
     temps: list[tuple[str, Path]] = []
     placed: list[tuple[Path, bool, Optional[Path]]] = []  # (target, existed, hard link to what it replaced)
     backups: list[Path] = []
+    moved_aside: list[tuple[Path, Path]] = []  # (removed file, where it waits until the write succeeded)
+    done = False
     try:
         for name, content in rendered.items():
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
@@ -191,7 +212,18 @@ def _write_all(out: Path, rendered: dict[str, bytes]) -> None:
                 backups.append(backup)
             os.replace(tmp, target)
             placed.append((target, existed, backup))
+        for name in remove:
+            target = out / name
+            aside = out / f".{name}.{uuid.uuid4().hex}.old"
+            os.replace(target, aside)
+            moved_aside.append((target, aside))
+        done = True
     except BaseException:
+        for target, aside in reversed(moved_aside):
+            try:
+                os.replace(aside, target)
+            except OSError:
+                pass
         for target, existed, backup in reversed(placed):
             try:
                 if backup is not None:
@@ -206,6 +238,15 @@ def _write_all(out: Path, rendered: dict[str, bytes]) -> None:
             tmp.unlink(missing_ok=True)
         for backup in backups:
             backup.unlink(missing_ok=True)
+        if done:  # after a failure, a file that could not be put back stays aside rather than be lost
+            for _, aside in moved_aside:
+                aside.unlink(missing_ok=True)
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean", type(None): "null",
+             int: "a JSON number", float: "a JSON number"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _render_json(report: Report) -> dict[str, bytes]:
@@ -284,16 +325,26 @@ def check_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
     return names
 
 
+def report_files(directory) -> list[str]:
+    """Names of the files in ``directory`` that a report is made of (any format's), in format order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return [name for fmt in RENDERERS for name in output_names(fmt) if (directory / name).is_file()]
+
+
+def _exists_message(directory: Path, existing: list[str], force_flag: str = "--force") -> str:
+    return (f"{directory / existing[0]} already exists; pass {force_flag} to replace the report in {directory} "
+            "(all its files), or choose another --out")
+
+
 def check_output(directory, formats: Iterable[str] | str = DEFAULT_FORMATS, *, force: bool = False) -> tuple[str, ...]:
     """Everything :meth:`Report.save` would refuse, checked before an analysis runs; returns the formats."""
     names = check_formats(formats)
     check_writable(Path(directory))
-    if not force:
-        for fmt in names:
-            for name in output_names(fmt):
-                if (Path(directory) / name).exists():
-                    raise UsageError(f"{Path(directory) / name} already exists; pass --force to overwrite it, "
-                                     "or choose another --out")
+    existing = report_files(directory)
+    if existing and not force:
+        raise UsageError(_exists_message(Path(directory), existing))
     return names
 
 

@@ -6,7 +6,8 @@ Renderers format what the report holds; nothing here computes a statistic.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 MAX_BLOCK_ROWS = 40  # text tables of longer models show evenly spaced blocks, the first and last always included
 
@@ -30,15 +31,103 @@ def shown_depths(depth: int, max_rows: int = MAX_BLOCK_ROWS) -> list[int]:
     return sorted({round(i * step) for i in range(max_rows)})
 
 
+TREND_HEADER = "trend toward input"
+# The rule behind the trend column, for a line under each summary table (the threshold is analysis.fit_decay's).
+TREND_LEGEND = ("trend toward input: a fit of the log gradient against depth; flat means under 2x change across "
+                "all blocks")
+
+
 def decay_text(decay: Optional[dict]) -> str:
-    """``halves/1.2`` (blocks), ``doubles/3``, ``flat`` or ``-``: the decay fit in a table cell."""
+    """The decay fit in a table cell: ``halves every 1.2``, ``falls 7.1x/block``, ``doubles every 3.7``, ``flat``.
+
+    A halving (doubling) distance under one block reads as the factor per block instead:
+    "halves every 0.35 blocks" is hard to picture, "falls 7.1x/block" is not.
+    """
     if not decay:
         return "-"
-    if decay.get("trend") == "flat":
+    trend = decay.get("trend")
+    if trend == "flat":
         return "flat"
-    if decay.get("trend") == "shrinks":
-        return f"halves/{num(decay.get('halves_every_blocks'), '.2g')}"
-    return f"doubles/{num(decay.get('doubles_every_blocks'), '.2g')}"
+    factor = decay.get("factor_per_block")
+    every = decay.get("halves_every_blocks" if trend == "shrinks" else "doubles_every_blocks")
+    if every is not None and every < 1 and factor:
+        return f"{'falls' if trend == 'shrinks' else 'grows'} {num(max(factor, 1 / factor), '.2g')}x/block"
+    return f"{'halves' if trend == 'shrinks' else 'doubles'} every {num(every, '.2g')}"
+
+
+@dataclass
+class FlowRow:
+    """One row of a per-block table with a column per variant.
+
+    ``cells[variant]`` is that variant's block row, or None (a blank cell); ``own_name[variant]`` is set where the
+    variant's block is not the one the row is labelled with, so a renderer can name it beside the value.
+    """
+
+    depth: int
+    block: str
+    cells: dict[str, Optional[dict]]
+    own_name: dict[str, str] = field(default_factory=dict)
+
+    def text(self, variant: str, key: str, number: Callable, escape: Callable[[str], str] = str) -> str:
+        """``variant``'s ``key`` as text (``number`` formats it), its own block name beside it where that
+        differs from the row's; ``""`` for a blank cell."""
+        cell = self.cells.get(variant)
+        if cell is None:
+            return ""
+        value = number(cell.get(key))
+        return f"{value} ({escape(self.own_name[variant])})" if variant in self.own_name else value
+
+
+@dataclass
+class FlowTable:
+    """A per-block table's rows and how they were matched: ``name`` (rows are ``reference``'s blocks) or ``depth``."""
+
+    matched_by: str
+    reference: str
+    rows: list[FlowRow]
+
+    @property
+    def note(self) -> str:
+        """What a reader needs to read the table right: blank cells, or values named by their own block."""
+        if any(r.own_name for r in self.rows):
+            return ("the variants' blocks have different names: rows are depths, and a value from another block "
+                    "than the row's has that block's name beside it")
+        if any(c is None for r in self.rows for c in r.cells.values()):
+            return f"a blank cell: that variant has no block of that name (depths are {self.reference}'s)"
+        return ""
+
+
+def _in_order_of(names: list[str], position: dict[str, int]) -> bool:
+    """Whether every name is in ``position`` and they come in its order."""
+    found = [position.get(n) for n in names]
+    return None not in found and all(a < b for a, b in zip(found, found[1:]))  # type: ignore[operator]
+
+
+def flow_table(per_variant: dict[str, list[dict]]) -> FlowTable:
+    """Rows of a per-block table with a column per variant, so that a value is never shown against another block's name.
+
+    Variants of one model (pretrained, scratch, a shallow copy that keeps some of the blocks) have blocks that
+    are, in order, blocks of the variant with the most: the rows are that variant's blocks, matched by name, and
+    a variant without a block of that name gets a blank cell. Otherwise (different models, as in a comparison)
+    the rows are depths, and a cell whose block is not the row's carries its own block's name.
+    """
+    filled = [n for n, rows in per_variant.items() if rows]
+    if not filled:
+        return FlowTable("name", "", [])
+    reference = max(filled, key=lambda n: len(per_variant[n]))  # the first of the longest
+    position = {r["block"]: i for i, r in enumerate(per_variant[reference])}
+    if all(_in_order_of([r["block"] for r in per_variant[n]], position) for n in filled):
+        by_block = {n: {r["block"]: r for r in rows} for n, rows in per_variant.items()}
+        return FlowTable("name", reference, [
+            FlowRow(r["depth"], str(r["block"]), {n: by_block[n].get(r["block"]) for n in per_variant})
+            for r in per_variant[reference]])
+    rows = []
+    for d in range(len(per_variant[reference])):
+        cells = {n: (rows_of[d] if d < len(rows_of) else None) for n, rows_of in per_variant.items()}
+        label = str(next(c["block"] for c in cells.values() if c is not None))
+        own = {n: str(c["block"]) for n, c in cells.items() if c is not None and str(c["block"]) != label}
+        rows.append(FlowRow(d, label, cells, own))
+    return FlowTable("depth", reference, rows)
 
 
 def title(report) -> str:
@@ -54,11 +143,13 @@ def run_facts(report) -> list[tuple[str, str]]:
     meta = report.meta
     if meta.get("kind") == "comparison":
         return [("report " + str(i.get("label")), f"{i.get('model')} ({i.get('path')}, created {i.get('created')})")
-                for i in meta.get("reports", [])] + [("created", str(meta.get("created")))]
+                for i in meta.get("reports", [])] + [("created", str(meta.get("created")))] + [
+                ("warning", str(w)) for w in meta.get("warnings") or []]
     versions = meta.get("versions") or {k: meta[k] for k in ("gradscope", "torch") if meta.get(k)}
     facts = [
         ("source", meta.get("source")),
         ("objective", meta.get("objective")),
+        ("objective note", meta.get("objective_note")),
         ("inputs", meta.get("inputs")),
         ("device", meta.get("device")),
         ("dtype", meta.get("dtype")),

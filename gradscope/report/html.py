@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 
 from . import plots, svg
-from .fmt import decay_text, num, run_facts, title
+from .fmt import TREND_HEADER, TREND_LEGEND, decay_text, num, run_facts, title
 
 _ASSETS = Path(__file__).parent / "assets"
 PARAM_COLUMNS = ("variant", "name", "depth", "block", "step", "shape", "numel", "has_grad", "grad_l2", "grad_rms",
@@ -87,10 +87,11 @@ def _summaries(report) -> str:
             f"<td>{_e(decay_text(s.get('decay')))}</td><td class=\"n\">{len(s.get('params_no_grad') or [])}</td></tr>")
     head = ("<tr><th>variant</th><th>description</th><th>verdict</th><th class=\"n\">loss</th>"
             "<th class=\"n\">blocks</th><th>flow signal</th><th class=\"n\">first / last block</th>"
-            "<th class=\"n\">factor per block</th><th class=\"n\">R²</th><th>every N blocks</th>"
+            "<th class=\"n\">factor per block</th><th class=\"n\">R²</th>"
+            f"<th>{_e(TREND_HEADER)}</th>"
             "<th class=\"n\">no grad</th></tr>")
     return (f'<section id="verdicts"><h2>Verdicts</h2><table class="data"><thead>{head}</thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></section>")
+            f"<tbody>{''.join(rows)}</tbody></table><p class=\"muted\">{_e(TREND_LEGEND)}.</p></section>")
 
 
 def _findings(report) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .fmt import decay_text, num, run_facts, shown_depths, title
+from .fmt import TREND_HEADER, TREND_LEGEND, decay_text, flow_table, num, run_facts, shown_depths, title
 
 # CommonMark lets a backslash escape any ASCII punctuation. These can start markup inside a line: emphasis,
 # code, links and images, raw HTML, table cells, strikethrough, entities, GitHub's $math$. (Headings and
@@ -38,8 +38,8 @@ def _verdicts(report) -> list[str]:
                      num(decay.get("factor_per_block")), num(decay.get("r2"), ".2f"), md(decay_text(s.get("decay"))),
                      str(len(s.get("params_no_grad") or []))])
     header = ["variant", "verdict", "loss", "blocks", "flow signal", "first/last block", "factor per block", "R²",
-              "every N blocks", "no grad"]
-    return ["## Verdicts", "", *_table(header, rows, right={2, 3, 5, 6, 7, 9}), ""]
+              TREND_HEADER, "no grad"]
+    return ["## Verdicts", "", *_table(header, rows, right={2, 3, 5, 6, 7, 9}), "", md(TREND_LEGEND) + ".", ""]
 
 
 def _findings(report) -> list[str]:
@@ -75,22 +75,20 @@ def _comparisons(report) -> list[str]:
 
 def _flow(report) -> list[str]:
     names = [n for n in report.variant_names if report.block_rows(n)]
-    per_variant = {n: report.block_rows(n) for n in names}
-    depth = max((len(r) for r in per_variant.values()), default=0)
-    if not depth:
+    table = flow_table({n: report.block_rows(n) for n in names})
+    if not table.rows:
         return []
     signal = {s["variant"]: s.get("flow_signal") for s in report.summaries}
     key = {n: "act_grad_l2" if signal.get(n) == "dL/dh" else "grad_l2" for n in names}
-    shown = shown_depths(depth)
-    rows = []
-    for d in shown:
-        label = next((per_variant[n][d]["block"] for n in names if d < len(per_variant[n])), d)
-        rows.append([str(d), md(label)] + [num(per_variant[n][d].get(key[n])) if d < len(per_variant[n]) else ""
-                                           for n in names])
+    shown = shown_depths(len(table.rows))
+    rows = [[str(r.depth), md(r.block), *[r.text(n, key[n], num, md) for n in names]]
+            for r in (table.rows[i] for i in shown)]
     kinds = " / ".join(sorted({"dL/dh" if k == "act_grad_l2" else "parameter gradient" for k in key.values()}))
     note = f"L2 norm of the {kinds} per block; depth 0 is nearest the input"
-    if len(shown) < depth:
-        note += f"; {len(shown)} of {depth} blocks shown, evenly spaced"
+    if len(shown) < len(table.rows):
+        note += f"; {len(shown)} of {len(table.rows)} blocks shown, evenly spaced"
+    if table.note:
+        note += f"; {md(table.note)}"
     return ["## Gradient flow per block", "", note + ".", "",
             *_table(["depth", "block", *[md(n) for n in names]], rows, right=set(range(2, 2 + len(names)))), ""]
 

@@ -98,11 +98,17 @@ def flow_plot(report) -> Optional[LinePlot]:
     if not lines:
         return None
     first, last = lines[0].point_names[0], lines[0].point_names[-1]
+    named = {}
+    for line in lines:  # the same depth may be another block in another variant (a shallow copy, another model)
+        for x, name in zip(line.x, line.point_names):
+            named.setdefault(x, set()).add(name)
+    whose = "" if all(len(n) == 1 for n in named.values()) else (
+        f" in {lines[0].label.rsplit(' ', 1)[0]} (other variants have other blocks at some depths)")
     return LinePlot(
         key="flow", title="Gradient flow: gradient L2 norm per block against depth",
         x_label="block depth (0 = nearest the input)", y_label="gradient L2 norm (log scale)", lines=lines,
         caption=f"Solid: L2 norm of the block's parameter gradient dL/dθ. Dashed: L2 norm of dL/dh, the gradient "
-                f"with respect to the block's output. Depth 0 is {first}; depth {lines[0].x[-1]} is {last}. "
+                f"with respect to the block's output. Depth 0 is {first}; depth {lines[0].x[-1]} is {last}{whose}. "
                 "A line that falls toward depth 0 is a vanishing gradient; gaps are blocks with no or zero gradient.",
     )
 

@@ -5,7 +5,8 @@ It reads the :class:`~gradscope.report.Report` only; nothing is recomputed here.
 
 from __future__ import annotations
 
-from .fmt import MAX_BLOCK_ROWS, decay_text, num, shown_depths, title
+from .fmt import (MAX_BLOCK_ROWS, TREND_HEADER, TREND_LEGEND, decay_text, flow_table, num, shown_depths,
+                  title)
 
 _num = num
 
@@ -17,40 +18,32 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths]), *[line(r) for r in rows]]
 
 
-_halving = decay_text
-
-
 def summary_lines(report) -> list[str]:
-    header = ["variant", "verdict", "loss", "blocks", "first/last", "factor/block", "R^2", "every N blocks",
-              "no grad"]
+    header = ["variant", "verdict", "loss", "blocks", "first/last", "factor/block", "R^2", TREND_HEADER, "no grad"]
     rows = []
     for s in report.summaries:
-        decay = s["decay"] or {}
+        decay = s.get("decay") or {}
         rows.append([
-            s["variant"], s["verdict"], _num(s["loss"], ".4g"), str(s["blocks"]), _num(s["first_to_last_ratio"]),
-            _num(decay.get("factor_per_block")), _num(decay.get("r2"), ".2f"), _halving(s["decay"]),
-            str(len(s["params_no_grad"])),
+            s["variant"], s["verdict"], _num(s.get("loss"), ".4g"), str(s.get("blocks")),
+            _num(s.get("first_to_last_ratio")), _num(decay.get("factor_per_block")), _num(decay.get("r2"), ".2f"),
+            decay_text(s.get("decay")), str(len(s.get("params_no_grad") or [])),
         ])
-    return _table(header, rows)
+    return [*_table(header, rows), TREND_LEGEND]
 
 
 def flow_lines(report) -> list[str]:
-    """dL/dh (or parameter-gradient) L2 per block, one column per variant."""
+    """dL/dh (or parameter-gradient) L2 per block, one column per variant (see :func:`.fmt.flow_table`)."""
     names = report.variant_names
-    per_variant = {n: report.block_rows(n) for n in names}
-    depth = max((len(rows) for rows in per_variant.values()), default=0)
-    if depth == 0:
+    table = flow_table({n: report.block_rows(n) for n in names})
+    if not table.rows:
         return []
-    signal = {s["variant"]: s["flow_signal"] for s in report.summaries}
+    signal = {s["variant"]: s.get("flow_signal") for s in report.summaries}
     key = {n: "act_grad_l2" if signal.get(n) == "dL/dh" else "grad_l2" for n in names}
-    rows = []
-    for d in shown_depths(depth, MAX_BLOCK_ROWS):
-        label = next((per_variant[n][d]["block"] for n in names if d < len(per_variant[n])), str(d))
-        rows.append([str(d), label] + [_num(per_variant[n][d].get(key[n])) if d < len(per_variant[n]) else ""
-                                       for n in names])
-    kinds = sorted({signal.get(n, "parameter gradient") for n in names})
-    title = f"gradient L2 per block ({' / '.join(kinds)}; depth 0 is nearest the input)"
-    return [title, *_table(["depth", "block", *names], rows)]
+    rows = [[str(r.depth), r.block, *[r.text(n, key[n], _num) for n in names]]
+            for r in (table.rows[i] for i in shown_depths(len(table.rows), MAX_BLOCK_ROWS))]
+    kinds = sorted({signal.get(n) or "parameter gradient" for n in names})
+    heading = f"gradient L2 per block ({' / '.join(kinds)}; depth 0 is nearest the input)"
+    return [heading, *_table(["depth", "block", *names], rows), *([table.note] if table.note else [])]
 
 
 def finding_lines(report) -> list[str]:
@@ -58,7 +51,7 @@ def finding_lines(report) -> list[str]:
     order = {"error": 0, "warning": 1, "info": 2}
     grouped: dict[tuple, list[str]] = {}
     for f in report.findings:
-        key = (f["severity"], f["message"], f["evidence"], f["fix"])
+        key = (f["severity"], f["message"], f["evidence"], f.get("fix") or "")
         grouped.setdefault(key, []).append(f["variant"])
     lines = []
     for (severity, message, evidence, fix), variants in sorted(grouped.items(), key=lambda kv: order.get(kv[0][0], 3)):
@@ -92,6 +85,7 @@ def render_text(report) -> str:
     else:
         header = [f"gradscope: {meta.get('model')} ({meta.get('source')}, objective {meta.get('objective')}, "
                   f"{meta.get('device')}, {meta.get('dtype')}, grad_stats {meta.get('backend')})",
+                  *([f"objective: {meta['objective_note']}"] if meta.get("objective_note") else []),
                   f"inputs: {meta.get('inputs')}"]
     parts = [
         *header,

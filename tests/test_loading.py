@@ -1,0 +1,245 @@
+"""Loading what a user names: the head and objective a model was trained with, the inputs it can read,
+and loader failures as one line that says what to do (exit 3 for the model, exit 2 for the usage)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope.cli import main
+from gradscope.errors import ModelLoadError, UsageError
+from gradscope.models import load_subject
+
+import helpers_models as hm
+
+SMALL = dict(batch_size=2, seq_len=16, device="cpu")
+ONLY_PRETRAINED = dict(baselines=("pretrained",), **SMALL)
+
+
+def _one_clean_line(message: str) -> None:
+    assert "\n" not in message and "\x1b" not in message, message
+
+
+# --- text inputs: never a batch with nothing to predict -------------------------------------------
+
+
+def test_bert_without_tokenizer_files_gets_seeded_ids_not_a_batch_of_unknown_tokens(tmp_path):
+    """transformers makes up a tokenizer of special tokens only; read with it, every word is [UNK], nothing is
+    masked and the loss is NaN. gradscope uses seeded ids instead, as for a GPT-2 without a tokenizer."""
+    directory = hm.save_small_bert(tmp_path)
+    progress = []
+    report = gradscope.analyze(str(directory), gradscope.AnalyzeConfig(**SMALL), progress=progress.append)
+    assert report.meta["objective"] == "masked-lm"
+    assert report.meta["inputs"].startswith("seeded random token ids (no tokenizer), 2 x 16, ")
+    assert "no tokenizer found next to the model: using seeded random token ids" in progress
+    for summary in report.summaries:
+        assert math.isfinite(summary["loss"]) and summary["verdict"] != "non-finite", summary["variant"]
+
+
+def test_tokenizer_that_reads_the_corpus_as_unknown_tokens_falls_back_and_says_why(tmp_path):
+    directory = hm.save_small_vocab_tokenizer(hm.save_small_bert(tmp_path))  # knows "the", "a", "of" only
+    subject = load_subject(str(directory), gradscope.AnalyzeConfig(**SMALL), lambda m: None)
+    assert subject.inputs.startswith("seeded random token ids (the tokenizer reads ")
+    assert "of the built-in corpus as unknown tokens), 2 x 16" in subject.inputs
+    assert int((subject.batches[0]["labels"] != -100).sum()) > 0
+
+    text = tmp_path / "words.txt"
+    text.write_text("colourless green ideas sleep furiously\n")
+    with pytest.raises(UsageError, match=r"--text .*words.txt: the tokenizer reads 100% of the text file .* as "
+                                         "unknown tokens; give text the model's tokenizer knows"):
+        load_subject(str(directory), gradscope.AnalyzeConfig(text=str(text), **SMALL), lambda m: None)
+
+
+def test_text_of_special_tokens_only_is_a_usage_error_not_a_nan_loss(tmp_path):
+    directory = hm.save_small_vocab_tokenizer(hm.save_small_bert(tmp_path))
+    text = tmp_path / "specials.txt"
+    text.write_text("[CLS] [SEP] [PAD]\n")
+    with pytest.raises(UsageError, match="holds only special or unknown tokens"):
+        gradscope.analyze(str(directory), gradscope.AnalyzeConfig(text=str(text), **ONLY_PRETRAINED))
+
+
+def test_text_the_tokenizer_knows_is_read_and_masked(tmp_path):
+    directory = hm.save_small_vocab_tokenizer(hm.save_small_bert(tmp_path))
+    text = tmp_path / "known.txt"
+    text.write_text("the a of the a of\n")
+    subject = load_subject(str(directory), gradscope.AnalyzeConfig(text=str(text), **SMALL), lambda m: None)
+    assert subject.inputs.startswith(f"text file {text}, 2 packed sequences of 16 tokens, ")
+    labels = subject.batches[0]["labels"]
+    assert set(labels[labels != -100].tolist()) <= {5, 6, 7}  # only words are masked, never [CLS]/[SEP]
+
+
+# --- task heads: kept, with an objective that fits them -------------------------------------------
+
+
+def test_sequence_classifier_keeps_its_head_and_gets_cross_entropy_over_its_labels(tmp_path):
+    directory = hm.save_small_bert(tmp_path, head="BertForSequenceClassification", num_labels=3)
+    config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), **SMALL)
+    labels = load_subject(str(directory), config, lambda m: None).batches[0]["labels"]
+    assert labels.dtype == torch.long and labels.shape == (2,) and labels.min() >= 0 and labels.max() < 3
+
+    report = gradscope.analyze(str(directory), config)
+    assert report.meta["objective"] == "cross-entropy"
+    assert report.meta["architecture"] == "BertForSequenceClassification"
+    assert report.meta["missing_weights"] == 0
+    assert report.meta["inputs"].endswith("seeded random labels over 3 classes")
+    for variant in ("pretrained", "scratch"):  # scratch: the same architecture, head included
+        rows = {r["name"]: r for r in report.params if r["variant"] == variant}
+        assert rows["classifier.weight"]["has_grad"] and rows["classifier.weight"]["grad_l2"] > 0, variant
+        assert rows["classifier.weight"]["shape"] == [3, 16]
+        assert math.isfinite(report.summary(variant)["loss"])
+
+
+def test_token_classifier_gets_a_seeded_label_per_token(tmp_path):
+    directory = hm.save_small_vocab_tokenizer(hm.save_small_bert(tmp_path, head="BertForTokenClassification",
+                                                                 num_labels=4))
+    text = tmp_path / "known.txt"
+    text.write_text("the a of the a of\n")
+    config = gradscope.AnalyzeConfig(text=str(text), **ONLY_PRETRAINED)
+    batch = load_subject(str(directory), config, lambda m: None).batches[0]
+    labels = batch["labels"]
+    assert labels.shape == (2, 16)
+    assert (labels[:, 0] == -100).all() and (labels[:, -1] == -100).all()  # [CLS] and [SEP] are not labelled
+    assert labels[:, 1:-1].min() >= 0 and labels[:, 1:-1].max() < 4
+
+    report = gradscope.analyze(str(directory), config)
+    assert report.meta["objective"] == "cross-entropy"
+    assert report.meta["inputs"].endswith("seeded random labels over 4 classes per token")
+    rows = {r["name"]: r for r in report.params}
+    assert rows["classifier.weight"]["grad_l2"] > 0
+
+
+def test_one_label_sequence_head_is_regression(tmp_path):
+    directory = hm.save_small_bert(tmp_path, head="BertForSequenceClassification", num_labels=1)
+    report = gradscope.analyze(str(directory), gradscope.AnalyzeConfig(**ONLY_PRETRAINED))
+    assert report.meta["objective"] == "mean-squared-error"
+    assert report.meta["inputs"].endswith("seeded standard-normal regression targets")
+    assert {r["name"]: r for r in report.params}["classifier.weight"]["grad_l2"] > 0
+
+
+@pytest.mark.parametrize("head, says", [
+    ("BertModel", "the model has no language-model head"),
+    ("BertForQuestionAnswering", "gradscope has no objective for the BertForQuestionAnswering head, so it is "
+                                 "left out"),
+])
+def test_a_surrogate_objective_says_what_it_is(tmp_path, head, says):
+    progress = []
+    subject = load_subject(str(hm.save_small_bert(tmp_path, head=head)), gradscope.AnalyzeConfig(**SMALL),
+                           progress.append)
+    assert subject.objective == "surrogate-masked-lm"
+    note = subject.meta["objective_note"]
+    assert note.startswith("surrogate loss: ") and says in note and "own input embeddings" in note
+    assert note in progress
+
+
+# --- loader failures: one line, exit 3 ------------------------------------------------------------
+
+
+def test_truncated_safetensors_in_a_hf_directory(tmp_path):
+    directory = hm.save_small_bert(tmp_path)
+    weights = directory / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="safetensors weights are damaged or truncated .*save the model again"):
+        gradscope.analyze(str(directory), gradscope.AnalyzeConfig(**ONLY_PRETRAINED))
+
+
+class Opaque:
+    """A class a weights-only load will not import."""
+
+
+def test_hf_directory_whose_bin_needs_pickled_code(tmp_path):
+    directory = hm.save_small_bert(tmp_path)
+    (directory / "model.safetensors").unlink()
+    torch.save({"bert.embeddings.word_embeddings.weight": torch.zeros(64, 16), "extra": Opaque()},
+               directory / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError) as info:
+        gradscope.analyze(str(directory), gradscope.AnalyzeConfig(**ONLY_PRETRAINED))
+    message = str(info.value)
+    _one_clean_line(message)
+    assert "needs pickled code to load (it refers to test_loading.Opaque)" in message
+    assert "gradscope loads weights only (safetensors, or torch.load with weights_only=True)" in message
+
+
+def test_config_whose_sizes_do_not_match_the_weights(tmp_path):
+    import json
+
+    directory = hm.save_small_bert(tmp_path, head="BertForSequenceClassification", num_labels=3)
+    config = json.loads((directory / "config.json").read_text())
+    config["id2label"] = {str(i): f"L{i}" for i in range(5)}  # 5 classes, a head saved with 3
+    config["label2id"] = {f"L{i}": i for i in range(5)}
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"weights do not match the sizes in its config.json \(classifier.bias "
+                                             r"is \[3\] in the checkpoint, \[5\] by the config; 2 tensors differ\)"):
+        gradscope.analyze(str(directory), gradscope.AnalyzeConfig(**ONLY_PRETRAINED))
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"", "the file is empty (0 bytes)"),
+    (b"hello\nworld\n", "it is neither a torch.save file nor safetensors (KeyError: 101)"),
+    (b"xyz garbage", "it is neither a torch.save file nor safetensors"),
+])
+def test_a_file_that_is_not_a_checkpoint(tmp_path, content, says):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError) as info:
+        gradscope.analyze(str(path), gradscope.AnalyzeConfig(arch="resnet18", device="cpu"))
+    _one_clean_line(str(info.value))
+    assert says in str(info.value)
+
+
+def test_pickled_checkpoint_refusal_is_one_clean_line_without_warnings(tmp_path, recwarn):
+    path = tmp_path / "whole-model.pt"
+    torch.save(nn.Sequential(nn.Linear(2, 2)), path)
+    with pytest.raises(ModelLoadError) as info:
+        gradscope.analyze(str(path), gradscope.AnalyzeConfig(arch="resnet18", device="cpu"))
+    message = str(info.value)
+    _one_clean_line(message)
+    assert f"refusing {path}: it needs pickled code to load (it refers to torch.nn.modules.container.Sequential)" \
+        in message
+    assert "Weights only load failed" not in message  # torch's own paragraph, with its colour codes, is left out
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+# --- what a user names: paths, --arch -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["/tmp/gradscope-no-such/dir", "./no-such-model", "../no-such-model",
+                                  "nested/no/such", "no-such-weights.safetensors", "~/gradscope-no-such"])
+def test_a_path_that_does_not_exist_is_no_hub_lookup(spec):
+    with pytest.raises(ModelLoadError, match="^no such file or directory: ") as info:
+        gradscope.analyze(spec, gradscope.AnalyzeConfig(device="cpu"))
+    assert "huggingface-cli" not in str(info.value)
+
+
+def test_arch_with_a_hf_directory_says_to_leave_it_out(tmp_path):
+    with pytest.raises(UsageError, match="--arch is for a checkpoint file, and .* is a directory; leave out --arch"):
+        gradscope.analyze(str(tmp_path), gradscope.AnalyzeConfig(arch="resnet18", device="cpu"))
+
+
+def test_unknown_arch_is_a_usage_error_with_close_matches(tmp_path):
+    with pytest.raises(UsageError, match="--arch resnet999: unknown torchvision classification model; "
+                                         "close matches: .*resnet18"):
+        gradscope.analyze(str(tmp_path / "weights.pt"), gradscope.AnalyzeConfig(arch="resnet999", device="cpu"))
+
+
+def test_batch_norm_with_one_value_per_channel_is_a_usage_error(tmp_path):
+    path = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
+    config = gradscope.AnalyzeConfig(arch="resnet18", baselines=("pretrained",), batch_size=1, image_size=32,
+                                     device="cpu")
+    with pytest.raises(UsageError, match="batch normalization needs more than one value per channel .*; "
+                                         r"raise --batch-size \(or --image-size\)"):
+        gradscope.analyze(str(path), config)
+
+
+def test_command_line_exit_codes_and_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert main(["analyze", str(empty), "--arch", "resnet18", "--out", str(tmp_path / "out")]) == 3
+    assert main(["analyze", str(tmp_path / "no-such"), "--out", str(tmp_path / "out")]) == 3
+    assert main(["analyze", str(empty), "--arch", "resnet999", "--out", str(tmp_path / "out")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gradscope: error:")]
+    assert len(errors) == 3
+    assert "empty (0 bytes)" in errors[0] and "no such file or directory" in errors[1] and "resnet999" in errors[2]
