@@ -320,6 +320,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print("gradscope: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`gradscope demo | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except Exception as exc:  # last resort: one line, not a traceback, for what the cases above do not know
         if _debug():
             raise

@@ -73,14 +73,15 @@ def save_resnet18_checkpoint(path: Path, seed: int = 0, num_classes: int = 10) -
     return path
 
 
-def save_small_bert(directory: Path, head: str = "BertForMaskedLM", num_labels: int = 2, seed: int = 0) -> Path:
+def save_small_bert(directory: Path, head: str = "BertForMaskedLM", num_labels: int = 2, seed: int = 0,
+                    **config_kwargs) -> Path:
     """A 2-layer, 16-wide BERT with a 64-token vocabulary, ``head`` kept in its config, and no tokenizer files."""
     import transformers
     from transformers import BertConfig
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, num_labels=num_labels)
+                        intermediate_size=32, max_position_embeddings=64, num_labels=num_labels, **config_kwargs)
     getattr(transformers, head)(config).save_pretrained(directory)
     return directory
 

@@ -288,3 +288,16 @@ def test_shallow_resnet_values_sit_on_their_own_blocks(tmp_path, capsys):
         for block, cells in table.items():
             assert (cells[1] if len(cells) > 1 and cells[1] else None) == (
                 num(shallow[block]) if block in shallow else None), block
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`gradscope ... | head`: a closed pipe is not an error worth a message."""
+    script = ("import sys\nimport gradscope.cli as cli\n"
+              "def chatty(args):\n    for _ in range(100_000):\n        print('x' * 80)\n    return 0\n"
+              "cli._cmd_info = chatty\nsys.exit(cli.main(['info']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(100)
+    proc.stdout.close()  # the reader leaves
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""

@@ -120,6 +120,19 @@ def test_one_label_sequence_head_is_regression(tmp_path):
     assert {r["name"]: r for r in report.params}["classifier.weight"]["grad_l2"] > 0
 
 
+def test_multi_label_head_gets_binary_cross_entropy_on_0_1_labels(tmp_path):
+    directory = hm.save_small_bert(tmp_path, head="BertForSequenceClassification", num_labels=5,
+                                   problem_type="multi_label_classification")
+    config = gradscope.AnalyzeConfig(**ONLY_PRETRAINED)
+    labels = load_subject(str(directory), config, lambda m: None).batches[0]["labels"]
+    assert labels.shape == (2, 5) and set(labels.unique().tolist()) <= {0, 1}
+    report = gradscope.analyze(str(directory), config)
+    assert report.meta["objective"] == "binary-cross-entropy"
+    assert report.meta["inputs"].endswith("seeded random 0/1 labels for each of 5 classes")
+    assert math.isfinite(report.summary("pretrained")["loss"])
+    assert {r["name"]: r for r in report.params}["classifier.weight"]["grad_l2"] > 0
+
+
 @pytest.mark.parametrize("head, says", [
     ("BertModel", "the model has no language-model head"),
     ("BertForQuestionAnswering", "gradscope has no objective for the BertForQuestionAnswering head, so it is "

@@ -7,7 +7,9 @@ The head matches how the model was trained, read from ``config.architectures``
 - ``...ForCausalLM`` / ``...LMHeadModel``: next-token prediction on the text (``causal-lm``);
 - ``...ForSequenceClassification``: the classifier kept, cross-entropy on the text against seeded
   random labels in ``range(num_labels)`` (``cross-entropy``); with one label, a regression head,
-  mean squared error against seeded standard-normal targets (``mean-squared-error``);
+  mean squared error against seeded standard-normal targets (``mean-squared-error``); with
+  ``problem_type="multi_label_classification"``, binary cross-entropy against seeded 0/1 labels
+  per class (``binary-cross-entropy``);
 - ``...ForTokenClassification``: the same per token, special tokens unlabelled (``cross-entropy``);
 - ``...ForImageClassification``: cross-entropy on a seeded synthetic image batch and seeded labels;
 - anything else (a base model such as ``BertModel``, as sentence-transformers ship, or a head
@@ -136,6 +138,8 @@ def _task(config) -> str:
             if arch.endswith(suffixes) and (supported is None or model_type in supported):
                 if task == "sequence-classification" and _is_regression(config):
                     return "sequence-regression"
+                if task == "sequence-classification" and config.problem_type == "multi_label_classification":
+                    return "sequence-multi-label"
                 return task
     if architectures:  # a base model or another task head
         return "surrogate-causal-lm" if _is_decoder(config) else "surrogate-masked-lm"
@@ -216,6 +220,10 @@ def _sequence_regression_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     return F.mse_loss(_text_logits(model, batch).squeeze(-1), batch["labels"].float())
 
 
+def _multi_label_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(_text_logits(model, batch), batch["labels"].float())
+
+
 def _token_classification_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     logits = _text_logits(model, batch)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))  # -100: unlabelled
@@ -230,6 +238,7 @@ _TASKS = {
     "image-classification": ("cross-entropy", "AutoModelForImageClassification", _image_loss),
     "sequence-classification": ("cross-entropy", "AutoModelForSequenceClassification", _sequence_classification_loss),
     "sequence-regression": ("mean-squared-error", "AutoModelForSequenceClassification", _sequence_regression_loss),
+    "sequence-multi-label": ("binary-cross-entropy", "AutoModelForSequenceClassification", _multi_label_loss),
     "token-classification": ("cross-entropy", "AutoModelForTokenClassification", _token_classification_loss),
 }
 
@@ -324,6 +333,9 @@ def _targets(task: str, ids: torch.Tensor, special: torch.Tensor, mask_id: Optio
         return ids, random_labels(ids.shape[0], classes, seed), f"seeded random labels over {classes} classes"
     if task == "sequence-regression":
         return ids, random_targets(ids.shape[0], seed), "seeded standard-normal regression targets"
+    if task == "sequence-multi-label":
+        labels = random_labels(ids.shape[0] * classes, 2, seed).view(ids.shape[0], classes)
+        return ids, labels, f"seeded random 0/1 labels for each of {classes} classes"
     if task == "token-classification":
         labels = random_labels(ids.numel(), classes, seed).view_as(ids)
         labels[special] = -100  # as fine-tuning labels words, never [CLS] or [SEP]
