@@ -300,10 +300,27 @@ class MonitorHistory:
                         "grad_l2_post_clip": post[t], "grad_nonfinite": nonfinite[t]})
         return out
 
-    def select(self, index: slice) -> "MonitorHistory":
-        """The steps in ``index`` (a slice over recorded steps)."""
+    def select(self, index) -> "MonitorHistory":
+        """The steps in ``index`` (a slice, or an int64 tensor of positions, over recorded steps)."""
         return replace(self, steps=self.steps[index], table=self.table[index], numel=self.numel[index],
                        present=self.present[index], post_clip_l2=self.post_clip_l2[index])
+
+
+MAX_SERIES_STEPS = 2000  # steps a monitor report's time series keeps by default
+
+
+def series_positions(history: MonitorHistory, limit: Optional[int]) -> torch.Tensor:
+    """Positions of the recorded steps a report's series keeps: all of them up to ``limit`` (None: no
+    limit); beyond it evenly spaced ones, plus the last, the largest global norm and every step with
+    non-finite values (incidents are what a reader looks for)."""
+    count = len(history)
+    if limit is None or count <= limit:
+        return torch.arange(count)
+    stride = -(-count // limit)  # ceil: at most `limit` evenly spaced steps
+    glob = history.global_l2()
+    incidents = (history.nonfinite().sum(-1) > 0).nonzero().flatten()
+    largest = torch.nan_to_num(glob, nan=-1.0).argmax().reshape(1)
+    return torch.cat([torch.arange(0, count, stride), incidents, largest, torch.tensor([count - 1])]).unique()
 
 
 def describe_nonfinite(history: MonitorHistory, t: int) -> str:
@@ -714,13 +731,20 @@ class GradientMonitor:
             "blocks": dict(zip(last.blocks, last.block_l2()[0].tolist())),
         }
 
-    def report(self, meta: Optional[dict] = None):
-        """A :class:`~gradscope.report.Report` with the time series (``series``) and the last step's tables."""
+    def report(self, meta: Optional[dict] = None, *, max_series_steps: Optional[int] = MAX_SERIES_STEPS):
+        """A :class:`~gradscope.report.Report` with the time series (``series``) and the last step's tables.
+
+        A long run's series keeps at most ``max_series_steps`` steps (``None``: all): evenly spaced ones,
+        plus the last, the one with the largest global norm and every one with non-finite values, so the
+        report stays small (a 10,000-step run in full is about 40 MB of JSON) without hiding an incident.
+        ``meta["series_steps"]`` says how many were kept; :attr:`history` holds them all.
+        """
         from .report import Report
 
         history = self.history
         last = history.select(slice(-1, None))
-        rows = history.rows()
+        kept = series_positions(history, max_series_steps)
+        rows = history.select(kept).rows()
         step = int(last.steps[0])
         param_l2 = last.param_l2()[0].tolist()
         nonfinite = last.nonfinite()[0].tolist()
@@ -734,7 +758,7 @@ class GradientMonitor:
         from . import __version__
 
         info = {"kind": "monitor", "gradscope": __version__, "torch": torch.__version__,
-                "model": type(self.model).__name__, "steps_recorded": len(history),
+                "model": type(self.model).__name__, "steps_recorded": len(history), "series_steps": len(kept),
                 "every": self.config.every, "distributed": self.mode, "block_order":
                 "execution" if history.order_known else "registration",
                 "frozen_params": len(self.frozen), **(meta or {})}

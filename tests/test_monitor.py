@@ -583,3 +583,24 @@ def test_bad_optimizer_or_scaler_is_refused_and_leaves_nothing_behind():
         GradientMonitor(net, torch.optim.SGD(other.parameters(), lr=0.1))
     assert not net._forward_pre_hooks and not any(m._forward_pre_hooks for m in net.modules())
     GradientMonitor(net).close()  # the corrected call is not refused as "already attached"
+
+
+def test_a_long_run_report_keeps_a_bounded_series_with_every_incident():
+    net = make()
+    with GradientMonitor(net, on_nonfinite="ignore", flush_every=16) as monitor:
+        for step in range(1, 51):
+            net.zero_grad()
+            backward(net, step, scale=100.0 if step == 23 else 1.0)
+            if step == 37:
+                net.layers[1][0].weight.grad[0, 0] = math.inf
+            monitor.step()
+        report = monitor.report(max_series_steps=10)
+        full = monitor.report(max_series_steps=None)
+    steps = sorted({r["step"] for r in report.series})
+    assert {1, 23, 37, 50} <= set(steps)  # first, largest norm, non-finite, last
+    assert set(range(1, 51, 5)) <= set(steps) and len(steps) <= 13
+    assert report.meta["series_steps"] == len(steps) and report.meta["steps_recorded"] == 50
+    assert sorted({r["step"] for r in full.series}) == list(range(1, 51)) and full.meta["series_steps"] == 50
+    kept = {(r["step"], r["block"]): r["grad_l2"] for r in report.series}
+    every = {(r["step"], r["block"]): r["grad_l2"] for r in full.series}
+    assert all(every[k] == v or (math.isnan(v) and math.isnan(every[k])) for k, v in kept.items())
