@@ -25,7 +25,10 @@ Verdicts, first that applies:
   ``DEAD_ZERO_FRAC`` of its entries (dead units or underflow);
 - ``vanishing``: ``first_to_last_ratio < VANISHING_RATIO``;
 - ``exploding``: ``first_to_last_ratio > EXPLODING_RATIO``;
-- ``healthy``: otherwise.
+- ``healthy``: otherwise. A healthy variant whose flow changes by a steady factor per
+  block (fit ``r2 >= TREND_R2``, fitted change across the blocks over ``TREND_RATIO``x)
+  also gets a warning finding (``vanishing-trend`` or ``exploding-trend``) saying at
+  about how many blocks that rate would cross the threshold.
 
 Parameters with no gradient (the loss does not use them) are reported as
 "no gradient", never as zero, and do not count toward any statistic.
@@ -42,6 +45,8 @@ from .stats import GradStats
 
 VANISHING_RATIO = 1e-2  # the first block gets less than 1/100 of the last block's gradient
 EXPLODING_RATIO = 1e2  # the first block gets more than 100x the last block's gradient
+TREND_R2 = 0.8  # a steady trend: a constant factor per block explains the flow this well ...
+TREND_RATIO = 10.0  # ... and changes it more than this much across the blocks
 DEAD_ZERO_FRAC = 0.99  # a block whose gradient is at least 99% exact zeros is dead
 
 VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "dead")
@@ -296,6 +301,47 @@ def _vanishing_fixes(inventory: dict) -> str:
     return "; ".join(fixes)
 
 
+def _exploding_fixes(inventory: dict) -> str:
+    fixes = []
+    if not inventory.get("norm_layers"):
+        fixes.append("add normalization (LayerNorm in transformers, BatchNorm in CNNs and MLPs)")
+    elif not inventory.get("residual_modules"):
+        # Batch normalization in a deep plain stack amplifies the gradient toward the input by itself.
+        fixes.append("add residual connections around the blocks (a deep plain stack with normalization "
+                     "amplifies the gradient toward the input)")
+    if inventory.get("residual_modules"):
+        fixes.append("scale residual branches down (e.g. zero-init the last layer of each branch)")
+    fixes.append("check the init gain (a smaller weight std)")
+    return "; ".join(fixes)
+
+
+def _steady_trend(summary: dict, inventory: dict) -> Optional[dict]:
+    """A warning for a healthy variant whose gradient shrinks (or grows) by a steady factor per block.
+
+    Within the thresholds today, such a model crosses them when it gets deeper: the finding says at
+    how many blocks, so a reader can tell a flat profile from one that only looks fine at this depth.
+    """
+    decay = summary["decay"]
+    if not decay or decay["trend"] == "flat" or decay["r2"] < TREND_R2:
+        return None
+    factor = decay["factor_per_block"]
+    across = factor ** (decay["points"] - 1)  # the fitted change from the last block to the first
+    if TREND_RATIO ** -1 < across < TREND_RATIO:
+        return None
+    shrinks = decay["trend"] == "shrinks"
+    threshold = VANISHING_RATIO if shrinks else EXPLODING_RATIO
+    depth = math.ceil(math.log(threshold) / math.log(factor)) + 1  # blocks at which the fit crosses it
+    return {
+        "variant": summary["variant"], "severity": "warning", "kind": "vanishing-trend" if shrinks else
+        "exploding-trend", "block": summary["first_block"],
+        "message": f"a steady {'decay' if shrinks else 'growth'} toward the input: at this rate a stack of about "
+                   f"{depth} blocks would be {'vanishing' if shrinks else 'exploding'}",
+        "evidence": f"{describe_decay(decay)}; fitted change across the {decay['points']} blocks: {_fmt(across)}x "
+                    f"(threshold {threshold:g})",
+        "fix": _vanishing_fixes(inventory) if shrinks else _exploding_fixes(inventory),
+    }
+
+
 def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dict]:
     """What a reader should know about one variant: evidence and the fix, most serious first."""
     v = summary["variant"]
@@ -337,8 +383,8 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
             "variant": v, "severity": "warning", "kind": "exploding", "block": summary["first_block"],
             "message": f"exploding gradient: the first block gets {_fmt(ratio)}x the last block's gradient",
             "evidence": f"{where} (threshold {EXPLODING_RATIO:g}); {describe_decay(summary['decay'])}",
-            "fix": "clip gradients (torch.nn.utils.clip_grad_norm_); lower the learning rate; add normalization; "
-                   "scale residual branches down (e.g. zero-init the last layer of each branch); check the init gain",
+            "fix": "clip gradients (torch.nn.utils.clip_grad_norm_); lower the learning rate; "
+                   + _exploding_fixes(inventory),
         })
     else:
         found.append({
@@ -348,6 +394,9 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
                         f"{describe_decay(summary['decay'])}",
             "fix": "",
         })
+        trend = _steady_trend(summary, inventory)
+        if trend:
+            found.append(trend)
     no_grad = summary["params_no_grad"]
     if no_grad:
         found.append({

@@ -489,3 +489,33 @@ def test_images_for_a_hf_classifier_go_through_its_image_processor(tmp_path):
 def test_images_for_a_text_model_is_a_usage_error(tiny_bert, tmp_path):
     with pytest.raises(UsageError, match="--images is for vision models"):
         gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(images=str(tmp_path), **SMALL))
+
+
+def _summary_for(flow: list[float]) -> dict:
+    from gradscope.analysis import fit_decay
+
+    return {"variant": "v", "verdict": "healthy", "first_to_last_ratio": flow[0] / flow[-1], "decay": fit_decay(flow),
+            "flow_signal": "dL/dh", "first_block": "b.0", "last_block": f"b.{len(flow) - 1}", "params_no_grad": [],
+            "loss": 1.0}
+
+
+def test_a_steady_trend_inside_the_thresholds_is_a_warning_with_the_depth_it_would_cross_at():
+    from gradscope.analysis import findings_for
+
+    inventory = {"activations": {"GELU": 6}, "relu_family_activations": True, "norm_layers": 6,
+                 "residual_modules": 6}
+    shrinking = findings_for(_summary_for([0.6 ** (5 - d) for d in range(6)]), [], inventory)
+    assert [f["kind"] for f in shrinking] == ["healthy", "vanishing-trend"]
+    warning = shrinking[1]
+    assert warning["severity"] == "warning"
+    assert "about 11 blocks would be vanishing" in warning["message"]  # 0.6 ** 10 < 0.01 < 0.6 ** 9
+    assert "0.0778x" in warning["evidence"] and "He init" in warning["fix"]
+    growing = findings_for(_summary_for([1.5 ** (6 - d) for d in range(7)]), [], inventory)
+    assert [f["kind"] for f in growing] == ["healthy", "exploding-trend"]
+    assert "about 13 blocks would be exploding" in growing[1]["message"]  # 1.5 ** 12 > 100 > 1.5 ** 11
+    assert "scale residual branches down" in growing[1]["fix"] and "add normalization" not in growing[1]["fix"]
+    # Not steady (a poor fit), or too small a change across the blocks: no warning.
+    noisy = [1.0, 0.2, 1.0, 0.2, 1.0, 0.15]
+    gentle = [0.7 ** (5 - d) for d in range(6)]  # 0.17x across six blocks: not yet a decade
+    for flow in (noisy, gentle):
+        assert [f["kind"] for f in findings_for(_summary_for(flow), [], inventory)] == ["healthy"]
