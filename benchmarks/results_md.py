@@ -1,6 +1,6 @@
 """Markdown tables for RESULTS.md from the benchmarks' JSON: figures are copied by a program, not by hand.
 
-    python benchmarks/results_md.py out/bench_grad_stats_cpu.json out/bench_scaling_cpu.json
+    python benchmarks/results_md.py out/bench_grad_stats_cpu.json out/bench_scaling_cpu.json out/bench_monitor_cpu.json
 
 Prints, per file, the run's provenance (date, command, machine, torch, threads,
 extension) and its tables. Nothing is recomputed: every number is one the
@@ -128,6 +128,38 @@ def scaling_md(bench: dict) -> list[str]:
     return lines
 
 
+def monitor_md(bench: dict) -> list[str]:
+    """bench_monitor's JSON (it has no provenance block: its command, torch and threads are inline)."""
+    gpu = bench.get("monitor_gpu_ms") is not None
+    overhead = bench["gpu_overhead"] if gpu else bench["call_overhead"]
+    lines = [
+        f"- command: `python benchmarks/{bench.get('command')}`, torch {bench.get('torch')}, "
+        f"{bench.get('threads')} threads",
+        f"- {bench.get('case')}, {bench.get('params')} parameter tensors, {bench.get('pairs')} pairs of monitored "
+        "and plain steps, alternating",
+        "",
+        "| plain step (median) | monitored step (median) | `monitor.step()` (median) |"
+        + (" monitor on the GPU (median) |" if gpu else "") + " overhead |",
+        "|--:|--:|--:|" + ("--:|" if gpu else "") + "--:|",
+        f"| {_f(bench['plain_step_ms'], '.1f')} ms | {_f(bench['monitored_step_ms'], '.1f')} ms "
+        f"| {_f(bench['monitor_call_ms'], '.2f')} ms |"
+        + (f" {_f(bench['monitor_gpu_ms'], '.3f')} ms |" if gpu else "")
+        + f" {_f(100 * overhead, '.2f')}% of a step (whole-step ratio of medians {_f(bench['step_ratio'], '.3f')}, "
+        f"median pair ratio {_f(bench['pair_ratio_median'], '.3f')}) |",
+    ]
+    return lines
+
+
+def _renderer(bench: dict):
+    if bench.get("benchmark") == "bench_grad_stats":
+        return grad_stats_md
+    if bench.get("benchmark") == "bench_scaling":
+        return scaling_md
+    if "monitored_step_ms" in bench:
+        return monitor_md
+    return None
+
+
 def main(paths: list[str]) -> int:
     if not paths:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
@@ -135,8 +167,12 @@ def main(paths: list[str]) -> int:
     for path in paths:
         with open(path) as f:
             bench = json.load(f)
-        print(f"\n### `{bench.get('benchmark')}` ({path})\n")
-        render = grad_stats_md if bench.get("benchmark") == "bench_grad_stats" else scaling_md
+        render = _renderer(bench) if isinstance(bench, dict) else None
+        if render is None:
+            print(f"results_md: {path} is not the JSON of bench_grad_stats, bench_scaling or bench_monitor",
+                  file=sys.stderr)
+            return 2
+        print(f"\n### `{bench.get('benchmark', 'bench_monitor')}` ({path})\n")
         print("\n".join(render(bench)))
     return 0
 

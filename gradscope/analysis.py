@@ -286,13 +286,14 @@ def describe_decay(decay: Optional[dict]) -> str:
 
 def _vanishing_fixes(inventory: dict) -> str:
     fixes = []
-    saturating = [k for k in inventory.get("activations", {}) if k in ("Sigmoid", "Tanh")]
-    if saturating:
+    counts = inventory.get("activations", {})
+    saturating = [k for k in counts if k in ("Sigmoid", "Tanh")]
+    # The model's own activation is the most common kind: a pooler's one Tanh beside twelve GELUs is not it.
+    if saturating and sum(counts[k] for k in saturating) >= inventory.get("relu_family_activations", 0):
         fixes.append(f"replace {'/'.join(saturating).lower()} with a ReLU-family activation (ReLU, GELU)")
-    if inventory.get("relu_family_activations"):
-        fixes.append("initialize with He init (nn.init.kaiming_normal_, nonlinearity='relu')")
-    elif saturating:
         fixes.append("initialize with Xavier init (nn.init.xavier_uniform_)")
+    elif inventory.get("relu_family_activations") and not inventory.get("norm_layers"):
+        fixes.append("initialize with He init (nn.init.kaiming_normal_, nonlinearity='relu')")
     if not inventory.get("norm_layers"):
         fixes.append("add normalization (BatchNorm in CNNs and MLPs, LayerNorm in transformers)")
     if not inventory.get("residual_modules"):

@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Optional, Union
 
 from .errors import GradscopeError, UsageError
@@ -194,6 +194,7 @@ def analyze(
                                  "drop 'shallow' from --baselines")
             progress("no stack of numbered blocks to shorten: skipping the shallow baseline")
             baselines = tuple(b for b in baselines if b != "shallow")
+            config = replace(config, baselines=baselines)  # the report's config says what ran
     check_applicable(subject.model, config.what_ifs)
     variants = build_variants(subject.model, subject.make_scratch, baselines, config.what_ifs, config.seed, progress)
     return run_variants(subject, variants, config.seed, progress, config)

@@ -188,7 +188,7 @@ def test_offline_torchvision_name_reads_the_cache_and_never_downloads(tmp_path, 
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda *a, **k: pytest.fail("--offline must not download"))
     url = torchvision.models.ResNet18_Weights.DEFAULT.url
-    with pytest.raises(ModelLoadError, match="--offline: the pretrained weights of resnet18 are not in the torch hub "
+    with pytest.raises(ModelLoadError, match="offline .*: the pretrained weights of resnet18 are not in the torch hub "
                                              "cache .*--arch resnet18"):
         gradscope.analyze("resnet18", gradscope.AnalyzeConfig(device="cpu"))
 
@@ -504,7 +504,8 @@ def test_a_steady_trend_inside_the_thresholds_is_a_warning_with_the_depth_it_wou
 
     inventory = {"activations": {"GELU": 6}, "relu_family_activations": True, "norm_layers": 6,
                  "residual_modules": 6}
-    shrinking = findings_for(_summary_for([0.6 ** (5 - d) for d in range(6)]), [], inventory)
+    plain_mlp = {"activations": {"ReLU": 6}, "relu_family_activations": 6, "norm_layers": 0, "residual_modules": 0}
+    shrinking = findings_for(_summary_for([0.6 ** (5 - d) for d in range(6)]), [], plain_mlp)
     assert [f["kind"] for f in shrinking] == ["healthy", "vanishing-trend"]
     warning = shrinking[1]
     assert warning["severity"] == "warning"
@@ -519,3 +520,32 @@ def test_a_steady_trend_inside_the_thresholds_is_a_warning_with_the_depth_it_wou
     gentle = [0.7 ** (5 - d) for d in range(6)]  # 0.17x across six blocks: not yet a decade
     for flow in (noisy, gentle):
         assert [f["kind"] for f in findings_for(_summary_for(flow), [], inventory)] == ["healthy"]
+
+
+def test_vanishing_fixes_name_the_model_s_own_activation():
+    from gradscope.analysis import _vanishing_fixes
+
+    bert = {"activations": {"GELU": 12, "Tanh": 1}, "relu_family_activations": 12, "norm_layers": 25,
+            "residual_modules": 24}  # the one Tanh is the pooler's
+    assert _vanishing_fixes(bert) == "use fewer layers or start from pretrained weights"
+    sigmoid_mlp = {"activations": {"Sigmoid": 20}, "relu_family_activations": 0, "norm_layers": 0,
+                   "residual_modules": 0}
+    fixes = _vanishing_fixes(sigmoid_mlp)
+    assert fixes.startswith("replace sigmoid with a ReLU-family activation") and "Xavier" in fixes
+    assert "add normalization" in fixes and "add residual connections" in fixes
+    relu_mlp = {"activations": {"ReLU": 20}, "relu_family_activations": 20, "norm_layers": 0, "residual_modules": 0}
+    assert _vanishing_fixes(relu_mlp).startswith("initialize with He init")
+
+
+def test_a_model_without_a_block_stack_skips_shallow_and_its_config_says_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))  # no stack of numbered blocks
+    messages = []
+    report = gradscope.analyze(model, batch=torch.randn(6, 4), loss_fn=lambda m, x: m(x).pow(2).mean(),
+                               progress=messages.append)
+    assert report.variant_names == ["pretrained", "scratch"]
+    assert list(report.meta["config"]["baselines"]) == ["pretrained", "scratch"]
+    assert any("skipping the shallow baseline" in m for m in messages)
+    with pytest.raises(UsageError, match="drop 'shallow' from --baselines"):
+        gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("shallow",)), batch=torch.randn(6, 4),
+                          loss_fn=lambda m, x: m(x).pow(2).mean())

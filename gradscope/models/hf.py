@@ -23,7 +23,8 @@ Text is read with the model's tokenizer. Without one (transformers may make up a
 special tokens only when no tokenizer files were saved), or when it reads the text as mostly
 unknown tokens, the batch is seeded random token ids, and the inputs line says why.
 
-``trust_remote_code`` is off unless the config asks for it. Hub access follows
+``trust_remote_code`` is off unless ``AnalyzeConfig.trust_remote_code`` (``--trust-remote-code``) asks for
+it, whatever the model's files say. Hub access follows
 transformers and ``HF_HUB_OFFLINE``; a model that cannot be fetched is a
 :class:`ModelLoadError` that says how to pass a local directory instead.
 """
@@ -409,7 +410,7 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         import transformers
     except ImportError:
         raise ModelLoadError(
-            f"cannot load {spec!r}: Hugging Face models need transformers; pip install 'gradscope[hf]'"
+            f"cannot load {spec!r}: Hugging Face models need transformers: pip install transformers (gradscope's [hf] extra)"
         ) from None
     _quiet_transformers()
     if local and not (Path(spec) / "config.json").is_file():

@@ -35,7 +35,7 @@ def _torchvision_models():
     try:
         import torchvision.models
     except ImportError:
-        raise ModelLoadError("torchvision models need torchvision; pip install 'gradscope[vision]'") from None
+        raise ModelLoadError("torchvision models need torchvision: pip install torchvision (gradscope's [vision] extra)") from None
     return torchvision.models
 
 
@@ -59,7 +59,7 @@ def close_torchvision_names(name: str) -> list[str]:
 def _check_arch(arch: str) -> None:
     names = _classification_names()
     if not names:
-        raise ModelLoadError("torchvision models need torchvision; pip install 'gradscope[vision]'")
+        raise ModelLoadError("torchvision models need torchvision: pip install torchvision (gradscope's [vision] extra)")
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
         hint = f"close matches: {', '.join(close)}" if close else "see torchvision.models.list_models()"
@@ -134,7 +134,7 @@ def load_torchvision(name: str, config, progress: Callable[[str], None]) -> Subj
     num_classes = len(weights.meta["categories"])
     if offline() and not _cached_weights(weights.url).is_file():
         raise ModelLoadError(
-            f"--offline: the pretrained weights of {name} are not in the torch hub cache "
+            f"offline (--offline or HF_HUB_OFFLINE): the pretrained weights of {name} are not in the torch hub cache "
             f"({_cached_weights(weights.url)}); download {weights.url} where the network is reachable and pass it: "
             f"gradscope analyze {Path(weights.url).name} --arch {name}"
         )

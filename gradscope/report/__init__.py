@@ -320,8 +320,8 @@ def check_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
         import importlib.util
 
         if importlib.util.find_spec("matplotlib") is None:
-            raise UsageError("--format png needs matplotlib, which is not installed: pip install 'gradscope[plots]' "
-                             "(or use --format svg, which needs nothing)")
+            raise UsageError("--format png needs matplotlib, which is not installed: pip install matplotlib "
+                             "(gradscope's [plots] extra), or use --format svg, which needs nothing")
     return names
 
 

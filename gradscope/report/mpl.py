@@ -23,8 +23,8 @@ def _matplotlib():
     except ImportError:
         from ..errors import UsageError
 
-        raise UsageError("--format png needs matplotlib, which is not installed: pip install 'gradscope[plots]' "
-                         "(or use --format svg, which needs nothing)") from None
+        raise UsageError("--format png needs matplotlib, which is not installed: pip install matplotlib "
+                         "(gradscope's [plots] extra), or use --format svg, which needs nothing") from None
     return Figure
 
 
