@@ -43,10 +43,17 @@ def _open(chromium, page: Path, profile: Path, *extra, fragment: str = "") -> tu
 
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
-    """A hostile analyze-style report and a monitor report with a time series, as HTML."""
+    """A hostile analyze-style report (one parameter without a gradient) and a monitor report with a time series
+    and a non-finite step, as HTML."""
     root = tmp_path_factory.mktemp("pages")
-    rf.hostile_report().save(root / "hostile", formats="html")
-    rf.monitor_report().save(root / "monitor", formats="html")
+    hostile = rf.hostile_report()
+    hostile.params[-1].update(has_grad=False, grad_l2=None)
+    hostile.save(root / "hostile", formats="html")
+    monitor = rf.monitor_report()
+    for r in monitor.series:
+        if r["step"] == 5:
+            r.update(grad_nonfinite=1, grad_l2=None)
+    monitor.save(root / "monitor", formats="html")
     return {"hostile": root / "hostile" / "report.html", "monitor": root / "monitor" / "report.html"}
 
 
@@ -55,12 +62,16 @@ def _attr(dom: str, name: str) -> str:
     return match.group(1) if match else ""
 
 
-def test_page_loads_clean_with_plots_table_and_names_as_text(chromium, pages, tmp_path):
-    dom, console = _open(chromium, pages["hostile"], tmp_path / "profile", "--dump-dom", fragment="#gs-selftest")
+@pytest.mark.parametrize("width", [1280, 800])
+def test_page_loads_clean_with_plots_table_and_names_as_text(chromium, pages, tmp_path, width):
+    dom, console = _open(chromium, pages["hostile"], tmp_path / "profile", "--dump-dom", f"--window-size={width},1000",
+                         fragment="#gs-selftest")
     assert _attr(dom, "data-gs-ready") == "1", "our script did not finish setting up the page"
     assert _attr(dom, "data-gs-errors") == "0", re.search(r'<pre id="gs-errors"[^>]*>(.*?)</pre>', dom, re.S)
     assert console == [], console
-    assert _attr(dom, "data-gs-selftest") == "pass"  # the parameter table sorts and filters
+    # the parameter table sorts, filters and shows just the problem rows; a legend entry picks out its series;
+    # nothing makes the page wider than the window
+    assert _attr(dom, "data-gs-selftest") == "pass"
     for key in ("flow", "ratios", "blocks"):
         assert f'id="plot-{key}"' in dom
     assert 'id="param-table"' in dom
@@ -73,6 +84,7 @@ def test_monitor_page_has_a_heatmap_and_a_screenshot_is_kept(chromium, pages, tm
     dom, console = _open(chromium, pages["monitor"], tmp_path / "profile", "--dump-dom")
     assert _attr(dom, "data-gs-ready") == "1" and _attr(dom, "data-gs-errors") == "0" and console == []
     assert 'id="plot-heatmap"' in dom and 'id="plot-global"' in dom
+    assert '<section id="incidents">' in dom and 'class="mark"' in dom  # the non-finite step, in text and plots
 
     ARTIFACTS.mkdir(exist_ok=True)
     for name, page in pages.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import math
 import os
 import re
 import subprocess
@@ -278,6 +279,166 @@ def test_rendering_imports_neither_matplotlib_nor_pandas(tmp_path):
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
+def _monitor_report_with_an_inf_step(inf_step: int = 7, steps: int = 12, block_name: str = ""):
+    """A real GradientMonitor's report where one step's gradient holds an Inf (that step is then skipped)."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from gradscope import GradientMonitor
+
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(4)], nn.Linear(8, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+    monitor = GradientMonitor(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the monitor's own warning about the Inf
+        for step in range(1, steps + 1):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            if step == inf_step:
+                net[2][0].weight.grad[0, 0] = float("inf")
+            monitor.step()
+            if step != inf_step:
+                opt.step()
+        report = monitor.report()
+    if block_name:
+        for r in report.series + report.blocks + report.params:
+            if r.get("block") == "2":
+                r["block"] = block_name
+    return report
+
+
+def _svg(report, key: str) -> str:
+    return RENDERERS["svg"](report)[f"{key}.svg"].decode()
+
+
+def _legend_labels(svg_text: str) -> list[str]:
+    return re.findall(r'<g class="legend-item" data-series="\d+">.*?<text[^>]*>([^<]*)</text></g>', svg_text)
+
+
+def test_flow_plot_stacks_param_and_output_gradients_with_one_legend_entry_per_variant(demo_report):
+    flow = _svg(demo_report, "flow")
+    assert "parameter gradient dL/dθ</text>" in flow and "gradient at the block&#x27;s output dL/dh</text>" in flow
+    assert _legend_labels(flow) == demo_report.variant_names
+    assert flow.count('class="series" data-series="0"') == 2  # dL/dθ and dL/dh of the first variant, picked together
+    assert "0 = the block nearest the input (left)" in flow  # which way depth runs, on the axis itself
+    caption = next(p for p in all_plots(demo_report) if p.key == "flow").caption
+    assert "Depth 0 (left) is blocks.0, next to the input" in caption
+
+
+def test_many_variants_stay_distinguishable_by_color_and_marker():
+    report = rf.synthetic_report(layers=6, tensors_per_layer=1, variants=[f"v{i}" for i in range(14)])
+    flow = _svg(report, "flow")
+    items = re.findall(r'<g class="legend-item" data-series="\d+">(.*?)</g>', flow)
+    assert len(items) == 14
+    signatures = set()
+    for item in items:  # the line sample's color and the marker's kind and shape, positions left out
+        mark = re.search(r"<(circle|polygon)[^>]*>", item).group(0)
+        shape = re.sub(r"-?\d+\.\d", "#", re.sub(r'(points|cx|cy)="[^"]*"', "", mark))
+        points = re.search(r'points="([^"]*)"', mark)
+        offsets = [round(float(v) - float(points.group(1).split()[0].split(",")[i % 2]), 1)
+                   for i, v in enumerate(points.group(1).replace(",", " ").split())] if points else []
+        signatures.add((re.search(r'stroke="([^"]+)"', item).group(1), shape, tuple(offsets)))
+    assert len(signatures) == 14
+
+
+def test_log_axes_label_the_decades_at_both_ends():
+    from gradscope.report.svg import decade_ticks, log_range
+
+    for low, high in ((1e-18, 5.0), (3e-7, 2e3), (0.2, 0.4), (1e-30, 1e10)):
+        lo, hi = log_range([low, high])
+        ticks = decade_ticks(lo, hi)
+        assert ticks[0] == lo and ticks[-1] == hi and lo <= math.log10(low) and math.log10(high) <= hi
+        assert len(ticks) <= 9
+
+
+def test_monitor_page_flags_the_nonfinite_step_in_text_plots_and_heatmap():
+    from PIL import Image
+    import io
+
+    from gradscope.report.svg import NONFINITE, _hex
+
+    report = _monitor_report_with_an_inf_step(inf_step=7, block_name=rf.HOSTILE)
+    page = html_module.render_page(report)
+    assert '<section id="incidents">' in page and 'href="#incidents"' in page
+    assert "NaN or Inf in the gradients at 1 of 12 recorded step(s), first at step 7" in page
+    assert rf.HOSTILE not in page and html_module._e(rf.HOSTILE) in page  # the block's name, escaped
+    assert page.index('id="figure-global"') < page.index('id="figure-heatmap"') < page.index('id="figure-flow"')
+    glob = _svg(report, "global")
+    assert re.search(r'<polygon class="mark"[^>]*><title>step 7: 1 non-finite gradient value\(s\)</title>', glob)
+    heat = _svg(report, "heatmap")
+    assert heat.count('<polygon class="mark"') == 1 and "NaN or Inf in the gradient</text>" in heat
+    spec = next(p for p in all_plots(report) if p.key == "heatmap")
+    row, col = spec.rows.index(rf.HOSTILE), spec.x.index(7)
+    assert spec.nonfinite[row][col] and sum(map(sum, spec.nonfinite)) == 1
+    image = Image.open(io.BytesIO(base64.b64decode(re.search(r'base64,([^"]+)"', heat).group(1)))).convert("RGB")
+    assert image.getpixel((col, len(spec.rows) - 1 - row)) == _hex(NONFINITE)  # red, not the grey of no gradient
+    assert image.getpixel((col + 1, len(spec.rows) - 1 - row)) != _hex(NONFINITE)
+
+
+def test_a_sampled_heatmap_keeps_every_nonfinite_step():
+    report = rf.synthetic_report(layers=4, tensors_per_layer=1, variants=("pretrained",), steps=2000)
+    for r in report.series:
+        if r["step"] == 1237:
+            r["grad_nonfinite"], r["grad_l2"] = 1, None
+    spec = next(p for p in all_plots(report) if p.key == "heatmap")
+    assert 1237 in spec.x and all(spec.nonfinite[d][spec.x.index(1237)] for d in range(4))
+    assert "plus steps with a non-finite gradient" in spec.caption
+
+
+def test_parameter_table_puts_names_first_explains_columns_and_marks_problem_rows():
+    report = rf.synthetic_report(layers=3, tensors_per_layer=2, variants=("pretrained",))
+    report.params[1].update(has_grad=False, grad_l2=None)
+    report.params[2].update(grad_nonfinite=3)
+    page = html_module.render_page(report)
+    table = re.search(r'<table class="data sortable filterable" id="param-table">.*?</table>', page, re.S).group(0)
+    heads = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    assert heads[:4] == ["name", "variant", "depth", "grad_l2"]
+    assert re.search(r'<th class="n" title="grad_l2 / weight_l2[^"]*" scope="col">grad_to_weight</th>', table)
+    assert table.count('class="problem"') == 2
+    assert 'id="param-table-problems"> only the 2 row(s) with no, all-zero or non-finite gradients' in page
+
+
+def test_warnings_are_cards_with_their_fix_and_information_is_a_table(demo_report):
+    page = html_module.render_page(demo_report)
+    warnings = [f for f in demo_report.findings if f["severity"] == "warning"]
+    infos = [f for f in demo_report.findings if f["severity"] == "info"]
+    assert warnings and infos
+    assert page.count('<article class="finding sev-warning">') == len({(f["message"], f["evidence"]) for f in warnings})
+    assert page.count('<p class="fix"><span class="label">Fix</span>') == len({f["message"] for f in warnings})
+    notes = re.search(r'<table class="data notes">.*?</table>', page, re.S).group(0)
+    assert notes.count("<tr>") == 1 + len(infos)
+
+
+def test_glance_line_names_each_verdict_worst_first(demo_report):
+    page = html_module.render_page(demo_report)
+    glance = re.search(r'<p class="glance">(.*?)</p>', page).group(1)
+    assert glance.index("v-vanishing") < glance.index("v-healthy")
+    for s in demo_report.summaries:
+        assert s["variant"] in glance
+
+
+def test_wide_tables_scroll_inside_the_page_and_print_and_dark_styles_exist(demo_report):
+    page = html_module.render_page(demo_report)
+    assert '<section id="verdicts"><h2>Verdicts</h2><div class="wide"><table' in page
+    assert '<div class="wide"><table class="data"><thead><tr><th>a / b</th>' in page
+    style = re.search(r"<style>(.*?)</style>", page, re.S).group(1)
+    assert "@media print" in style and "prefers-color-scheme: dark" in style and "@page" in style
+
+
+def test_hostile_variant_names_are_text_in_glance_legends_and_tables():
+    evil = "<b>x</b>relu"
+    data = json.loads(json.dumps(rf.hostile_report().to_dict()).replace('"relu"', json.dumps(evil)))
+    report = Report.from_dict(data)
+    page = html_module.render_page(report)
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;relu" in page
+    assert "&lt;b&gt;x&lt;/b&gt;relu" in re.search(r'<p class="glance">(.*?)</p>', page).group(1)
+    assert "&lt;b&gt;x&lt;/b&gt;relu" in "".join(_legend_labels(_svg(report, "flow")))
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 
@@ -436,8 +597,8 @@ def test_a_shallow_variants_values_stay_on_its_own_blocks():
     table = [line for line in render_markdown(report).splitlines() if line.startswith("| ") and "." in line]
     assert table == ["| 0 | a.0 | 1 | 1e+03 |", "| 1 | a.1 | 2 |  |", "| 2 | b.0 | 3 | 2e+03 |", "| 3 | b.1 | 4 |  |"]
     flow = next(p for p in all_plots(report) if p.key == "flow")  # the page's plot: names per point, caption says so
-    assert ("Depth 0 is a.0; depth 3 is b.1 in pretrained (other variants have other blocks at some depths)"
-            in flow.caption)
+    assert ("Depth 0 (left) is a.0, next to the input; depth 3 (right) is b.1 in pretrained (other variants have "
+            "other blocks at some depths)" in flow.caption)
 
 
 def test_different_models_flow_table_names_each_values_block():

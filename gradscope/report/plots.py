@@ -19,9 +19,11 @@ class Line:
     label: str
     x: list[float]
     y: list[Optional[float]]
-    color: int  # index into the drawer's palette: one color per variant or pair
+    color: int  # index into the drawer's palette (and marker shapes): one per variant or pair
     dashed: bool = False
     point_names: list[str] = field(default_factory=list)  # what a point is, for tooltips
+    series: str = ""  # the variant or pair: the legend names each series once (default: the label)
+    panel: str = ""  # lines of one quantity share a panel; the SVG stacks panels (matplotlib overlays them)
 
 
 @dataclass
@@ -33,6 +35,7 @@ class LinePlot:
     lines: list[Line]
     caption: str = ""
     reference_y: Optional[float] = None  # a dotted horizontal line, e.g. ratio 1
+    marks: list[tuple[float, str]] = field(default_factory=list)  # (x, what happened there): flagged steps
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Heatmap:
     rows: list[str]  # blocks, row 0 nearest the input
     values: list[list[Optional[float]]]  # [row][column]
     caption: str = ""
+    nonfinite: list[list[bool]] = field(default_factory=list)  # [row][column]: a NaN/Inf in that gradient
 
 
 def positive(value) -> Optional[float]:
@@ -82,19 +86,27 @@ def _variants(report) -> list[str]:
     return names or sorted({b.get("variant") for b in report.blocks if b.get("variant")})
 
 
+DEPTH_LABEL = "block depth: 0 = the block nearest the input (left), output side on the right"
+PARAM_PANEL = "parameter gradient dL/dθ"
+ACT_PANEL = "gradient at the block's output dL/dh"
+
+
 def flow_plot(report) -> Optional[LinePlot]:
     """Gradient L2 norm per block against depth: parameter gradient solid, dL/dh dashed, one color per variant."""
     lines = []
+    steps = set()
     for i, variant in enumerate(_variants(report)):
         rows = report.block_rows(variant)
         if not rows:
             continue
+        steps |= {r.get("step") for r in rows}
         x = [r["depth"] for r in rows]
         names = [str(r["block"]) for r in rows]
-        lines.append(Line(f"{variant} dL/dθ", x, [positive(r.get("grad_l2")) for r in rows], i, False, names))
+        lines.append(Line(f"{variant} dL/dθ", x, [positive(r.get("grad_l2")) for r in rows], i, False, names,
+                          variant, PARAM_PANEL))
         act = [positive(r.get("act_grad_l2")) for r in rows]
         if any(v is not None for v in act):
-            lines.append(Line(f"{variant} dL/dh", x, act, i, True, names))
+            lines.append(Line(f"{variant} dL/dh", x, act, i, True, names, variant, ACT_PANEL))
     if not lines:
         return None
     first, last = lines[0].point_names[0], lines[0].point_names[-1]
@@ -103,13 +115,21 @@ def flow_plot(report) -> Optional[LinePlot]:
         for x, name in zip(line.x, line.point_names):
             named.setdefault(x, set()).add(name)
     whose = "" if all(len(n) == 1 for n in named.values()) else (
-        f" in {lines[0].label.rsplit(' ', 1)[0]} (other variants have other blocks at some depths)")
+        f" in {lines[0].series} (other variants have other blocks at some depths)")
+    both = any(line.dashed for line in lines)
+    quantity = ("Solid: L2 norm of the block's parameter gradient dL/dθ. Dashed: L2 norm of dL/dh, the gradient "
+                "with respect to the block's output; each has its own panel. " if both else
+                "L2 norm of the block's parameter gradient dL/dθ. ")
+    when = ""
+    if len(steps) == 1 and None not in steps:
+        when = f" Values at training step {steps.pop()}, the last recorded (the heatmap shows every step)."
     return LinePlot(
         key="flow", title="Gradient flow: gradient L2 norm per block against depth",
-        x_label="block depth (0 = nearest the input)", y_label="gradient L2 norm (log scale)", lines=lines,
-        caption=f"Solid: L2 norm of the block's parameter gradient dL/dθ. Dashed: L2 norm of dL/dh, the gradient "
-                f"with respect to the block's output. Depth 0 is {first}; depth {lines[0].x[-1]} is {last}{whose}. "
-                "A line that falls toward depth 0 is a vanishing gradient; gaps are blocks with no or zero gradient.",
+        x_label=DEPTH_LABEL, y_label="gradient L2 norm (log scale)",
+        lines=lines,
+        caption=f"{quantity}Depth 0 (left) is {first}, next to the input; depth {lines[0].x[-1]} (right) is {last}"
+                f"{whose}. A line that falls toward depth 0 is a vanishing gradient; gaps are blocks with no or zero "
+                f"gradient.{when}",
     )
 
 
@@ -125,11 +145,15 @@ def bar_plot(report) -> Optional[BarPlot]:
             [positive(r.get("grad_maxabs")) for r in rows], [positive(r.get("grad_meanabs")) for r in rows], i))
     if not panels:
         return None
+    has_mean = any(v is not None for p in panels for v in p.front)
+    caption = "Light bars: the largest absolute gradient entry in the block" + (
+        "; dark bars: the mean absolute entry." if has_mean else " (this report has no mean |g|).")
+    if len(panels) > 1:
+        caption += " One y scale for all panels, so heights compare across variants."
     return BarPlot(
-        key="blocks", title="Mean and max |g| per block", x_label="block depth (0 = nearest the input)",
+        key="blocks", title="Mean and max |g| per block" if has_mean else "Max |g| per block", x_label=DEPTH_LABEL,
         y_label="|g| per element (log scale)", back_label="max |g|", front_label="mean |g|", panels=panels,
-        caption="Light bars: the largest absolute gradient entry in the block; dark bars: the mean absolute entry. "
-                "One y scale for all panels, so heights compare across variants.",
+        caption=caption,
     )
 
 
@@ -142,19 +166,29 @@ def ratio_plot(report) -> Optional[LinePlot]:
             continue
         x = [r["depth"] for r in rows]
         names = [str(r["block"]) for r in rows]
-        lines.append(Line(f"{c['a']} / {c['b']} dL/dθ", x, [positive(r.get("grad_l2_ratio")) for r in rows], i,
-                          False, names))
+        pair = f"{c['a']} / {c['b']}"
+        lines.append(Line(f"{pair} dL/dθ", x, [positive(r.get("grad_l2_ratio")) for r in rows], i, False, names,
+                          pair, f"{PARAM_PANEL}: ratio a / b"))
         act = [positive(r.get("act_grad_l2_ratio")) for r in rows]
         if any(v is not None for v in act):
-            lines.append(Line(f"{c['a']} / {c['b']} dL/dh", x, act, i, True, names))
+            lines.append(Line(f"{pair} dL/dh", x, act, i, True, names, pair, f"{ACT_PANEL}: ratio a / b"))
     if not lines:
         return None
     return LinePlot(
         key="ratios", title="Per-block gradient ratio between variants",
-        x_label="block depth (0 = nearest the input; depth of the first name)",
+        x_label=f"{DEPTH_LABEL}; depths of a",
         y_label="gradient L2 ratio a / b (log scale)", lines=lines, reference_y=1.0,
-        caption="Above the dotted line at 1, the first named variant gets the larger gradient at that block.",
+        caption="Each line is one pair a / b. Above the dotted line at 1, a (the first named) gets the larger "
+                "gradient at that block; 10 means ten times larger.",
     )
+
+
+def nonfinite_steps(report) -> list:
+    """The steps whose gradients held a NaN or Inf, from the series' global rows (block rows where none)."""
+    rows = [r for r in report.series if r.get("step") is not None and r.get("grad_nonfinite")]
+    if any(r.get("block") is None for r in report.series):
+        rows = [r for r in rows if r.get("block") is None]
+    return sorted({r["step"] for r in rows})
 
 
 def _series_steps(report) -> list:
@@ -162,7 +196,8 @@ def _series_steps(report) -> list:
     if len(steps) <= MAX_HEATMAP_STEPS:
         return steps
     stride = (len(steps) - 1) / (MAX_HEATMAP_STEPS - 1)
-    return [steps[round(i * stride)] for i in range(MAX_HEATMAP_STEPS)]
+    spaced = {steps[round(i * stride)] for i in range(MAX_HEATMAP_STEPS)}
+    return sorted(spaced | set(nonfinite_steps(report)[:MAX_HEATMAP_STEPS // 4]))  # incidents stay visible
 
 
 def heatmap(report) -> Optional[Heatmap]:
@@ -177,15 +212,20 @@ def heatmap(report) -> Optional[Heatmap]:
     row_of = {b: i for i, b in enumerate(blocks)}
     col_of = {s: j for j, s in enumerate(steps)}
     values: list[list[Optional[float]]] = [[None] * len(steps) for _ in blocks]
+    nonfinite = [[False] * len(steps) for _ in blocks]
     for r in block_rows:
         if r["step"] in shown:
             values[row_of[r["block"]]][col_of[r["step"]]] = positive(r.get("grad_l2"))
-    caption = "Each cell: the L2 norm of the block's parameter gradient at that step; grey: no or zero gradient."
+            nonfinite[row_of[r["block"]]][col_of[r["step"]]] = bool(r.get("grad_nonfinite"))
+    caption = (f"Each cell: the L2 norm of the block's parameter gradient at that step. Row 0 (bottom) is "
+               f"{blocks[0]}, next to the input; row {len(blocks) - 1} (top) is {blocks[-1]}. Red, marked ▼ above "
+               "its column: a NaN or Inf in that block's gradient; grey: no gradient or an all-zero one.")
     if len(steps) < len(all_steps):
-        caption += f" Showing {len(steps)} of {len(all_steps)} recorded steps, evenly spaced."
+        caption += (f" Showing {len(steps)} of {len(all_steps)} recorded steps: evenly spaced, plus steps with a "
+                    "non-finite gradient; columns are equally wide, so the step axis is not to scale.")
     return Heatmap(key="heatmap", title="Gradient L2 norm per block and training step", x_label="training step",
-                   y_label="block depth (0 = nearest the input)", color_label="gradient L2 norm (log scale)",
-                   x=steps, rows=blocks, values=values, caption=caption)
+                   y_label="block depth (0: input side, bottom)", color_label="gradient L2 norm (log scale)",
+                   x=steps, rows=blocks, values=values, caption=caption, nonfinite=nonfinite)
 
 
 def global_norm_plot(report) -> Optional[LinePlot]:
@@ -199,15 +239,22 @@ def global_norm_plot(report) -> Optional[LinePlot]:
     clipped = [positive(r.get("grad_l2_post_clip")) for r in rows]
     if any(v is not None for v in clipped):
         lines.append(Line("after clipping", x, clipped, 1, True))
+    flagged = {r["step"]: r.get("grad_nonfinite") for r in rows if r.get("grad_nonfinite")}
+    marks = [(step, f"step {step}: {count} non-finite gradient value(s)") for step, count in flagged.items()]
+    caption = "The L2 norm of all monitored parameter gradients together, at each recorded step."
+    if marks:
+        caption += (f" Red ▼: the {len(marks)} step(s) with a NaN or Inf in a gradient, where the norm is NaN "
+                    "and the line has a gap.")
     return LinePlot(key="global", title="Global gradient L2 norm per training step", x_label="training step",
-                    y_label="gradient L2 norm (log scale)", lines=lines,
-                    caption="The L2 norm of all monitored parameter gradients together, at each recorded step.")
+                    y_label="gradient L2 norm (log scale)", lines=lines, caption=caption, marks=marks)
 
 
 def all_plots(report) -> list:
-    """Every plot the report has data for, in page order."""
+    """Every plot the report has data for, in page order: a training run's time series first."""
     makers = (flow_plot, ratio_plot, bar_plot, global_norm_plot, heatmap)
+    if report.series:
+        makers = (global_norm_plot, heatmap, flow_plot, ratio_plot, bar_plot)
     return [p for p in (make(report) for make in makers) if p is not None]
 
 
-PLOT_KEYS = ("flow", "ratios", "blocks", "global", "heatmap")  # file stems of --format png/svg, in page order
+PLOT_KEYS = ("flow", "ratios", "blocks", "global", "heatmap")  # file stems of --format png/svg

@@ -24,6 +24,7 @@ PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#0
 VIRIDIS = ("#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70",
            "#7ad151", "#bddf26", "#fde725")
 MISSING = "#d9d9d9"
+NONFINITE = "#d62728"  # outside viridis: a NaN/Inf cell, also marked with a shape, never by color alone
 WIDTH = 960
 FONT = "font-family=\"system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif\""
 MARKERS_UP_TO = 60  # points per line that get a marker with a tooltip; denser lines are drawn plain
@@ -44,20 +45,25 @@ def _f(x: float) -> str:
 # --- axes ---------------------------------------------------------------------------
 
 
+def _decade_step(lo: int, hi: int) -> int:
+    return max(1, math.ceil((hi - lo) / 8))
+
+
 def log_range(values) -> Optional[tuple[int, int]]:
-    """Whole decades (lo, hi) covering the positive values; None when there are none."""
+    """Whole decades (lo, hi) covering the positive values, None when there are none; widened downward so
+    that labelled decades fall on both ends of the axis."""
     logs = [math.log10(v) for v in values if v is not None]
     if not logs:
         return None
     lo, hi = math.floor(min(logs)), math.ceil(max(logs))
     if hi == lo:
         hi += 1
-    return lo, hi
+    step = _decade_step(lo, hi)
+    return hi - step * math.ceil((hi - lo) / step), hi
 
 
 def decade_ticks(lo: int, hi: int) -> list[int]:
-    step = max(1, math.ceil((hi - lo) / 8))
-    return list(range(lo, hi + 1, step))
+    return list(range(lo, hi + 1, _decade_step(lo, hi)))
 
 
 def linear_ticks(lo: float, hi: float, most: int = 10) -> list[float]:
@@ -114,6 +120,10 @@ class _LinX:
     def __call__(self, v: float) -> float:
         return self.left + (v - self.lo) / (self.hi - self.lo) * (self.right - self.left)
 
+    def grid(self, top: float, bottom: float) -> list[str]:
+        return [f'<line x1="{_f(self(t))}" x2="{_f(self(t))}" y1="{_f(top)}" y2="{_f(bottom)}" stroke="#f0f0f0"/>'
+                for t in linear_ticks(self.lo, self.hi)]
+
     def draw(self, bottom: float) -> list[str]:
         out = []
         for t in linear_ticks(self.lo, self.hi):
@@ -135,8 +145,6 @@ def _open(width: float, height: float, title: str, key: str) -> list[str]:
 def _axis_labels(x_label: str, y_label: str, left: float, right: float, top: float, bottom: float) -> list[str]:
     mid_y = (top + bottom) / 2
     return [
-        f'<rect x="{_f(left)}" y="{_f(top)}" width="{_f(right - left)}" height="{_f(bottom - top)}" '
-        'fill="none" stroke="#888"/>',
         f'<text x="{_f((left + right) / 2)}" y="{_f(bottom + 38)}" text-anchor="middle" font-size="12">'
         f"{_e(x_label)}</text>",
         f'<text transform="translate(16 {_f(mid_y)}) rotate(-90)" text-anchor="middle" font-size="12">'
@@ -149,19 +157,55 @@ def _no_data(width: float, height: float, message: str) -> str:
             f"{_e(message)}</text>")
 
 
-def _legend(entries: list[tuple[str, str, bool]], x: float, y: float) -> list[str]:
+def marker(shape: int, x: float, y: float, fill: str, tip: str = "") -> str:
+    """One of six point shapes (circle, square, triangle, diamond, inverted triangle, ring): with the color,
+    they tell apart more series than colors alone, also in grey print."""
+    r = 3.2
+    title = f"<title>{tip}</title>" if tip else ""
+    kind = shape % 6
+    if kind == 0:
+        return f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{r - 0.4:.1f}" fill="{fill}">{title}</circle>'
+    if kind == 5:
+        return (f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{r - 0.6:.1f}" fill="#fff" stroke="{fill}" '
+                f'stroke-width="1.6">{title}</circle>')
+    points = {1: ((-r, -r), (r, -r), (r, r), (-r, r)),
+              2: ((0, -r - 0.8), (r + 0.6, r - 0.2), (-r - 0.6, r - 0.2)),
+              3: ((0, -r - 0.8), (r + 0.8, 0), (0, r + 0.8), (-r - 0.8, 0)),
+              4: ((0, r + 0.8), (r + 0.6, -r + 0.2), (-r - 0.6, -r + 0.2))}[kind]
+    d = " ".join(f"{_f(x + dx)},{_f(y + dy)}" for dx, dy in points)
+    return f'<polygon points="{d}" fill="{fill}">{title}</polygon>'
+
+
+def _sample(x: float, y: float, index: int, dashed: bool, with_marker: bool) -> list[str]:
+    dash = ' stroke-dasharray="6 4"' if dashed else ""
+    out = [f'<line x1="{_f(x)}" x2="{_f(x + 28)}" y1="{_f(y)}" y2="{_f(y)}" stroke="{color(index)}" '
+           f'stroke-width="2"{dash}/>']
+    return out + ([marker(index, x + 14, y, color(index))] if with_marker else [])
+
+
+def _legend_layout(labels: list[str], width: float) -> tuple[int, float]:
+    """(columns, column width) of a legend under the plot, wide enough for the longest label."""
+    col_w = min(width, 52 + 6.3 * max((len(label) for label in labels), default=0))
+    return max(1, min(len(labels), int(width // col_w))), col_w
+
+
+def _legend(entries: list[tuple[str, int, bool]], left: float, top: float, width: float,
+            with_markers: bool) -> list[str]:
+    """Entries (label, color index, dashed) in columns under the plot; each entry is tagged with its series
+    number so that the page's script can highlight that series."""
+    columns, col_w = _legend_layout([label for label, _, _ in entries], width)
     out = []
-    for i, (label, stroke, dashed) in enumerate(entries):
-        yy = y + i * 17
-        dash = ' stroke-dasharray="6 4"' if dashed else ""
-        out.append(f'<line x1="{_f(x)}" x2="{_f(x + 26)}" y1="{_f(yy)}" y2="{_f(yy)}" stroke="{stroke}" '
-                   f'stroke-width="2"{dash}/>')
-        out.append(f'<text x="{_f(x + 32)}" y="{_f(yy + 4)}" font-size="11">{_e(label)}</text>')
+    for k, (label, index, dashed) in enumerate(entries):
+        x, y = left + (k % columns) * col_w, top + (k // columns) * 18
+        out.append(f'<g class="legend-item" data-series="{k}">'
+                   + "".join(_sample(x, y, index, dashed, with_markers))
+                   + f'<text x="{_f(x + 34)}" y="{_f(y + 4)}" font-size="11.5">{_e(label)}</text></g>')
     return out
 
 
-def _legend_width(labels) -> float:
-    return min(300.0, 48 + 6.4 * max((len(label) for label in labels), default=0))
+def legend_height(labels: list[str], width: float) -> float:
+    columns, _ = _legend_layout(labels, width)
+    return 18.0 * math.ceil(len(labels) / columns) if labels else 0.0
 
 
 # --- line plots ------------------------------------------------------------------------
@@ -179,47 +223,96 @@ def _path(points: list[tuple[float, Optional[float]]]) -> str:
     return " ".join(parts)
 
 
-def line_plot(spec: LinePlot) -> str:
-    legend_w = _legend_width(line.label for line in spec.lines)
-    height = max(440.0, 90 + 17 * len(spec.lines))
-    left, top, right, bottom = 78.0, 44.0, WIDTH - legend_w - 12, height - 58
-    out = _open(WIDTH, height, spec.title, spec.key)
-    values = [v for line in spec.lines for v in line.y]
-    if spec.reference_y is not None:
-        values.append(spec.reference_y)
-    decades = log_range(values)
-    xs = [x for line in spec.lines for x in line.x]
-    if decades is None or not xs:
-        return "\n".join(out + [_no_data(WIDTH, height, "no positive values to draw on a log scale"), "</svg>"])
-    ly = _LogY(*decades, top, bottom)
-    lx = _LinX(min(xs), max(xs), left, right)
-    out += ly.draw(left, right) + lx.draw(bottom) + _axis_labels(spec.x_label, spec.y_label, left, right, top, bottom)
-    if spec.reference_y is not None:
-        y = ly(spec.reference_y)
-        out.append(f'<line x1="{_f(left)}" x2="{_f(right)}" y1="{_f(y)}" y2="{_f(y)}" stroke="#444" '
-                   'stroke-dasharray="2 3"/>')
+def _series(spec: LinePlot) -> list[tuple[str, int, bool]]:
+    """One legend entry per series (variant or pair), in order: (name, color index, drawn dashed only)."""
+    entries: dict[str, list] = {}
     for line in spec.lines:
-        stroke = color(line.color)
-        dash = ' stroke-dasharray="6 4"' if line.dashed else ""
-        pts = [(lx(x), ly(y) if y is not None else None) for x, y in zip(line.x, line.y)]
-        out.append(f'<g class="series"><title>{_e(line.label)}</title>'
-                   f'<path d="{_path(pts)}" fill="none" stroke="{stroke}" stroke-width="1.8"{dash}/></g>')
-        if len(pts) <= MARKERS_UP_TO:
-            names = line.point_names or [tick_text(x) for x in line.x]
-            for (px, py), name, v in zip(pts, names, line.y):
-                if py is not None:
-                    out.append(f'<circle cx="{_f(px)}" cy="{_f(py)}" r="2.6" fill="{stroke}">'
-                               f"<title>{_e(line.label)}: {_e(name)} = {num(v)}</title></circle>")
-    out += _legend([(line.label, color(line.color), line.dashed) for line in spec.lines], right + 16, top + 8)
+        name = line.series or line.label
+        entry = entries.setdefault(name, [name, line.color, True])
+        entry[2] = entry[2] and line.dashed
+    return [tuple(e) for e in entries.values()]  # type: ignore[misc]
+
+
+def line_plot(spec: LinePlot) -> str:
+    """Lines on a log y axis; lines of several quantities (``Line.panel``) in stacked panels sharing the x axis,
+    each with its own decades; a legend naming each series once; flagged x values (``marks``) in red."""
+    entries = _series(spec)
+    index_of = {name: k for k, (name, _, _) in enumerate(entries)}
+    panels = list(dict.fromkeys(line.panel for line in spec.lines))
+    titled = len(panels) > 1 or panels != [""]
+    left, right, top = 78.0, WIDTH - 24.0, 44.0 + (18 if titled else 0) + (12 if spec.marks else 0)
+    gap = 44.0
+    panel_h = 340.0 if len(panels) == 1 else max(200.0, 440.0 / len(panels))
+    bottom_last = top + len(panels) * panel_h + (len(panels) - 1) * gap
+    legend_top = bottom_last + 62
+    height = legend_top + legend_height([e[0] for e in entries], right - left) + 12
+    out = _open(WIDTH, height, spec.title, spec.key)
+    xs = [x for line in spec.lines for x in line.x]
+    if not xs or all(v is None for line in spec.lines for v in line.y):
+        return "\n".join(out + [_no_data(WIDTH, height, "no positive values to draw on a log scale"), "</svg>"])
+    lx = _LinX(min(xs), max(xs), left, right)
+    markers = all(len(line.x) <= MARKERS_UP_TO for line in spec.lines)
+    for p, panel in enumerate(panels):
+        p_top = top + p * (panel_h + gap)
+        p_bottom = p_top + panel_h
+        lines = [line for line in spec.lines if line.panel == panel]
+        values = [v for line in lines for v in line.y] + ([spec.reference_y] if spec.reference_y else [])
+        if titled:
+            out.append(f'<text x="{_f(left)}" y="{_f(p_top - 7)}" font-size="12.5" font-weight="600">'
+                       f"{_e(panel or 'all')}</text>")
+        decades = log_range(values)
+        if decades is None:
+            out.append(_no_data(WIDTH, 2 * p_top + panel_h, "no positive values to draw on a log scale"))
+            continue
+        ly = _LogY(*decades, p_top, p_bottom)
+        out += ly.draw(left, right) + lx.grid(p_top, p_bottom)
+        out.append(f'<rect x="{_f(left)}" y="{_f(p_top)}" width="{_f(right - left)}" height="{_f(panel_h)}" '
+                   'fill="none" stroke="#888"/>')
+        if spec.reference_y is not None:
+            y = ly(spec.reference_y)
+            out.append(f'<line x1="{_f(left)}" x2="{_f(right)}" y1="{_f(y)}" y2="{_f(y)}" stroke="#222" '
+                       'stroke-width="1.2" stroke-dasharray="2 3"/>')
+        for x, _ in spec.marks[:MAX_MARKS]:
+            out.append(f'<line x1="{_f(lx(x))}" x2="{_f(lx(x))}" y1="{_f(p_top)}" y2="{_f(p_bottom)}" '
+                       f'stroke="{NONFINITE}" stroke-opacity="0.45"/>')
+        for line in lines:
+            stroke = color(line.color)
+            dash = ' stroke-dasharray="6 4"' if line.dashed else ""
+            pts = [(lx(x), ly(y) if y is not None else None) for x, y in zip(line.x, line.y)]
+            group = [f'<g class="series" data-series="{index_of[line.series or line.label]}">'
+                     f"<title>{_e(line.label)}</title>"
+                     f'<path d="{_path(pts)}" fill="none" stroke="{stroke}" stroke-width="1.8"{dash}/>']
+            if markers:
+                names = line.point_names or [tick_text(x) for x in line.x]
+                group += [marker(line.color, px, py, stroke, f"{_e(line.label)}: {_e(name)} = {num(v)}")
+                          for (px, py), name, v in zip(pts, names, line.y) if py is not None]
+            out.append("".join(group) + "</g>")
+    out += _marks(spec.marks, lx, top)
+    out += lx.draw(bottom_last)
+    out += _axis_labels(spec.x_label, spec.y_label, left, right, top, bottom_last)
+    out += _legend(list(entries), left, legend_top, right - left, markers)
     out.append("</svg>")
     return "\n".join(out)
+
+
+MAX_MARKS = 200  # flagged steps drawn; more would be a red wall (the caption and the page's table count them)
+
+
+def _marks(marks: list[tuple[float, str]], lx: "_LinX", top: float) -> list[str]:
+    """A red triangle above the plot at each flagged x, with what happened there as its tooltip."""
+    out = []
+    for x, what in marks[:MAX_MARKS]:
+        px = lx(x)
+        out.append(f'<polygon class="mark" points="{_f(px - 5)},{_f(top - 11)} {_f(px + 5)},{_f(top - 11)} '
+                   f'{_f(px)},{_f(top - 2)}" fill="{NONFINITE}"><title>{_e(what)}</title></polygon>')
+    return out
 
 
 # --- bar charts -----------------------------------------------------------------------
 
 
 def bar_plot(spec: BarPlot) -> str:
-    panel_h, gap = 150.0, 34.0
+    panel_h, gap = (150.0 if len(spec.panels) <= 4 else 110.0), 34.0
     left, right, top = 78.0, WIDTH - 24.0, 64.0
     last_bottom = top + 14 + (len(spec.panels) - 1) * (panel_h + gap) + panel_h
     height = last_bottom + 52
@@ -228,10 +321,13 @@ def bar_plot(spec: BarPlot) -> str:
     if decades is None:
         return "\n".join(out + [_no_data(WIDTH, height, "no positive values to draw on a log scale"), "</svg>"])
     x_lo, x_hi = min(x for p in spec.panels for x in p.x), max(x for p in spec.panels for x in p.x)
-    out.append(f'<rect x="{_f(right - 250)}" y="34" width="12" height="10" fill="#555" fill-opacity="0.3"/>'
-               f'<text x="{_f(right - 234)}" y="43" font-size="11">{_e(spec.back_label)}</text>'
-               f'<rect x="{_f(right - 150)}" y="34" width="12" height="10" fill="#555"/>'
-               f'<text x="{_f(right - 134)}" y="43" font-size="11">{_e(spec.front_label)}</text>')
+    keys = [(label, opacity) for label, opacity, values in ((spec.back_label, ' fill-opacity="0.3"', "back"),
+                                                            (spec.front_label, "", "front"))
+            if any(v is not None for p in spec.panels for v in getattr(p, values))]  # only what is drawn
+    for k, (label, opacity) in enumerate(keys):
+        x = right - 250 + 100 * k
+        out.append(f'<rect x="{_f(x)}" y="34" width="12" height="10" fill="#555"{opacity}/>'
+                   f'<text x="{_f(x + 16)}" y="43" font-size="11">{_e(label)}</text>')
     for k, panel in enumerate(spec.panels):
         p_top = top + k * (panel_h + gap) + 14
         p_bottom = p_top + panel_h
@@ -293,11 +389,11 @@ def png(rgb_rows: list[list[tuple[int, int, int]]]) -> bytes:
 
 
 def heatmap(spec: Heatmap) -> str:
-    left, top, right = 78.0, 44.0, WIDTH - 130.0
+    left, top, right = 78.0, 54.0, WIDTH - 130.0
     rows, cols = len(spec.rows), len(spec.x)
     plot_h = float(min(max(4 * rows, 220), 620))
     bottom = top + plot_h
-    height = bottom + 60
+    height = bottom + 80
     out = _open(WIDTH, height, spec.title, spec.key)
     logs = [math.log10(v) for row in spec.values for v in row if v is not None]
     if not logs or not cols:
@@ -305,8 +401,10 @@ def heatmap(spec: Heatmap) -> str:
     lo, hi = min(logs), max(logs)
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
-    missing = _hex(MISSING)
-    pixels = [[viridis((math.log10(v) - lo) / (hi - lo)) if v is not None else missing for v in spec.values[r]]
+    missing, bad = _hex(MISSING), _hex(NONFINITE)
+    flags = spec.nonfinite or [[False] * cols for _ in range(rows)]
+    pixels = [[bad if flag else viridis((math.log10(v) - lo) / (hi - lo)) if v is not None else missing
+               for v, flag in zip(spec.values[r], flags[r])]
               for r in reversed(range(rows))]  # the top pixel row is the deepest block
     image = base64.b64encode(png(pixels)).decode("ascii")
     out.append(f'<image x="{_f(left)}" y="{_f(top)}" width="{_f(right - left)}" height="{_f(plot_h)}" '
@@ -325,7 +423,24 @@ def heatmap(spec: Heatmap) -> str:
         out.append(f'<line x1="{_f(x)}" x2="{_f(x)}" y1="{_f(bottom)}" y2="{_f(bottom + 5)}" stroke="#555"/>'
                    f'<text x="{_f(x)}" y="{_f(bottom + 18)}" text-anchor="middle" font-size="11">'
                    f"{tick_text(t)}</text>")
+    flagged = [j for j in range(cols) if any(flags[r][j] for r in range(rows))]
+    for j in flagged[:MAX_MARKS]:  # a shape above each column with a non-finite cell: not by color alone
+        blocks = [spec.rows[r] for r in range(rows) if flags[r][j]]
+        what = f"step {tick_text(spec.x[j])}: non-finite gradient in " + ", ".join(blocks[:5]) + (
+            f" and {len(blocks) - 5} more" if len(blocks) > 5 else "")
+        px = left + (j + 0.5) * col_w
+        out.append(f'<polygon class="mark" points="{_f(px - 5)},{_f(top - 11)} {_f(px + 5)},{_f(top - 11)} '
+                   f'{_f(px)},{_f(top - 2)}" fill="{NONFINITE}"><title>{_e(what)}</title></polygon>')
+    out.append(f'<rect x="{_f(left)}" y="{_f(top)}" width="{_f(right - left)}" height="{_f(plot_h)}" '
+               'fill="none" stroke="#888"/>')
     out += _axis_labels(spec.x_label, spec.y_label, left, right, top, bottom)
+    # what grey and red cells are, under the plot
+    key_y = bottom + 62
+    for k, (fill, label) in enumerate(((MISSING, "no gradient, or all zero"),
+                                       (NONFINITE, "NaN or Inf in the gradient"))):
+        x = left + 200 * k
+        out.append(f'<rect x="{_f(x)}" y="{_f(key_y - 9)}" width="12" height="12" fill="{fill}" stroke="#888"/>'
+                   f'<text x="{_f(x + 17)}" y="{_f(key_y + 1)}" font-size="11">{_e(label)}</text>')
     # color bar: the same map, low at the bottom
     bar_x = right + 24
     stops = "".join(f'<stop offset="{i / (len(VIRIDIS) - 1):.2f}" stop-color="{c}"/>' for i, c in enumerate(VIRIDIS))

@@ -1,5 +1,6 @@
-// gradscope report page: sortable and filterable tables. Also records, in the DOM, any script error or
-// blocked content (Content-Security-Policy) so that a headless browser test can read them back.
+// gradscope report page: sortable and filterable tables, plot legends that pick out a series, details opened
+// for printing. Also records, in the DOM, any script error or blocked content (Content-Security-Policy) so
+// that a headless browser test can read them back.
 (function () {
   "use strict";
   var root = document.documentElement;
@@ -15,6 +16,8 @@
     record("blocked by the page's policy: " + e.violatedDirective + " " + (e.blockedURI || "inline"));
   });
   root.setAttribute("data-gs-errors", "0");
+
+  var collator = new Intl.Collator(undefined, {numeric: true});
 
   function cellValue(row, index, numeric) {
     var text = row.cells[index] ? row.cells[index].textContent : "";
@@ -39,7 +42,8 @@
           if (a[0] === null || b[0] === null) {  // missing values last, either direction
             return a[0] === b[0] ? a[1] - b[1] : (a[0] === null ? 1 : -1);
           }
-          var c = a[0] < b[0] ? -1 : (a[0] > b[0] ? 1 : 0);
+          // names in natural order: layer.2 before layer.10
+          var c = numeric ? (a[0] < b[0] ? -1 : (a[0] > b[0] ? 1 : 0)) : collator.compare(a[0], b[0]);
           return (ascending ? c : -c) || a[1] - b[1];
         });
         var fragment = document.createDocumentFragment();
@@ -54,16 +58,19 @@
   function makeFilterable(table) {
     var text = document.getElementById(table.id + "-filter");
     var variant = document.getElementById(table.id + "-variant");
+    var problems = document.getElementById(table.id + "-problems");
     var count = document.getElementById(table.id + "-count");
     var rows = Array.prototype.slice.call(table.tBodies[0].rows);
     var haystack = rows.map(function (row) { return row.textContent.toLowerCase(); });
     function apply() {
-      var needle = text ? text.value.trim().toLowerCase() : "";
+      var words = text ? text.value.trim().toLowerCase().split(/\s+/).filter(Boolean) : [];
       var only = variant ? variant.value : "";
+      var onlyProblems = problems ? problems.checked : false;
       var shown = 0;
       rows.forEach(function (row, i) {
-        var ok = (!needle || haystack[i].indexOf(needle) !== -1) &&
-                 (!only || row.getAttribute("data-variant") === only);
+        var ok = words.every(function (w) { return haystack[i].indexOf(w) !== -1; }) &&
+                 (!only || row.getAttribute("data-variant") === only) &&
+                 (!onlyProblems || row.classList.contains("problem"));
         row.hidden = !ok;
         if (ok) { shown += 1; }
       });
@@ -71,7 +78,26 @@
     }
     if (text) { text.addEventListener("input", apply); }
     if (variant) { variant.addEventListener("change", apply); }
+    if (problems) { problems.addEventListener("change", apply); }
     apply();
+  }
+
+  // A plot legend entry, hovered, picks out its series (the others fade); clicked, it stays picked until
+  // clicked again.
+  function makeLegend(plot) {
+    var pinned = null;
+    function show(key) {
+      plot.classList.toggle("focus", key !== null);
+      Array.prototype.forEach.call(plot.querySelectorAll("[data-series]"), function (el) {
+        el.classList.toggle("on", el.getAttribute("data-series") === key);
+      });
+    }
+    Array.prototype.forEach.call(plot.querySelectorAll(".legend-item"), function (item) {
+      var key = item.getAttribute("data-series");
+      item.addEventListener("mouseenter", function () { show(key); });
+      item.addEventListener("mouseleave", function () { show(pinned); });
+      item.addEventListener("click", function () { pinned = pinned === key ? null : key; show(pinned); });
+    });
   }
 
   // Opened as report.html#gs-selftest (by the browser test), sort and filter the parameter table the way a
@@ -93,15 +119,39 @@
     filter.dispatchEvent(new Event("input"));
     var shown = Array.prototype.filter.call(table.tBodies[0].rows, function (row) { return !row.hidden; });
     var wrong = shown.some(function (row) { return row.textContent.indexOf("blocks.1") === -1; });
-    root.setAttribute("data-gs-selftest", shown.length > 0 && !wrong ? "pass" : "filter showed " + shown.length);
+    if (shown.length === 0 || wrong) { root.setAttribute("data-gs-selftest", "filter showed " + shown.length); return; }
     filter.value = "";
     filter.dispatchEvent(new Event("input"));
+    var problems = document.getElementById("param-table-problems");
+    if (problems) {
+      problems.click();
+      var visible = Array.prototype.filter.call(table.tBodies[0].rows, function (row) { return !row.hidden; });
+      var clean = visible.some(function (row) { return !row.classList.contains("problem"); });
+      problems.click();
+      if (visible.length === 0 || clean) { root.setAttribute("data-gs-selftest", "problem rows: " + visible.length); return; }
+    }
+    var item = document.querySelector("svg.plot .legend-item");
+    if (item) {
+      item.dispatchEvent(new Event("mouseenter"));
+      var plot = item.closest("svg");
+      var picked = plot.querySelectorAll(".series.on").length;
+      item.dispatchEvent(new Event("mouseleave"));
+      if (!picked || plot.classList.contains("focus")) { root.setAttribute("data-gs-selftest", "legend"); return; }
+    }
+    if (root.scrollWidth > window.innerWidth + 1) {  // wide tables and long names scroll or wrap in place
+      root.setAttribute("data-gs-selftest", "page wider than the window: " + root.scrollWidth); return;
+    }
+    root.setAttribute("data-gs-selftest", "pass");
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     try {
       Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), makeSortable);
       Array.prototype.forEach.call(document.querySelectorAll("table.filterable"), makeFilterable);
+      Array.prototype.forEach.call(document.querySelectorAll("svg.plot"), makeLegend);
+      window.addEventListener("beforeprint", function () {  // print every table, not just the open ones
+        Array.prototype.forEach.call(document.querySelectorAll("details"), function (d) { d.open = true; });
+      });
       if (location.hash === "#gs-selftest") { selfTest(); }
       root.setAttribute("data-gs-ready-ms", performance.now().toFixed(1));
       root.setAttribute("data-gs-ready", "1");
