@@ -389,6 +389,96 @@ def test_a_sampled_heatmap_keeps_every_nonfinite_step():
     assert "plus steps with a non-finite gradient" in spec.caption
 
 
+def _png_figure(spec):
+    """The matplotlib Figure that --format png saves for ``spec``, drawn once so that its layout is final."""
+    from gradscope.report import mpl
+
+    fig = mpl.figure(spec)
+    fig.canvas.draw()
+    return fig
+
+
+def _plot_spec(report, key: str):
+    return next(p for p in all_plots(report) if p.key == key)
+
+
+def test_png_flow_plot_stacks_panels_with_the_svgs_color_and_marker_per_variant(demo_report):
+    pytest.importorskip("matplotlib", reason="png needs the optional matplotlib")
+    from PIL import Image
+    import io
+
+    from gradscope.report.mpl import SHAPES, render_png
+    from gradscope.report.svg import color
+
+    spec = _plot_spec(demo_report, "flow")
+    fig = _png_figure(spec)
+    top, bottom = fig.axes
+    assert [ax.get_title(loc="left") for ax in fig.axes] == list(dict.fromkeys(line.panel for line in spec.lines))
+    assert top.get_shared_x_axes().joined(top, bottom) and top.get_yscale() == bottom.get_yscale() == "log"
+    assert len(top.get_lines()) == len(bottom.get_lines()) == len(demo_report.variant_names)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == demo_report.variant_names  # each variant once
+    by_panel = sorted(spec.lines, key=lambda line: line.dashed)  # the dL/dθ panel's lines, then dL/dh's
+    for line, drawn in zip(by_panel, top.get_lines() + bottom.get_lines()):
+        assert drawn.get_color() == color(line.color) and drawn.get_marker() == SHAPES[line.color % len(SHAPES)]
+        assert drawn.get_linestyle() == ("--" if line.dashed else "-")
+    assert Image.open(io.BytesIO(render_png(spec))).size == tuple(fig.canvas.get_width_height())
+
+
+def test_png_many_variants_stay_distinguishable_by_color_and_marker():
+    pytest.importorskip("matplotlib", reason="png needs the optional matplotlib")
+    report = rf.synthetic_report(layers=6, tensors_per_layer=1, variants=[f"v{i}" for i in range(14)])
+    (legend,) = _png_figure(_plot_spec(report, "flow")).legends
+    handles = legend.legend_handles
+    assert len(handles) == 14
+    assert len({(h.get_color(), h.get_marker(), h.get_markerfacecolor()) for h in handles}) == 14
+
+
+def test_png_marks_the_nonfinite_step_and_paints_its_heatmap_cell_red():
+    pytest.importorskip("matplotlib", reason="png needs the optional matplotlib")
+    from PIL import Image
+    import io
+
+    from matplotlib.colors import to_hex
+
+    from gradscope.report.mpl import render_png
+    from gradscope.report.svg import NONFINITE, _hex
+
+    report = _monitor_report_with_an_inf_step(inf_step=7)
+    glob = _png_figure(_plot_spec(report, "global"))
+    (ax,) = glob.axes
+    red = [line for line in ax.get_lines() if to_hex(line.get_color()) == NONFINITE]
+    assert sorted((line.get_marker(), list(line.get_xdata())) for line in red) == [("None", [7, 7]), ("v", [7])]
+    assert any(h.get_marker() == "v" for h in glob.legends[0].legend_handles)  # the ▼ is in the legend
+
+    spec = _plot_spec(report, "heatmap")
+    fig = _png_figure(spec)
+    ax = fig.axes[0]
+    image = Image.open(io.BytesIO(render_png(spec))).convert("RGB")
+    row, col = next((r, c) for r, flags in enumerate(spec.nonfinite) for c, flag in enumerate(flags) if flag)
+
+    def pixel(r, c):  # a cell's centre, in the PNG's top-down pixel rows
+        x, y = ax.transData.transform((c, r))
+        return image.getpixel((int(x), image.height - 1 - int(y)))
+
+    assert pixel(row, col) == _hex(NONFINITE) and pixel(row, col + 1) != _hex(NONFINITE)
+    assert ["v"] == [line.get_marker() for line in ax.get_lines()]  # one ▼ above the flagged column
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["no gradient, or all zero",
+                                                                  "NaN or Inf in the gradient"]
+
+
+def test_png_files_of_a_training_run(tmp_path):
+    pytest.importorskip("matplotlib", reason="png needs the optional matplotlib")
+    from PIL import Image
+
+    report = _monitor_report_with_an_inf_step()
+    written = {p.name for p in report.save(tmp_path, formats="png")}
+    assert {"global.png", "heatmap.png", "flow.png"} <= written
+    for name in written:
+        with Image.open(tmp_path / name) as image:
+            image.verify()
+
+
 def test_parameter_table_puts_names_first_explains_columns_and_marks_problem_rows():
     report = rf.synthetic_report(layers=3, tensors_per_layer=2, variants=("pretrained",))
     report.params[1].update(has_grad=False, grad_l2=None)

@@ -1,5 +1,9 @@
 """Plot specs (:mod:`.plots`) drawn with matplotlib, as PNG files for papers (``--format png``).
 
+The same information as :mod:`.svg` from the same specs: one stacked panel per
+``Line.panel`` sharing the x axis, the SVG's color and marker shape per series,
+red marks at flagged steps, and red non-finite heatmap cells with a key.
+
 matplotlib is the optional extra ``plots`` (``pip install gradscope[plots]``);
 it is imported only here, when a PNG is asked for.
 """
@@ -11,9 +15,11 @@ import io
 import math
 
 from .plots import BarPlot, Heatmap, LinePlot
-from .svg import tick_text, color, linear_ticks
+from .svg import MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, color, linear_ticks, log_range, tick_text
 
 DPI = 150
+SHAPES = ("o", "s", "^", "D", "v", "o")  # svg.marker's six shapes in its order; the sixth is drawn open (a ring)
+MARK_LABEL = "NaN or Inf in the gradients at that step"
 
 
 def _matplotlib():
@@ -32,55 +38,113 @@ def _nan(values):
     return [math.nan if v is None else v for v in values]
 
 
+def marker_style(index: int) -> dict:
+    """Line2D keywords for series ``index``'s marker: the shape svg.marker gives the same index."""
+    kind = index % len(SHAPES)
+    return {"marker": SHAPES[kind], "markersize": 4, "markerfacecolor": "white" if kind == 5 else color(index)}
+
+
+def _mark_above(ax, xs, **style):
+    """Red ▼ just above the axes at each x (data coordinates along x, points above the top edge)."""
+    from matplotlib.transforms import ScaledTranslation
+
+    lift = ScaledTranslation(0, 6 / 72, ax.figure.dpi_scale_trans)
+    ax.plot(xs, [1.0] * len(xs), linestyle="none", marker="v", markersize=6, color=NONFINITE, clip_on=False,
+            transform=ax.get_xaxis_transform() + lift, **style)
+
+
 def _line(Figure, spec: LinePlot):
-    fig = Figure(figsize=(9, 4.6), dpi=DPI)
-    ax = fig.subplots()
-    for line in spec.lines:
-        ax.plot(line.x, _nan(line.y), color=color(line.color), linestyle="--" if line.dashed else "-",
-                marker="o" if len(line.x) <= 60 else None, markersize=3, linewidth=1.6, label=line.label)
-    if spec.reference_y is not None:
-        ax.axhline(spec.reference_y, color="#444", linestyle=":", linewidth=1)
-    ax.set_yscale("log")
-    ax.grid(True, which="major", color="#e3e3e3")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return fig, ax
+    from matplotlib.lines import Line2D
+
+    panels = list(dict.fromkeys(line.panel for line in spec.lines))
+    entries = _series(spec)
+    with_markers = all(len(line.x) <= MARKERS_UP_TO for line in spec.lines)
+    marks = [x for x, _ in spec.marks[:MAX_MARKS]]
+    columns = min(4, len(entries) + bool(marks))
+    legend_rows = math.ceil((len(entries) + bool(marks)) / columns)
+    fig = Figure(figsize=(9, 1.3 + (3.6 if len(panels) == 1 else 2.8 * len(panels)) + 0.2 * legend_rows),
+                 dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, panels):
+        lines = [line for line in spec.lines if line.panel == panel]
+        if len(panels) > 1 or panel:
+            ax.set_title(panel or "all", fontsize=9, loc="left", fontweight="bold")
+        for line in lines:
+            ax.plot(line.x, _nan(line.y), color=color(line.color), linestyle="--" if line.dashed else "-",
+                    linewidth=1.6, label=line.label, **(marker_style(line.color) if with_markers else {}))
+        for x in marks:
+            ax.axvline(x, color=NONFINITE, alpha=0.45, linewidth=1)
+        decades = log_range([v for line in lines for v in line.y] + [spec.reference_y])
+        if decades is None:
+            ax.text(0.5, 0.5, "no positive values to draw on a log scale", transform=ax.transAxes,
+                    ha="center", va="center", color="#666")
+            continue
+        ax.set_yscale("log")
+        ax.set_ylim(10.0 ** decades[0], 10.0 ** decades[1])  # whole decades, as in the SVG
+        if spec.reference_y is not None:
+            ax.axhline(spec.reference_y, color="#222", linestyle=":", linewidth=1.2)
+        ax.grid(True, which="major", color="#e3e3e3")
+    if marks:
+        _mark_above(axes[0], marks)
+    handles = [Line2D([], [], color=color(index), linestyle="--" if dashed else "-", linewidth=1.6, label=name,
+                      **(marker_style(index) if with_markers else {}))
+               for name, index, dashed in entries]
+    if marks:
+        handles.append(Line2D([], [], color=NONFINITE, linestyle="none", marker="v", label=MARK_LABEL))
+    fig.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=7, frameon=False)
+    axes[-1].set_xlabel(spec.x_label)
+    fig.supylabel(spec.y_label, fontsize=10)
+    return fig, axes[-1]
 
 
 def _bars(Figure, spec: BarPlot):
     n = len(spec.panels)
-    fig = Figure(figsize=(9, 1.9 * n + 1), dpi=DPI)
-    axes = fig.subplots(n, 1, sharex=True, sharey=True, squeeze=False)
-    for ax, panel in zip(axes[:, 0], spec.panels):
+    fig = Figure(figsize=(9, 1.9 * n + 1), dpi=DPI, layout="constrained")
+    axes = fig.subplots(n, 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, spec.panels):
         ax.bar(panel.x, _nan(panel.back), width=0.8, color=color(panel.color), alpha=0.3, label=spec.back_label)
         ax.bar(panel.x, _nan(panel.front), width=0.8, color=color(panel.color), label=spec.front_label)
         ax.set_yscale("log")
         ax.set_title(panel.label, fontsize=9, loc="left")
         ax.grid(True, axis="y", color="#e3e3e3")
-    axes[0, 0].legend(fontsize=7, loc="upper right")
-    return fig, axes[-1, 0]
+    axes[0].legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlabel(spec.x_label)
+    fig.supylabel(spec.y_label, fontsize=10)
+    return fig, axes[-1]
 
 
 def _heatmap(Figure, spec: Heatmap):
+    import numpy as np
     from matplotlib import colormaps
-    from matplotlib.colors import LogNorm
+    from matplotlib.colors import ListedColormap, LogNorm
+    from matplotlib.patches import Patch
 
-    fig = Figure(figsize=(9, 5), dpi=DPI)
+    fig = Figure(figsize=(9, 5.4), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     grid = [_nan(row) for row in spec.values]
     finite = [v for row in spec.values for v in row if v is not None]
-    cmap = colormaps["viridis"].copy()
-    cmap.set_bad("#d9d9d9")
-    image = ax.imshow(grid, aspect="auto", origin="lower", interpolation="nearest", cmap=cmap,
-                      norm=LogNorm(vmin=min(finite), vmax=max(finite)) if finite else None)
+    cmap = colormaps["viridis"].with_extremes(bad=MISSING)
+    cells = dict(aspect="auto", origin="lower", interpolation="nearest")
+    image = ax.imshow(grid, cmap=cmap, norm=LogNorm(vmin=min(finite), vmax=max(finite)) if finite else None,
+                      **cells)
+    flags = np.array(spec.nonfinite or [[False] * len(spec.x) for _ in spec.rows], dtype=bool)
+    if flags.any():  # red cells over the map, and a ▼ above each such column: not by color alone
+        ax.imshow(np.ma.masked_array(np.ones(flags.shape), ~flags), cmap=ListedColormap([NONFINITE]), **cells)
+        _mark_above(ax, np.flatnonzero(flags.any(axis=0))[:MAX_MARKS])
     columns = [(bisect.bisect_left(spec.x, t), t) for t in linear_ticks(min(spec.x), max(spec.x), 8)]
     columns = [(j, t) for j, t in columns if j < len(spec.x)]  # as in the SVG: round steps at their columns
     ax.set_xticks([j for j, _ in columns], [tick_text(t) for _, t in columns])
+    ax.set_xlabel(spec.x_label)
+    ax.set_ylabel(spec.y_label)
     fig.colorbar(image, ax=ax, label=spec.color_label)
+    key = [Patch(facecolor=MISSING, edgecolor="#888", label="no gradient, or all zero"),
+           Patch(facecolor=NONFINITE, edgecolor="#888", label="NaN or Inf in the gradient")]
+    fig.legend(handles=key, loc="outside lower left", ncols=2, fontsize=7, frameon=False)
     return fig, ax
 
 
-def render_png(spec) -> bytes:
-    """One plot spec as PNG bytes."""
+def figure(spec):
+    """One plot spec as a matplotlib Figure (not attached to pyplot)."""
     Figure = _matplotlib()
     draw = {LinePlot: _line, BarPlot: _bars, Heatmap: _heatmap}[type(spec)]
     fig, ax = draw(Figure, spec)
@@ -88,14 +152,12 @@ def render_png(spec) -> bytes:
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # depths and steps are whole numbers
-    ax.set_xlabel(spec.x_label)
-    if isinstance(spec, BarPlot):
-        fig.supylabel(spec.y_label, fontsize=10)
-    else:
-        ax.set_ylabel(spec.y_label)
     fig.suptitle(spec.title, fontsize=11)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return fig
 
+
+def render_png(spec) -> bytes:
+    """One plot spec as PNG bytes."""
+    buffer = io.BytesIO()
+    figure(spec).savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()

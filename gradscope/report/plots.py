@@ -23,7 +23,7 @@ class Line:
     dashed: bool = False
     point_names: list[str] = field(default_factory=list)  # what a point is, for tooltips
     series: str = ""  # the variant or pair: the legend names each series once (default: the label)
-    panel: str = ""  # lines of one quantity share a panel; the SVG stacks panels (matplotlib overlays them)
+    panel: str = ""  # lines of one quantity share a panel; panels are stacked, sharing the x axis
 
 
 @dataclass
