@@ -133,6 +133,11 @@ class MonitorConfig:
 NamedParams = list[tuple[str, nn.Parameter]]
 
 
+def _matches(name: str, pattern: str) -> bool:
+    """Whether a ``params`` entry (a name or an ``fnmatch`` pattern) selects the parameter ``name``."""
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+
+
 def select_parameters(model: nn.Module, patterns: Optional[Sequence[str]]) -> tuple[NamedParams, list[str]]:
     """(selected trainable named parameters, names of frozen parameters left out).
 
@@ -151,9 +156,9 @@ def select_parameters(model: nn.Module, patterns: Optional[Sequence[str]]) -> tu
         return trainable, frozen
     chosen: dict[str, nn.Parameter] = {}
     for pattern in patterns:
-        hits = [(n, p) for n, p in trainable if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+        hits = [(n, p) for n, p in trainable if _matches(n, pattern)]
         if not hits:
-            frozen_hits = [n for n in frozen if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+            frozen_hits = [n for n in frozen if _matches(n, pattern)]
             if frozen_hits:
                 raise UsageError(f"params: {pattern!r} matches only frozen parameters ({frozen_hits[0]}, ...); "
                                  "unfreeze them first or leave the pattern out")
@@ -551,13 +556,13 @@ class GradientMonitor:
             return
         patterns = self.config.params
         unfrozen = {n for n, p in zip(self.frozen, self._frozen_params) if p.requires_grad}
-        joining = {n for n in unfrozen
-                   if patterns is None or any(n == pat or fnmatch.fnmatchcase(n, pat) for pat in patterns)}
+        joining = {n for n in unfrozen if patterns is None or any(_matches(n, pat) for pat in patterns)}
+        if joining:
+            self.flush()  # the buffered steps keep the old rows; if it raises, nothing has changed yet
         self.frozen = [n for n in self.frozen if n not in unfrozen]
         self._frozen_params = [p for p in self._frozen_params if not p.requires_grad]
         if not joining:
             return
-        self.flush()  # the buffered steps keep the old rows
         monitored = set(self.param_names) | joining
         named = [(n, p) for n, p in self.model.named_parameters() if n in monitored]  # model order
         old = {n: i for i, n in enumerate(self.param_names)}
@@ -734,12 +739,15 @@ class GradientMonitor:
     def report(self, meta: Optional[dict] = None, *, max_series_steps: Optional[int] = MAX_SERIES_STEPS):
         """A :class:`~gradscope.report.Report` with the time series (``series``) and the last step's tables.
 
-        A long run's series keeps at most ``max_series_steps`` steps (``None``: all): evenly spaced ones,
-        plus the last, the one with the largest global norm and every one with non-finite values, so the
-        report stays small (a 10,000-step run in full is about 40 MB of JSON) without hiding an incident.
+        A long run's series keeps at most ``max_series_steps`` evenly spaced steps (``None``: all), plus the
+        last, the one with the largest global norm and every one with non-finite values, so the report
+        stays small (a 10,000-step run in full is about 40 MB of JSON) without hiding an incident.
         ``meta["series_steps"]`` says how many were kept; :attr:`history` holds them all.
         """
         from .report import Report
+
+        if max_series_steps is not None and (not isinstance(max_series_steps, int) or max_series_steps < 1):
+            raise UsageError(f"max_series_steps must be None or a positive integer; got {max_series_steps!r}")
 
         history = self.history
         last = history.select(slice(-1, None))

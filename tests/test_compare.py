@@ -122,7 +122,7 @@ def _broken(data, key_path, value):
 @pytest.mark.parametrize(
     "content, problem",
     [
-        ([], "it holds a JSON array, not an object"),
+        ([], "it holds a list ([]), not an object"),
         ({"model": "bert", "layers": 12}, "it has no \"schema\" key"),
         ({"schema": "other.tool/3"}, "its schema is 'other.tool/3', not 'gradscope.report/1'"),
         ({"schema": "gradscope.report/1"}, "it has no 'meta', 'variants', 'summaries', 'findings', 'comparisons', "

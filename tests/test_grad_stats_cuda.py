@@ -50,6 +50,24 @@ def test_cuda_constant_tensors_do_not_drift(fused_cuda):
     assert_stats_match(gradscope.grad_stats(tensors, backend="fused"), tensors)
 
 
+def test_cuda_unaligned_views_sum_head_tail_and_vectors_alike_on_both_paths(fused_cuda):
+    # Views that start inside a 16-byte word: a scalar head, then vectors, then a scalar tail, or only a head
+    # (shorter than the distance to the next word). Every element counts once, on either path, bitwise alike.
+    g = torch.Generator().manual_seed(5)
+    tensors = []
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        per_vec = 16 // torch.tensor([], dtype=dtype).element_size()
+        per_chunk = CHUNK_BYTES // torch.tensor([], dtype=dtype).element_size()
+        base = torch.randn(2 * per_chunk + 64, generator=g).to(dtype).to(fused_cuda)
+        for start in range(per_vec):
+            tensors += [base[start:start + n] for n in (1, per_vec - 1, per_vec + 1, 5 * per_vec + 3, per_chunk + 7)]
+    assert len(tensors) <= SMALL_LIST
+    assert_stats_match(gradscope.grad_stats(tensors, backend="fused"), tensors)
+    op = torch.ops.gradscope.grad_stats
+    pad = [torch.empty(0, device=fused_cuda)] * (SMALL_LIST + 1)  # forces the staging-buffer path
+    assert torch.equal(op(tensors + pad)[: len(tensors)], op(tensors))
+
+
 def one_chunk_cases(device, n=SMALL_LIST):
     """n tensors of every dtype, each within one chunk, a few empty."""
     g = torch.Generator().manual_seed(2)

@@ -133,6 +133,37 @@ def test_multi_label_head_gets_binary_cross_entropy_on_0_1_labels(tmp_path):
     assert {r["name"]: r for r in report.params}["classifier.weight"]["grad_l2"] > 0
 
 
+def test_one_label_multi_label_head_stays_binary_cross_entropy(tmp_path):
+    # a multi-label problem_type decides, as in transformers: its one label is not a regression target
+    directory = hm.save_small_bert(tmp_path, head="BertForSequenceClassification", num_labels=1,
+                                   problem_type="multi_label_classification")
+    subject = load_subject(str(directory), gradscope.AnalyzeConfig(**SMALL), lambda m: None)
+    assert subject.objective == "binary-cross-entropy" and subject.batches[0]["labels"].shape == (2, 1)
+
+
+def test_decoder_sequence_classifier_without_a_pad_token_reads_the_last_token(tmp_path):
+    """GPT-2 classifiers usually name no pad token, and then refuse batches of several sequences."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=64, num_labels=3,
+                                     bos_token_id=0, eos_token_id=0)
+    transformers.GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
+    analyze_config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), **SMALL)
+    subject = load_subject(str(tmp_path), analyze_config, lambda m: None)
+    batch = subject.batches[0]
+    model = subject.model.eval()
+    both = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    model.config.pad_token_id = None  # one sequence at a time: transformers reads its last token
+    alone = torch.cat([model(input_ids=row[None]).logits for row in batch["input_ids"]])
+    torch.testing.assert_close(both, alone)
+    report = gradscope.analyze(str(tmp_path), analyze_config)
+    assert report.meta["objective"] == "cross-entropy"
+    for variant in ("pretrained", "scratch"):
+        assert math.isfinite(report.summary(variant)["loss"]), variant
+        assert {r["name"]: r for r in report.params if r["variant"] == variant}["score.weight"]["grad_l2"] > 0
+
+
 @pytest.mark.parametrize("head, says", [
     ("BertModel", "the model has no language-model head"),
     ("BertForQuestionAnswering", "gradscope has no objective for the BertForQuestionAnswering head, so it is "

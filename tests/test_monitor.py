@@ -604,3 +604,33 @@ def test_a_long_run_report_keeps_a_bounded_series_with_every_incident():
     kept = {(r["step"], r["block"]): r["grad_l2"] for r in report.series}
     every = {(r["step"], r["block"]): r["grad_l2"] for r in full.series}
     assert all(every[k] == v or (math.isnan(v) and math.isnan(every[k])) for k, v in kept.items())
+
+
+def test_parameters_unfrozen_while_a_flush_fails_still_join_at_the_next_step():
+    net = make()
+    net.inp.requires_grad_(False)
+    with GradientMonitor(net) as monitor:  # on_nonfinite="warn": the NaN step warns at its flush
+        backward(net, 0)
+        net.layers[1][0].weight.grad[0, 0] = math.nan
+        monitor.step()
+        net.zero_grad()
+        net.inp.requires_grad_(True)
+        backward(net, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the flush the joining parameters cause raises
+            with pytest.raises(RuntimeWarning, match="non-finite"):
+                monitor.step()
+        monitor.step()
+        history = monitor.history
+    assert monitor.frozen == [] and history.param_names[:2] == ("inp.weight", "inp.bias")
+    assert not history.present[0, :2].any() and history.present[-1, :2].all()
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2.5])
+def test_report_refuses_a_series_limit_that_is_not_a_positive_integer(limit):
+    with GradientMonitor(make()) as monitor:
+        for step in range(3):
+            backward(monitor.model, step)
+            monitor.step()
+        with pytest.raises(UsageError, match=f"max_series_steps must be None or a positive integer; got {limit}"):
+            monitor.report(max_series_steps=limit)

@@ -31,6 +31,7 @@ transformers and ``HF_HUB_OFFLINE``; a model that cannot be fetched is a
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 from typing import Callable, Optional
@@ -137,10 +138,11 @@ def _task(config) -> str:
     for arch in architectures:
         for suffixes, task, supported in heads:
             if arch.endswith(suffixes) and (supported is None or model_type in supported):
-                if task == "sequence-classification" and _is_regression(config):
-                    return "sequence-regression"
+                # problem_type, when set, decides (as in transformers): a one-label multi-label head is not regression
                 if task == "sequence-classification" and config.problem_type == "multi_label_classification":
                     return "sequence-multi-label"
+                if task == "sequence-classification" and _is_regression(config):
+                    return "sequence-regression"
                 return task
     if architectures:  # a base model or another task head
         return "surrogate-causal-lm" if _is_decoder(config) else "surrogate-masked-lm"
@@ -156,6 +158,14 @@ def _task(config) -> str:
 def _is_regression(config) -> bool:
     """A one-output sequence head is trained as regression by transformers (e.g. similarity scores)."""
     return getattr(config, "problem_type", None) == "regression" or config.num_labels == 1
+
+
+def _pool_at_the_last_token(model: nn.Module) -> None:
+    """Decoder sequence classifiers (GPT-2, Llama, ...) read the last token before the first pad token, and
+    refuse a batch of several sequences when the config names no pad token. gradscope's batches hold no
+    padding, so a pad id that no input holds makes them read the last position, as they were trained to."""
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = -1
 
 
 def _is_decoder(config) -> bool:
@@ -455,9 +465,16 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
     if missing:
         progress(f"{len(missing)} weights not in the checkpoint were initialized at random (e.g. {missing[0]})")
     model = model.to(device)
+    pools_last = task.startswith("sequence-")
+    if pools_last:
+        _pool_at_the_last_token(model)
 
     def make_scratch() -> nn.Module:
-        scratch = auto_class.from_config(hf_config, trust_remote_code=config.trust_remote_code)
+        # from_config keeps the config object: a copy, so that the pad id set below stays with this model
+        scratch = auto_class.from_config(copy.deepcopy(hf_config) if pools_last else hf_config,
+                                         trust_remote_code=config.trust_remote_code)
+        if pools_last:
+            _pool_at_the_last_token(scratch)
         return scratch.to(device=device, dtype=dtype or next(model.parameters()).dtype)
 
     if task == "image-classification":

@@ -108,10 +108,10 @@ class Report:
         Only ``gradscope.report/1`` is read: a newer version is refused with both versions named (an older
         gradscope never misreads a newer report), anything else with what is missing or wrong.
         """
-        from .validate import schema_version, structure_problem
+        from .validate import describe_json, schema_version, structure_problem
 
         if not isinstance(data, dict):
-            raise UsageError(f"{source} is not a gradscope report: it holds {_json_kind(data)}, not an object")
+            raise UsageError(f"{source} is not a gradscope report: it holds {describe_json(data)}, not an object")
         schema, version = data.get("schema"), schema_version(data)
         if version is not None and version > 1:
             raise UsageError(f"{source}: report schema {schema!r} is not {SCHEMA!r}; this gradscope reads {SCHEMA} "
@@ -241,12 +241,6 @@ def _write_all(out: Path, rendered: dict[str, bytes], remove: Iterable[str] = ()
         if done:  # after a failure, a file that could not be put back stays aside rather than be lost
             for _, aside in moved_aside:
                 aside.unlink(missing_ok=True)
-
-
-def _json_kind(value) -> str:
-    kinds = {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean", type(None): "null",
-             int: "a JSON number", float: "a JSON number"}
-    return kinds.get(type(value), type(value).__name__)
 
 
 def _render_json(report: Report) -> dict[str, bytes]:

@@ -298,14 +298,15 @@ def line_plot(spec: LinePlot) -> str:
 MAX_MARKS = 200  # flagged steps drawn; more would be a red wall (the caption and the page's table count them)
 
 
+def _mark(px: float, top: float, what: str) -> str:
+    """A red triangle above the plot at ``px``, with what happened there as its tooltip."""
+    return (f'<polygon class="mark" points="{_f(px - 5)},{_f(top - 11)} {_f(px + 5)},{_f(top - 11)} '
+            f'{_f(px)},{_f(top - 2)}" fill="{NONFINITE}"><title>{_e(what)}</title></polygon>')
+
+
 def _marks(marks: list[tuple[float, str]], lx: "_LinX", top: float) -> list[str]:
-    """A red triangle above the plot at each flagged x, with what happened there as its tooltip."""
-    out = []
-    for x, what in marks[:MAX_MARKS]:
-        px = lx(x)
-        out.append(f'<polygon class="mark" points="{_f(px - 5)},{_f(top - 11)} {_f(px + 5)},{_f(top - 11)} '
-                   f'{_f(px)},{_f(top - 2)}" fill="{NONFINITE}"><title>{_e(what)}</title></polygon>')
-    return out
+    """A red triangle above the plot at each flagged x."""
+    return [_mark(lx(x), top, what) for x, what in marks[:MAX_MARKS]]
 
 
 # --- bar charts -----------------------------------------------------------------------
@@ -428,9 +429,7 @@ def heatmap(spec: Heatmap) -> str:
         blocks = [spec.rows[r] for r in range(rows) if flags[r][j]]
         what = f"step {tick_text(spec.x[j])}: non-finite gradient in " + ", ".join(blocks[:5]) + (
             f" and {len(blocks) - 5} more" if len(blocks) > 5 else "")
-        px = left + (j + 0.5) * col_w
-        out.append(f'<polygon class="mark" points="{_f(px - 5)},{_f(top - 11)} {_f(px + 5)},{_f(top - 11)} '
-                   f'{_f(px)},{_f(top - 2)}" fill="{NONFINITE}"><title>{_e(what)}</title></polygon>')
+        out.append(_mark(left + (j + 0.5) * col_w, top, what))
     out.append(f'<rect x="{_f(left)}" y="{_f(top)}" width="{_f(right - left)}" height="{_f(plot_h)}" '
                'fill="none" stroke="#888"/>')
     out += _axis_labels(spec.x_label, spec.y_label, left, right, top, bottom)

@@ -60,7 +60,7 @@ def _is(value, kind: str) -> bool:
     return isinstance(value, {"str": str, "bool": bool, "obj": dict, "list": list}[kind])
 
 
-def _what(value) -> str:
+def describe_json(value) -> str:
     """How a wrong value reads in a message: its JSON type and a short preview."""
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
              int: "a number", float: "a number"}
@@ -71,7 +71,7 @@ def _what(value) -> str:
 
 def _row_problem(row, where: str, spec: tuple[dict[str, str], dict[str, str]]) -> Optional[str]:
     if not isinstance(row, dict):
-        return f"{where} is {_what(row)}, not an object"
+        return f"{where} is {describe_json(row)}, not an object"
     required, optional = spec
     for key, kind in required.items():
         if key not in row:
@@ -79,14 +79,14 @@ def _row_problem(row, where: str, spec: tuple[dict[str, str], dict[str, str]]) -
     for key, kind in (required | optional).items():
         if key in row and not _is(row[key], kind):
             wanted = _KIND_WORDS[kind.rstrip("?")] + (" or null" if kind.endswith("?") else "")
-            return f"{where}.{key} is {_what(row[key])}, not {wanted}"
+            return f"{where}.{key} is {describe_json(row[key])}, not {wanted}"
     return None
 
 
 def _rows_problem(data: dict, table: str) -> Optional[str]:
     rows = data[table]
     if not isinstance(rows, list):
-        return f"{table} is {_what(rows)}, not a list"
+        return f"{table} is {describe_json(rows)}, not a list"
     for i, row in enumerate(rows):
         problem = _row_problem(row, f"{table}[{i}]", TABLES[table])
         if problem:
@@ -130,7 +130,7 @@ def structure_problem(data) -> Optional[str]:
     if missing:
         return f"it has no {', '.join(repr(k) for k in missing)} (every gradscope report has them)"
     if not isinstance(data["meta"], dict):
-        return f"meta is {_what(data['meta'])}, not an object"
+        return f"meta is {describe_json(data['meta'])}, not an object"
     for table in TABLES:
         problem = _rows_problem(data, table)
         if problem:
