@@ -1,0 +1,77 @@
+"""Where a small call's time goes on a GPU: host enqueue time against device time, per call.
+
+    python benchmarks/latency_probe.py [--json OUT]
+
+For each case it times N back-to-back calls three ways: wall time per call with one
+synchronize at the end (what bench_scaling's Timer sees), host time to enqueue a call
+(no synchronize), and device time per call from CUDA events around the N calls. A call
+whose wall time is near its host time is host-bound; near its device time, device-bound.
+One 4 MiB tensor is also passed as 16 / 64 / 256 equal views, which is what smaller
+chunks would give the kernel: more blocks in flight for the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+import gradscope
+
+
+def _time(fn, n: int) -> dict:
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host = (time.perf_counter() - t0) / n
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / n
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    device_span = start.elapsed_time(end) / 1e3 / n  # includes gaps when the host is slower
+    return {"wall_us": wall * 1e6, "host_enqueue_us": host * 1e6, "event_span_us": device_span * 1e6}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("latency_probe: no CUDA device", file=sys.stderr)
+        return 3
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    cases = {}
+    for count, total in ((1, 64 << 10), (8, 64 << 10), (200, 64 << 10), (1, 4 << 20), (200, 4 << 20)):
+        n = total // 4 // count
+        cases[f"{count} x {total // count} B"] = [torch.randn(n, device=dev, generator=g) for _ in range(count)]
+    big = torch.randn((4 << 20) // 4, device=dev, generator=g)
+    for parts in (16, 64, 256):
+        cases[f"1 x 4 MiB as {parts} views"] = list(big.view(parts, -1).unbind(0))
+    out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "calls": args.calls, "cases": {}}
+    copy_src, copy_dst = torch.randn(16384, device=dev), torch.empty(16384, device=dev)
+    out["cases"]["torch copy_ 64 KiB (a one-kernel floor)"] = _time(lambda: copy_dst.copy_(copy_src), args.calls)
+    for name, tensors in cases.items():
+        out["cases"][f"grad_stats {name}"] = _time(lambda t=tensors: gradscope.grad_stats(t), args.calls)
+        out["cases"][f"raw op {name}"] = _time(lambda t=tensors: torch.ops.gradscope.grad_stats(t), args.calls)
+    print(f"{'case':45s} {'wall us':>9s} {'host us':>9s} {'events us':>10s}")
+    for name, r in out["cases"].items():
+        print(f"{name:45s} {r['wall_us']:9.2f} {r['host_enqueue_us']:9.2f} {r['event_span_us']:10.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
