@@ -194,6 +194,7 @@ def fit_decay(values: list[float]) -> Optional[dict]:
         "halves_every_blocks": math.log(0.5) / math.log(factor) if factor < 1 else None,
         "doubles_every_blocks": math.log(2.0) / math.log(factor) if factor > 1 else None,
         "points": n,
+        "span_blocks": span,  # depth from the first fitted block to the last (blocks without a gradient are skipped)
     }
 
 
@@ -326,7 +327,7 @@ def _steady_trend(summary: dict, inventory: dict) -> Optional[dict]:
     if not decay or decay["trend"] == "flat" or decay["r2"] < TREND_R2:
         return None
     factor = decay["factor_per_block"]
-    across = factor ** (decay["points"] - 1)  # the fitted change from the last block to the first
+    across = factor ** decay.get("span_blocks", decay["points"] - 1)  # the fitted change, last block to first
     if TREND_RATIO ** -1 < across < TREND_RATIO:
         return None
     shrinks = decay["trend"] == "shrinks"
@@ -337,7 +338,8 @@ def _steady_trend(summary: dict, inventory: dict) -> Optional[dict]:
         "exploding-trend", "block": summary["first_block"],
         "message": f"a steady {'decay' if shrinks else 'growth'} toward the input: at this rate a stack of about "
                    f"{depth} blocks would be {'vanishing' if shrinks else 'exploding'}",
-        "evidence": f"{describe_decay(decay)}; fitted change across the {decay['points']} blocks: {_fmt(across)}x "
+        "evidence": f"{describe_decay(decay)}; fitted change across the {decay['points']} fitted blocks: "
+                    f"{_fmt(across)}x "
                     f"(threshold {threshold:g})",
         "fix": _vanishing_fixes(inventory) if shrinks else _exploding_fixes(inventory),
     }

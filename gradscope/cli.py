@@ -321,7 +321,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("gradscope: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left (`gradscope demo | head`): stop quietly, as other tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        try:  # so the exit flush cannot fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # an in-process stdout without a file descriptor: nothing to flush
+            pass
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except Exception as exc:  # last resort: one line, not a traceback, for what the cases above do not know
         if _debug():

@@ -494,7 +494,8 @@ def test_images_for_a_text_model_is_a_usage_error(tiny_bert, tmp_path):
 def _summary_for(flow: list[float]) -> dict:
     from gradscope.analysis import fit_decay
 
-    return {"variant": "v", "verdict": "healthy", "first_to_last_ratio": flow[0] / flow[-1], "decay": fit_decay(flow),
+    return {"variant": "v", "verdict": "healthy", "first_to_last_ratio": flow[0] / flow[-1] if flow[0] else None,
+            "decay": fit_decay(flow),
             "flow_signal": "dL/dh", "first_block": "b.0", "last_block": f"b.{len(flow) - 1}", "params_no_grad": [],
             "loss": 1.0}
 
@@ -520,6 +521,10 @@ def test_a_steady_trend_inside_the_thresholds_is_a_warning_with_the_depth_it_wou
     gentle = [0.7 ** (5 - d) for d in range(6)]  # 0.17x across six blocks: not yet a decade
     for flow in (noisy, gentle):
         assert [f["kind"] for f in findings_for(_summary_for(flow), [], inventory)] == ["healthy"]
+    # Blocks without a gradient are left out of the fit, not out of the depth: 0.7 per block over a span of 7
+    # blocks is 0.082x, a decade, though only four blocks were fitted.
+    gaps = [0.7 ** (7 - d) if d in (0, 3, 5, 7) else None for d in range(8)]
+    assert [f["kind"] for f in findings_for(_summary_for(gaps), [], plain_mlp)] == ["healthy", "vanishing-trend"]
 
 
 def test_vanishing_fixes_name_the_model_s_own_activation():

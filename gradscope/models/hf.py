@@ -420,7 +420,8 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         import transformers
     except ImportError:
         raise ModelLoadError(
-            f"cannot load {spec!r}: Hugging Face models need transformers: pip install transformers (gradscope's [hf] extra)"
+            f"cannot load {spec!r}: Hugging Face models need transformers: pip install transformers "
+            "(gradscope's [hf] extra)"
         ) from None
     _quiet_transformers()
     if local and not (Path(spec) / "config.json").is_file():

@@ -29,13 +29,14 @@ from .failures import clip, needs_code_message, pickled_global, short_reason
 from .inputs import load_images, random_labels, synthetic_images
 
 DEFAULT_IMAGE_SIZE = 224
+_NEEDS_TORCHVISION = "torchvision models need torchvision: pip install torchvision (gradscope's [vision] extra)"
 
 
 def _torchvision_models():
     try:
         import torchvision.models
     except ImportError:
-        raise ModelLoadError("torchvision models need torchvision: pip install torchvision (gradscope's [vision] extra)") from None
+        raise ModelLoadError(_NEEDS_TORCHVISION) from None
     return torchvision.models
 
 
@@ -59,7 +60,7 @@ def close_torchvision_names(name: str) -> list[str]:
 def _check_arch(arch: str) -> None:
     names = _classification_names()
     if not names:
-        raise ModelLoadError("torchvision models need torchvision: pip install torchvision (gradscope's [vision] extra)")
+        raise ModelLoadError(_NEEDS_TORCHVISION)
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
         hint = f"close matches: {', '.join(close)}" if close else "see torchvision.models.list_models()"
