@@ -476,11 +476,12 @@ class GradientMonitor:
 
     def _optimizer_step(self, step: Optional[int]) -> bool:
         self._pick_up_unfrozen()
+        scaled = self._still_scaled()  # before counting: a refused step is not a step
         self._step_count += 1
         number = self._step_count if step is None else int(step)
         if number % self.config.every or not self.active:
             return False
-        self._record(number)
+        self._record(number, scaled)
         return True
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
@@ -571,10 +572,12 @@ class GradientMonitor:
         self._params = [p for _, p in named]
         self._buffer = None
 
-    def _unscale_factors(self) -> Optional[torch.Tensor]:
+    def _still_scaled(self) -> bool:
+        """True when the gradients are still multiplied by the GradScaler's scale (``scaler=`` given and
+        ``unscale_`` not run yet); UsageError when some optimizers' gradients are unscaled and others not."""
         scaler = self._scaler
         if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
-            return None
+            return False
         from torch.amp.grad_scaler import OptState
 
         if self._optimizer is not None:
@@ -582,12 +585,16 @@ class GradientMonitor:
         else:  # the optimizers the scaler has seen this step
             unscaled = [state.get("stage") == OptState.UNSCALED for state in scaler._per_optimizer_states.values()]
         if unscaled and all(unscaled):
-            return None  # scaler.unscale_ already ran: the gradients are true values
+            return False  # scaler.unscale_ already ran: the gradients are true values
         if any(unscaled):
             raise UsageError("the GradScaler has unscaled the gradients of some optimizers but not of others; "
                              "pass the optimizer to the monitor (GradientMonitor(model, optimizer, scaler=scaler)) "
                              "so it knows which gradients it reads")
-        inv = scaler._scale.to(device=self._device, dtype=torch.float64).reciprocal().reshape(())
+        return True
+
+    def _unscale_factors(self) -> torch.Tensor:
+        """What each statistic is multiplied by to undo the scale (exact: the scale is a power of two)."""
+        inv = self._scaler._scale.to(device=self._device, dtype=torch.float64).reciprocal().reshape(())
         one = torch.ones((), dtype=torch.float64, device=self._device)
         return torch.stack([inv * inv, inv, inv, inv, one, one])
 
@@ -596,15 +603,14 @@ class GradientMonitor:
         stats = grad_stats(grads, backend=self.config.backend)  # the usual step (all dense, one device) is read in C++
         return stats.table.to(self._device), stats.present_host, stats.numel_host
 
-    def _record(self, step: int) -> None:
+    def _record(self, step: int, scaled: bool) -> None:
         self._follow_device()
         grads = [p.grad for p in self._params]
         if self.mode == "sharded":
             grads = dist_utils.local_grads(grads, self._device)
         table, present, numel = self._stats(grads)
-        factors = self._unscale_factors()
-        if factors is not None:
-            table = table * factors
+        if scaled:
+            table = table * self._unscale_factors()
         if len(self._pending) == self.config.flush_every:
             self.flush()  # before this step, so that clip_grad_norm_ finds the step in the buffer
         if self._buffer is None:

@@ -634,3 +634,21 @@ def test_report_refuses_a_series_limit_that_is_not_a_positive_integer(limit):
             monitor.step()
         with pytest.raises(UsageError, match=f"max_series_steps must be None or a positive integer; got {limit}"):
             monitor.report(max_series_steps=limit)
+
+
+def test_mixed_unscaled_optimizers_are_refused_and_the_step_is_not_counted():
+    net = make()
+    body = [p for n, p in net.named_parameters() if not n.startswith("head.")]
+    opt_body, opt_head = torch.optim.SGD(body, lr=0.0), torch.optim.SGD(net.head.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 6)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)
+    with GradientMonitor(net, scaler=scaler) as monitor:
+        scaler.scale(((net(x) - y) ** 2).mean()).backward()
+        scaler.unscale_(opt_body)  # and not opt_head: the gradients are a mix
+        scaler._per_optimizer_states[id(opt_head)]  # the scaler has seen opt_head (still scaled)
+        with pytest.raises(UsageError, match="unscaled the gradients of some optimizers but not of others"):
+            monitor.step()
+        scaler.unscale_(opt_head)
+        assert monitor.step() is True  # now all unscaled: recorded, as step 1
+        assert monitor.history.steps.tolist() == [1]
