@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     monitor.close()
 
     plain_ms, mon_ms, call_ms = (statistics.median(x) * 1e3 for x in (plain, monitored, calls))
+    gpu_ms = statistics.median(gpu_times) * 1e3 if cuda else None
     result = {
         "case": f"BertForMaskedLM {args.layers} layers, batch {args.batch}, seq {args.seq}, {device}",
         "params": len(monitor.param_names),
@@ -131,8 +132,8 @@ def main(argv=None) -> int:
         "call_overhead_pair_median": statistics.median(call_ratios),
         # On a GPU: the device time of the monitor's work (CUDA events around monitor.step()), and the
         # overhead that decides the target: the larger of its device and host time, over the plain step.
-        "monitor_gpu_ms": statistics.median(gpu_times) * 1e3 if cuda else None,
-        "gpu_overhead": max(statistics.median(gpu_times) * 1e3, call_ms) / plain_ms if cuda else None,
+        "monitor_gpu_ms": gpu_ms,
+        "gpu_overhead": max(gpu_ms, call_ms) / plain_ms if cuda else None,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),

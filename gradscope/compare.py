@@ -84,19 +84,20 @@ def _block_names(report, variant: str) -> list:
     return [r["block"] for r in report.block_rows(variant)]
 
 
-def _matching_warning(ref_label: str, reference, label: str, report, comparisons: list[dict]) -> str:
+def _matching_warning(ref_label: str, reference, label: str, report, pairs: list[tuple[str, str]],
+                     comparisons: list[dict]) -> str:
     """One line when ``report`` is not simply the reference's model under other conditions, else "".
 
     Different models (meta model or source), or blocks of other names, are still compared, but by rules a
     reader should know: variants paired in order when no names are shared, blocks by depth when no block
     names are shared (by name, only the shared ones, otherwise).
     """
-    pairs = _pairs(reference, report)
     other_names = any(_block_names(report, mine) != _block_names(reference, theirs) for mine, theirs in pairs)
     by_position = bool(pairs) and not any(mine == theirs for mine, theirs in pairs)
-    if _model(report) == _model(reference) and not other_names and not by_position:
+    same_model = _model(report) == _model(reference)
+    if same_model and not other_names and not by_position:
         return ""
-    if _model(report) != _model(reference):
+    if not same_model:
         subject = (f"{label} and {ref_label} are different models "
                    f"({report.meta.get('model')!s}; {reference.meta.get('model')!s})")
     elif other_names:
@@ -150,12 +151,12 @@ def compare_reports(paths: Sequence, labels: Sequence[str] = ()):
 
     reference, warnings = reports[0], []
     for label, report, names in zip(labels[1:], reports[1:], renames[1:]):
-        comparisons = []
-        for mine, theirs in _pairs(reference, report):
+        comparisons, pairs = [], _pairs(reference, report)
+        for mine, theirs in pairs:
             a, b = names[mine], renames[0][theirs]
             comparisons.append(_compare_blocks(a, b, combined.block_rows(a), combined.block_rows(b)))
         combined.comparisons += comparisons
-        warning = _matching_warning(labels[0], reference, label, report, comparisons)
+        warning = _matching_warning(labels[0], reference, label, report, pairs, comparisons)
         if warning:
             warnings.append(warning)
 

@@ -411,7 +411,7 @@ class GradientMonitor:
         if previous is not None and previous() is not None and not previous()._closed:
             raise UsageError("a GradientMonitor is already attached to this model; reuse it, or call close() on it "
                              "before making another")
-        named, self.frozen = select_parameters(model, self.config.params)
+        named, frozen = select_parameters(model, self.config.params)
         _check_scaler(scaler)
         if optimizer is not None:
             _check_optimizer(optimizer, [p for _, p in named])
@@ -419,8 +419,8 @@ class GradientMonitor:
         self.model = model
         self.param_names = tuple(n for n, _ in named)
         self._params = [p for _, p in named]
-        frozen = set(self.frozen)
-        self._frozen_params = [p for n, p in model.named_parameters() if n in frozen]
+        frozen = set(frozen)
+        self._frozen = {n: p for n, p in model.named_parameters() if n in frozen}  # may be unfrozen later
         self._registered_blocks = find_blocks(model)
         self._order = _ExecutionOrder(model, self._registered_blocks)
         self.mode = dist_utils.resolve_mode(model, self._params, self.config.distributed)
@@ -441,7 +441,7 @@ class GradientMonitor:
         self._closed = False
         _ATTACHED[model] = weakref.ref(self)
         if optimizer is not None:
-            self.attach(optimizer)
+            self._attach(optimizer)  # checked above, before any hook was registered
 
     # --- driving -------------------------------------------------------------------
 
@@ -451,9 +451,17 @@ class GradientMonitor:
         if self._optimizer is not None:
             raise UsageError("this monitor is already attached to an optimizer; one monitor follows one optimizer")
         _check_optimizer(optimizer, self._params)
+        self._attach(optimizer)
+        return self
+
+    def _attach(self, optimizer: torch.optim.Optimizer) -> None:
         self._optimizer = optimizer
         self._hook = optimizer.register_step_pre_hook(self._on_optimizer_step)
-        return self
+
+    @property
+    def frozen(self) -> list[str]:
+        """Names of the model's frozen parameters, which the monitor leaves out until they are unfrozen."""
+        return list(self._frozen)
 
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
         if self._recorded_by_clip:  # clip_grad_norm_ already took this step
@@ -553,15 +561,15 @@ class GradientMonitor:
     def _pick_up_unfrozen(self) -> None:
         """Parameters unfrozen since the monitor was made join it (matching ``params``, if given): their
         earlier steps read as "no gradient". Costs one ``requires_grad`` read per frozen parameter."""
-        if not any(p.requires_grad for p in self._frozen_params):
+        unfrozen = [n for n, p in self._frozen.items() if p.requires_grad]
+        if not unfrozen:
             return
         patterns = self.config.params
-        unfrozen = {n for n, p in zip(self.frozen, self._frozen_params) if p.requires_grad}
         joining = {n for n in unfrozen if patterns is None or any(_matches(n, pat) for pat in patterns)}
         if joining:
             self.flush()  # the buffered steps keep the old rows; if it raises, nothing has changed yet
-        self.frozen = [n for n in self.frozen if n not in unfrozen]
-        self._frozen_params = [p for p in self._frozen_params if not p.requires_grad]
+        for name in unfrozen:
+            del self._frozen[name]
         if not joining:
             return
         monitored = set(self.param_names) | joining

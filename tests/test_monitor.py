@@ -209,17 +209,22 @@ def test_grad_scaler_statistics_are_of_the_unscaled_gradient():
     assert torch.equal(hist_before.table[..., 3], hist_after.table[..., 3])
 
 
-def test_grad_scaler_with_optimizer_hook_does_not_divide_twice():
+@pytest.mark.parametrize("with_optimizer", [True, False])
+def test_grad_scaler_does_not_divide_twice(with_optimizer):
     net, plain = make(), make()
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)
     ((plain(x) - y) ** 2).mean().backward()
-    with GradientMonitor(net, opt, scaler=scaler) as monitor:
+    with GradientMonitor(net, opt if with_optimizer else None, scaler=scaler) as monitor:
         scaler.scale(((net(x) - y) ** 2).mean()).backward()
-        scaler.step(opt)  # unscales, then steps: the hook sees unscaled gradients
-        scaler.update()
+        if with_optimizer:
+            scaler.step(opt)  # unscales, then steps: the hook sees unscaled gradients
+            scaler.update()
+        else:
+            scaler.unscale_(opt)
+            monitor.step()  # after unscale_, with the scaler passed anyway
         history = monitor.history
     assert math.isclose(history.global_l2()[0].item(), ref_global_l2(plain), rel_tol=1e-6)
 
@@ -533,21 +538,6 @@ def test_clip_with_a_params_subset_clips_every_trainable_parameter():
     coef = 0.1 / (torch_total.item() + 1e-6)
     assert close(history.global_l2()[0].item(), subset_pre)
     assert math.isclose(history.post_clip_l2[0].item(), subset_pre * coef, rel_tol=1e-6)
-
-
-def test_grad_scaler_without_optimizer_after_unscale_does_not_divide_twice():
-    net, plain = make(), make()
-    opt = torch.optim.SGD(net.parameters(), lr=0.0)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
-    g = torch.Generator().manual_seed(2)
-    x, y = torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)
-    ((plain(x) - y) ** 2).mean().backward()
-    with GradientMonitor(net, scaler=scaler) as monitor:
-        scaler.scale(((net(x) - y) ** 2).mean()).backward()
-        scaler.unscale_(opt)
-        monitor.step()  # after unscale_, with the scaler passed anyway
-        history = monitor.history
-    assert math.isclose(history.global_l2()[0].item(), ref_global_l2(plain), rel_tol=1e-6)
 
 
 def test_nonfinite_block_and_parameter_norms_are_nan_as_torch():

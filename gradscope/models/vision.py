@@ -133,10 +133,11 @@ def load_torchvision(name: str, config, progress: Callable[[str], None]) -> Subj
         )
     progress(f"loading {name} ({weights}) from torchvision")
     num_classes = len(weights.meta["categories"])
-    if offline() and not _cached_weights(weights.url).is_file():
+    cached = _cached_weights(weights.url)
+    if offline() and not cached.is_file():
         raise ModelLoadError(
             f"offline (--offline or HF_HUB_OFFLINE): the pretrained weights of {name} are not in the torch hub cache "
-            f"({_cached_weights(weights.url)}); download {weights.url} where the network is reachable and pass it: "
+            f"({cached}); download {weights.url} where the network is reachable and pass it: "
             f"gradscope analyze {Path(weights.url).name} --arch {name}"
         )
     try:

@@ -314,8 +314,9 @@ def check_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
         import importlib.util
 
         if importlib.util.find_spec("matplotlib") is None:
-            raise UsageError("--format png needs matplotlib, which is not installed: pip install matplotlib "
-                             "(gradscope's [plots] extra), or use --format svg, which needs nothing")
+            from .mpl import NO_MATPLOTLIB
+
+            raise UsageError(NO_MATPLOTLIB)
     return names
 
 

@@ -130,6 +130,18 @@ def flow_table(per_variant: dict[str, list[dict]]) -> FlowTable:
     return FlowTable("depth", reference, rows)
 
 
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def grouped_findings(report) -> list[tuple[tuple[str, str, str, str], list[str]]]:
+    """Findings, most serious first, as ((severity, message, evidence, fix), variants): one that several
+    variants share word for word is one entry (``fix`` is ``""`` where there is none)."""
+    grouped: dict[tuple, list[str]] = {}
+    for f in report.findings:
+        grouped.setdefault((f["severity"], f["message"], f["evidence"], f.get("fix") or ""), []).append(f["variant"])
+    return sorted(grouped.items(), key=lambda kv: SEVERITY_ORDER.get(kv[0][0], 3))
+
+
 def title(report) -> str:
     """What the report is about, in one line: the model, or the reports a comparison combines."""
     meta = report.meta

@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 
 from . import plots, svg
-from .fmt import TREND_HEADER, TREND_LEGEND, decay_text, num, run_facts, title
+from .fmt import TREND_HEADER, TREND_LEGEND, decay_text, grouped_findings, num, run_facts, title
 
 _ASSETS = Path(__file__).parent / "assets"
 # the name first (it stays in view when the table scrolls sideways), then the numbers that matter most
@@ -137,12 +137,8 @@ def _findings(report) -> str:
     """Errors and warnings as cards, each with its evidence and fix; information as one compact table."""
     if not report.findings:
         return ""
-    order = {"error": 0, "warning": 1, "info": 2}
-    grouped: dict[tuple, list[str]] = {}
-    for f in report.findings:
-        grouped.setdefault((f["severity"], f["message"], f["evidence"], f.get("fix") or ""), []).append(f["variant"])
     cards, notes = [], []
-    for (severity, message, evidence, fix), variants in sorted(grouped.items(), key=lambda kv: order.get(kv[0][0], 3)):
+    for (severity, message, evidence, fix), variants in grouped_findings(report):
         who = _e(", ".join(variants))
         if severity == "info":
             notes.append((who, message, evidence, fix))

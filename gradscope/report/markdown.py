@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-from .fmt import TREND_HEADER, TREND_LEGEND, decay_text, flow_table, num, run_facts, shown_depths, title
+from .fmt import (TREND_HEADER, TREND_LEGEND, decay_text, flow_table, grouped_findings, num, run_facts,
+                  shown_depths, title)
 
 # CommonMark lets a backslash escape any ASCII punctuation. These can start markup inside a line: emphasis,
 # code, links and images, raw HTML, table cells, strikethrough, entities, GitHub's $math$. (Headings and
@@ -45,12 +46,8 @@ def _verdicts(report) -> list[str]:
 def _findings(report) -> list[str]:
     if not report.findings:
         return []
-    order = {"error": 0, "warning": 1, "info": 2}
-    grouped: dict[tuple, list[str]] = {}
-    for f in report.findings:
-        grouped.setdefault((f["severity"], f["message"], f["evidence"], f.get("fix") or ""), []).append(f["variant"])
     lines = ["## Findings", ""]
-    for (severity, message, evidence, fix), variants in sorted(grouped.items(), key=lambda kv: order.get(kv[0][0], 3)):
+    for (severity, message, evidence, fix), variants in grouped_findings(report):
         lines.append(f"- **{md(severity)}** ({', '.join(md(v) for v in variants)}): {md(message)}")
         lines.append(f"  - evidence: {md(evidence)}")
         if fix:

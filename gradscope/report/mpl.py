@@ -15,11 +15,14 @@ import io
 import math
 
 from .plots import BarPlot, Heatmap, LinePlot
-from .svg import MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, color, linear_ticks, log_range, tick_text
+from .svg import (HEATMAP_KEY, MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, color, linear_ticks,
+                  log_range, tick_text)
 
 DPI = 150
 SHAPES = ("o", "s", "^", "D", "v", "o")  # svg.marker's six shapes in its order; the sixth is drawn open (a ring)
 MARK_LABEL = "NaN or Inf in the gradients at that step"
+NO_MATPLOTLIB = ("--format png needs matplotlib, which is not installed: pip install matplotlib "
+                 "(gradscope's [plots] extra), or use --format svg, which needs nothing")
 
 
 def _matplotlib():
@@ -29,8 +32,7 @@ def _matplotlib():
     except ImportError:
         from ..errors import UsageError
 
-        raise UsageError("--format png needs matplotlib, which is not installed: pip install matplotlib "
-                         "(gradscope's [plots] extra), or use --format svg, which needs nothing") from None
+        raise UsageError(NO_MATPLOTLIB) from None
     return Figure
 
 
@@ -137,8 +139,7 @@ def _heatmap(Figure, spec: Heatmap):
     ax.set_xlabel(spec.x_label)
     ax.set_ylabel(spec.y_label)
     fig.colorbar(image, ax=ax, label=spec.color_label)
-    key = [Patch(facecolor=MISSING, edgecolor="#888", label="no gradient, or all zero"),
-           Patch(facecolor=NONFINITE, edgecolor="#888", label="NaN or Inf in the gradient")]
+    key = [Patch(facecolor=fill, edgecolor="#888", label=label) for fill, label in HEATMAP_KEY]
     fig.legend(handles=key, loc="outside lower left", ncols=2, fontsize=7, frameon=False)
     return fig, ax
 

@@ -25,6 +25,7 @@ VIRIDIS = ("#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#2
            "#7ad151", "#bddf26", "#fde725")
 MISSING = "#d9d9d9"
 NONFINITE = "#d62728"  # outside viridis: a NaN/Inf cell, also marked with a shape, never by color alone
+HEATMAP_KEY = ((MISSING, "no gradient, or all zero"), (NONFINITE, "NaN or Inf in the gradient"))  # fill, meaning
 WIDTH = 960
 FONT = "font-family=\"system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif\""
 MARKERS_UP_TO = 60  # points per line that get a marker with a tooltip; denser lines are drawn plain
@@ -435,8 +436,7 @@ def heatmap(spec: Heatmap) -> str:
     out += _axis_labels(spec.x_label, spec.y_label, left, right, top, bottom)
     # what grey and red cells are, under the plot
     key_y = bottom + 62
-    for k, (fill, label) in enumerate(((MISSING, "no gradient, or all zero"),
-                                       (NONFINITE, "NaN or Inf in the gradient"))):
+    for k, (fill, label) in enumerate(HEATMAP_KEY):
         x = left + 200 * k
         out.append(f'<rect x="{_f(x)}" y="{_f(key_y - 9)}" width="12" height="12" fill="{fill}" stroke="#888"/>'
                    f'<text x="{_f(x + 17)}" y="{_f(key_y + 1)}" font-size="11">{_e(label)}</text>')

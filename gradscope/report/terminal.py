@@ -5,8 +5,8 @@ It reads the :class:`~gradscope.report.Report` only; nothing is recomputed here.
 
 from __future__ import annotations
 
-from .fmt import (MAX_BLOCK_ROWS, TREND_HEADER, TREND_LEGEND, decay_text, flow_table, num, shown_depths,
-                  title)
+from .fmt import (MAX_BLOCK_ROWS, TREND_HEADER, TREND_LEGEND, decay_text, flow_table, grouped_findings, num,
+                  shown_depths, title)
 
 _num = num
 
@@ -48,13 +48,8 @@ def flow_lines(report) -> list[str]:
 
 def finding_lines(report) -> list[str]:
     """Findings, most serious first; one that several variants share word for word is printed once."""
-    order = {"error": 0, "warning": 1, "info": 2}
-    grouped: dict[tuple, list[str]] = {}
-    for f in report.findings:
-        key = (f["severity"], f["message"], f["evidence"], f.get("fix") or "")
-        grouped.setdefault(key, []).append(f["variant"])
     lines = []
-    for (severity, message, evidence, fix), variants in sorted(grouped.items(), key=lambda kv: order.get(kv[0][0], 3)):
+    for (severity, message, evidence, fix), variants in grouped_findings(report):
         lines.append(f"[{severity}] {', '.join(variants)}: {message}")
         lines.append(f"    evidence: {evidence}")
         if fix:
