@@ -98,7 +98,21 @@ def main(argv=None) -> int:
     # All dtypes in one call; the same with only tensors of one chunk (the one-launch path of
     # small lists); and many small tensors (the staging-buffer path of long lists).
     ref_mixed = reference(mixed)
-    errors += compare(torch.ops.gradscope.grad_stats(mixed), ref_mixed, "mixed")
+    fused_mixed = torch.ops.gradscope.grad_stats(mixed)
+    errors += compare(fused_mixed, ref_mixed, "mixed")
+    if device == "cuda":
+        # Both forms of the small-list path for its multi-chunk tensors: a finalize launch, or one launch
+        # (each tensor's last chunk block combines it). The same bits.
+        from gradscope import _C_cuda
+
+        for one in (True, False):
+            previous = _C_cuda._set_one_launch(one)
+            try:
+                for _ in range(3):  # the one-launch form's counters must be back at zero for each call
+                    if not torch.equal(torch.ops.gradscope.grad_stats(mixed), fused_mixed):
+                        errors.append(f"mixed, {'one launch' if one else 'two launches'}: differs bitwise from the default")
+            finally:
+                _C_cuda._set_one_launch(previous)
     one_chunk = [t for t in mixed if t.numel() * t.element_size() <= CHUNK_BYTES]
     errors += compare(torch.ops.gradscope.grad_stats(one_chunk), reference(one_chunk), "one chunk each")
     many = [torch.randn(int(n), generator=g).to(device) for n in torch.randint(1, 300, (1000,), generator=g)]

@@ -17,7 +17,7 @@
 # /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default: the local GPU's, e.g. 9.0).
 #
 # Output files (few, on purpose): gpu-check.log, summary.json,
-# bench_grad_stats.json, bench_monitor_cuda.json, bench_scaling.json, scaling_bytes_cuda.png,
+# bench_grad_stats.json, bench_monitor_cuda.json, bench_scaling.json, latency_probe.json, scaling_bytes_cuda.png,
 # scaling_count_cuda.png (CPU smoke run: the same with _cpu_quick / _cpu).
 
 set -u -o pipefail
@@ -169,6 +169,8 @@ if [[ $HAVE_GPU == 1 ]]; then
     fi
   }
   sanitize memcheck
+  # Host and device time of small calls, one-launch against two-launch small lists (about 10 s).
+  run_stage latency-probe 45 "$PY" benchmarks/latency_probe.py --json "$OUTDIR/latency_probe.json"
   # Latency, bytes and count sweeps (the real lists are bench_grad_stats's), each point's
   # figures saved as it goes; new points stop after 120 s.
   run_stage bench-scaling 170 "$PY" benchmarks/bench_scaling.py --device cuda --coarse --sweeps latency,bytes,count \
@@ -179,7 +181,7 @@ if [[ $HAVE_GPU == 1 ]]; then
     --pairs 15 --json "$OUTDIR/bench_monitor_cuda.json"
   sanitize racecheck
 else
-  for s in tests-cuda sanitizer-memcheck sanitizer-racecheck bench-grad-stats bench-monitor bench-scaling; do skip "$s" "$NO_GPU_WHY"; done
+  for s in tests-cuda sanitizer-memcheck latency-probe sanitizer-racecheck bench-grad-stats bench-monitor bench-scaling; do skip "$s" "$NO_GPU_WHY"; done
   if [[ ${GPU_CHECK_CPU_SMOKE:-1} == 1 ]]; then
     run_stage cpu-smoke-grad-stats 150 "$PY" benchmarks/bench_grad_stats.py --device cpu --quick \
       --out "$OUTDIR/bench_grad_stats_cpu_quick.json"

@@ -142,6 +142,13 @@ def main(argv: list[str]) -> int:
                                        "value": 100 * overhead, "status": "PASS" if overhead <= 0.01 else "FAIL",
                                        "source": path.name})
 
+    probe = _load(outdir / "latency_probe.json")
+    if probe:
+        summary["latency"] = probe
+        print(f"\nlatency_probe.json ({probe.get('gpu')}, {probe.get('calls')} calls a case): wall / host / device us per call")
+        for name, r in probe.get("cases", {}).items():
+            print(f"  {name:<45} {_f(r.get('wall_us'), '7.2f')} {_f(r.get('host_enqueue_us'), '7.2f')} {_f(r.get('event_span_us'), '7.2f')}")
+
     if summary["targets"]:
         print("\ntargets:")
         for t in summary["targets"]:

@@ -7,7 +7,9 @@ synchronize at the end (what bench_scaling's Timer sees), host time to enqueue a
 (no synchronize), and device time per call from CUDA events around the N calls. A call
 whose wall time is near its host time is host-bound; near its device time, device-bound.
 One 4 MiB tensor is also passed as 16 / 64 / 256 equal views, which is what smaller
-chunks would give the kernel: more blocks in flight for the same bytes.
+chunks would give the kernel: more blocks in flight for the same bytes. Small lists with
+a tensor of several chunks are timed in both forms of the small-list path: a finalize
+launch after the chunk launch, and one launch (the last chunk block of a tensor combines it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import time
 import torch
 
 import gradscope
+
+CHUNK_BYTES = 256 * 1024  # csrc/grad_stats_cuda.cu: kChunkBytes
+SMALL_LIST = 224  # csrc/grad_stats_cuda.cu: kArgTensors
 
 
 def _time(fn, n: int) -> dict:
@@ -52,7 +57,8 @@ def main(argv=None) -> int:
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
     cases = {}
-    for count, total in ((1, 64 << 10), (8, 64 << 10), (200, 64 << 10), (1, 4 << 20), (200, 4 << 20)):
+    # The last: 400 MiB in 200 tensors of 8 chunks, about a BERT-base gradient list (bandwidth-bound).
+    for count, total in ((1, 64 << 10), (8, 64 << 10), (200, 64 << 10), (1, 4 << 20), (8, 4 << 20), (200, 4 << 20), (200, 400 << 20)):
         n = total // 4 // count
         cases[f"{count} x {total // count} B"] = [torch.randn(n, device=dev, generator=g) for _ in range(count)]
     big = torch.randn((4 << 20) // 4, device=dev, generator=g)
@@ -61,9 +67,18 @@ def main(argv=None) -> int:
     out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "calls": args.calls, "cases": {}}
     copy_src, copy_dst = torch.randn(16384, device=dev), torch.empty(16384, device=dev)
     out["cases"]["torch copy_ 64 KiB (a one-kernel floor)"] = _time(lambda: copy_dst.copy_(copy_src), args.calls)
+    from gradscope import _C_cuda
+
     for name, tensors in cases.items():
         out["cases"][f"grad_stats {name}"] = _time(lambda t=tensors: gradscope.grad_stats(t), args.calls)
         out["cases"][f"raw op {name}"] = _time(lambda t=tensors: torch.ops.gradscope.grad_stats(t), args.calls)
+        if len(tensors) <= SMALL_LIST and any(t.numel() * t.element_size() > CHUNK_BYTES for t in tensors):
+            for one, form in ((False, "two launches"), (True, "one launch")):
+                previous = _C_cuda._set_one_launch(one)
+                try:
+                    out["cases"][f"grad_stats {name} ({form})"] = _time(lambda t=tensors: gradscope.grad_stats(t), args.calls)
+                finally:
+                    _C_cuda._set_one_launch(previous)
     print(f"{'case':45s} {'wall us':>9s} {'host us':>9s} {'events us':>10s}")
     for name, r in out["cases"].items():
         print(f"{name:45s} {r['wall_us']:9.2f} {r['host_enqueue_us']:9.2f} {r['event_span_us']:10.2f}")

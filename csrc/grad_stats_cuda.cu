@@ -11,16 +11,22 @@
 //     fixed order, so results are bitwise reproducible from run to run.
 //   * Small lists (up to kArgTensors tensors, the common call of a training
 //     step's monitor) skip the staging buffer: their descriptors travel as a
-//     kernel argument, and when every tensor fits one chunk a single launch
-//     writes the result rows. The chunk cut and the order of every sum are
-//     the same on both paths, so they agree bitwise. Under CUDA graph capture
-//     a longer list goes through this path too, kArgTensors tensors a launch.
+//     kernel argument and a tensor of one chunk has its row written by its
+//     block. A tensor of several chunks is combined by a second launch, or, in
+//     the one-launch form, by its last block to finish (a per-tensor counter
+//     tells) as finalize_kernel would. The chunk cut and the order of every
+//     sum are the same on all paths, so they agree bitwise. Under CUDA graph
+//     capture a longer list goes through this path too, kArgTensors tensors a
+//     launch.
 
 #include <Python.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -30,6 +36,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -384,27 +391,31 @@ __device__ __forceinline__ void reduce_chunk_any(const TensorDesc& d, int64_t ch
 // One warp combines the `count` chunk partials of one tensor, starting at
 // chunk `first`: lane l adds chunks l, l+32, l+64, ... in increasing order,
 // then a fixed shuffle tree; max is combined with max. Counts are exact in
-// fp64 (integers < 2^53). The caller keeps the whole warp here.
-__device__ __forceinline__ void finalize_tensor(int64_t first, int64_t count,
-                                                const double* __restrict__ partials,
+// fp64 (integers < 2^53). The caller keeps the whole warp here. Unroll (chunk
+// rows in flight per lane) changes when values are loaded, not the order of the
+// sums: every Unroll gives the same bits.
+template <int Unroll = kFinUnroll>
+__device__ __forceinline__ void finalize_tensor(int64_t first, int64_t count, const double* partials,
                                                 int64_t num_chunks_total, double* __restrict__ row) {
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   double acc[kNumStats];
 #pragma unroll
   for (int s = 0; s < kNumStats; ++s) acc[s] = 0.0;
 
-  for (int64_t c = lane; c < count; c += kWarpSize * kFinUnroll) {
-    double vals[kFinUnroll][kNumStats];
+  for (int64_t c = lane; c < count; c += kWarpSize * Unroll) {
+    double vals[Unroll][kNumStats];
 #pragma unroll
-    for (int j = 0; j < kFinUnroll; ++j) {
+    for (int j = 0; j < Unroll; ++j) {
       const int64_t cj = c + j * kWarpSize;
 #pragma unroll
       for (int s = 0; s < kNumStats; ++s) {
-        vals[j][s] = cj < count ? partials[s * num_chunks_total + first + cj] : 0.0;
+        // __ldcg: through L2, never a stale L1 line (the last chunk block reads partials
+        // that other blocks of the same launch wrote).
+        vals[j][s] = cj < count ? __ldcg(partials + s * num_chunks_total + first + cj) : 0.0;
       }
     }
 #pragma unroll
-    for (int j = 0; j < kFinUnroll; ++j) {
+    for (int j = 0; j < Unroll; ++j) {
       if (c + j * kWarpSize < count) {
 #pragma unroll
         for (int s = 0; s < kNumStats; ++s) {
@@ -455,10 +466,16 @@ finalize_kernel(const TensorDesc* __restrict__ descs, int64_t num_tensors,
 
 // --- Small lists: descriptors as a kernel argument ---------------------------
 //
-// Up to kArgTensors tensors travel in the launch itself: no staging buffer, no
-// host-to-device copy, and when every tensor fits one chunk, one launch that
-// writes the result rows directly. Every tensor has at least one chunk here
-// (an empty tensor's chunk writes its row of zeros).
+// Up to kArgTensors tensors travel in the launch itself: no staging buffer and
+// no host-to-device copy. Every tensor has at least one chunk here (an empty
+// tensor's chunk writes its row of zeros). A tensor of one chunk: its block
+// writes the result row. A tensor of several chunks: each block writes its
+// partial column, then counts itself done in the tensor's counter; the last
+// block to finish combines the partials into the row, in finalize_kernel's
+// order, and sets the counter back to zero for the next launch. One launch in
+// all. With counters == nullptr the blocks stop at their partials and
+// small_finalize_kernel combines them: the two-launch form. Both give the
+// same bits.
 
 constexpr int kArgTensors = 224;
 
@@ -476,12 +493,17 @@ __device__ __forceinline__ TensorDesc small_desc(const SmallList& list, int t) {
   return TensorDesc{list.data[t], list.numel[t], first, list.chunk_end[t] - first, list.dtype[t]};
 }
 
-// direct: one chunk per tensor, so chunk == tensor and `dst` is the result;
-// else `dst` is the stat-major partials, finalized by small_finalize_kernel.
-__global__ void __launch_bounds__(kBlock)
-small_list_kernel(const __grid_constant__ SmallList list, int num_tensors, int direct,
-                  double* __restrict__ dst) {
+// partials: stat-major, one column per chunk of the launch (gridDim.x columns);
+// read only for tensors of several chunks. counters: one per tensor, zero on
+// entry and on exit; nullptr leaves those tensors to small_finalize_kernel.
+// At most 64 registers, so 4 blocks fit an SM as for chunk_stats_kernel (ptxas
+// would take 68 and fit 3): the price is one value kept in local memory outside
+// the loads' loop, stored once and read back in the tail.
+__global__ void __launch_bounds__(kBlock, 4)
+small_list_kernel(const __grid_constant__ SmallList list, int num_tensors, double* __restrict__ out,
+                  double* partials, int32_t* counters) {
   __shared__ BlockScratch scratch;
+  __shared__ int last;
   const int chunk = static_cast<int>(blockIdx.x);
   // The tensor of this chunk: the first whose chunk_end exceeds it.
   int lo = 0;
@@ -494,11 +516,30 @@ small_list_kernel(const __grid_constant__ SmallList list, int num_tensors, int d
       lo = mid + 1;
     }
   }
-  const Slot slot = direct ? Slot{dst + static_cast<int64_t>(lo) * kNumStats, 1}
-                           : Slot{dst + chunk, static_cast<int64_t>(gridDim.x)};
-  reduce_chunk_any(small_desc(list, lo), chunk, slot, scratch);
+  const TensorDesc d = small_desc(list, lo);
+  double* row = out + static_cast<int64_t>(lo) * kNumStats;
+  if (d.num_chunks == 1) {
+    reduce_chunk_any(d, chunk, Slot{row, 1}, scratch);
+    return;
+  }
+  reduce_chunk_any(d, chunk, Slot{partials + chunk, static_cast<int64_t>(gridDim.x)}, scratch);
+  if (counters == nullptr) return;
+  // Thread 0 wrote the partial column: make it visible device-wide before counting it.
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(counters + lo, 1) == d.num_chunks - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // every other block's partials were published before its count
+  if (threadIdx.x < kWarpSize) {
+    // One row in flight per lane: few registers on top of the chunk path's.
+    finalize_tensor<1>(d.chunk_begin, d.num_chunks, partials, gridDim.x, row);
+    if (threadIdx.x == 0) counters[lo] = 0;  // every block of this tensor has counted
+  }
 }
 
+// The two-launch path's second launch: the rows of tensors of several chunks.
 __global__ void __launch_bounds__(kFinBlock)
 small_finalize_kernel(const __grid_constant__ SmallList list, int num_tensors,
                       const double* __restrict__ partials, int num_chunks_total,
@@ -506,6 +547,7 @@ small_finalize_kernel(const __grid_constant__ SmallList list, int num_tensors,
   const int t = static_cast<int>(blockIdx.x) * kFinWarps + static_cast<int>(threadIdx.x) / kWarpSize;
   if (t >= num_tensors) return;  // warp-uniform
   const TensorDesc d = small_desc(list, t);
+  if (d.num_chunks == 1) return;  // written by its chunk block
   finalize_tensor(d.chunk_begin, d.num_chunks, partials, num_chunks_total,
                   out + static_cast<int64_t>(t) * kNumStats);
 }
@@ -555,6 +597,80 @@ at::TensorOptions f64_on(at::Device device) {
   return at::TensorOptions().dtype(at::kDouble).device(device);
 }
 
+// --- The small-list kernel's scratch -----------------------------------------
+//
+// One float64 tensor: kArgTensors int32 counters (zero between launches), then
+// kNumStats partials per chunk. Each stream keeps its own between calls, so the
+// common call allocates nothing: launches on one stream run one after another,
+// never two on one workspace at once. Under CUDA graph capture (a replay may
+// run on another stream, beside eager calls) and on the per-thread default
+// stream (one handle, many streams), each launch gets a fresh one instead.
+
+constexpr int64_t kCounterSlots = kArgTensors * sizeof(int32_t) / sizeof(double);
+static_assert(kArgTensors * sizeof(int32_t) % sizeof(double) == 0, "counters must end on a double");
+
+struct Workspace {
+  double* partials;
+  int32_t* counters;
+
+  explicit Workspace(const at::Tensor& buffer)
+      : partials(buffer.mutable_data_ptr<double>() + kCounterSlots),
+        counters(reinterpret_cast<int32_t*>(buffer.mutable_data_ptr<double>())) {}
+};
+
+at::Tensor new_workspace(int64_t chunks, at::Device device) {
+  return at::zeros({kCounterSlots + kNumStats * chunks}, f64_on(device));  // zeros on the current stream
+}
+
+// Whether a small list's multi-chunk tensors are combined in their last chunk
+// block (one launch) or by a second launch: the same bits either way. The
+// default is the two-launch form; gradscope._C_cuda._set_one_launch(True)
+// selects the other, which benchmarks/gpu_check.sh tests and times beside it.
+std::atomic<bool> g_one_launch{false};
+
+// The kernel on the n <= kArgTensors inputs of `list`, rows into `result`.
+void run_small_list(const SmallList& list, int n, int32_t chunks, double* result, at::Device device,
+                    cudaStream_t stream) {
+  const auto launch = [&](double* partials, int32_t* counters) {
+    small_list_kernel<<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(list, n, result, partials, counters);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (chunks == n) {  // one chunk per tensor: every block writes its row
+    launch(nullptr, nullptr);
+    return;
+  }
+  if (!g_one_launch.load(std::memory_order_relaxed)) {
+    // Freed on return: the caching allocator orders its reuse after these kernels on this stream.
+    at::Tensor partials = at::empty({kNumStats * static_cast<int64_t>(chunks)}, f64_on(device));
+    launch(partials.mutable_data_ptr<double>(), nullptr);
+    small_finalize_kernel<<<static_cast<unsigned>((n + kFinWarps - 1) / kFinWarps), kFinBlock, 0, stream>>>(
+        list, n, partials.const_data_ptr<double>(), chunks, result);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone || stream == cudaStreamPerThread) {
+    const at::Tensor fresh = new_workspace(chunks, device);  // under capture: the graph's pool keeps it
+    const Workspace ws(fresh);
+    launch(ws.partials, ws.counters);
+    return;
+  }
+  // Leaked on purpose: freeing CUDA memory after the runtime has shut down at exit would fail.
+  static auto* kept = new std::map<std::pair<c10::DeviceIndex, cudaStream_t>, at::Tensor>();
+  static auto* mutex = new std::mutex();
+  // Held through the launch: a workspace grown by another thread is freed only after this launch is enqueued.
+  const std::lock_guard<std::mutex> lock(*mutex);
+  at::Tensor& buffer = (*kept)[{device.index(), stream}];
+  if (!buffer.defined() || buffer.numel() < kCounterSlots + kNumStats * static_cast<int64_t>(chunks)) {
+    int64_t capacity = 64;
+    while (capacity < chunks) capacity *= 2;
+    buffer = new_workspace(capacity, device);
+  }
+  const Workspace ws(buffer);
+  launch(ws.partials, ws.counters);
+}
+
 // Statistics of inputs[0, n) (n <= kArgTensors, each under 2^31 elements) into
 // the n rows at `result` (row-major, kNumStats doubles a row).
 void launch_small(const Input* inputs, int n, double* result, at::Device device, cudaStream_t stream) {
@@ -568,19 +684,7 @@ void launch_small(const Input* inputs, int n, double* result, at::Device device,
     chunks += static_cast<int32_t>(std::max<int64_t>(1, in.chunks()));
     list.chunk_end[i] = chunks;
   }
-  if (chunks == n) {
-    small_list_kernel<<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(list, n, /*direct=*/1, result);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return;
-  }
-  // Freed on return: the caching allocator orders its reuse after these kernels on this stream.
-  at::Tensor partials = at::empty({kNumStats * static_cast<int64_t>(chunks)}, f64_on(device));
-  small_list_kernel<<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(
-      list, n, /*direct=*/0, partials.mutable_data_ptr<double>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  small_finalize_kernel<<<static_cast<unsigned>((n + kFinWarps - 1) / kFinWarps), kFinBlock, 0, stream>>>(
-      list, n, partials.const_data_ptr<double>(), chunks, result);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  run_small_list(list, n, chunks, result, device, stream);
 }
 
 void launch_large(const std::vector<Input>& inputs, const at::Tensor& out, cudaStream_t stream) {
@@ -719,10 +823,31 @@ TORCH_LIBRARY_IMPL(gradscope, CUDA, m) {
   m.impl("grad_stats", &gradscope::grad_stats_cuda);
 }
 
-// gradscope._C_cuda: an empty Python module; importing it loads this library,
-// which registers the CUDA kernel above.
+namespace gradscope {
+namespace {
+
+// _set_one_launch(flag: bool) -> bool: the previous setting. For benchmarks and
+// tests that compare the one-launch small-list path with the two-launch one.
+PyObject* set_one_launch(PyObject* /*self*/, PyObject* arg) {
+  const int flag = PyObject_IsTrue(arg);
+  if (flag < 0) return nullptr;
+  return PyBool_FromLong(g_one_launch.exchange(flag != 0));
+}
+
+PyMethodDef cuda_methods[] = {
+    {"_set_one_launch", set_one_launch, METH_O,
+     "Combine a small list's multi-chunk tensors in the same launch (True) or a second one (False); "
+     "returns the previous setting."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+}  // namespace gradscope
+
+// gradscope._C_cuda: importing it loads this library, which registers the CUDA
+// kernel above; its one function is the switch above.
 PyMODINIT_FUNC PyInit__C_cuda(void) {
   static struct PyModuleDef def = {
-      PyModuleDef_HEAD_INIT, "_C_cuda", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+      PyModuleDef_HEAD_INIT, "_C_cuda", nullptr, -1, gradscope::cuda_methods, nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&def);
 }

@@ -1,14 +1,20 @@
 """The CUDA kernel: against the fp64 reference, opcheck, determinism, no host sync.
 
 The kernel has two paths: lists of up to SMALL_LIST tensors pass their
-descriptors as a kernel argument (one launch when every tensor fits one chunk,
-else a chunk launch and a finalize launch), longer lists go through a staging
-buffer. Each path is checked against the reference, and against the others bitwise.
+descriptors as a kernel argument (one launch when every tensor fits one chunk;
+multi-chunk tensors are combined by a finalize launch, or, in the one-launch
+form, by their last chunk block, counted in a per-stream workspace), longer
+lists go through a staging buffer. Each path is checked against the reference,
+and against the others bitwise; tests of multi-chunk small lists run in both
+forms (``_C_cuda._set_one_launch``).
 
 Skipped, with the reason, where no GPU is visible or the CUDA kernel is not built.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import pytest
 import torch
@@ -90,7 +96,7 @@ def test_cuda_one_chunk_lists_at_the_small_list_edge(fused_cuda, n):
 
 def test_cuda_paths_agree_bitwise(fused_cuda):
     small = one_chunk_cases(fused_cuda, 100)  # one launch, rows written directly
-    multi = cases(fused_cuda)  # small list with multi-chunk tensors: chunk + finalize launches
+    multi = cases(fused_cuda)  # small list with multi-chunk tensors
     assert len(multi) <= SMALL_LIST
     pad = [torch.empty(0, device=fused_cuda)] * (SMALL_LIST + 1)  # forces the staging-buffer path
     op = torch.ops.gradscope.grad_stats
@@ -98,6 +104,102 @@ def test_cuda_paths_agree_bitwise(fused_cuda):
     assert torch.equal(op(small + multi)[: len(small)], direct)  # same rows from the chunk + finalize path
     assert torch.equal(op(small + pad)[: len(small)], direct)
     assert torch.equal(op(multi + pad)[: len(multi)], op(multi))
+
+
+@contextlib.contextmanager
+def small_list_launches(one: bool):
+    """Multi-chunk tensors of small lists combined in their last chunk block (one launch) or by a second launch."""
+    from gradscope import _C_cuda
+
+    previous = _C_cuda._set_one_launch(one)
+    try:
+        yield
+    finally:
+        _C_cuda._set_one_launch(previous)
+
+
+@pytest.fixture(params=[True, False], ids=["one-launch", "two-launch"])
+def launches(request, fused_cuda):
+    with small_list_launches(request.param):
+        yield request.param
+
+
+def multi_chunk_cases(device):
+    """A small list mixing one-chunk and multi-chunk tensors of every dtype, with NaN, Inf and constants."""
+    out = cases(device) + constant_cases(device)
+    assert len(out) <= SMALL_LIST and any(t.numel() * t.element_size() > CHUNK_BYTES for t in out)
+    return out
+
+
+def test_cuda_one_launch_and_two_launches_agree_bitwise(fused_cuda):
+    tensors = multi_chunk_cases(fused_cuda)
+    op = torch.ops.gradscope.grad_stats
+    with small_list_launches(True):
+        one = op(tensors)
+    with small_list_launches(False):
+        two = op(tensors)
+    assert torch.equal(one, two)
+    assert_stats_match(gradscope.GradStats(one, tuple(t.numel() for t in tensors), (True,) * len(tensors), "fused"), tensors)
+
+
+def test_cuda_small_list_counters_are_reset_for_the_next_call(fused_cuda, launches):
+    # Two lists of the same shapes, other values, in turn: the output block is reused from the
+    # caching allocator, so a row that a stale counter left unwritten would hold the other list's values.
+    a = multi_chunk_cases(fused_cuda)
+    b = [t * -3 for t in a]
+    op = torch.ops.gradscope.grad_stats
+    want_a, want_b = op(a).clone(), op(b).clone()
+    assert not torch.equal(want_a, want_b)
+    for _ in range(50):
+        assert torch.equal(op(a), want_a)
+        assert torch.equal(op(b), want_b)
+    assert_stats_match(gradscope.grad_stats(b), b)
+
+
+def test_cuda_small_list_workspace_grows_and_shrinks_back(fused_cuda, launches):
+    g = torch.Generator().manual_seed(8)
+    small = [torch.randn(CHUNK_BYTES // 4 + 3, generator=g).to(fused_cuda)]  # 2 chunks
+    big = [torch.randn(5 * CHUNK_BYTES // 4 - 1, generator=g).to(fused_cuda) for _ in range(SMALL_LIST)]  # 1,120
+    for tensors in (small, big, small, big[:7]):
+        assert_stats_match(gradscope.grad_stats(tensors), tensors)
+
+
+def test_cuda_small_lists_on_concurrent_streams(fused_cuda, launches):
+    # Each stream has its own workspace: calls in flight on several streams at once must not share counters.
+    g = torch.Generator().manual_seed(9)
+    lists = [[torch.randn(3 * CHUNK_BYTES // 4 + k, generator=g).to(fused_cuda) * (k + 1) for k in range(6)] for _ in range(4)]
+    op = torch.ops.gradscope.grad_stats
+    want = [op(t).clone() for t in lists]
+    streams = [torch.cuda.Stream() for _ in lists]
+    torch.cuda.synchronize()
+    results = [[] for _ in lists]
+    for _ in range(20):
+        for k, (stream, tensors) in enumerate(zip(streams, lists)):
+            with torch.cuda.stream(stream):
+                results[k].append(op(tensors))
+    torch.cuda.synchronize()
+    for k, got in enumerate(results):
+        assert all(torch.equal(r, want[k]) for r in got), f"stream {k}"
+
+
+def test_cuda_small_lists_from_threads_on_one_stream(fused_cuda, launches):
+    a = multi_chunk_cases(fused_cuda)
+    b = [t * 0.5 for t in a]
+    op = torch.ops.gradscope.grad_stats
+    want = {id(a): op(a).clone(), id(b): op(b).clone()}
+    bad: list[str] = []
+
+    def work(tensors):
+        for _ in range(40):
+            if not torch.equal(op(tensors), want[id(tensors)]):
+                bad.append("mismatch")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad
 
 
 def test_cuda_fast_entry_matches_the_op(fused_cuda):
@@ -112,7 +214,7 @@ def test_cuda_fast_entry_matches_the_op(fused_cuda):
     assert _ext.dense_call(tensors, False) is None  # CUDA kernel not loaded: the Python path decides
 
 
-def test_cuda_graph_capture_replays_with_new_values(fused_cuda):
+def test_cuda_graph_capture_replays_with_new_values(fused_cuda, launches):
     # Captured, a long list takes the small-list path in batches (no staging buffer to go stale).
     g = torch.Generator().manual_seed(5)
     sizes = torch.randint(0, 3000, (2 * SMALL_LIST + 7,), generator=g).tolist() + [3 * CHUNK_BYTES // 4 + 5]
@@ -134,11 +236,15 @@ def test_cuda_graph_capture_replays_with_new_values(fused_cuda):
     for _ in range(3):  # reuse freed pinned host memory: the captured copy must not read it
         gradscope.grad_stats([torch.full((7,), 1.0, device=fused_cuda)] * len(sizes)).numel.sum().item()
     captured_numel.zero_()
-    graph.replay()
-    torch.cuda.synchronize()
-    stats = gradscope.GradStats(captured.clone(), tuple(sizes), (True,) * len(sizes), "fused")
-    assert_stats_match(stats, tensors)
-    assert torch.equal(captured, op(tensors))  # the staging-buffer path, bitwise alike
+    for _ in range(3):  # the multi-chunk tensor's counter must be back at zero for each replay
+        captured.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        stats = gradscope.GradStats(captured.clone(), tuple(sizes), (True,) * len(sizes), "fused")
+        assert_stats_match(stats, tensors)
+        assert torch.equal(captured, op(tensors))  # the staging-buffer path, bitwise alike
+        for t in tensors:
+            t.mul_(0.5)
     assert captured_numel.tolist() == sizes
 
 
@@ -153,7 +259,7 @@ def test_cuda_opcheck(fused_cuda):
     torch.library.opcheck(torch.ops.gradscope.grad_stats.default, (tensors,))
 
 
-def test_cuda_bitwise_identical_over_100_calls(fused_cuda):
+def test_cuda_bitwise_identical_over_100_calls(fused_cuda, launches):
     tensors = cases(fused_cuda)
     first = gradscope.grad_stats(tensors).table
     for _ in range(100):
