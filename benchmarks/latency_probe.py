@@ -79,6 +79,20 @@ def main(argv=None) -> int:
                     out["cases"][f"grad_stats {name} ({form})"] = _time(lambda t=tensors: gradscope.grad_stats(t), args.calls)
                 finally:
                     _C_cuda._set_one_launch(previous)
+    # Captured into a CUDA graph (as torch.compile's "reduce-overhead" mode does): a replay
+    # skips Python, the dispatcher and the launch's host work, so the host cost per call is
+    # the replay's.
+    for name in ("1 x 65536 B", "8 x 8192 B", "1 x 4194304 B", "200 x 20971 B"):
+        tensors = cases[name]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            torch.ops.gradscope.grad_stats(tensors)  # warm up off the capture
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            torch.ops.gradscope.grad_stats(tensors)
+        out["cases"][f"graph replay {name}"] = _time(graph.replay, args.calls)
     print(f"{'case':45s} {'wall us':>9s} {'host us':>9s} {'events us':>10s}")
     for name, r in out["cases"].items():
         print(f"{name:45s} {r['wall_us']:9.2f} {r['host_enqueue_us']:9.2f} {r['event_span_us']:10.2f}")

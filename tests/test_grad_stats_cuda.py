@@ -153,10 +153,11 @@ def test_cuda_small_list_counters_are_reset_for_the_next_call(fused_cuda, launch
     for _ in range(50):
         assert torch.equal(op(a), want_a)
         assert torch.equal(op(b), want_b)
+    assert_stats_match(gradscope.grad_stats(a), a)
     assert_stats_match(gradscope.grad_stats(b), b)
 
 
-def test_cuda_small_list_workspace_grows_and_shrinks_back(fused_cuda, launches):
+def test_cuda_small_list_workspace_grows_for_longer_lists(fused_cuda, launches):
     g = torch.Generator().manual_seed(8)
     small = [torch.randn(CHUNK_BYTES // 4 + 3, generator=g).to(fused_cuda)]  # 2 chunks
     big = [torch.randn(5 * CHUNK_BYTES // 4 - 1, generator=g).to(fused_cuda) for _ in range(SMALL_LIST)]  # 1,120
