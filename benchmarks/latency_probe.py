@@ -67,6 +67,15 @@ def main(argv=None) -> int:
     out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "calls": args.calls, "cases": {}}
     copy_src, copy_dst = torch.randn(16384, device=dev), torch.empty(16384, device=dev)
     out["cases"]["torch copy_ 64 KiB (a one-kernel floor)"] = _time(lambda: copy_dst.copy_(copy_src), args.calls)
+    # Where a one-launch call's host time goes: a bare launch through a thin binding, one small
+    # allocation (the result table), and the compiled entry without the Python wrapper around it.
+    out["cases"]["torch.cuda._sleep(0) (a bare launch)"] = _time(lambda: torch.cuda._sleep(0), args.calls)
+    out["cases"]["torch.empty 1 x 6 float64 (the result's allocation)"] = _time(
+        lambda: torch.empty((1, 6), dtype=torch.float64, device=dev), args.calls)
+    from gradscope import _ext
+
+    one = [torch.randn(16384, device=dev)]
+    out["cases"]["compiled entry 1 x 65536 B (no Python wrapper)"] = _time(lambda: _ext.dense_call(one, True), args.calls)
     from gradscope import _C_cuda
 
     for name, tensors in cases.items():
