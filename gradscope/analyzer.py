@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Optional, Union
 
+from .blocks import unwrap
 from .errors import GradscopeError, UsageError
 from .variants import BASELINES, DEFAULT_BASELINES, WHAT_IFS, check_names
 
@@ -176,7 +177,8 @@ def analyze(
     config = config or AnalyzeConfig()
     progress = progress or (lambda message: None)
     if isinstance(model_or_name, nn.Module):
-        subject = from_module(model_or_name, batch, loss_fn, config)
+        # Measured eagerly, under the model's own names: a torch.compile or DDP wrapper is set aside.
+        subject = from_module(unwrap(model_or_name), batch, loss_fn, config)
     elif isinstance(model_or_name, (str, os.PathLike)):
         if batch is not None or loss_fn is not None:
             raise UsageError("batch= and loss_fn= go with an nn.Module; a model name brings its own inputs and loss")

@@ -104,6 +104,23 @@ def _layout(model: nn.Module) -> tuple[list[str], list[str]]:
     return blocks, stacks
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module whose names the user knows, out of the wrappers that rename it.
+
+    ``torch.compile`` (``_orig_mod.``), ``DistributedDataParallel`` and
+    ``DataParallel`` (``module.``) hold the same parameters under a prefix; the
+    statistics are named, matched with ``params=`` patterns and grouped into
+    blocks by the wrapped module's own names. Other wrappers (FSDP1) are kept.
+    """
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def find_blocks(model: nn.Module) -> list[str]:
     """Qualified names of the model's blocks, in registration order (``measure`` reorders by execution).
 

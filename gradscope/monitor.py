@@ -68,7 +68,7 @@ from torch import nn
 
 from . import distributed as dist_utils
 from ._reference import STAT_NAMES
-from .blocks import block_of, find_blocks
+from .blocks import block_of, find_blocks, unwrap
 from .errors import GradscopeError, UsageError
 from .stats import grad_stats
 
@@ -406,6 +406,7 @@ class GradientMonitor:
                  scaler=None, config: Optional[MonitorConfig] = None, **options):
         if not isinstance(model, nn.Module):
             raise UsageError(f"GradientMonitor needs an nn.Module; got {type(model).__name__}")
+        model = unwrap(model)  # torch.compile / DDP: the model's own names, not "_orig_mod." or "module."
         self.config = MonitorConfig.with_options(config, options)
         previous = _ATTACHED.get(model)
         if previous is not None and previous() is not None and not previous()._closed:

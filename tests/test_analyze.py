@@ -281,6 +281,15 @@ def test_module_api_every_variant_sees_the_same_batch_and_model_is_left_as_it_wa
     json.dumps(report.to_dict(), allow_nan=False)
 
 
+def test_module_api_measures_a_compiled_model_under_its_own_names():
+    model = Stack()
+    config = gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu")
+    plain = gradscope.analyze(model, config, batch=BATCH, loss_fn=_ce)
+    compiled = gradscope.analyze(torch.compile(model, backend="aot_eager"), config, batch=BATCH, loss_fn=_ce)
+    assert [r["name"] for r in compiled.params] == [n for n, _ in model.named_parameters()]
+    assert compiled.to_dict()["variants"] == plain.to_dict()["variants"]
+
+
 def test_no_trainable_parameters_is_a_clear_error():
     model = Stack().requires_grad_(False)
     with pytest.raises(GradscopeError, match="no trainable parameters"):

@@ -75,11 +75,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.manual_seed(0)
         ddp = DistributedDataParallel(Net())
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-        monitor = GradientMonitor(ddp.module)
+        monitor = GradientMonitor(ddp)  # named as the wrapped model: no "module." prefix
         loss_of(ddp, x[local], y[local]).backward()
         monitor.clip_grad_norm_(0.01)  # records on rank 0; clips alike on every rank
         opt.step()
-        result = {"mode": monitor.mode, "recorded": len(monitor._chunks) + len(monitor._pending) > 0,
+        result = {"mode": monitor.mode, "names": monitor.param_names,
+                  "recorded": len(monitor._chunks) + len(monitor._pending) > 0,
                   "params": torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])}
         try:
             history = monitor.history
@@ -172,6 +173,7 @@ def test_fsdp2_statistics_equal_the_unsharded_model(ranks, reference):
 def test_ddp_computes_on_rank_zero_only_and_clips_alike(ranks, reference):
     zero, one = ranks["ddp"]
     assert zero["mode"] == one["mode"] == "replicated"
+    assert list(zero["names"]) == list(one["names"]) == list(reference["numel"])
     assert zero["recorded"] is True and one["recorded"] is False
     assert math.isclose(zero["global"][0].item(), reference["global"], rel_tol=RTOL)
     assert math.isclose(zero["post_clip"][0].item(), 0.01, rel_tol=1e-4)

@@ -103,6 +103,36 @@ def test_every_step_matches_float64_reference_across_flushes():
         assert close(history.global_l2()[t].item(), total)
 
 
+@pytest.mark.parametrize("wrap", ["compile", "data-parallel", "both"])
+def test_wrapped_models_keep_their_own_names(wrap):
+    # torch.compile and (Distributed)DataParallel rename every parameter ("_orig_mod.", "module."): the monitor
+    # names, matches params= patterns and groups blocks by the wrapped model's names, and measures the same numbers.
+    net = make()
+    wrapped = net
+    if wrap in ("data-parallel", "both"):
+        if torch.cuda.is_available():
+            pytest.skip("DataParallel would replicate the CPU model onto the GPU")
+        wrapped = nn.DataParallel(wrapped)  # without a GPU it calls the model as it is
+    if wrap in ("compile", "both"):
+        wrapped = torch.compile(wrapped, backend="aot_eager")
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.05)
+    with GradientMonitor(wrapped, opt, params=["layers.*", "head.*"]) as monitor:
+        refs = []
+        for step in range(2):
+            backward(wrapped, step)
+            refs.append(torch.linalg.vector_norm(torch.cat([p.grad.double().reshape(-1) for n, p in net.named_parameters()
+                                                            if n.startswith(("layers.", "head."))])).item())
+            opt.step()
+            opt.zero_grad()
+        with pytest.raises(UsageError, match="already attached"):
+            GradientMonitor(net)  # the same model under another name
+        history = monitor.history
+    assert list(history.blocks) == BLOCKS
+    assert list(history.param_names) == [n for n, _ in net.named_parameters() if n.startswith(("layers.", "head."))]
+    for t, total in enumerate(refs):
+        assert close(history.global_l2()[t].item(), total)
+
+
 def test_block_rows_match_reference_mean_std_max():
     net = make()
     monitor = GradientMonitor(net)
