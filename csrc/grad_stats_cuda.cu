@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <type_traits>
 #include <utility>
@@ -68,6 +69,7 @@ constexpr unsigned kFullMask = 0xffffffffu;
 static_assert(kBlock % kWarpSize == 0 && kWarps <= kWarpSize,
               "block reduction assumes <= 32 warps");
 static_assert(kFinBlock % kWarpSize == 0, "finalize block must be whole warps");
+static_assert(kWarps >= kNumStats, "the last chunk block combines each statistic with a warp of its own");
 static_assert(kChunkBytes % kVecBytes == 0,
               "chunks must keep the 16-byte alignment phase of the tensor");
 // Chunk-local indices and per-thread counters are int: a chunk of 2-byte
@@ -391,31 +393,27 @@ __device__ __forceinline__ void reduce_chunk_any(const TensorDesc& d, int64_t ch
 // One warp combines the `count` chunk partials of one tensor, starting at
 // chunk `first`: lane l adds chunks l, l+32, l+64, ... in increasing order,
 // then a fixed shuffle tree; max is combined with max. Counts are exact in
-// fp64 (integers < 2^53). The caller keeps the whole warp here. Unroll (chunk
-// rows in flight per lane) changes when values are loaded, not the order of the
-// sums: every Unroll gives the same bits.
-template <int Unroll = kFinUnroll>
-__device__ __forceinline__ void finalize_tensor(int64_t first, int64_t count, const double* partials,
+// fp64 (integers < 2^53). The caller keeps the whole warp here.
+__device__ __forceinline__ void finalize_tensor(int64_t first, int64_t count,
+                                                const double* __restrict__ partials,
                                                 int64_t num_chunks_total, double* __restrict__ row) {
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   double acc[kNumStats];
 #pragma unroll
   for (int s = 0; s < kNumStats; ++s) acc[s] = 0.0;
 
-  for (int64_t c = lane; c < count; c += kWarpSize * Unroll) {
-    double vals[Unroll][kNumStats];
+  for (int64_t c = lane; c < count; c += kWarpSize * kFinUnroll) {
+    double vals[kFinUnroll][kNumStats];
 #pragma unroll
-    for (int j = 0; j < Unroll; ++j) {
+    for (int j = 0; j < kFinUnroll; ++j) {
       const int64_t cj = c + j * kWarpSize;
 #pragma unroll
       for (int s = 0; s < kNumStats; ++s) {
-        // __ldcg: through L2, never a stale L1 line (the last chunk block reads partials
-        // that other blocks of the same launch wrote).
-        vals[j][s] = cj < count ? __ldcg(partials + s * num_chunks_total + first + cj) : 0.0;
+        vals[j][s] = cj < count ? partials[s * num_chunks_total + first + cj] : 0.0;
       }
     }
 #pragma unroll
-    for (int j = 0; j < Unroll; ++j) {
+    for (int j = 0; j < kFinUnroll; ++j) {
       if (c + j * kWarpSize < count) {
 #pragma unroll
         for (int s = 0; s < kNumStats; ++s) {
@@ -437,6 +435,37 @@ __device__ __forceinline__ void finalize_tensor(int64_t first, int64_t count, co
 #pragma unroll
     for (int s = 0; s < kNumStats; ++s) row[s] = acc[s];
   }
+}
+
+// One warp combines statistic s of the `count` chunk partials of one tensor,
+// exactly as finalize_tensor combines each of the six (lane l adds chunks l,
+// l+32, ... in increasing order, then the same shuffle tree), so the two give
+// the same bits. Loads go through L2 (__ldcg), never a stale L1 line: the
+// caller is the last chunk block of the tensor, and other blocks of the same
+// launch wrote the partials. The result is valid in lane 0.
+__device__ __forceinline__ double combine_stat(int s, int64_t first, int64_t count, const double* partials,
+                                               int64_t num_chunks_total) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const double* p = partials + s * num_chunks_total + first;
+  double acc = 0.0;
+  for (int64_t c = lane; c < count; c += kWarpSize * kFinUnroll) {
+    double vals[kFinUnroll];
+#pragma unroll
+    for (int j = 0; j < kFinUnroll; ++j) {
+      const int64_t cj = c + j * kWarpSize;
+      vals[j] = cj < count ? __ldcg(p + cj) : 0.0;
+    }
+#pragma unroll
+    for (int j = 0; j < kFinUnroll; ++j) {
+      if (c + j * kWarpSize < count) acc = (s == kMaxAbs) ? fmax(acc, vals[j]) : acc + vals[j];
+    }
+  }
+#pragma unroll
+  for (int off = kWarpSize / 2; off > 0; off >>= 1) {
+    const double o = __shfl_down_sync(kFullMask, acc, off);
+    acc = (s == kMaxAbs) ? fmax(acc, o) : acc + o;
+  }
+  return acc;
 }
 
 // --- Large lists: descriptors in device memory ------------------------------
@@ -496,9 +525,7 @@ __device__ __forceinline__ TensorDesc small_desc(const SmallList& list, int t) {
 // partials: stat-major, one column per chunk of the launch (gridDim.x columns);
 // read only for tensors of several chunks. counters: one per tensor, zero on
 // entry and on exit; nullptr leaves those tensors to small_finalize_kernel.
-// At most 64 registers, so 4 blocks fit an SM as for chunk_stats_kernel (ptxas
-// would take 68 and fit 3): the price is one value kept in local memory outside
-// the loads' loop, stored once and read back in the tail.
+// At most 64 registers, so 4 blocks fit an SM, as for chunk_stats_kernel.
 __global__ void __launch_bounds__(kBlock, 4)
 small_list_kernel(const __grid_constant__ SmallList list, int num_tensors, double* __restrict__ out,
                   double* partials, int32_t* counters) {
@@ -532,11 +559,12 @@ small_list_kernel(const __grid_constant__ SmallList list, int num_tensors, doubl
   __syncthreads();
   if (!last) return;
   __threadfence();  // every other block's partials were published before its count
-  if (threadIdx.x < kWarpSize) {
-    // One row in flight per lane: few registers on top of the chunk path's.
-    finalize_tensor<1>(d.chunk_begin, d.num_chunks, partials, gridDim.x, row);
-    if (threadIdx.x == 0) counters[lo] = 0;  // every block of this tensor has counted
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  if (warp < kNumStats) {  // one warp per statistic: a short tail even for a tensor of many chunks
+    const double v = combine_stat(warp, d.chunk_begin, d.num_chunks, partials, gridDim.x);
+    if (threadIdx.x % kWarpSize == 0) row[warp] = v;
   }
+  if (threadIdx.x == 0) counters[lo] = 0;  // every block of this tensor has counted
 }
 
 // The two-launch path's second launch: the rows of tensors of several chunks.
@@ -602,7 +630,8 @@ at::TensorOptions f64_on(at::Device device) {
 // One float64 tensor: kArgTensors int32 counters (zero between launches), then
 // kNumStats partials per chunk. Each stream keeps its own between calls, so the
 // common call allocates nothing: launches on one stream run one after another,
-// never two on one workspace at once. Under CUDA graph capture (a replay may
+// never two on one workspace at once. It stays allocated (48 bytes per chunk of
+// the largest call on that stream, rounded up to a power of two). Under CUDA graph capture (a replay may
 // run on another stream, beside eager calls) and on the per-thread default
 // stream (one handle, many streams), each launch gets a fresh one instead.
 
@@ -656,12 +685,24 @@ void run_small_list(const SmallList& list, int n, int32_t chunks, double* result
     launch(ws.partials, ws.counters);
     return;
   }
-  // Leaked on purpose: freeing CUDA memory after the runtime has shut down at exit would fail.
-  static auto* kept = new std::map<std::pair<c10::DeviceIndex, cudaStream_t>, at::Tensor>();
-  static auto* mutex = new std::mutex();
+  // One entry per (device, stream), never erased. Leaked on purpose: freeing CUDA memory after the
+  // runtime has shut down at exit would fail.
+  struct Kept {
+    std::mutex mutex;
+    at::Tensor buffer;
+  };
+  static auto* kept = new std::map<std::pair<c10::DeviceIndex, cudaStream_t>, std::unique_ptr<Kept>>();
+  static auto* kept_mutex = new std::mutex();
+  Kept* entry = nullptr;
+  {
+    const std::lock_guard<std::mutex> lock(*kept_mutex);
+    std::unique_ptr<Kept>& slot = (*kept)[{device.index(), stream}];
+    if (!slot) slot = std::make_unique<Kept>();
+    entry = slot.get();
+  }
   // Held through the launch: a workspace grown by another thread is freed only after this launch is enqueued.
-  const std::lock_guard<std::mutex> lock(*mutex);
-  at::Tensor& buffer = (*kept)[{device.index(), stream}];
+  const std::lock_guard<std::mutex> lock(entry->mutex);
+  at::Tensor& buffer = entry->buffer;
   if (!buffer.defined() || buffer.numel() < kCounterSlots + kNumStats * static_cast<int64_t>(chunks)) {
     int64_t capacity = 64;
     while (capacity < chunks) capacity *= 2;

@@ -43,6 +43,11 @@ def cases(device):
     return out
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality of float64 tables (torch.equal takes -0.0 for +0.0 and NaN for unequal to itself)."""
+    return a.shape == b.shape and torch.equal(a.view(torch.int64), b.view(torch.int64))
+
+
 def test_cuda_matches_reference(fused_cuda):
     tensors = cases(fused_cuda)
     stats = gradscope.grad_stats(tensors, backend="fused")
@@ -71,7 +76,7 @@ def test_cuda_unaligned_views_sum_head_tail_and_vectors_alike_on_both_paths(fuse
     assert_stats_match(gradscope.grad_stats(tensors, backend="fused"), tensors)
     op = torch.ops.gradscope.grad_stats
     pad = [torch.empty(0, device=fused_cuda)] * (SMALL_LIST + 1)  # forces the staging-buffer path
-    assert torch.equal(op(tensors + pad)[: len(tensors)], op(tensors))
+    assert same_bits(op(tensors + pad)[: len(tensors)], op(tensors))
 
 
 def one_chunk_cases(device, n=SMALL_LIST):
@@ -101,9 +106,12 @@ def test_cuda_paths_agree_bitwise(fused_cuda):
     pad = [torch.empty(0, device=fused_cuda)] * (SMALL_LIST + 1)  # forces the staging-buffer path
     op = torch.ops.gradscope.grad_stats
     direct = op(small)
-    assert torch.equal(op(small + multi)[: len(small)], direct)  # same rows from the chunk + finalize path
-    assert torch.equal(op(small + pad)[: len(small)], direct)
-    assert torch.equal(op(multi + pad)[: len(multi)], op(multi))
+    mixed = op(small + multi)
+    assert same_bits(mixed[: len(small)], direct)  # rows keep their place beside multi-chunk tensors
+    assert same_bits(op(small + pad)[: len(small)], direct)
+    staged = op(multi + pad)[: len(multi)]
+    assert same_bits(staged, op(multi))
+    assert same_bits(mixed[len(small):], staged)
 
 
 @contextlib.contextmanager
@@ -132,27 +140,49 @@ def multi_chunk_cases(device):
 
 
 def test_cuda_one_launch_and_two_launches_agree_bitwise(fused_cuda):
-    tensors = multi_chunk_cases(fused_cuda)
+    # A tensor of 300 chunks as well: its last block combines more than 4 rows per lane.
+    long = torch.randn(300 * CHUNK_BYTES // 4 + 17, generator=torch.Generator().manual_seed(3)).to(fused_cuda)
+    tensors = multi_chunk_cases(fused_cuda) + [long, long[5:].bfloat16()]
     op = torch.ops.gradscope.grad_stats
     with small_list_launches(True):
         one = op(tensors)
     with small_list_launches(False):
         two = op(tensors)
-    assert torch.equal(one, two)
+    staged = op(tensors + [torch.empty(0, device=fused_cuda)] * SMALL_LIST)[: len(tensors)]
+    assert same_bits(one, two) and same_bits(one, staged)
     assert_stats_match(gradscope.GradStats(one, tuple(t.numel() for t in tensors), (True,) * len(tensors), "fused"), tensors)
 
 
+@pytest.mark.parametrize("one", [True, False], ids=["one-launch", "two-launch"])
+def test_cuda_small_list_launch_count(fused_cuda, one):
+    # The switch really changes the path: a finalize kernel runs only in the two-launch form.
+    from torch.profiler import ProfilerActivity, profile
+
+    tensors = multi_chunk_cases(fused_cuda)
+    with small_list_launches(one):
+        torch.ops.gradscope.grad_stats(tensors)  # warm up (the workspace)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            torch.ops.gradscope.grad_stats(tensors)
+            torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if "gradscope" in e.name or "_kernel" in e.name]
+    assert sum("small_list_kernel" in n for n in names) == 1, names
+    assert sum("small_finalize_kernel" in n for n in names) == (0 if one else 1), names
+
+
 def test_cuda_small_list_counters_are_reset_for_the_next_call(fused_cuda, launches):
-    # Two lists of the same shapes, other values, in turn: the output block is reused from the
-    # caching allocator, so a row that a stale counter left unwritten would hold the other list's values.
+    # Two lists of the same shapes, other values, in turn: the output block is reused from the caching
+    # allocator, so a row that a stale counter left unwritten would hold the other list's values. The
+    # expected rows come from the two-launch form, which has no counters.
     a = multi_chunk_cases(fused_cuda)
     b = [t * -3 for t in a]
     op = torch.ops.gradscope.grad_stats
-    want_a, want_b = op(a).clone(), op(b).clone()
-    assert not torch.equal(want_a, want_b)
+    with small_list_launches(False):
+        want_a, want_b = op(a), op(b)
+    assert not same_bits(want_a, want_b)
     for _ in range(50):
-        assert torch.equal(op(a), want_a)
-        assert torch.equal(op(b), want_b)
+        assert same_bits(op(a), want_a)
+        assert same_bits(op(b), want_b)
     assert_stats_match(gradscope.grad_stats(a), a)
     assert_stats_match(gradscope.grad_stats(b), b)
 
@@ -161,39 +191,58 @@ def test_cuda_small_list_workspace_grows_for_longer_lists(fused_cuda, launches):
     g = torch.Generator().manual_seed(8)
     small = [torch.randn(CHUNK_BYTES // 4 + 3, generator=g).to(fused_cuda)]  # 2 chunks
     big = [torch.randn(5 * CHUNK_BYTES // 4 - 1, generator=g).to(fused_cuda) for _ in range(SMALL_LIST)]  # 1,120
-    for tensors in (small, big, small, big[:7]):
-        assert_stats_match(gradscope.grad_stats(tensors), tensors)
+    op = torch.ops.gradscope.grad_stats
+    with small_list_launches(False):
+        want = [op(t) for t in (small, big, small, big[:7])]
+    torch.cuda.synchronize()
+    torch.cuda._sleep(50_000_000)  # keep the device busy: the calls below are all queued before any runs
+    got = [op(t) for t in (small, big, small, big[:7])]  # grows while the first call is still queued
+    torch.cuda.synchronize()
+    assert all(same_bits(x, y) for x, y in zip(got, want))
+    for tensors, table in zip((small, big), got):
+        assert_stats_match(gradscope.GradStats(table, tuple(t.numel() for t in tensors), (True,) * len(tensors), "fused"), tensors)
 
 
 def test_cuda_small_lists_on_concurrent_streams(fused_cuda, launches):
     # Each stream has its own workspace: calls in flight on several streams at once must not share counters.
+    # A sleep queued first on every stream holds them back, so their calls become ready together and overlap.
     g = torch.Generator().manual_seed(9)
-    lists = [[torch.randn(3 * CHUNK_BYTES // 4 + k, generator=g).to(fused_cuda) * (k + 1) for k in range(6)] for _ in range(4)]
+    lists = [[torch.randn(3 * CHUNK_BYTES // 4 + k, generator=g).to(fused_cuda) * (k + 1) for k in range(6 + 2 * i)]
+             for i in range(4)]
     op = torch.ops.gradscope.grad_stats
-    want = [op(t).clone() for t in lists]
+    with small_list_launches(False):
+        want = [op(t) for t in lists]
     streams = [torch.cuda.Stream() for _ in lists]
     torch.cuda.synchronize()
     results = [[] for _ in lists]
     for _ in range(20):
+        for stream in streams:
+            with torch.cuda.stream(stream):
+                torch.cuda._sleep(200_000)
         for k, (stream, tensors) in enumerate(zip(streams, lists)):
             with torch.cuda.stream(stream):
                 results[k].append(op(tensors))
     torch.cuda.synchronize()
     for k, got in enumerate(results):
-        assert all(torch.equal(r, want[k]) for r in got), f"stream {k}"
+        assert all(same_bits(r, want[k]) for r in got), f"stream {k}"
 
 
-def test_cuda_small_lists_from_threads_on_one_stream(fused_cuda, launches):
+@pytest.mark.parametrize("own_streams", [False, True], ids=["one-stream", "a-stream-each"])
+def test_cuda_small_lists_from_threads(fused_cuda, launches, own_streams):
     a = multi_chunk_cases(fused_cuda)
-    b = [t * 0.5 for t in a]
+    b = [t * 0.5 for t in a[: len(a) // 2]]
     op = torch.ops.gradscope.grad_stats
-    want = {id(a): op(a).clone(), id(b): op(b).clone()}
+    with small_list_launches(False):
+        want = {id(a): op(a), id(b): op(b)}
+    torch.cuda.synchronize()
     bad: list[str] = []
 
     def work(tensors):
-        for _ in range(40):
-            if not torch.equal(op(tensors), want[id(tensors)]):
-                bad.append("mismatch")
+        stream = torch.cuda.Stream() if own_streams else torch.cuda.current_stream()
+        with torch.cuda.stream(stream):
+            got = [op(tensors) for _ in range(40)]
+            stream.synchronize()
+        bad.extend("mismatch" for r in got if not same_bits(r, want[id(tensors)]))
 
     threads = [threading.Thread(target=work, args=(t,)) for t in (a, b, a, b)]
     for t in threads:
@@ -211,7 +260,7 @@ def test_cuda_fast_entry_matches_the_op(fused_cuda):
 
     table, numel = _ext.dense_call(tensors, True)
     assert unpack_numel(numel) == tuple(t.numel() for t in tensors)
-    assert torch.equal(table, torch.ops.gradscope.grad_stats(tensors))
+    assert same_bits(table, torch.ops.gradscope.grad_stats(tensors))
     assert _ext.dense_call(tensors, False) is None  # CUDA kernel not loaded: the Python path decides
 
 
@@ -219,6 +268,8 @@ def test_cuda_graph_capture_replays_with_new_values(fused_cuda, launches):
     # Captured, a long list takes the small-list path in batches (no staging buffer to go stale).
     g = torch.Generator().manual_seed(5)
     sizes = torch.randint(0, 3000, (2 * SMALL_LIST + 7,), generator=g).tolist() + [3 * CHUNK_BYTES // 4 + 5]
+    for i in (3, SMALL_LIST + 5):  # a multi-chunk tensor in every batch of SMALL_LIST
+        sizes[i] = CHUNK_BYTES // 2 + 9
     tensors = [torch.randn(n, generator=g).to(fused_cuda) for n in sizes]
     op = torch.ops.gradscope.grad_stats
     side = torch.cuda.Stream()
@@ -237,13 +288,13 @@ def test_cuda_graph_capture_replays_with_new_values(fused_cuda, launches):
     for _ in range(3):  # reuse freed pinned host memory: the captured copy must not read it
         gradscope.grad_stats([torch.full((7,), 1.0, device=fused_cuda)] * len(sizes)).numel.sum().item()
     captured_numel.zero_()
-    for _ in range(3):  # the multi-chunk tensor's counter must be back at zero for each replay
+    for _ in range(3):  # every replay reads the tensors' values of the moment
         captured.zero_()
         graph.replay()
         torch.cuda.synchronize()
         stats = gradscope.GradStats(captured.clone(), tuple(sizes), (True,) * len(sizes), "fused")
         assert_stats_match(stats, tensors)
-        assert torch.equal(captured, op(tensors))  # the staging-buffer path, bitwise alike
+        assert same_bits(captured, op(tensors))  # the staging-buffer path, bitwise alike
         for t in tensors:
             t.mul_(0.5)
     assert captured_numel.tolist() == sizes
@@ -264,11 +315,11 @@ def test_cuda_bitwise_identical_over_100_calls(fused_cuda, launches):
     tensors = cases(fused_cuda)
     first = gradscope.grad_stats(tensors).table
     for _ in range(100):
-        assert torch.equal(gradscope.grad_stats(tensors).table, first)
+        assert same_bits(gradscope.grad_stats(tensors).table, first)
 
 
 @pytest.mark.parametrize("padding", [0, SMALL_LIST], ids=["small-list", "staging-buffer"])
-def test_cuda_no_host_sync(fused_cuda, padding):
+def test_cuda_no_host_sync(fused_cuda, launches, padding):
     tensors = cases(fused_cuda) + [torch.ones(3, device=fused_cuda)] * padding
     gradscope.grad_stats(tensors)  # warm up allocators
     torch.cuda.set_sync_debug_mode("error")
