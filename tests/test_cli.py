@@ -119,6 +119,14 @@ def test_model_load_failures_exit_3(tmp_path, capsys):
     assert "needs pickled code" in capsys.readouterr().err
     assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "out")]) == 3  # a directory without config.json
     assert "without config.json" in capsys.readouterr().err
+    adapter = tmp_path / "lora"  # what PeftModel.save_pretrained writes: an adapter, no config.json
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "base_model_name_or_path": "bert-base-uncased"}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    assert main(["analyze", str(adapter), "--out", str(tmp_path / "out")]) == 3
+    err = capsys.readouterr().err
+    assert f"{adapter} holds a LORA adapter for bert-base-uncased, not a whole model" in err
+    assert "merge_and_unload()" in err and err.count("\n") == 1
 
 
 def test_checkpoint_without_arch_is_a_usage_error(tmp_path, capsys):

@@ -32,6 +32,7 @@ transformers and ``HF_HUB_OFFLINE``; a model that cannot be fetched is a
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 from pathlib import Path
 from typing import Callable, Optional
@@ -69,6 +70,21 @@ def _quiet_transformers() -> None:
         hub_logging.set_verbosity_error()
     except ImportError:
         pass
+
+
+def _adapter_message(spec: str) -> Optional[str]:
+    """What to do with a folder that holds a PEFT adapter (LoRA, ...) instead of a whole model; None otherwise."""
+    try:
+        adapter = json.loads((Path(spec) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(adapter, dict):
+        return None
+    kind = adapter.get("peft_type") or "PEFT"
+    base = adapter.get("base_model_name_or_path")
+    return (f"{spec} holds a {kind} adapter{f' for {base}' if base else ''}, not a whole model: merge it into its base "
+            f"model and save the result (PeftModel.from_pretrained(base, {str(spec)!r}).merge_and_unload()"
+            ".save_pretrained(DIR)), then analyze DIR")
 
 
 def _load_error(spec: str, local: bool, exc: Exception) -> ModelLoadError:
@@ -425,9 +441,8 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         ) from None
     _quiet_transformers()
     if local and not (Path(spec) / "config.json").is_file():
-        raise ModelLoadError(
-            f"{spec} is a directory without config.json: give a directory written by save_pretrained"
-        )
+        raise ModelLoadError(_adapter_message(spec) or
+                             f"{spec} is a directory without config.json: give a directory written by save_pretrained")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     if local:
