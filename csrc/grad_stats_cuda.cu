@@ -630,10 +630,11 @@ at::TensorOptions f64_on(at::Device device) {
 // One float64 tensor: kArgTensors int32 counters (zero between launches), then
 // kNumStats partials per chunk. Each stream keeps its own between calls, so the
 // common call allocates nothing: launches on one stream run one after another,
-// never two on one workspace at once. It stays allocated (48 bytes per chunk of
-// the largest call on that stream, rounded up to a power of two). Under CUDA graph capture (a replay may
-// run on another stream, beside eager calls) and on the per-thread default
-// stream (one handle, many streams), each launch gets a fresh one instead.
+// never two on one workspace at once. It stays allocated: 48 bytes per chunk
+// of the largest call on that stream, rounded up to a power of two. Under CUDA
+// graph capture (a replay may run on another stream, beside eager calls) and
+// on the per-thread default stream (one handle, many streams), each launch
+// gets a fresh one instead.
 
 constexpr int64_t kCounterSlots = kArgTensors * sizeof(int32_t) / sizeof(double);
 static_assert(kArgTensors * sizeof(int32_t) % sizeof(double) == 0, "counters must end on a double");
@@ -649,6 +650,35 @@ struct Workspace {
 
 at::Tensor new_workspace(int64_t chunks, at::Device device) {
   return at::zeros({kCounterSlots + kNumStats * chunks}, f64_on(device));  // zeros on the current stream
+}
+
+// The workspace `stream` keeps, holding at least `chunks` chunks, locked: hold
+// the lock through the launch, so that a workspace grown by another thread is
+// freed only after this launch is enqueued.
+std::pair<Workspace, std::unique_lock<std::mutex>> kept_workspace(int32_t chunks, at::Device device,
+                                                                  cudaStream_t stream) {
+  struct Kept {
+    std::mutex mutex;
+    at::Tensor buffer;
+  };
+  // One entry per (device, stream), never erased. Leaked on purpose: freeing CUDA memory after the
+  // runtime has shut down at exit would fail.
+  static auto* kept = new std::map<std::pair<c10::DeviceIndex, cudaStream_t>, std::unique_ptr<Kept>>();
+  static auto* kept_mutex = new std::mutex();
+  Kept* entry = nullptr;
+  {
+    const std::lock_guard<std::mutex> lock(*kept_mutex);
+    std::unique_ptr<Kept>& slot = (*kept)[{device.index(), stream}];
+    if (!slot) slot = std::make_unique<Kept>();
+    entry = slot.get();
+  }
+  std::unique_lock<std::mutex> lock(entry->mutex);
+  if (!entry->buffer.defined() || entry->buffer.numel() < kCounterSlots + kNumStats * static_cast<int64_t>(chunks)) {
+    int64_t capacity = 64;
+    while (capacity < chunks) capacity *= 2;
+    entry->buffer = new_workspace(capacity, device);
+  }
+  return {Workspace(entry->buffer), std::move(lock)};
 }
 
 // Whether a small list's multi-chunk tensors are combined in their last chunk
@@ -685,30 +715,7 @@ void run_small_list(const SmallList& list, int n, int32_t chunks, double* result
     launch(ws.partials, ws.counters);
     return;
   }
-  // One entry per (device, stream), never erased. Leaked on purpose: freeing CUDA memory after the
-  // runtime has shut down at exit would fail.
-  struct Kept {
-    std::mutex mutex;
-    at::Tensor buffer;
-  };
-  static auto* kept = new std::map<std::pair<c10::DeviceIndex, cudaStream_t>, std::unique_ptr<Kept>>();
-  static auto* kept_mutex = new std::mutex();
-  Kept* entry = nullptr;
-  {
-    const std::lock_guard<std::mutex> lock(*kept_mutex);
-    std::unique_ptr<Kept>& slot = (*kept)[{device.index(), stream}];
-    if (!slot) slot = std::make_unique<Kept>();
-    entry = slot.get();
-  }
-  // Held through the launch: a workspace grown by another thread is freed only after this launch is enqueued.
-  const std::lock_guard<std::mutex> lock(entry->mutex);
-  at::Tensor& buffer = entry->buffer;
-  if (!buffer.defined() || buffer.numel() < kCounterSlots + kNumStats * static_cast<int64_t>(chunks)) {
-    int64_t capacity = 64;
-    while (capacity < chunks) capacity *= 2;
-    buffer = new_workspace(capacity, device);
-  }
-  const Workspace ws(buffer);
+  const auto [ws, lock] = kept_workspace(chunks, device, stream);
   launch(ws.partials, ws.counters);
 }
 
