@@ -287,3 +287,84 @@ def test_command_line_exit_codes_and_one_line(tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gradscope: error:")]
     assert len(errors) == 3
     assert "empty (0 bytes)" in errors[0] and "no such file or directory" in errors[1] and "resnet999" in errors[2]
+
+
+# --- PEFT adapters: merged into their base model, measured with the head they were trained with --------------
+
+
+def _save_lora_classifier(tmp_path, num_labels: int = 3):
+    """A base BERT (no head) and a LoRA adapter trained on it for sequence classification, saved apart."""
+    peft = pytest.importorskip("peft")
+    from transformers import BertForSequenceClassification
+
+    base = hm.save_small_bert(tmp_path / "base", head="BertModel")
+    torch.manual_seed(1)
+    model = peft.get_peft_model(BertForSequenceClassification.from_pretrained(base, num_labels=num_labels),
+                                peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "classifier" in name:
+                p.normal_(std=0.2)  # as after training: the adapter changes the weights, the head is its own
+    model.save_pretrained(tmp_path / "adapter")
+    return base, tmp_path / "adapter"
+
+
+def test_peft_adapter_is_merged_into_its_base_with_its_head(tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import BertForSequenceClassification
+
+    base, adapter = _save_lora_classifier(tmp_path)
+    progress = []
+    subject = load_subject(str(adapter), gradscope.AnalyzeConfig(**SMALL), progress.append)
+    want = peft.PeftModel.from_pretrained(BertForSequenceClassification.from_pretrained(base, num_labels=3),
+                                          adapter).merge_and_unload().state_dict()
+    got = subject.model.state_dict()
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    plain = BertForSequenceClassification.from_pretrained(base, num_labels=3).state_dict()
+    assert not torch.equal(got["bert.encoder.layer.0.attention.self.query.weight"],
+                           plain["bert.encoder.layer.0.attention.self.query.weight"])  # the adapter is in the weights
+    assert all(p.requires_grad for p in subject.model.parameters())  # peft froze the base for training
+    assert subject.objective == "cross-entropy" and "over 3 classes" in subject.inputs
+    assert subject.meta["adapter"] == {"type": "LORA", "task_type": "SEQ_CLS", "base": str(base), "merged": True}
+    assert not any("initialized at random" in line for line in progress)  # the head came from the adapter
+
+
+def test_peft_adapter_from_the_command_line(tmp_path, capsys):
+    _, adapter = _save_lora_classifier(tmp_path, num_labels=2)
+    assert main(["analyze", str(adapter), "--out", str(tmp_path / "out"), "--batch-size", "2", "--seq-len", "16",
+                 "--baselines", "pretrained,scratch"]) == 0
+    out = capsys.readouterr().out
+    assert f"model: LORA adapter (SEQ_CLS), merged into its base model {tmp_path / 'base'}" in out
+    assert "objective cross-entropy" in out
+
+
+def _adapter_folder(tmp_path, config: str, weights: str = "adapter_model.safetensors"):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(config)
+    (folder / weights).write_bytes(b"")
+    return folder
+
+
+def test_peft_adapter_without_peft_installed_says_how_to_merge(tmp_path, monkeypatch):
+    folder = _adapter_folder(tmp_path, '{"peft_type": "LORA", "base_model_name_or_path": "bert-base-uncased"}')
+    monkeypatch.setitem(__import__("sys").modules, "peft", None)  # import peft raises ImportError
+    with pytest.raises(ModelLoadError) as err:
+        load_subject(str(folder), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    message = str(err.value)
+    assert message.startswith(f"{folder} holds a LORA adapter for bert-base-uncased, not a whole model: install peft")
+    assert "merge_and_unload()" in message
+    _one_clean_line(message)
+
+
+@pytest.mark.parametrize("config, weights, says", [
+    ('{"peft_type": "LORA"}', "adapter_model.safetensors", "names no base model"),
+    ('{"peft_type": "LORA", "base_model_name_or_path": "bert-base-uncased"}', "adapter_model.bin",
+     "reads adapter weights from safetensors only"),
+])
+def test_peft_adapter_refusals(tmp_path, config, weights, says):
+    pytest.importorskip("peft")
+    folder = _adapter_folder(tmp_path, config, weights)
+    with pytest.raises(ModelLoadError, match=says) as err:
+        load_subject(str(folder), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    _one_clean_line(str(err.value))

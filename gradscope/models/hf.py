@@ -19,6 +19,11 @@ The head matches how the model was trained, read from ``config.architectures``
   positions for encoders (``surrogate-masked-lm``), or at the next token for decoders
   (``surrogate-causal-lm``). A progress line and ``meta["objective_note"]`` say so.
 
+A directory holding a PEFT adapter (``adapter_config.json``, no ``config.json``) is the base model
+it names with the adapter merged into its weights, with the head of the adapter's task type
+(``SEQ_CLS``, ``TOKEN_CLS``, ``CAUSAL_LM``; its saved classifier included), read by the adapter's
+tokenizer if it was saved with one, else the base model's (``meta["adapter"]``).
+
 Text is read with the model's tokenizer. Without one (transformers may make up a tokenizer of
 special tokens only when no tokenizer files were saved), or when it reads the text as mostly
 unknown tokens, the batch is seeded random token ids, and the inputs line says why.
@@ -34,6 +39,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -42,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError, UsageError
-from . import Subject, offline, resolve_device, resolve_dtype, to_device
+from . import Subject, is_local_path, offline, resolve_device, resolve_dtype, to_device
 from .failures import needs_code_message, pickled_global, short_reason
 from .inputs import (
     load_images,
@@ -72,19 +78,96 @@ def _quiet_transformers() -> None:
         pass
 
 
-def _adapter_message(spec: str) -> Optional[str]:
-    """What to do with a folder that holds a PEFT adapter (LoRA, ...) instead of a whole model; None otherwise."""
+# --- PEFT adapters --------------------------------------------------------------------
+#
+# A folder written by PeftModel.save_pretrained holds an adapter (LoRA, ...) and
+# the name of its base model, not a whole model. gradscope loads the base model
+# with the head the adapter was trained for, applies the adapter, merges it into
+# the weights, and measures that model: the fine-tuned model as it is used.
+
+# Files that hold a tokenizer or an image processor.
+_PREPROCESSOR_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "preprocessor_config.json")
+
+# PEFT task types with a head of their own; others keep the base model's.
+_ADAPTER_TASKS = {"SEQ_CLS": "sequence-classification", "TOKEN_CLS": "token-classification",
+                  "CAUSAL_LM": "causal-lm"}
+
+
+def _read_adapter(spec: str) -> Optional[dict]:
+    """The adapter_config.json of a PEFT adapter folder; None when ``spec`` is not one."""
     try:
         adapter = json.loads((Path(spec) / "adapter_config.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(adapter, dict):
-        return None
+    return adapter if isinstance(adapter, dict) else None
+
+
+def _adapter_base(spec: str, adapter: dict) -> str:
+    """The base model the adapter was trained on, after checking that it can be applied here."""
     kind = adapter.get("peft_type") or "PEFT"
     base = adapter.get("base_model_name_or_path")
-    return (f"{spec} holds a {kind} adapter{f' for {base}' if base else ''}, not a whole model: merge it into its base "
-            f"model and save the result (PeftModel.from_pretrained(base, {str(spec)!r}).merge_and_unload()"
-            ".save_pretrained(DIR)), then analyze DIR")
+    merge = (f"or merge it yourself (PeftModel.from_pretrained(base, {str(spec)!r}).merge_and_unload()"
+             ".save_pretrained(DIR)) and analyze DIR")
+    if not base:
+        raise ModelLoadError(f"{spec} holds a {kind} adapter whose adapter_config.json names no base model; set "
+                             f"base_model_name_or_path there, {merge}")
+    try:
+        import peft  # noqa: F401  (only whether it is installed: _merge_adapter uses it)
+    except ImportError:
+        raise ModelLoadError(f"{spec} holds a {kind} adapter for {base}, not a whole model: install peft "
+                             f"(pip install peft) and gradscope merges it into its base model, {merge}") from None
+    if not (Path(spec) / "adapter_model.safetensors").is_file():
+        raise ModelLoadError(f"{spec} holds a {kind} adapter without adapter_model.safetensors: gradscope reads "
+                             "adapter weights from safetensors only; save the adapter again with save_pretrained")
+    return base
+
+
+def _adapter_labels(spec: str, adapter: dict) -> Optional[int]:
+    """Classes of the head the adapter saved (its modules_to_save), read from the safetensors header."""
+    from safetensors import safe_open
+
+    heads = tuple(f".{m}{w}" for m in adapter.get("modules_to_save") or () for w in (".weight", ".out_proj.weight"))
+    if not heads:
+        return None
+    with safe_open(str(Path(spec) / "adapter_model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            if key.endswith(heads):
+                return int(f.get_slice(key).get_shape()[0])
+    return None
+
+
+def _adapter_task(spec: str, adapter: dict, hf_config) -> str:
+    """The head the adapter was trained with; the base config gets its number of labels."""
+    task = _ADAPTER_TASKS.get(adapter.get("task_type"))
+    if task is None:
+        return _task(hf_config)
+    if task != "causal-lm":
+        labels = _adapter_labels(spec, adapter)
+        if labels:
+            hf_config.num_labels = labels
+        if task == "sequence-classification" and hf_config.problem_type == "multi_label_classification":
+            return "sequence-multi-label"
+        if task == "sequence-classification" and _is_regression(hf_config):
+            return "sequence-regression"
+    return task
+
+
+def _adapter_saves(adapter: dict, key: str) -> bool:
+    """Whether the adapter carries the weight ``key`` of the model itself (a head in its modules_to_save)."""
+    return any(m in key.split(".") for m in adapter.get("modules_to_save") or ())
+
+
+def _merge_adapter(model: nn.Module, spec: str) -> nn.Module:
+    """The base model with the adapter merged into its weights, every parameter trainable again."""
+    from peft import PeftModel
+
+    try:
+        with warnings.catch_warnings():  # peft and transformers deprecation notes, not about this model
+            warnings.simplefilter("ignore", FutureWarning)
+            merged = PeftModel.from_pretrained(model, spec).merge_and_unload()
+    except Exception as exc:  # a key or shape mismatch with the base model, an unsupported layer
+        raise ModelLoadError(f"cannot apply the adapter in {spec} to its base model: {short_reason(exc)}") from None
+    return merged.requires_grad_(True)  # peft froze the base weights for training the adapter
 
 
 def _load_error(spec: str, local: bool, exc: Exception) -> ModelLoadError:
@@ -311,7 +394,12 @@ def _tokenizer(spec: str, config):
 def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
     """``n`` x ``seq_len`` token ids, which of them are special, the mask token id, and the source in words.
 
-    Text is read with the model's tokenizer. Without one, or when it reads the text as mostly unknown
+    A directory holding a PEFT adapter (``adapter_config.json``, no ``config.json``) is the base model
+it names with the adapter merged into its weights, with the head of the adapter's task type
+(``SEQ_CLS``, ``TOKEN_CLS``, ``CAUSAL_LM``; its saved classifier included), read by the adapter's
+tokenizer if it was saved with one, else the base model's (``meta["adapter"]``).
+
+Text is read with the model's tokenizer. Without one, or when it reads the text as mostly unknown
     tokens (a batch of one repeated id, with nothing to mask), the ids are seeded random ids instead.
     """
     tokenizer = _tokenizer(spec, config)
@@ -440,44 +528,57 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
             "(gradscope's [hf] extra)"
         ) from None
     _quiet_transformers()
+    adapter = None
+    weights, weights_local = spec, local  # where the config and the weights come from
     if local and not (Path(spec) / "config.json").is_file():
-        raise ModelLoadError(_adapter_message(spec) or
-                             f"{spec} is a directory without config.json: give a directory written by save_pretrained")
+        adapter = _read_adapter(spec)
+        if adapter is None:
+            raise ModelLoadError(f"{spec} is a directory without config.json: give a directory written by save_pretrained")
+        weights = _adapter_base(spec, adapter)
+        weights_local = Path(weights).is_dir() or is_local_path(weights)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
-    if local:
+    if adapter is not None:
+        progress(f"{spec} holds a {adapter.get('peft_type') or 'PEFT'} adapter: loading its base model {weights}")
+    elif local:
         progress(f"loading {spec} (Hugging Face, local directory)")
     elif offline():
         progress(f"loading {spec} from the Hugging Face cache (HF_HUB_OFFLINE is set)")
     else:
         progress(f"loading {spec} from the Hugging Face hub or its cache (offline? pass --offline to skip the hub)")
     try:
-        hf_config = transformers.AutoConfig.from_pretrained(spec, trust_remote_code=config.trust_remote_code)
+        hf_config = transformers.AutoConfig.from_pretrained(weights, trust_remote_code=config.trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ModelLoadError(
-                f"{spec} runs code shipped with the model; if you trust it, pass --trust-remote-code"
+                f"{weights} runs code shipped with the model; if you trust it, pass --trust-remote-code"
             ) from None
-        raise _load_error(spec, local, exc) from None
+        raise _load_error(weights, weights_local, exc) from None
     except (OSError, EnvironmentError) as exc:
-        raise _load_error(spec, local, exc) from None
+        raise _load_error(weights, weights_local, exc) from None
 
-    task = _task(hf_config)
+    task = _adapter_task(spec, adapter, hf_config) if adapter is not None else _task(hf_config)
     objective, auto_name, loss_fn = _TASKS[task]
     auto_class = getattr(transformers, auto_name)
     kwargs = {"trust_remote_code": config.trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        model, info = auto_class.from_pretrained(spec, config=hf_config, output_loading_info=True, **kwargs)
+        model, info = auto_class.from_pretrained(weights, config=hf_config, output_loading_info=True, **kwargs)
     except (OSError, EnvironmentError) as exc:
-        raise _load_error(spec, local, exc) from None
+        raise _load_error(weights, weights_local, exc) from None
     except ValueError as exc:
-        raise ModelLoadError(f"cannot load {spec!r} as {auto_class.__name__}: {short_reason(exc)}") from None
+        raise ModelLoadError(f"cannot load {weights!r} as {auto_class.__name__}: {short_reason(exc)}") from None
     except Exception as exc:  # SafetensorError, UnpicklingError, RuntimeError: the weights themselves
-        raise _weights_error(spec, local, exc, lambda: auto_class.from_pretrained(
-            spec, config=hf_config, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)) from exc
+        raise _weights_error(weights, weights_local, exc, lambda: auto_class.from_pretrained(
+            weights, config=hf_config, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)) from exc
     missing = list(info.get("missing_keys", []))
+    if adapter is not None:
+        model = _merge_adapter(model, spec)
+        # The head the adapter saved replaces the one the base model lacked.
+        saved = set(model.state_dict())
+        missing = [k for k in missing if k in saved and not _adapter_saves(adapter, k)]
+        progress(f"merged the adapter into {type(model).__name__} ({weights})")
     if missing:
         progress(f"{len(missing)} weights not in the checkpoint were initialized at random (e.g. {missing[0]})")
     model = model.to(device)
@@ -493,10 +594,12 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
             _pool_at_the_last_token(scratch)
         return scratch.to(device=device, dtype=dtype or next(model.parameters()).dtype)
 
+    # The adapter folder's own tokenizer or processor if it was saved with one, else the base model's.
+    files = spec if adapter is None or any((Path(spec) / f).is_file() for f in _PREPROCESSOR_FILES) else weights
     if task == "image-classification":
-        batches, inputs = _image_batches(spec, hf_config, config)
+        batches, inputs = _image_batches(files, hf_config, config)
     else:
-        batches, inputs = _text_batches(spec, hf_config, task, config, progress)
+        batches, inputs = _text_batches(files, hf_config, task, config, progress)
     meta = {}
     if task.startswith("surrogate"):
         meta["objective_note"] = _surrogate_note(hf_config)
@@ -516,6 +619,8 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
             "model_type": hf_config.model_type,
             "missing_weights": len(missing),
             "transformers": transformers.__version__,
+            **({"adapter": {"type": adapter.get("peft_type"), "task_type": adapter.get("task_type"), "base": weights,
+                            "merged": True}} if adapter is not None else {}),
             **meta,
         },
     )

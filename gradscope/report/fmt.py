@@ -150,6 +150,15 @@ def title(report) -> str:
     return str(meta.get("model") or "model")
 
 
+def adapter_line(meta: dict) -> Optional[str]:
+    """``LORA adapter (SEQ_CLS), merged into its base model bert-base-uncased``, or None without an adapter."""
+    adapter = meta.get("adapter")
+    if not isinstance(adapter, dict):
+        return None
+    task = f" ({adapter['task_type']})" if adapter.get("task_type") else ""
+    return f"{adapter.get('type') or 'PEFT'} adapter{task}, merged into its base model {adapter.get('base')}"
+
+
 def run_facts(report) -> list[tuple[str, str]]:
     """(label, value) pairs of run metadata, in reading order; absent facts are left out."""
     meta = report.meta
@@ -160,6 +169,7 @@ def run_facts(report) -> list[tuple[str, str]]:
     versions = meta.get("versions") or {k: meta[k] for k in ("gradscope", "torch") if meta.get(k)}
     facts = [
         ("source", meta.get("source")),
+        ("adapter", adapter_line(meta)),
         ("objective", meta.get("objective")),
         ("objective note", meta.get("objective_note")),
         ("inputs", meta.get("inputs")),

@@ -5,8 +5,8 @@ It reads the :class:`~gradscope.report.Report` only; nothing is recomputed here.
 
 from __future__ import annotations
 
-from .fmt import (MAX_BLOCK_ROWS, TREND_HEADER, TREND_LEGEND, decay_text, flow_table, grouped_findings, num,
-                  shown_depths, title)
+from .fmt import (MAX_BLOCK_ROWS, TREND_HEADER, TREND_LEGEND, adapter_line, decay_text, flow_table, grouped_findings,
+                  num, shown_depths, title)
 
 _num = num
 
@@ -80,6 +80,7 @@ def render_text(report) -> str:
     else:
         header = [f"gradscope: {meta.get('model')} ({meta.get('source')}, objective {meta.get('objective')}, "
                   f"{meta.get('device')}, {meta.get('dtype')}, grad_stats {meta.get('backend')})",
+                  *([f"model: {adapter_line(meta)}"] if adapter_line(meta) else []),
                   *([f"objective: {meta['objective_note']}"] if meta.get("objective_note") else []),
                   f"inputs: {meta.get('inputs')}"]
     parts = [
