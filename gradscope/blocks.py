@@ -108,15 +108,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The module whose names the user knows, out of the wrappers that rename it.
 
     ``torch.compile`` (``_orig_mod.``), ``DistributedDataParallel`` and
-    ``DataParallel`` (``module.``) hold the same parameters under a prefix; the
-    statistics are named, matched with ``params=`` patterns and grouped into
-    blocks by the wrapped module's own names. Other wrappers (FSDP1) are kept.
+    ``DataParallel`` (``module.``) and a PEFT model (``base_model.model.``)
+    hold the same parameters under a prefix; the statistics are named, matched
+    with ``params=`` patterns and grouped into blocks by the wrapped module's
+    own names (a PEFT model's adapter weights included, in the layers they were
+    added to). Other wrappers (FSDP1) are kept.
     """
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod
+        elif type(model).__module__.startswith("peft.") and isinstance(getattr(model, "model", None), nn.Module):
+            model = model.model  # PeftModel and its tuner (LoraModel, ...): the model the adapter layers are in
         else:
             return model
 

@@ -133,6 +133,21 @@ def test_wrapped_models_keep_their_own_names(wrap):
         assert close(history.global_l2()[t].item(), total)
 
 
+def test_a_peft_model_is_named_as_the_model_its_adapters_are_in():
+    peft = pytest.importorskip("peft")
+    net = make()
+    wrapped = peft.get_peft_model(net, peft.LoraConfig(r=2, target_modules=["layers.0.0", "layers.3.0"]))
+    with GradientMonitor(wrapped) as monitor:
+        backward(wrapped, 0)
+        monitor.step()
+        history = monitor.history
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert list(history.param_names) == trainable and all(".lora_" in n for n in trainable)
+    assert list(history.blocks) == BLOCKS  # not base_model.model.layers.0, ...
+    grads = torch.cat([p.grad.double().reshape(-1) for p in net.parameters() if p.requires_grad])
+    assert close(history.global_l2()[0].item(), torch.linalg.vector_norm(grads).item())
+
+
 def test_block_rows_match_reference_mean_std_max():
     net = make()
     monitor = GradientMonitor(net)
