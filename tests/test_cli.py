@@ -127,7 +127,7 @@ def test_model_load_failures_exit_3(tmp_path, capsys):
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # progress lines, then the error in one line
     assert last.startswith("gradscope: error: ")
-    assert "cannot load model 'bert-base-uncased'" in last or "install peft" in last
+    assert "cannot load the base model 'bert-base-uncased'" in last or "install peft" in last
 
 
 def test_checkpoint_without_arch_is_a_usage_error(tmp_path, capsys):

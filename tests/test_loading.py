@@ -329,6 +329,64 @@ def test_peft_adapter_is_merged_into_its_base_with_its_head(tmp_path):
     assert not any("initialized at random" in line for line in progress)  # the head came from the adapter
 
 
+def test_peft_adapter_head_size_is_read_from_the_head_alone(tmp_path):
+    # modules_to_save may list other layers (here the pooler, 16 x 16) before the classifier in key order
+    peft = pytest.importorskip("peft")
+    from transformers import BertForSequenceClassification
+
+    base = hm.save_small_bert(tmp_path / "base", head="BertModel")
+    model = peft.get_peft_model(BertForSequenceClassification.from_pretrained(base, num_labels=3),
+                                peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"],
+                                                modules_to_save=["pooler.dense"]))
+    model.save_pretrained(tmp_path / "adapter")
+    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    assert subject.model.classifier.out_features == 3
+
+
+def test_peft_adapter_trained_on_the_backbone_is_applied_to_it(tmp_path):
+    # Sentence-embedding recipe: AutoModel (no head) + LoRA, FEATURE_EXTRACTION, on a masked-LM checkpoint.
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModel, BertForMaskedLM
+
+    base = hm.save_small_bert(tmp_path / "base")  # BertForMaskedLM
+    model = peft.get_peft_model(AutoModel.from_pretrained(base),
+                                peft.LoraConfig(task_type="FEATURE_EXTRACTION", r=4, target_modules=["query"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.2)
+    model.save_pretrained(tmp_path / "adapter")
+    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    want = peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), tmp_path / "adapter").merge_and_unload()
+    got = subject.model.bert.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(got, want.encoder.layer[0].attention.self.query.weight)
+    assert not torch.equal(got, BertForMaskedLM.from_pretrained(base).bert.encoder.layer[0].attention.self.query.weight)
+    assert subject.objective == "masked-lm"
+
+
+def test_peft_adapter_saved_with_the_models_config_keeps_its_problem_type(tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import BertForSequenceClassification
+
+    base = hm.save_small_bert(tmp_path / "base", head="BertModel")
+    classifier = BertForSequenceClassification.from_pretrained(base, num_labels=4,
+                                                               problem_type="multi_label_classification")
+    model = peft.get_peft_model(classifier, peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"]))
+    model.save_pretrained(tmp_path / "adapter")
+    assert load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL),
+                        lambda line: None).objective == "cross-entropy"  # adapters do not record problem_type
+    classifier.config.save_pretrained(tmp_path / "adapter")  # config.json beside the adapter says it
+    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    assert subject.objective == "binary-cross-entropy" and subject.model.classifier.out_features == 4
+
+
+def test_peft_adapter_on_a_classifier_with_another_number_of_labels(tmp_path):
+    _, adapter = _save_lora_classifier(tmp_path, num_labels=5)
+    hm.save_small_bert(tmp_path / "base", head="BertForSequenceClassification", num_labels=2)  # base: 2 labels
+    subject = load_subject(str(adapter), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    assert subject.model.classifier.out_features == 5 and "over 5 classes" in subject.inputs
+
+
 def test_peft_adapter_from_the_command_line(tmp_path, capsys):
     _, adapter = _save_lora_classifier(tmp_path, num_labels=2)
     assert main(["analyze", str(adapter), "--out", str(tmp_path / "out"), "--batch-size", "2", "--seq-len", "16",
@@ -361,6 +419,12 @@ def test_peft_adapter_without_peft_installed_says_how_to_merge(tmp_path, monkeyp
     ('{"peft_type": "LORA"}', "adapter_model.safetensors", "names no base model"),
     ('{"peft_type": "LORA", "base_model_name_or_path": "bert-base-uncased"}', "adapter_model.bin",
      "reads adapter weights from safetensors only"),
+    ('{"peft_type": "PROMPT_TUNING", "base_model_name_or_path": "gpt2"}', "adapter_model.safetensors",
+     "adds virtual tokens to the input instead of changing weights"),
+    ('{"peft_type": "LORA", "base_model_name_or_path": "/nonexistent/base"}', "adapter_model.safetensors",
+     r"cannot load the base model '/nonexistent/base' that .*adapter_config.json names \(base_model_name_or_path\)"),
+    ('{"peft_type": "LORA", "base_model_name_or_path": "someone/uncached-model"}', "adapter_model.safetensors",
+     "set base_model_name_or_path to it"),
 ])
 def test_peft_adapter_refusals(tmp_path, config, weights, says):
     pytest.importorskip("peft")

@@ -88,15 +88,28 @@ def _quiet_transformers() -> None:
 # Files that hold a tokenizer or an image processor.
 _PREPROCESSOR_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "preprocessor_config.json")
 
+# Files that hold a whole model's weights.
+_MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                       "pytorch_model.bin.index.json")
+
 # PEFT task types with a head of their own; others keep the base model's.
 _ADAPTER_TASKS = {"SEQ_CLS": "sequence-classification", "TOKEN_CLS": "token-classification",
                   "CAUSAL_LM": "causal-lm"}
 
+# Where a classification head's last layer lives, in the adapter's saved keys.
+_HEAD_KEYS = tuple(f"base_model.model.{h}.weight" for h in ("classifier", "score", "classifier.out_proj"))
+
+# Adapters that add virtual tokens instead of changing weights: nothing to merge.
+_PROMPT_ADAPTERS = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT")
+
 
 def _read_adapter(spec: str) -> Optional[dict]:
-    """The adapter_config.json of a PEFT adapter folder; None when ``spec`` is not one."""
+    """The adapter_config.json of a PEFT adapter folder (no whole model's weights there); else None."""
+    folder = Path(spec)
+    if any((folder / f).is_file() for f in _MODEL_WEIGHT_FILES):
+        return None
     try:
-        adapter = json.loads((Path(spec) / "adapter_config.json").read_text())
+        adapter = json.loads((folder / "adapter_config.json").read_text())
     except (OSError, ValueError):
         return None
     return adapter if isinstance(adapter, dict) else None
@@ -108,6 +121,10 @@ def _adapter_base(spec: str, adapter: dict) -> str:
     base = adapter.get("base_model_name_or_path")
     merge = (f"or merge it yourself (PeftModel.from_pretrained(base, {str(spec)!r}).merge_and_unload()"
              ".save_pretrained(DIR)) and analyze DIR")
+    if kind in _PROMPT_ADAPTERS:
+        raise ModelLoadError(f"{spec} holds a {kind} adapter: it adds virtual tokens to the input instead of changing "
+                             "weights, so there is nothing to merge and measure; analyze its base model "
+                             f"{base or '(base_model_name_or_path)'} instead")
     if not base:
         raise ModelLoadError(f"{spec} holds a {kind} adapter whose adapter_config.json names no base model; set "
                              f"base_model_name_or_path there, {merge}")
@@ -119,37 +136,57 @@ def _adapter_base(spec: str, adapter: dict) -> str:
     if not (Path(spec) / "adapter_model.safetensors").is_file():
         raise ModelLoadError(f"{spec} holds a {kind} adapter without adapter_model.safetensors: gradscope reads "
                              "adapter weights from safetensors only; save the adapter again with save_pretrained")
+    beside = Path(spec).resolve().parent / base  # a relative path, as written where the adapter was trained
+    if not Path(base).exists() and not Path(base).is_absolute() and beside.is_dir():
+        return str(beside)
     return base
 
 
-def _adapter_labels(spec: str, adapter: dict) -> Optional[int]:
-    """Classes of the head the adapter saved (its modules_to_save), read from the safetensors header."""
+def _base_error(spec: str, base: str, local: bool, exc: Exception) -> ModelLoadError:
+    """The base model an adapter names cannot be loaded: say where that name comes from and how to fix it."""
+    if local:
+        why = f"it cannot be loaded from there ({short_reason(exc)})"
+    elif offline():
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache"
+    else:
+        why = "the Hugging Face hub could not be reached"
+    return ModelLoadError(
+        f"cannot load the base model {base!r} that {spec}/adapter_config.json names (base_model_name_or_path): {why}; "
+        f"put the base model in a local directory (e.g. `huggingface-cli download {base} --local-dir ./base`) and "
+        "set base_model_name_or_path to it")
+
+
+def _adapter_labels(spec: str) -> Optional[int]:
+    """Classes of the classification head the adapter saved, read from the safetensors header."""
     from safetensors import safe_open
 
-    heads = tuple(f".{m}{w}" for m in adapter.get("modules_to_save") or () for w in (".weight", ".out_proj.weight"))
-    if not heads:
-        return None
     with safe_open(str(Path(spec) / "adapter_model.safetensors"), framework="pt") as f:
-        for key in f.keys():
-            if key.endswith(heads):
+        for key in _HEAD_KEYS:
+            if key in f.keys():
                 return int(f.get_slice(key).get_shape()[0])
     return None
 
 
-def _adapter_task(spec: str, adapter: dict, hf_config) -> str:
-    """The head the adapter was trained with; the base config gets its number of labels."""
+def _adapter_task(spec: str, adapter: dict, hf_config, progress) -> tuple[str, dict]:
+    """The head the adapter was trained with, and meta to add. The config gets the head's number of labels."""
     task = _ADAPTER_TASKS.get(adapter.get("task_type"))
     if task is None:
-        return _task(hf_config)
+        return _task(hf_config), {}
+    meta = {}
     if task != "causal-lm":
-        labels = _adapter_labels(spec, adapter)
+        labels = _adapter_labels(spec)
         if labels:
             hf_config.num_labels = labels
         if task == "sequence-classification" and hf_config.problem_type == "multi_label_classification":
-            return "sequence-multi-label"
+            return "sequence-multi-label", meta
         if task == "sequence-classification" and _is_regression(hf_config):
-            return "sequence-regression"
-    return task
+            return "sequence-regression", meta
+        if task == "sequence-classification" and not (Path(spec) / "config.json").is_file():
+            meta["objective_note"] = ("an adapter does not record problem_type: measured as single-label "
+                                      "classification; save the fine-tuned model's config.json next to the adapter "
+                                      "to say otherwise")
+            progress(meta["objective_note"])
+    return task, meta
 
 
 def _adapter_saves(adapter: dict, key: str) -> bool:
@@ -157,17 +194,49 @@ def _adapter_saves(adapter: dict, key: str) -> bool:
     return any(m in key.split(".") for m in adapter.get("modules_to_save") or ())
 
 
-def _merge_adapter(model: nn.Module, spec: str) -> nn.Module:
-    """The base model with the adapter merged into its weights, every parameter trainable again."""
+def _apply_adapter(target: nn.Module, spec: str):
+    """PeftModel.from_pretrained, with the keys of the adapter that matched nothing in ``target``."""
     from peft import PeftModel
 
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft_model = PeftModel.from_pretrained(target, spec)
+    unmatched = any("missing adapter keys" in str(w.message) for w in caught)
+    return peft_model, unmatched
+
+
+def _mismatch_reason(exc: Exception) -> str:
+    """short_reason, with the first "size mismatch for ..." line when the first line only introduces it."""
+    reason = short_reason(exc)
+    lines = [line.strip() for line in str(exc).splitlines()]
+    detail = next((line for line in lines if line.startswith("size mismatch for")), None)
+    return f"{reason} {detail}" if detail and reason.endswith(":") else reason
+
+
+def _merge_adapter(model: nn.Module, spec: str, task: str) -> nn.Module:
+    """The base model with the adapter merged into its weights, every parameter trainable again.
+
+    An adapter trained on the backbone alone (AutoModel, as for sentence embeddings) names its
+    layers without the head model's prefix (``bert.``): for a task without a head of its own it
+    is applied to the backbone. An adapter that matches nothing is an error, never a silent no-op.
+    """
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
     try:
-        with warnings.catch_warnings():  # peft and transformers deprecation notes, not about this model
-            warnings.simplefilter("ignore", FutureWarning)
-            merged = PeftModel.from_pretrained(model, spec).merge_and_unload()
-    except Exception as exc:  # a key or shape mismatch with the base model, an unsupported layer
-        raise ModelLoadError(f"cannot apply the adapter in {spec} to its base model: {short_reason(exc)}") from None
-    return merged.requires_grad_(True)  # peft froze the base weights for training the adapter
+        peft_model, unmatched = _apply_adapter(model, spec)
+        if unmatched and isinstance(backbone, nn.Module) and task not in _ADAPTER_TASKS.values():
+            peft_model.unload()  # take the empty adapter layers out again
+            peft_model, unmatched = _apply_adapter(backbone, spec)
+        if unmatched:
+            raise ModelLoadError(f"the adapter in {spec} does not fit its base model: its weights name layers the "
+                                 "base model does not have (was it trained on another model, or with another head?)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            peft_model.merge_and_unload()
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a shape mismatch with the base model, an unsupported layer
+        raise ModelLoadError(f"cannot apply the adapter in {spec} to its base model: {_mismatch_reason(exc)}") from None
+    return model.requires_grad_(True)  # peft froze the base weights for training the adapter
 
 
 def _load_error(spec: str, local: bool, exc: Exception) -> ModelLoadError:
@@ -528,14 +597,13 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
             "(gradscope's [hf] extra)"
         ) from None
     _quiet_transformers()
-    adapter = None
-    weights, weights_local = spec, local  # where the config and the weights come from
-    if local and not (Path(spec) / "config.json").is_file():
-        adapter = _read_adapter(spec)
-        if adapter is None:
-            raise ModelLoadError(f"{spec} is a directory without config.json: give a directory written by save_pretrained")
+    adapter = _read_adapter(spec) if local else None
+    weights, weights_local = spec, local  # where the weights come from
+    if adapter is not None:
         weights = _adapter_base(spec, adapter)
         weights_local = Path(weights).is_dir() or is_local_path(weights)
+    elif local and not (Path(spec) / "config.json").is_file():
+        raise ModelLoadError(f"{spec} is a directory without config.json: give a directory written by save_pretrained")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     if adapter is not None:
@@ -546,35 +614,47 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         progress(f"loading {spec} from the Hugging Face cache (HF_HUB_OFFLINE is set)")
     else:
         progress(f"loading {spec} from the Hugging Face hub or its cache (offline? pass --offline to skip the hub)")
+    # An adapter saved with the fine-tuned model's config.json (its labels, problem_type) is described by that.
+    config_from = spec if (Path(spec) / "config.json").is_file() or adapter is None else weights
+    fail = (lambda exc: _base_error(spec, weights, weights_local, exc)) if config_from != spec else (
+        lambda exc: _load_error(spec, local, exc))
     try:
-        hf_config = transformers.AutoConfig.from_pretrained(weights, trust_remote_code=config.trust_remote_code)
+        hf_config = transformers.AutoConfig.from_pretrained(config_from, trust_remote_code=config.trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ModelLoadError(
-                f"{weights} runs code shipped with the model; if you trust it, pass --trust-remote-code"
+                f"{config_from} runs code shipped with the model; if you trust it, pass --trust-remote-code"
             ) from None
-        raise _load_error(weights, weights_local, exc) from None
+        raise fail(exc) from None
     except (OSError, EnvironmentError) as exc:
-        raise _load_error(weights, weights_local, exc) from None
+        raise fail(exc) from None
 
-    task = _adapter_task(spec, adapter, hf_config) if adapter is not None else _task(hf_config)
+    adapter_meta = {}
+    labels_before = hf_config.num_labels
+    if adapter is not None:
+        task, adapter_meta = _adapter_task(spec, adapter, hf_config, progress)
+    else:
+        task = _task(hf_config)
     objective, auto_name, loss_fn = _TASKS[task]
     auto_class = getattr(transformers, auto_name)
     kwargs = {"trust_remote_code": config.trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if adapter is not None and hf_config.num_labels != labels_before:
+        kwargs["ignore_mismatched_sizes"] = True  # the base's own head is replaced by the adapter's
     try:
         model, info = auto_class.from_pretrained(weights, config=hf_config, output_loading_info=True, **kwargs)
     except (OSError, EnvironmentError) as exc:
-        raise _load_error(weights, weights_local, exc) from None
+        raise (_base_error(spec, weights, weights_local, exc) if adapter is not None
+               else _load_error(weights, weights_local, exc)) from None
     except ValueError as exc:
         raise ModelLoadError(f"cannot load {weights!r} as {auto_class.__name__}: {short_reason(exc)}") from None
     except Exception as exc:  # SafetensorError, UnpicklingError, RuntimeError: the weights themselves
         raise _weights_error(weights, weights_local, exc, lambda: auto_class.from_pretrained(
-            weights, config=hf_config, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)) from exc
+            weights, config=hf_config, output_loading_info=True, **{"ignore_mismatched_sizes": True, **kwargs})) from exc
     missing = list(info.get("missing_keys", []))
     if adapter is not None:
-        model = _merge_adapter(model, spec)
+        model = _merge_adapter(model, spec, task)
         # The head the adapter saved replaces the one the base model lacked.
         saved = set(model.state_dict())
         missing = [k for k in missing if k in saved and not _adapter_saves(adapter, k)]
@@ -600,7 +680,7 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         batches, inputs = _image_batches(files, hf_config, config)
     else:
         batches, inputs = _text_batches(files, hf_config, task, config, progress)
-    meta = {}
+    meta = dict(adapter_meta)
     if task.startswith("surrogate"):
         meta["objective_note"] = _surrogate_note(hf_config)
         progress(meta["objective_note"])
