@@ -19,10 +19,11 @@ The head matches how the model was trained, read from ``config.architectures``
   positions for encoders (``surrogate-masked-lm``), or at the next token for decoders
   (``surrogate-causal-lm``). A progress line and ``meta["objective_note"]`` say so.
 
-A directory holding a PEFT adapter (``adapter_config.json``, no ``config.json``) is the base model
+A directory holding a PEFT adapter (``adapter_config.json``, no model weights) is the base model
 it names with the adapter merged into its weights, with the head of the adapter's task type
-(``SEQ_CLS``, ``TOKEN_CLS``, ``CAUSAL_LM``; its saved classifier included), read by the adapter's
-tokenizer if it was saved with one, else the base model's (``meta["adapter"]``).
+(``SEQ_CLS``, ``TOKEN_CLS``, ``CAUSAL_LM``; its saved classifier included; a ``config.json`` saved
+beside the adapter describes the head), read by the adapter's tokenizer if it was saved with one,
+else the base model's (``meta["adapter"]``).
 
 Text is read with the model's tokenizer. Without one (transformers may make up a tokenizer of
 special tokens only when no tokenizer files were saved), or when it reads the text as mostly
@@ -463,10 +464,11 @@ def _tokenizer(spec: str, config):
 def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
     """``n`` x ``seq_len`` token ids, which of them are special, the mask token id, and the source in words.
 
-    A directory holding a PEFT adapter (``adapter_config.json``, no ``config.json``) is the base model
+    A directory holding a PEFT adapter (``adapter_config.json``, no model weights) is the base model
 it names with the adapter merged into its weights, with the head of the adapter's task type
-(``SEQ_CLS``, ``TOKEN_CLS``, ``CAUSAL_LM``; its saved classifier included), read by the adapter's
-tokenizer if it was saved with one, else the base model's (``meta["adapter"]``).
+(``SEQ_CLS``, ``TOKEN_CLS``, ``CAUSAL_LM``; its saved classifier included; a ``config.json`` saved
+beside the adapter describes the head), read by the adapter's tokenizer if it was saved with one,
+else the base model's (``meta["adapter"]``).
 
 Text is read with the model's tokenizer. Without one, or when it reads the text as mostly unknown
     tokens (a batch of one repeated id, with nothing to mask), the ids are seeded random ids instead.
