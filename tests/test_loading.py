@@ -387,6 +387,22 @@ def test_peft_adapter_on_a_classifier_with_another_number_of_labels(tmp_path):
     assert subject.model.classifier.out_features == 5 and "over 5 classes" in subject.inputs
 
 
+def test_peft_adapter_of_a_model_whose_vocabulary_grew(tmp_path):
+    # A pad token added before fine-tuning: the resized embeddings travel with the adapter (modules_to_save).
+    peft = pytest.importorskip("peft")
+    from transformers import GPT2LMHeadModel
+
+    base = hm.save_tiny_gpt2(tmp_path / "base")
+    model = GPT2LMHeadModel.from_pretrained(base)
+    model.resize_token_embeddings(model.config.vocab_size + 2)
+    model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"],
+                                                       modules_to_save=["wte"]))
+    model.save_pretrained(tmp_path / "adapter")
+    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    assert subject.model.get_input_embeddings().num_embeddings == model.config.vocab_size
+    assert subject.objective == "causal-lm"
+
+
 def test_peft_adapter_from_the_command_line(tmp_path, capsys):
     _, adapter = _save_lora_classifier(tmp_path, num_labels=2)
     assert main(["analyze", str(adapter), "--out", str(tmp_path / "out"), "--batch-size", "2", "--seq-len", "16",

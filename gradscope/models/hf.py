@@ -195,6 +195,22 @@ def _adapter_saves(adapter: dict, key: str) -> bool:
     return any(m in key.split(".") for m in adapter.get("modules_to_save") or ())
 
 
+def _resize_for_adapter(model: nn.Module, spec: str) -> None:
+    """Token embeddings resized during fine-tuning (added tokens) are saved with the adapter: size the base alike."""
+    from safetensors import safe_open
+
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    name = next((n for n, m in model.named_modules() if m is embeddings), None)
+    if not name:
+        return
+    with safe_open(str(Path(spec) / "adapter_model.safetensors"), framework="pt") as f:
+        key = f"base_model.model.{name}.weight"
+        if key in f.keys():
+            rows = int(f.get_slice(key).get_shape()[0])
+            if rows != embeddings.num_embeddings:
+                model.resize_token_embeddings(rows)
+
+
 def _apply_adapter(target: nn.Module, spec: str):
     """PeftModel.from_pretrained, with the keys of the adapter that matched nothing in ``target``."""
     from peft import PeftModel
@@ -223,6 +239,7 @@ def _merge_adapter(model: nn.Module, spec: str, task: str) -> nn.Module:
     """
     backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
     try:
+        _resize_for_adapter(model, spec)
         peft_model, unmatched = _apply_adapter(model, spec)
         if unmatched and isinstance(backbone, nn.Module) and task not in _ADAPTER_TASKS.values():
             peft_model.unload()  # take the empty adapter layers out again
