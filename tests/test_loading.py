@@ -403,6 +403,22 @@ def test_peft_adapter_of_a_model_whose_vocabulary_grew(tmp_path):
     assert subject.objective == "causal-lm"
 
 
+def test_peft_adapter_for_a_head_without_an_objective_says_what_is_measured(tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import BertForQuestionAnswering
+
+    base = hm.save_small_bert(tmp_path / "base")  # BertForMaskedLM
+    model = peft.get_peft_model(BertForQuestionAnswering.from_pretrained(base),
+                                peft.LoraConfig(task_type="QUESTION_ANS", r=4, target_modules=["query"]))
+    model.save_pretrained(tmp_path / "adapter")
+    progress = []
+    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), progress.append)
+    assert subject.objective == "masked-lm"
+    assert subject.meta["objective_note"].startswith("the adapter was trained for QUESTION_ANS, a head gradscope has "
+                                                     "no objective for: measured with the base model's masked-lm head")
+    assert subject.meta["objective_note"] in progress
+
+
 def test_peft_adapter_from_the_command_line(tmp_path, capsys):
     _, adapter = _save_lora_classifier(tmp_path, num_labels=2)
     assert main(["analyze", str(adapter), "--out", str(tmp_path / "out"), "--batch-size", "2", "--seq-len", "16",

@@ -170,9 +170,16 @@ def _adapter_labels(spec: str) -> Optional[int]:
 
 def _adapter_task(spec: str, adapter: dict, hf_config, progress) -> tuple[str, dict]:
     """The head the adapter was trained with, and meta to add. The config gets the head's number of labels."""
-    task = _ADAPTER_TASKS.get(adapter.get("task_type"))
+    task_type = adapter.get("task_type")
+    task = _ADAPTER_TASKS.get(task_type)
     if task is None:
-        return _task(hf_config), {}
+        task = _task(hf_config)
+        if task_type in (None, "FEATURE_EXTRACTION") or task.startswith("surrogate"):
+            return task, {}  # a backbone adapter, or one the surrogate note explains
+        note = (f"the adapter was trained for {task_type}, a head gradscope has no objective for: measured with the "
+                f"base model's {task} head; any head weights the adapter saved are not used")
+        progress(note)
+        return task, {"objective_note": note}
     meta = {}
     if task != "causal-lm":
         labels = _adapter_labels(spec)
