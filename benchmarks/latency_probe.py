@@ -74,8 +74,8 @@ def main(argv=None) -> int:
         lambda: torch.empty((1, 6), dtype=torch.float64, device=dev), args.calls)
     from gradscope import _ext
 
-    one = [torch.randn(16384, device=dev)]
-    out["cases"]["compiled entry 1 x 65536 B (no Python wrapper)"] = _time(lambda: _ext.dense_call(one, True), args.calls)
+    single = [torch.randn(16384, device=dev)]
+    out["cases"]["compiled entry 1 x 65536 B (no Python wrapper)"] = _time(lambda: _ext.dense_call(single, True), args.calls)
     from gradscope import _C_cuda
 
     for name, tensors in cases.items():

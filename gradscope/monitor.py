@@ -406,7 +406,7 @@ class GradientMonitor:
                  scaler=None, config: Optional[MonitorConfig] = None, **options):
         if not isinstance(model, nn.Module):
             raise UsageError(f"GradientMonitor needs an nn.Module; got {type(model).__name__}")
-        model = unwrap(model)  # torch.compile / DDP: the model's own names, not "_orig_mod." or "module."
+        model = unwrap(model)  # torch.compile, DDP, PEFT: the model's own names, without the wrapper's prefix
         self.config = MonitorConfig.with_options(config, options)
         previous = _ATTACHED.get(model)
         if previous is not None and previous() is not None and not previous()._closed:

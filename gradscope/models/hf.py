@@ -157,15 +157,14 @@ def _base_error(spec: str, base: str, local: bool, exc: Exception) -> ModelLoadE
         "set base_model_name_or_path to it")
 
 
-def _adapter_labels(spec: str) -> Optional[int]:
-    """Classes of the classification head the adapter saved, read from the safetensors header."""
+def _saved_rows(spec: str, *keys: str) -> Optional[int]:
+    """Rows of the first of ``keys`` the adapter saved (read from the safetensors header), or None."""
     from safetensors import safe_open
 
     with safe_open(str(Path(spec) / "adapter_model.safetensors"), framework="pt") as f:
-        for key in _HEAD_KEYS:
-            if key in f.keys():
-                return int(f.get_slice(key).get_shape()[0])
-    return None
+        saved = set(f.keys())
+        key = next((k for k in keys if k in saved), None)
+        return int(f.get_slice(key).get_shape()[0]) if key else None
 
 
 def _adapter_task(spec: str, adapter: dict, hf_config, progress) -> tuple[str, dict]:
@@ -180,21 +179,20 @@ def _adapter_task(spec: str, adapter: dict, hf_config, progress) -> tuple[str, d
                 f"base model's {task} head; any head weights the adapter saved are not used")
         progress(note)
         return task, {"objective_note": note}
-    meta = {}
-    if task != "causal-lm":
-        labels = _adapter_labels(spec)
-        if labels:
-            hf_config.num_labels = labels
-        if task == "sequence-classification" and hf_config.problem_type == "multi_label_classification":
-            return "sequence-multi-label", meta
-        if task == "sequence-classification" and _is_regression(hf_config):
-            return "sequence-regression", meta
-        if task == "sequence-classification" and not (Path(spec) / "config.json").is_file():
-            meta["objective_note"] = ("an adapter does not record problem_type: measured as single-label "
-                                      "classification; save the fine-tuned model's config.json next to the adapter "
-                                      "to say otherwise")
-            progress(meta["objective_note"])
-    return task, meta
+    if task == "causal-lm":
+        return task, {}
+    labels = _saved_rows(spec, *_HEAD_KEYS)
+    if labels:
+        hf_config.num_labels = labels
+    if task != "sequence-classification":
+        return task, {}
+    task = _sequence_task(hf_config)
+    if task != "sequence-classification" or (Path(spec) / "config.json").is_file():
+        return task, {}
+    note = ("an adapter does not record problem_type: measured as single-label classification; save the "
+            "fine-tuned model's config.json next to the adapter to say otherwise")
+    progress(note)
+    return task, {"objective_note": note}
 
 
 def _adapter_saves(adapter: dict, key: str) -> bool:
@@ -204,18 +202,11 @@ def _adapter_saves(adapter: dict, key: str) -> bool:
 
 def _resize_for_adapter(model: nn.Module, spec: str) -> None:
     """Token embeddings resized during fine-tuning (added tokens) are saved with the adapter: size the base alike."""
-    from safetensors import safe_open
-
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     name = next((n for n, m in model.named_modules() if m is embeddings), None)
-    if not name:
-        return
-    with safe_open(str(Path(spec) / "adapter_model.safetensors"), framework="pt") as f:
-        key = f"base_model.model.{name}.weight"
-        if key in f.keys():
-            rows = int(f.get_slice(key).get_shape()[0])
-            if rows != embeddings.num_embeddings:
-                model.resize_token_embeddings(rows)
+    rows = _saved_rows(spec, f"base_model.model.{name}.weight") if name else None
+    if rows and rows != embeddings.num_embeddings:
+        model.resize_token_embeddings(rows)
 
 
 def _apply_adapter(target: nn.Module, spec: str):
@@ -255,16 +246,15 @@ def _merge_adapter(model: nn.Module, spec: str, task: str) -> nn.Module:
         if unmatched and isinstance(backbone, nn.Module) and task not in _ADAPTER_TASKS.values():
             peft_model.unload()  # take the empty adapter layers out again
             peft_model, unmatched = _apply_adapter(backbone, spec)
-        if unmatched:
-            raise ModelLoadError(f"the adapter in {spec} does not fit its base model: its weights name layers the "
-                                 "base model does not have (was it trained on another model, or with another head?)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            peft_model.merge_and_unload()
-    except ModelLoadError:
-        raise
+        if not unmatched:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                peft_model.merge_and_unload()
     except Exception as exc:  # a shape mismatch with the base model, an unsupported layer
         raise ModelLoadError(f"cannot apply the adapter in {spec} to its base model: {_mismatch_reason(exc)}") from None
+    if unmatched:
+        raise ModelLoadError(f"the adapter in {spec} does not fit its base model: its weights name layers the "
+                             "base model does not have (was it trained on another model, or with another head?)")
     return model.requires_grad_(True)  # peft froze the base weights for training the adapter
 
 
@@ -335,12 +325,7 @@ def _task(config) -> str:
     for arch in architectures:
         for suffixes, task, supported in heads:
             if arch.endswith(suffixes) and (supported is None or model_type in supported):
-                # problem_type, when set, decides (as in transformers): a one-label multi-label head is not regression
-                if task == "sequence-classification" and config.problem_type == "multi_label_classification":
-                    return "sequence-multi-label"
-                if task == "sequence-classification" and _is_regression(config):
-                    return "sequence-regression"
-                return task
+                return _sequence_task(config) if task == "sequence-classification" else task
     if architectures:  # a base model or another task head
         return "surrogate-causal-lm" if _is_decoder(config) else "surrogate-masked-lm"
     if model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
@@ -350,6 +335,14 @@ def _task(config) -> str:
     if model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         return "image-classification"
     return "surrogate-causal-lm" if _is_decoder(config) else "surrogate-masked-lm"
+
+
+def _sequence_task(config) -> str:
+    """A sequence head's task. problem_type, when set, decides (as in transformers): a one-label
+    multi-label head is not regression."""
+    if config.problem_type == "multi_label_classification":
+        return "sequence-multi-label"
+    return "sequence-regression" if _is_regression(config) else "sequence-classification"
 
 
 def _is_regression(config) -> bool:
@@ -492,13 +485,7 @@ def _tokenizer(spec: str, config):
 def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
     """``n`` x ``seq_len`` token ids, which of them are special, the mask token id, and the source in words.
 
-    A directory holding a PEFT adapter (``adapter_config.json``, no model weights) is the base model
-it names with the adapter merged into its weights, with the head of the adapter's task type
-(``SEQ_CLS``, ``TOKEN_CLS``, ``CAUSAL_LM``; its saved classifier included; a ``config.json`` saved
-beside the adapter describes the head), read by the adapter's tokenizer if it was saved with one,
-else the base model's (``meta["adapter"]``).
-
-Text is read with the model's tokenizer. Without one, or when it reads the text as mostly unknown
+    Text is read with the model's tokenizer. Without one, or when it reads the text as mostly unknown
     tokens (a batch of one repeated id, with nothing to mask), the ids are seeded random ids instead.
     """
     tokenizer = _tokenizer(spec, config)
@@ -644,10 +631,11 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         progress(f"loading {spec} from the Hugging Face cache (HF_HUB_OFFLINE is set)")
     else:
         progress(f"loading {spec} from the Hugging Face hub or its cache (offline? pass --offline to skip the hub)")
+    def not_loaded(source: str, exc: Exception) -> ModelLoadError:
+        return _load_error(spec, local, exc) if source == spec else _base_error(spec, weights, weights_local, exc)
+
     # An adapter saved with the fine-tuned model's config.json (its labels, problem_type) is described by that.
     config_from = spec if (Path(spec) / "config.json").is_file() or adapter is None else weights
-    fail = (lambda exc: _base_error(spec, weights, weights_local, exc)) if config_from != spec else (
-        lambda exc: _load_error(spec, local, exc))
     try:
         hf_config = transformers.AutoConfig.from_pretrained(config_from, trust_remote_code=config.trust_remote_code)
     except ValueError as exc:
@@ -655,9 +643,9 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
             raise ModelLoadError(
                 f"{config_from} runs code shipped with the model; if you trust it, pass --trust-remote-code"
             ) from None
-        raise fail(exc) from None
+        raise not_loaded(config_from, exc) from None
     except (OSError, EnvironmentError) as exc:
-        raise fail(exc) from None
+        raise not_loaded(config_from, exc) from None
 
     adapter_meta = {}
     labels_before = hf_config.num_labels
@@ -675,8 +663,7 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
     try:
         model, info = auto_class.from_pretrained(weights, config=hf_config, output_loading_info=True, **kwargs)
     except (OSError, EnvironmentError) as exc:
-        raise (_base_error(spec, weights, weights_local, exc) if adapter is not None
-               else _load_error(weights, weights_local, exc)) from None
+        raise not_loaded(weights, exc) from None
     except ValueError as exc:
         raise ModelLoadError(f"cannot load {weights!r} as {auto_class.__name__}: {short_reason(exc)}") from None
     except Exception as exc:  # SafetensorError, UnpicklingError, RuntimeError: the weights themselves

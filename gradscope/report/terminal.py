@@ -80,7 +80,7 @@ def render_text(report) -> str:
     else:
         header = [f"gradscope: {meta.get('model')} ({meta.get('source')}, objective {meta.get('objective')}, "
                   f"{meta.get('device')}, {meta.get('dtype')}, grad_stats {meta.get('backend')})",
-                  *([f"model: {adapter_line(meta)}"] if adapter_line(meta) else []),
+                  *([f"model: {adapter}"] if (adapter := adapter_line(meta)) else []),
                   *([f"objective: {meta['objective_note']}"] if meta.get("objective_note") else []),
                   f"inputs: {meta.get('inputs')}"]
     parts = [
