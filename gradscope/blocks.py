@@ -17,6 +17,12 @@ of one class. The rule:
    T5's heterogeneous self-attention/feed-forward sublayers do not split
    ``block.3``.
 
+Names are the model's own: wrappers that sit inside a model and add a segment
+to the names below them (FSDP1's ``_fsdp_wrapped_module``, activation
+checkpointing's ``_checkpoint_wrapped_module``, a compiled submodule's
+``_orig_mod``) are left out of parameter and block names (:func:`clean_name`),
+and :func:`submodule` finds a module by such a name.
+
 Execution order, not name order, gives the depth: ``measure`` records it with
 forward hooks. This module is the one place the rule lives; measurement and
 analysis call :func:`find_blocks`, and the ``shallow`` variant shortens the
@@ -32,6 +38,41 @@ from torch import nn
 
 MIN_REPEATS = 2
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
+# The name segments that in-model wrappers add (FSDP1, checkpoint_wrapper, torch.compile of a submodule).
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def clean_name(name: str) -> str:
+    """``name`` without the segments that in-model wrappers add.
+
+    >>> clean_name("layers.0._fsdp_wrapped_module._checkpoint_wrapped_module.lin.weight")
+    'layers.0.lin.weight'
+    """
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_SEGMENTS)
+
+
+def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``model.named_parameters()`` under clean names."""
+    return [(clean_name(n), p) for n, p in model.named_parameters()]
+
+
+def module_names(model: nn.Module) -> set[str]:
+    """The clean names of every module of ``model``."""
+    return {clean_name(n) for n, _ in model.named_modules()}
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    """The module a clean name stands for (the outermost one, a wrapper when the module is wrapped)."""
+    module = model
+    for part in name.split(".") if name else ():
+        children = dict(module.named_children())
+        while part not in children:  # step into the wrapper that holds it
+            inner = next((children[w] for w in _WRAPPER_SEGMENTS if w in children), None)
+            if inner is None:
+                raise AttributeError(f"{type(model).__name__} has no module named {name!r}")
+            children = dict(inner.named_children())
+        module = children[part]
+    return module
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -112,7 +153,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     hold the same parameters under a prefix; the statistics are named, matched
     with ``params=`` patterns and grouped into blocks by the wrapped module's
     own names (a PEFT model's adapter weights included, in the layers they were
-    added to). Other wrappers (FSDP1) are kept.
+    added to). An FSDP1 root is kept: it tells how the model is sharded, and
+    :func:`clean_name` drops its segment from the names.
     """
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -133,11 +175,14 @@ def find_blocks(model: nn.Module) -> list[str]:
     >>> find_blocks(nn.ModuleDict({"stack": net}))
     ['stack.0', 'stack.2']
     """
-    return _layout(model)[0]
+    return [clean_name(b) for b in _layout(model)[0]]
 
 
 def block_containers(model: nn.Module) -> list[str]:
-    """The homogeneous stacks whose children are blocks (``""`` is the model itself): what ``shallow`` shortens."""
+    """The homogeneous stacks whose children are blocks (``""`` is the model itself): what ``shallow`` shortens.
+
+    Module paths as ``get_submodule`` takes them (not clean names): the stacks are replaced in place.
+    """
     return _layout(model)[1]
 
 

@@ -16,8 +16,13 @@
   sharded model are replicated, so only rank 0 counts them. ``Partial``
   gradients are refused: they are not reduced yet.
 
-FSDP1 (``FullyShardedDataParallel`` with flat parameters) is not supported:
-use FSDP2 (``torch.distributed.fsdp.fully_shard``).
+- **FSDP1** (``FullyShardedDataParallel``) with ``use_orig_params=True`` (the
+  Hugging Face Trainer's default): each parameter's gradient is a flat view of
+  the part of it in this rank's shard (or ``None`` when none is), so it is
+  combined as a DTensor shard is. Under ``HYBRID_SHARD`` only the first replica
+  group counts; ``NO_SHARD`` is replicated, as DDP. With flat parameters
+  (``use_orig_params=False``) the gradients of single parameters do not exist:
+  refused, with what to change.
 
 Nothing here is imported by ``import gradscope``; ``torch.distributed`` is only
 touched when it is initialized.
@@ -60,25 +65,60 @@ def is_dtensor(t) -> bool:
     return cls is not None and isinstance(t, cls)
 
 
-def resolve_mode(model: nn.Module, params: list[nn.Parameter], requested: str) -> str:
-    """``none``, ``replicated`` (DDP: rank 0 computes) or ``sharded`` (DTensor: combine at flush)."""
+def _fsdp1_units(model: nn.Module) -> list[nn.Module]:
+    """The model's FSDP1 ``FullyShardedDataParallel`` modules (by name: nothing is imported for a plain model)."""
+    units = [m for m in model.modules() if type(m).__name__ == "FullyShardedDataParallel"]
+    if any(not unit._use_orig_params for unit in units):
+        raise UsageError(
+            "FSDP1 with use_orig_params=False keeps gradients in flat buffers, not per parameter; wrap the model "
+            "with FullyShardedDataParallel(..., use_orig_params=True) (the Hugging Face Trainer's default: "
+            "fsdp_config use_orig_params) or shard it with FSDP2 (torch.distributed.fsdp.fully_shard)"
+        )
+    return units
+
+
+def fsdp1_counted(model: nn.Module) -> dict[int, bool]:
+    """For each parameter an FSDP1 unit manages (by ``id``): whether this rank counts its local part.
+
+    Every rank counts its shard, except that under ``HYBRID_SHARD`` (shards
+    replicated across groups) only the first replica group does, and under
+    ``NO_SHARD`` (whole gradients on every rank) only the unit's rank 0 does.
+    """
+    counted: dict[int, bool] = {}
+    for unit in _fsdp1_units(model):
+        if unit._handle is None:  # a unit without parameters of its own
+            continue
+        strategy = unit.sharding_strategy.name
+        if strategy == "NO_SHARD":
+            counts = unit.rank == 0
+        elif "HYBRID" in strategy:
+            counts = unit._inter_node_pg.rank() == 0
+        else:
+            counts = True
+        for p in unit._handle.flat_param._params:
+            counted[id(p)] = counts
+    return counted
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether each rank holds only part of the gradients (FSDP2/DTensor, or FSDP1 other than NO_SHARD)."""
+    return (any(is_dtensor(p) for p in model.parameters())
+            or any(unit.sharding_strategy.name != "NO_SHARD" for unit in _fsdp1_units(model)))
+
+
+def resolve_mode(model: nn.Module, requested: str) -> str:
+    """``none``, ``replicated`` (DDP: rank 0 computes) or ``sharded`` (FSDP, DTensor: combine at flush)."""
     if requested not in MODES:
         raise UsageError(f"distributed must be one of {', '.join(MODES)}; got {requested!r}")
-    for module in model.modules():
-        if type(module).__name__ == "FullyShardedDataParallel":
-            raise UsageError(
-                "FSDP1 (FullyShardedDataParallel) flattens parameters, which the monitor cannot map back to names; "
-                "shard the model with FSDP2 (torch.distributed.fsdp.fully_shard) instead"
-            )
-    sharded = any(is_dtensor(p) for p in params)
+    sharded = is_sharded(model)
     if requested == "auto":
         if sharded:
             return "sharded"
         return "replicated" if world_size() > 1 else "none"
     if requested == "sharded" and not sharded:
         raise UsageError(
-            "distributed='sharded' but no parameter is a DTensor; shard the model (fully_shard) before making "
-            "the monitor, or use distributed='replicated' for DDP"
+            "distributed='sharded' but the model is not sharded (no DTensor parameter, no sharding FSDP1 unit); "
+            "shard the model (fully_shard) before making the monitor, or use distributed='replicated' for DDP"
         )
     if requested != "none" and world_size() == 1 and requested != "sharded":
         return "none"
@@ -101,22 +141,24 @@ def _owns_replicas(t) -> bool:
     return True
 
 
-def local_grads(grads: list[Optional[torch.Tensor]], device: torch.device) -> list[Optional[torch.Tensor]]:
-    """The part of each gradient this rank counts: its DTensor shard, or the whole tensor on rank 0 only.
+def local_grads(params: list[nn.Parameter], fsdp1: dict[int, bool]) -> list[Optional[torch.Tensor]]:
+    """The part of each gradient this rank counts: its DTensor shard, its FSDP1 shard (``fsdp1``: see
+    :func:`fsdp1_counted`), or the whole tensor on rank 0 only.
 
     A gradient this rank must not count becomes an empty tensor (it adds nothing);
     ``None`` stays ``None`` (no gradient on this rank).
     """
     me = rank()
     out: list[Optional[torch.Tensor]] = []
-    for g in grads:
+    for p in params:
+        g = p.grad
         if g is None:
             out.append(None)
         elif is_dtensor(g):
             local = g.to_local()
             out.append(local if _owns_replicas(g) else local.new_empty(0))
         else:
-            out.append(g if me == 0 else g.new_empty(0))
+            out.append(g if fsdp1.get(id(p), me == 0) else g.new_empty(0))
     return out
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .blocks import find_blocks
+from .blocks import find_blocks, named_parameters, submodule
 from .errors import GradscopeError
 from .stats import GradStats, grad_stats
 
@@ -93,7 +93,7 @@ class _BlockRecorder:
         self.numel: dict[str, int] = {b: 0 for b in blocks}
         self.forward_nonfinite: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
         self.backend = "reference"  # of the grad_stats calls in the hooks; none ran when no gradient arrived
-        self.handles = [model.get_submodule(b).register_forward_hook(self._forward_hook(b)) for b in blocks]
+        self.handles = [submodule(model, b).register_forward_hook(self._forward_hook(b)) for b in blocks]
 
     def _forward_hook(self, block: str):
         def hook(module, inputs, output):
@@ -159,7 +159,7 @@ class _BlockRecorder:
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Named parameters that require gradients; an error when there are none."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in named_parameters(model) if p.requires_grad]
     if not named:
         raise GradscopeError(
             "the model has no trainable parameters (all have requires_grad=False); "

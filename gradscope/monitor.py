@@ -49,8 +49,9 @@ non-finite values born in the backward pass enter at the deepest block and flow
 toward the input.
 
 **Distributed.** See :mod:`gradscope.distributed`: under DDP rank 0 computes;
-under FSDP2/DTensor every rank computes on its shards and one collective per
-flush combines them (call ``flush()``/``report()`` on every rank).
+under FSDP (FSDP2/DTensor, FSDP1 with ``use_orig_params=True``) every rank
+computes on its shards and one collective per flush combines them (call
+``flush()``/``report()`` on every rank).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ from torch import nn
 
 from . import distributed as dist_utils
 from ._reference import STAT_NAMES
-from .blocks import block_of, find_blocks, unwrap
+from .blocks import block_of, find_blocks, named_parameters, submodule, unwrap
 from .errors import GradscopeError, UsageError
 from .stats import grad_stats
 
@@ -89,7 +90,7 @@ class MonitorConfig:
       patterns (``"encoder.layer.*.attention.*"``);
     - ``on_nonfinite``: ``"warn"``, ``"raise"`` or ``"ignore"`` (module docstring);
     - ``flush_every``: recorded steps held on the device between host copies;
-    - ``distributed``: ``"auto"``, ``"none"``, ``"replicated"`` (DDP) or ``"sharded"`` (DTensor);
+    - ``distributed``: ``"auto"``, ``"none"``, ``"replicated"`` (DDP) or ``"sharded"`` (FSDP, DTensor);
     - ``backend``: ``grad_stats`` backend (``"auto"``, ``"fused"``, ``"reference"``);
     - ``keep_last``: recorded steps kept on the host (``None``: all). Each costs
       57 bytes per monitored parameter (BERT-base: about 11.5 kB a step, 1.2 GB
@@ -144,7 +145,7 @@ def select_parameters(model: nn.Module, patterns: Optional[Sequence[str]]) -> tu
     UsageError when nothing is trainable, or when a name or pattern selects no
     trainable parameter (with the close matches, or the frozen ones it matched).
     """
-    named = list(model.named_parameters())
+    named = named_parameters(model)
     trainable = [(n, p) for n, p in named if p.requires_grad]
     frozen = [n for n, p in named if not p.requires_grad]
     if not trainable:
@@ -176,7 +177,7 @@ class _ExecutionOrder:
     def __init__(self, model: nn.Module, blocks: list[str]):
         self._blocks = blocks
         self._seen: list[str] = []
-        self._handles = [model.get_submodule(b).register_forward_pre_hook(self._hook(b)) for b in blocks]
+        self._handles = [submodule(model, b).register_forward_pre_hook(self._hook(b)) for b in blocks]
         if blocks:
             self._handles.append(model.register_forward_hook(lambda *_: self.close()))
 
@@ -421,10 +422,11 @@ class GradientMonitor:
         self.param_names = tuple(n for n, _ in named)
         self._params = [p for _, p in named]
         frozen = set(frozen)
-        self._frozen = {n: p for n, p in model.named_parameters() if n in frozen}  # may be unfrozen later
+        self._frozen = {n: p for n, p in named_parameters(model) if n in frozen}  # may be unfrozen later
         self._registered_blocks = find_blocks(model)
         self._order = _ExecutionOrder(model, self._registered_blocks)
-        self.mode = dist_utils.resolve_mode(model, self._params, self.config.distributed)
+        self.mode = dist_utils.resolve_mode(model, self.config.distributed)
+        self._fsdp1 = dist_utils.fsdp1_counted(model) if self.mode == "sharded" else {}
         self.active = not (self.mode == "replicated" and dist_utils.rank() != 0)
         self._scaler = scaler
         self._optimizer: Optional[torch.optim.Optimizer] = None
@@ -510,7 +512,8 @@ class GradientMonitor:
         self._check_open()
         if self.mode == "sharded":
             raise UsageError("clip_grad_norm_ needs the global norm of sharded gradients; use "
-                             "torch.nn.utils.clip_grad_norm_ (it handles DTensor) and monitor.step()")
+                             "torch.nn.utils.clip_grad_norm_ (it handles DTensor), or the FSDP1 model's own "
+                             "model.clip_grad_norm_, and monitor.step()")
         if self._optimizer is not None:
             self._recorded_by_clip = True
         recorded = self._optimizer_step(None)
@@ -574,7 +577,7 @@ class GradientMonitor:
         if not joining:
             return
         monitored = set(self.param_names) | joining
-        named = [(n, p) for n, p in self.model.named_parameters() if n in monitored]  # model order
+        named = [(n, p) for n, p in named_parameters(self.model) if n in monitored]  # model order
         old = {n: i for i, n in enumerate(self.param_names)}
         self._chunks = [_widen(chunk, [old.get(n, -1) for n, _ in named]) for chunk in self._chunks]
         self.param_names = tuple(n for n, _ in named)
@@ -614,9 +617,10 @@ class GradientMonitor:
 
     def _record(self, step: int, scaled: bool) -> None:
         self._follow_device()
-        grads = [p.grad for p in self._params]
         if self.mode == "sharded":
-            grads = dist_utils.local_grads(grads, self._device)
+            grads = dist_utils.local_grads(self._params, self._fsdp1)
+        else:
+            grads = [p.grad for p in self._params]
         table, present, numel = self._stats(grads)
         if scaled:
             table = table * self._unscale_factors()
@@ -683,7 +687,7 @@ class GradientMonitor:
         self._chunks = [tuple(torch.cat([c[i] for c in self._chunks])[-keep:] for i in range(5))]
 
     def _check_parameters(self) -> None:
-        current = dict(self.model.named_parameters())
+        current = dict(named_parameters(self.model))
         if any(current.get(n) is not p for n, p in zip(self.param_names, self._params)):
             self._pending = []
             raise UsageError(

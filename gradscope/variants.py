@@ -38,7 +38,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .blocks import block_containers, find_blocks
+from .blocks import block_containers, find_blocks, module_names
 from .errors import UsageError
 
 BASELINES = ("pretrained", "scratch", "shallow")
@@ -380,7 +380,7 @@ def build_variants(
     blocks = find_blocks(model)
 
     def kept_blocks(m: nn.Module) -> list[str]:
-        names = {name for name, _ in m.named_modules()}
+        names = module_names(m)
         return [b for b in blocks if b in names]
 
     def fresh_scratch() -> nn.Module:

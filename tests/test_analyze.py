@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -288,6 +289,21 @@ def test_module_api_measures_a_compiled_model_under_its_own_names():
     compiled = gradscope.analyze(torch.compile(model, backend="aot_eager"), config, batch=BATCH, loss_fn=_ce)
     assert [r["name"] for r in compiled.params] == [n for n, _ in model.named_parameters()]
     assert compiled.to_dict()["variants"] == plain.to_dict()["variants"]
+
+
+def test_module_api_names_a_model_with_wrapped_blocks_as_the_plain_model():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    model = Stack()
+    config = gradscope.AnalyzeConfig(device="cpu")  # pretrained, scratch and shallow
+    plain = gradscope.analyze(model, config, batch=BATCH, loss_fn=_ce)
+    wrapped = copy.deepcopy(model)
+    for i, block in enumerate(wrapped.layers):
+        wrapped.layers[i] = checkpoint_wrapper(block)
+    report = gradscope.analyze(wrapped, config, batch=BATCH, loss_fn=_ce)
+    assert any("_checkpoint_wrapped_module" in n for n, _ in wrapped.named_parameters())
+    assert [(r["variant"], r["name"]) for r in report.params] == [(r["variant"], r["name"]) for r in plain.params]
+    assert report.to_dict()["variants"] == plain.to_dict()["variants"]
 
 
 def test_no_trainable_parameters_is_a_clear_error():

@@ -1,4 +1,4 @@
-"""Two processes, gloo, CPU: FSDP2-sharded and DDP statistics equal the single-process model's.
+"""Two processes, gloo, CPU: FSDP2-, FSDP1- and DDP-trained statistics equal the single-process model's.
 
 One spawn runs both cases (process start-up dominates the time); each rank saves
 what its monitor recorded and the assertions run here, against float64 norms of
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 WORLD = 2
+HYBRID_WORLD = 4
 BLOCKS = ["blocks.0", "blocks.1", "blocks.2"]
 
 
@@ -72,6 +73,35 @@ def _worker(rank: int, port: int, out: str) -> None:
                     "block_l2": history.block_l2(), "global": history.global_l2(), "table": history.table,
                     "numel": history.numel, "blocks": history.blocks}, f"{out}/fsdp_{rank}.pt")
 
+        # FSDP1 with the original parameters: flat shard views of each gradient, and wrappers inside the names
+        # ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.") that the monitor leaves out.
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        for strategy in ("FULL_SHARD", "NO_SHARD"):
+            torch.manual_seed(0)
+            net = Net()
+            apply_activation_checkpointing(net, check_fn=lambda m: m is net.blocks[1])
+            fsdp1 = FullyShardedDataParallel(net, auto_wrap_policy=ModuleWrapPolicy({nn.Linear}), use_orig_params=True,
+                                             device_id=torch.device("cpu"),
+                                             sharding_strategy=ShardingStrategy[strategy])
+            monitor = GradientMonitor(fsdp1)
+            loss_of(fsdp1, x[local], y[local]).backward()
+            monitor.step()
+            result = {"mode": monitor.mode, "raw_names": [n for n, _ in fsdp1.named_parameters()],
+                      "local_numel": [p.numel() for p in fsdp1.parameters()]}
+            if monitor.mode == "sharded" or rank == 0:
+                history = monitor.history
+                result.update(names=history.param_names, param_l2=history.param_l2(), block_l2=history.block_l2(),
+                              table=history.table, numel=history.numel, blocks=history.blocks)
+            monitor.close()
+            torch.save(result, f"{out}/fsdp1_{strategy.lower()}_{rank}.pt")
+        try:
+            GradientMonitor(FullyShardedDataParallel(Net(), use_orig_params=False, device_id=torch.device("cpu")))
+        except UsageError as exc:
+            torch.save(str(exc), f"{out}/flat_{rank}.pt")
+
         torch.manual_seed(0)
         ddp = DistributedDataParallel(Net())
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
@@ -112,26 +142,80 @@ def _worker(rank: int, port: int, out: str) -> None:
     os._exit(0)
 
 
+def _hybrid_worker(rank: int, port: int, out: str) -> None:
+    """Four ranks, two replicas of a model sharded over two: each shard is counted once."""
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=HYBRID_WORLD, timeout=datetime.timedelta(seconds=60))
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy, fully_shard
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        from gradscope.monitor import GradientMonitor
+
+        x, y = batch()
+        local = slice(rank * 2, rank * 2 + 2)
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+        torch.manual_seed(0)
+        fsdp1 = FullyShardedDataParallel(Net(), auto_wrap_policy=ModuleWrapPolicy({nn.Linear}), use_orig_params=True,
+                                         device_id=torch.device("cpu"), device_mesh=mesh,
+                                         sharding_strategy=ShardingStrategy.HYBRID_SHARD)
+        torch.manual_seed(0)
+        hsdp = Net()
+        for block in hsdp.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(hsdp, mesh=mesh)
+        for kind, net in (("fsdp1_hybrid", fsdp1), ("fsdp2_hybrid", hsdp)):
+            monitor = GradientMonitor(net)
+            loss_of(net, x[local], y[local]).backward()
+            monitor.step()
+            history = monitor.history
+            monitor.close()
+            torch.save({"mode": monitor.mode, "names": history.param_names, "param_l2": history.param_l2(),
+                        "block_l2": history.block_l2(), "table": history.table, "numel": history.numel,
+                        "blocks": history.blocks}, f"{out}/{kind}_{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def _spawn(worker, nprocs: int, out) -> None:
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    out = tmp_path_factory.mktemp("dist")
     try:
-        torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+        torch.multiprocessing.spawn(worker, args=(_free_port(), str(out)), nprocs=nprocs, join=True)
     except torch.multiprocessing.ProcessRaisedException as exc:
         # The free port can be taken between _free_port() and the rendezvous: one retry on another port.
         if "address" not in str(exc).lower() and "connect" not in str(exc).lower():
             raise
-        torch.multiprocessing.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return {kind: [torch.load(out / f"{kind}_{r}.pt", weights_only=False) for r in range(WORLD)]
-            for kind in ("fsdp", "ddp", "replicate")}
+        torch.multiprocessing.spawn(worker, args=(_free_port(), str(out)), nprocs=nprocs, join=True)
+
+
+def _load(out, kinds, world: int) -> dict:
+    return {kind: [torch.load(out / f"{kind}_{r}.pt", weights_only=False) for r in range(world)] for kind in kinds}
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    _spawn(_worker, WORLD, out)
+    return _load(out, ("fsdp", "fsdp1_full_shard", "fsdp1_no_shard", "flat", "ddp", "replicate"), WORLD)
+
+
+@pytest.fixture(scope="module")
+def hybrid_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hybrid")
+    _spawn(_hybrid_worker, HYBRID_WORLD, out)
+    return _load(out, ("fsdp1_hybrid", "fsdp2_hybrid"), HYBRID_WORLD)
 
 
 @pytest.fixture(scope="module")
@@ -155,19 +239,46 @@ def reference():
 RTOL = 1e-5
 
 
+def _assert_unsharded(got, reference):
+    assert list(got["names"]) == list(reference["numel"])  # the plain model's names
+    assert list(got["blocks"]) == BLOCKS
+    for i, name in enumerate(got["names"]):
+        assert math.isclose(got["param_l2"][0, i].item(), reference["param_l2"][name], rel_tol=RTOL), name
+        assert math.isclose(got["table"][0, i, 3].item(), reference["maxabs"][name], rel_tol=RTOL), name
+        assert got["numel"][0, i].item() == reference["numel"][name]
+    for b, block in enumerate(got["blocks"]):
+        assert math.isclose(got["block_l2"][0, b].item(), reference["block_l2"][block], rel_tol=RTOL)
+
+
 def test_fsdp2_statistics_equal_the_unsharded_model(ranks, reference):
     for got in ranks["fsdp"]:
         assert got["mode"] == "sharded"
-        assert list(got["blocks"]) == BLOCKS
-        for i, name in enumerate(got["names"]):
-            assert math.isclose(got["param_l2"][0, i].item(), reference["param_l2"][name], rel_tol=RTOL), name
-            assert math.isclose(got["table"][0, i, 3].item(), reference["maxabs"][name], rel_tol=RTOL), name
-            assert got["numel"][0, i].item() == reference["numel"][name]
-        for b, block in enumerate(got["blocks"]):
-            assert math.isclose(got["block_l2"][0, b].item(), reference["block_l2"][block], rel_tol=RTOL)
+        _assert_unsharded(got, reference)
         assert math.isclose(got["global"][0].item(), reference["global"], rel_tol=RTOL)
     # every rank holds the same combined numbers
     torch.testing.assert_close(ranks["fsdp"][0]["table"], ranks["fsdp"][1]["table"], rtol=0, atol=0)
+
+
+def test_fsdp1_shards_combine_to_the_unsharded_model(ranks, reference):
+    for got in ranks["fsdp1_full_shard"]:
+        assert got["mode"] == "sharded"
+        assert any("_fsdp_wrapped_module" in n and "_checkpoint_wrapped_module" in n for n in got["raw_names"])
+        assert sum(got["local_numel"]) < sum(reference["numel"].values())  # each rank holds a part of the model
+        _assert_unsharded(got, reference)
+    torch.testing.assert_close(ranks["fsdp1_full_shard"][0]["table"], ranks["fsdp1_full_shard"][1]["table"],
+                               rtol=0, atol=0)
+
+
+def test_fsdp1_without_sharding_is_replicated(ranks, reference):
+    zero, one = ranks["fsdp1_no_shard"]
+    assert zero["mode"] == one["mode"] == "replicated"
+    _assert_unsharded(zero, reference)
+    assert "names" not in one  # rank 1 records nothing
+
+
+def test_fsdp1_flat_parameters_are_refused_with_the_fix(ranks):
+    for message in ranks["flat"]:
+        assert "use_orig_params=True" in message and "fully_shard" in message
 
 
 def test_ddp_computes_on_rank_zero_only_and_clips_alike(ranks, reference):
@@ -186,3 +297,10 @@ def test_replicated_dtensor_is_counted_once(ranks):
         assert got["mode"] == "sharded"
         assert got["numel"] == 6
         assert math.isclose(got["l2"], math.sqrt(sum(v * v for v in range(6))), rel_tol=1e-12)  # not doubled
+
+
+@pytest.mark.parametrize("kind", ["fsdp1_hybrid", "fsdp2_hybrid"])
+def test_hybrid_sharding_counts_each_shard_once(hybrid_ranks, reference, kind):
+    for got in hybrid_ranks[kind]:
+        assert got["mode"] == "sharded"
+        _assert_unsharded(got, reference)  # numel and norms not doubled by the second replica

@@ -133,6 +133,32 @@ def test_wrapped_models_keep_their_own_names(wrap):
         assert close(history.global_l2()[t].item(), total)
 
 
+def test_wrappers_inside_the_model_leave_its_names_alone():
+    # Activation checkpointing's wrapper and a compiled block add "_checkpoint_wrapped_module." and "_orig_mod."
+    # inside the names (FSDP1 adds "_fsdp_wrapped_module.", tests/test_distributed.py): the names, blocks and the
+    # execution order are the plain model's.
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    plain, net = make(reverse=True), make(reverse=True)
+    net.layers[1] = checkpoint_wrapper(net.layers[1])
+    net.layers[2] = torch.compile(net.layers[2], backend="aot_eager")
+    assert any("_checkpoint_wrapped_module" in n for n, _ in net.named_parameters())
+    with GradientMonitor(net, params=["layers.1.*", "layers.2.*", "head.*"]) as monitor:
+        backward(net, 0)
+        monitor.step()
+        history = monitor.history
+    assert list(history.blocks) == BLOCKS[::-1]  # the order the forward pass ran them in
+    assert list(history.param_names) == [n for n, _ in plain.named_parameters() if n.startswith(("layers.1.",
+                                                                                                  "layers.2.", "head."))]
+    backward(plain, 0)
+    ref = ref_block_l2(plain)
+    for b, block in enumerate(history.blocks):
+        if block in ("layers.1", "layers.2"):
+            assert close(history.block_l2()[0, b].item(), ref[block])
+        else:
+            assert math.isnan(history.block_l2()[0, b].item())  # not monitored (params=)
+
+
 def test_a_peft_model_is_named_as_the_model_its_adapters_are_in():
     peft = pytest.importorskip("peft")
     net = make()

@@ -21,8 +21,8 @@ The values are those of the step being logged (as the Trainer's ``grad_norm``).
 They are added to the ``logs`` dict and to ``state.log_history``; the
 ``report_to`` integrations (TensorBoard, W&B, ...) see them when the callback
 runs before them: :func:`add_gradscope_callback` puts it first. Under DDP only
-the main process computes; under FSDP2 every process computes on its shards and
-the main process logs. ``report_dir`` writes a report at the end of training.
+the main process computes; under FSDP (FSDP2, or FSDP1 with ``use_orig_params``)
+every process computes on its shards and the main process logs. ``report_dir`` writes a report at the end of training.
 
 Mixed precision: the Trainer unscales fp16 gradients when it computes its
 ``grad_norm`` (always, in the transformers versions that log it with clipping
@@ -66,7 +66,7 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
             warnings.warn("GradscopeCallback runs after the report_to integrations, which then miss its values "
                           "(they still reach state.log_history); use gradscope.integrations.add_gradscope_callback"
                           "(trainer) to run it first", RuntimeWarning, stacklevel=2)
-        sharded = any(dist_utils.is_dtensor(p) for p in model.parameters())
+        sharded = dist_utils.is_sharded(model)
         if self._main or sharded:
             self.monitor = self.make_monitor(model)
         self._logged_step = None

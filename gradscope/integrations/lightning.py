@@ -33,7 +33,7 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.monitor is not None:
             self.monitor.close()
-        sharded = any(dist_utils.is_dtensor(p) for p in pl_module.parameters())
+        sharded = dist_utils.is_sharded(pl_module)
         self.monitor = None
         if trainer.is_global_zero or sharded:
             self.monitor = self.make_monitor(pl_module)
