@@ -19,6 +19,10 @@ Two ways to drive it, once per optimizer step::
 
     monitor = gradscope.GradientMonitor(model, optimizer)   # hooks optimizer.step: no call needed
 
+With the optimizer hook and a closure (``optimizer.step(closure)``, LBFGS), the
+closure runs the backward inside the step, so the step is recorded when
+``step()`` returns: the gradient of the closure's last evaluation.
+
 **Gradient accumulation.** The monitor reads the gradient the optimizer is about
 to consume: call ``step()`` at the optimizer step, after the last micro-batch's
 backward (the optimizer hook does exactly that).
@@ -430,8 +434,9 @@ class GradientMonitor:
         self.active = not (self.mode == "replicated" and dist_utils.rank() != 0)
         self._scaler = scaler
         self._optimizer: Optional[torch.optim.Optimizer] = None
-        self._hook = None
+        self._hooks: list = []
         self._recorded_by_clip = False
+        self._closure_step = False
         self._step_count = 0
         self._device = self._params[0].device
         # [flush_every, N * 6 + 1] float64 on the gradients' device: each row is one step's [N, 6] table
@@ -459,14 +464,26 @@ class GradientMonitor:
 
     def _attach(self, optimizer: torch.optim.Optimizer) -> None:
         self._optimizer = optimizer
-        self._hook = optimizer.register_step_pre_hook(self._on_optimizer_step)
+        self._hooks = [optimizer.register_step_pre_hook(self._before_optimizer_step),
+                       optimizer.register_step_post_hook(self._after_optimizer_step)]
 
     @property
     def frozen(self) -> list[str]:
         """Names of the model's frozen parameters, which the monitor leaves out until they are unfrozen."""
         return list(self._frozen)
 
-    def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if kwargs.get("closure", args[1] if len(args) > 1 else None) is not None:  # args[0] is the optimizer
+            self._closure_step = True  # the closure runs the backward inside step(): record when step() returns
+            return
+        self._on_optimizer_step()
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if self._closure_step:
+            self._closure_step = False
+            self._on_optimizer_step()
+
+    def _on_optimizer_step(self) -> None:
         if self._recorded_by_clip:  # clip_grad_norm_ already took this step
             self._recorded_by_clip = False
             return
@@ -701,7 +718,9 @@ class GradientMonitor:
         if len(self._chunks) > 1 and not last_chunk:  # consolidate once, so later reads do not concatenate again
             self._chunks = [tuple(torch.cat([c[i] for c in self._chunks]) for i in range(5))]
         chunks = self._chunks[-1:] if last_chunk else self._chunks
-        blocks = self._order.order()
+        order = self._order.order()
+        held = {block_of(n, order) for n in self.param_names}
+        blocks = [b for b in order if b in held]  # a block without monitored parameters has nothing to show
         index = {b: i for i, b in enumerate(blocks)}
         param_block = [index.get(block_of(n, blocks), -1) for n in self.param_names]
         n = len(self.param_names)
@@ -835,8 +854,8 @@ class GradientMonitor:
         finally:
             self._closed = True
             self._order.close()
-            if self._hook is not None:
-                self._hook.remove()
+            for hook in self._hooks:
+                hook.remove()
             if _ATTACHED.get(self.model) is not None and _ATTACHED[self.model]() is self:
                 del _ATTACHED[self.model]
 
