@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import math
 import warnings
 import weakref
@@ -341,7 +342,13 @@ def describe_nonfinite(history: MonitorHistory, t: int) -> str:
     outside = [history.param_names[i] for i in range(len(history.param_names))
                if history.param_block[i] < 0 and history.nonfinite()[t, i] > 0]
     order = "execution order" if history.order_known else "registration order: no forward pass seen yet"
-    if blocks:
+    if count == int(history.numel[t].sum()):
+        where = ("every gradient value is non-finite, so where it began cannot be read from this step: clipping "
+                 "with a non-finite total norm multiplies every gradient by NaN (torch's clip_grad_norm_, and the "
+                 "Hugging Face Trainer's clipping and grad_norm); record before clipping (monitor.step() or "
+                 "monitor.clip_grad_norm_ in your loop) to see the blocks it entered by")
+        outside = []
+    elif blocks:
         where = f"first block ({order}): {blocks[0]}"
         if len(blocks) > 1:
             where += (f"; {len(blocks)} blocks affected, the deepest is {blocks[-1]} (values born in the backward "
@@ -351,7 +358,15 @@ def describe_nonfinite(history: MonitorHistory, t: int) -> str:
     if outside:
         where += f"; outside blocks: {', '.join(outside[:3])}" + (" ..." if len(outside) > 3 else "")
     return (f"gradscope: {count} non-finite gradient value(s) at step {step}; {where}. Check the inputs and the "
-            "loss for NaN/Inf, lower the learning rate, or use a GradScaler/bfloat16 for float16 training")
+            "loss for NaN/Inf, lower the learning rate, or, in float16 training, use a GradScaler (it skips such steps) "
+            "or bfloat16")
+
+
+def attached_monitor(model: nn.Module) -> Optional["GradientMonitor"]:
+    """The open monitor attached to ``model`` (or to the model it wraps), if any."""
+    ref = _ATTACHED.get(unwrap(model))
+    monitor = ref() if ref is not None else None
+    return monitor if monitor is not None and not monitor._closed else None
 
 
 def _check_optimizer(optimizer, params: list[nn.Parameter]) -> None:
@@ -413,8 +428,7 @@ class GradientMonitor:
             raise UsageError(f"GradientMonitor needs an nn.Module; got {type(model).__name__}")
         model = unwrap(model)  # torch.compile, DDP, PEFT: the model's own names, without the wrapper's prefix
         self.config = MonitorConfig.with_options(config, options)
-        previous = _ATTACHED.get(model)
-        if previous is not None and previous() is not None and not previous()._closed:
+        if attached_monitor(model) is not None:
             raise UsageError("a GradientMonitor is already attached to this model; reuse it, or call close() on it "
                              "before making another")
         named, frozen = select_parameters(model, self.config.params)
@@ -516,7 +530,7 @@ class GradientMonitor:
         """Record this step and clip the gradients of every trainable parameter in place, as
         ``torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)`` would (L2 norm).
 
-        Returns the pre-clip total norm as a 0-dim tensor. When any
+        Returns the pre-clip total norm as a 0-dim tensor of the gradients' dtype, as torch does. When any
         gradient value is non-finite the total is NaN (torch gives inf when
         the non-finite values are all infinite) and the gradients become NaN
         or zero, as with torch: skip such steps. Use it instead of
@@ -552,7 +566,8 @@ class GradientMonitor:
         for (device, dtype), grads in groups.items():
             torch._foreach_mul_(grads, coef.to(device=device, dtype=dtype if dtype == torch.float64 else torch.float32))
         self._mark_clipped(total * coef)
-        return total
+        dtypes = [dtype for _, dtype in groups]
+        return total.to(functools.reduce(torch.promote_types, dtypes) if dtypes else torch.float32)  # as torch's
 
     def _monitored_total(self) -> torch.Tensor:
         """The L2 norm of the monitored gradients at the step just recorded (NaN with a non-finite value)."""
@@ -844,12 +859,16 @@ class GradientMonitor:
                 out[block].append(p.grad)
         return out
 
-    def close(self) -> None:
-        """Flush, remove the hooks and release the model (a new monitor may then be attached)."""
+    def close(self, *, flush: bool = True) -> None:
+        """Flush, remove the hooks and release the model (a new monitor may then be attached).
+
+        ``flush=False`` drops the steps not flushed yet: after an error, when in
+        sharded mode the other processes may never join the flush's collective.
+        """
         if self._closed:
             return
         try:
-            if self.active or self.mode == "sharded":
+            if flush and (self.active or self.mode == "sharded"):
                 self.flush()
         finally:
             self._closed = True
@@ -862,5 +881,5 @@ class GradientMonitor:
     def __enter__(self) -> "GradientMonitor":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(flush=exc_type is None or self.mode != "sharded")

@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
 
-from gradscope.errors import UsageError  # noqa: E402
+from gradscope.errors import GradscopeError, UsageError  # noqa: E402
 from gradscope.integrations.hf import GradscopeCallback, add_gradscope_callback  # noqa: E402
 from gradscope.report import Report  # noqa: E402
 
@@ -119,3 +119,37 @@ def test_monitor_options_pass_through_and_only_training_logs_get_values(tmp_path
     with pytest.raises(UsageError, match="unknown GradientMonitor option.*evry"):
         GradscopeCallback(evry=2)
     assert GradscopeCallback(report_dir=tmp_path / "r").config.keep_last is None  # the report has every step
+
+
+def _nan_at_step(model, step: int) -> None:
+    """The gradient of one weight turns NaN in the backward pass of optimizer step ``step`` (1-based)."""
+    calls = []
+    weight = model.bert.encoder.layer[1].output.dense.weight
+    weight.register_hook(lambda g: (calls.append(1), g * math.nan if len(calls) == step else g)[1])
+
+
+@pytest.mark.parametrize("install", ["add_gradscope_callback", "callbacks argument"])
+def test_a_run_stopped_by_an_error_keeps_its_report_and_lets_the_model_go(tmp_path, install):
+    trainer = tiny_trainer(tmp_path, steps=4)
+    _nan_at_step(trainer.model, 3)
+    options = dict(report_dir=tmp_path / "report", on_nonfinite="raise")
+    if install == "add_gradscope_callback":
+        add_gradscope_callback(trainer, **options)
+    else:
+        trainer.add_callback(GradscopeCallback(**options))
+    # The Trainer's grad_norm (clip_grad_norm_ with an infinite bound) multiplies every gradient by the NaN total:
+    # the message says the origin cannot be read from this step, instead of naming every block.
+    with pytest.raises(GradscopeError, match="step 3; every gradient value is non-finite"):
+        trainer.train()
+    if install == "add_gradscope_callback":  # its trainer.train wrapper saw the error
+        report = Report.load(tmp_path / "report")
+        assert sorted({r["step"] for r in report.series}) == [1, 2, 3]
+        assert report.meta["stopped_by"].startswith("GradscopeError: ")
+    else:  # no Trainer event tells a callback of the error: no report, but the next run is not refused
+        assert not (tmp_path / "report").exists()
+    again = tiny_trainer(tmp_path, steps=2)
+    again.model = again.model_wrapped = trainer.model  # the same model object, trained again
+    callback = add_gradscope_callback(again)
+    again.train()  # no "already attached"
+    assert [r["gradscope/no_clip/grad_norm"] > 0 for r in logged(again)] == [True, True]
+    assert callback.monitor is None

@@ -75,3 +75,31 @@ def test_per_block_norms_match_float64_with_accumulation(tmp_path):
         assert math.isclose(logged[f"gradscope/pre_clip/grad_norm/{b}"], ref[b], rel_tol=1e-6)
     report = Report.load(tmp_path / "report")
     assert {r["step"] for r in report.series} == {1, 2, 3}
+
+
+class Failing(Module):
+    def training_step(self, batch, index):
+        if self.trainer.global_step == 2:
+            raise RuntimeError("the data loader broke")
+        return super().training_step(batch, index)
+
+
+def _fit(module, tmp_path, **callback_options):
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(24, 4, generator=g), torch.randn(24, 1, generator=g))
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[GradscopeLightningCallback(**callback_options)])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+
+
+def test_a_fit_stopped_by_an_error_keeps_its_report_and_lets_the_model_go(tmp_path):
+    module = Failing()
+    with pytest.raises(RuntimeError, match="data loader broke"):
+        _fit(module, tmp_path, report_dir=tmp_path / "report")
+    report = Report.load(tmp_path / "report")
+    assert sorted({r["step"] for r in report.series}) == [1, 2]  # the steps before the error
+    assert report.meta["stopped_by"] == "RuntimeError: the data loader broke"
+    module.__class__ = Module  # fixed: the same model fits again under a new callback
+    _fit(module, tmp_path, report_dir=tmp_path / "again")
+    assert sorted({r["step"] for r in Report.load(tmp_path / "again").series}) == [1, 2, 3]

@@ -261,6 +261,7 @@ def test_clip_grad_norm_matches_torch_and_records_pre_and_post_clip():
         post = ref_global_l2(net)
         history = monitor.history
     assert math.isclose(total.item(), torch_total.item(), rel_tol=1e-6)
+    assert total.dtype == torch_total.dtype == torch.float32 and total.shape == torch_total.shape == ()
     for (_, p), (_, q) in zip(net.named_parameters(), twin.named_parameters()):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Optional
+
 from torch import nn
 
-from ..monitor import GradientMonitor, MonitorConfig
+from ..monitor import GradientMonitor, MonitorConfig, attached_monitor
 
 # Steps a callback keeps on the host when it writes no report: it only logs the latest.
 CALLBACK_KEEP_LAST = 1024
@@ -29,4 +32,39 @@ class MonitorCallbackOptions:
         self.monitor: GradientMonitor | None = None
 
     def make_monitor(self, model: nn.Module) -> GradientMonitor:
-        return GradientMonitor(model, config=self.config)
+        previous = attached_monitor(model)
+        if previous is not None and getattr(previous, "_owned_by_callback", False):
+            # A callback's run that stopped before its end event (an error the callback never saw).
+            previous.close(flush=False)
+        monitor = GradientMonitor(model, config=self.config)
+        monitor._owned_by_callback = True
+        return monitor
+
+    def finish(self, meta: dict, *, write: bool, error: Optional[BaseException] = None) -> None:
+        """Flush, write the report (``report_dir`` set and ``write``: the main process) and release the model.
+
+        After ``error`` the report holds the steps recorded before it and says
+        what stopped the run; in sharded mode only the steps already flushed
+        (a flush is a collective that the other processes may never join). A
+        report that cannot be written then is a warning: the error is what the
+        user must see.
+        """
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return
+        try:
+            if error is None or monitor.mode != "sharded":
+                monitor.flush(check=error is None)
+            if self.report_dir is None or not write or not monitor._chunks:
+                return
+            if error is not None:
+                meta = {**meta, "stopped_by": f"{type(error).__name__}: {error}"}
+            try:
+                monitor.report(meta=meta).save(self.report_dir, force=True)
+            except Exception as exc:
+                if error is None:
+                    raise
+                warnings.warn(f"gradscope: the report of the stopped run could not be written to "
+                              f"{self.report_dir}: {exc}", RuntimeWarning, stacklevel=2)
+        finally:
+            monitor.close(flush=False)

@@ -22,7 +22,9 @@ They are added to the ``logs`` dict and to ``state.log_history``; the
 ``report_to`` integrations (TensorBoard, W&B, ...) see them when the callback
 runs before them: :func:`add_gradscope_callback` puts it first. Under DDP only
 the main process computes; under FSDP (FSDP2, or FSDP1 with ``use_orig_params``)
-every process computes on its shards and the main process logs. ``report_dir`` writes a report at the end of training.
+every process computes on its shards and the main process logs. ``report_dir``
+writes a report at the end of training and, with :func:`add_gradscope_callback`,
+when training stops with an error.
 
 Mixed precision: the Trainer unscales fp16 gradients when it computes its
 ``grad_norm`` (always, in the transformers versions that log it with clipping
@@ -31,6 +33,7 @@ off), before this event, so the numbers are of unscaled gradients.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -55,8 +58,8 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
         if not hasattr(TrainerCallback, "on_pre_optimizer_step"):
             raise GradscopeError("this transformers version has no on_pre_optimizer_step callback event, which "
                                  "GradscopeCallback records from; upgrade transformers (pip install -U transformers)")
-        if self.monitor is not None:  # a second trainer.train()
-            self.monitor.close()
+        if self.monitor is not None:  # a second trainer.train() after one that did not end
+            self.monitor.close(flush=False)
             self.monitor = None
         self._main = state.is_world_process_zero
         self.stage = "after_clip" if args.max_grad_norm and args.max_grad_norm > 0 else "no_clip"
@@ -103,22 +106,38 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
             state.log_history[-1].update(values)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.monitor is None:
-            return
-        self.monitor.flush()
-        if self.report_dir is not None and self._main and self.monitor._chunks:
-            meta = {"trainer_global_step": state.global_step, "clip_stage": self.stage,
-                    "max_grad_norm": args.max_grad_norm,
-                    "gradient_accumulation_steps": args.gradient_accumulation_steps}
-            self.monitor.report(meta=meta).save(self.report_dir, force=True)
-        self.monitor.close()
-        self.monitor = None
+        self.finish(self._meta(args, state), write=self._main)
+
+    def stopped(self, args, state, error: BaseException) -> None:
+        """Training stopped with ``error`` (the Trainer has no event for it): the report of the steps so far."""
+        self.finish(self._meta(args, state), write=self._main, error=error)
+
+    def _meta(self, args, state) -> dict:
+        return {"trainer_global_step": state.global_step, "clip_stage": self.stage,
+                "max_grad_norm": args.max_grad_norm, "gradient_accumulation_steps": args.gradient_accumulation_steps}
 
 
 def add_gradscope_callback(trainer, **options) -> GradscopeCallback:
     """Make a :class:`GradscopeCallback` and put it first among the trainer's callbacks, so the
-    ``report_to`` integrations log its values; returns it."""
+    ``report_to`` integrations log its values; returns it.
+
+    ``trainer.train`` is wrapped so that a run stopped by an error (a non-finite
+    gradient with ``on_nonfinite="raise"``, out of memory, Ctrl-C) still writes
+    the report of its steps and lets the model go.
+    """
     callback = GradscopeCallback(**options)
     callback.installed_first = True
     trainer.callback_handler.callbacks.insert(0, callback)
+    train = trainer.train
+
+    @functools.wraps(train)
+    def train_and_report(*args, **kwargs):
+        try:
+            return train(*args, **kwargs)
+        except BaseException as error:
+            if callback.monitor is not None:
+                callback.stopped(trainer.args, trainer.state, error)
+            raise
+
+    trainer.train = train_and_report
     return callback

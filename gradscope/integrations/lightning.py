@@ -11,7 +11,8 @@ its own gradient clipping, so these numbers are pre-clip and unscaled; the keys
 say so (``gradscope/pre_clip/grad_norm`` and ``gradscope/pre_clip/grad_norm/<block>``).
 They are logged with ``pl_module.log_dict`` every ``trainer.log_every_n_steps``
 optimizer steps (the monitor's buffer is read only then), from the global-zero
-process under DDP. ``report_dir`` writes a report when fitting ends.
+process under DDP. ``report_dir`` writes a report when fitting ends, or stops
+with an error (then of the steps before it).
 
 Install with ``pip install gradscope[lightning]``.
 """
@@ -32,7 +33,7 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.monitor is not None:
-            self.monitor.close()
+            self.monitor.close(flush=False)  # of an earlier fit that did not end
         sharded = dist_utils.is_sharded(pl_module)
         self.monitor = None
         if trainer.is_global_zero or sharded:
@@ -53,12 +54,12 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
             pl_module.log_dict(values, on_step=True, on_epoch=False)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.monitor is None:
-            return
-        self.monitor.flush()
-        if self.report_dir is not None and trainer.is_global_zero and self.monitor._chunks:
-            meta = {"trainer_global_step": trainer.global_step, "clip_stage": "pre_clip",
-                    "accumulate_grad_batches": trainer.accumulate_grad_batches}
-            self.monitor.report(meta=meta).save(self.report_dir, force=True)
-        self.monitor.close()
-        self.monitor = None
+        self.finish(self._meta(trainer), write=trainer.is_global_zero)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.finish(self._meta(trainer), write=trainer.is_global_zero, error=exception)
+
+    @staticmethod
+    def _meta(trainer) -> dict:
+        return {"trainer_global_step": trainer.global_step, "clip_stage": "pre_clip",
+                "accumulate_grad_batches": trainer.accumulate_grad_batches}

@@ -3,7 +3,7 @@
 Scalars, written at each flush for every recorded step:
 
 - ``{prefix}/grad_norm/global``: L2 norm of all monitored gradients (pre-clip);
-- ``{prefix}/grad_norm_post_clip/global``: after ``monitor.clip_grad_norm_``, when it clipped;
+- ``{prefix}/grad_norm_post_clip/global``: on steps recorded by ``monitor.clip_grad_norm_``;
 - ``{prefix}/grad_norm/{block}``: per block (execution order; blocks as :mod:`gradscope.blocks` defines them);
 - ``{prefix}/nonfinite/global``: non-finite gradient values.
 

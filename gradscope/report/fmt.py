@@ -178,6 +178,7 @@ def run_facts(report) -> list[tuple[str, str]]:
         ("grad_stats backend", meta.get("backend")),
         ("seed", meta.get("seed")),
         ("steps recorded", meta.get("steps_recorded")),
+        ("stopped by", meta.get("stopped_by")),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
         ("created", meta.get("created")),
         ("command", meta.get("command")),
