@@ -23,6 +23,9 @@ Verdicts, first that applies:
   at block outputs first (where they start in the forward pass), then gradients;
 - ``dead``: some block's parameter gradient is exactly zero in at least
   ``DEAD_ZERO_FRAC`` of its entries (dead units or underflow);
+- ``no-depth``: no flow to compare: fewer than two blocks (a model without a
+  numbered stack, or one whose layers share weights, as ALBERT's), or no
+  gradient at the first or last block;
 - ``vanishing``: ``first_to_last_ratio < VANISHING_RATIO``;
 - ``exploding``: ``first_to_last_ratio > EXPLODING_RATIO``;
 - ``healthy``: otherwise. A healthy variant whose flow changes by a steady factor per
@@ -49,7 +52,7 @@ TREND_R2 = 0.8  # a steady trend: a constant factor per block explains the flow 
 TREND_RATIO = 10.0  # ... and changes it more than this much across the blocks
 DEAD_ZERO_FRAC = 0.99  # a block whose gradient is at least 99% exact zeros is dead
 
-VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "dead")
+VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "dead", "no-depth")
 
 
 def _div(a: float, b: float) -> float:
@@ -229,6 +232,8 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
         verdict = "non-finite"
     elif dead:
         verdict = "dead"
+    elif math.isnan(first_to_last):
+        verdict = "no-depth"
     elif first_to_last < VANISHING_RATIO:
         verdict = "vanishing"
     elif first_to_last > EXPLODING_RATIO:
@@ -373,6 +378,19 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
                         + (" ..." if len(dead) > 5 else ""),
             "fix": "dead ReLU units or underflow: use LeakyReLU or GELU, re-initialize (He init), lower the learning "
                    "rate, compute in float32 rather than float16",
+        })
+    elif verdict == "no-depth":
+        n = summary["blocks"]
+        found.append({
+            "variant": v, "severity": "warning", "kind": "no-depth", "block": None,
+            "message": (f"no depth axis to follow the gradient along: {n} block(s) found" if n < 2 else
+                        f"the flow cannot be compared: {where}"),
+            "evidence": ("blocks are the children of a stack of numbered modules (encoder.layer.7, layer3.2) that "
+                         "hold parameters; the per-parameter table still has every gradient" if n < 2 else
+                         "the first or the last block received no gradient"),
+            "fix": ("nothing to fix in the model: a model whose layers share their weights (ALBERT) or that holds no "
+                    "numbered stack has no blocks to compare" if n < 2 else
+                    "check that the objective reaches every block (frozen or skipped blocks get no gradient)"),
         })
     elif verdict == "vanishing":
         found.append({

@@ -473,6 +473,33 @@ def test_dead_block_is_reported_as_dead():
     assert report.block_rows("pretrained")[0]["grad_zero_frac"] == 1.0
 
 
+def test_a_model_without_blocks_gets_no_depth_not_healthy(tmp_path):
+    class Shared(nn.Module):  # one layer applied four times, as ALBERT shares its layers: no numbered stack
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            for _ in range(4):
+                x = torch.sigmoid(self.layer(x))
+            return self.head(x)
+
+    torch.manual_seed(0)
+    report = gradscope.analyze(Shared(), gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    for variant in ("pretrained", "scratch"):
+        summary = report.summary(variant)
+        assert summary["verdict"] == "no-depth" and summary["blocks"] == 0
+        kinds = [f["kind"] for f in report.findings if f["variant"] == variant]
+        assert kinds[0] == "no-depth" and "healthy" not in kinds
+    finding = next(f for f in report.findings if f["kind"] == "no-depth")
+    assert "0 block(s) found" in finding["message"] and "ALBERT" in finding["fix"]
+    assert all(r["has_grad"] for r in report.params)  # the per-parameter table still has every gradient
+    page = report.save(tmp_path, formats=("html",))[0].read_text()
+    assert '<span class="verdict v-no-depth">no-depth</span>' in page
+
+
 def test_exploding_and_vanishing_on_known_gains():
     """Linear blocks W = gain * I with no activation: dL/dh is multiplied by exactly ``gain`` per block back."""
 

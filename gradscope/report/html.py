@@ -45,7 +45,7 @@ COLUMN_HELP = {  # header tooltips; docs/report-schema.md has every field
     "grad_l2_ratio": "parameter-gradient L2 of a / of b at this block",
     "act_grad_l2_ratio": "dL/dh L2 of a / of b at this block",
 }
-VERDICT_ORDER = ("non-finite", "dead", "exploding", "vanishing", "healthy")  # the worst first
+VERDICT_ORDER = ("non-finite", "dead", "exploding", "vanishing", "no-depth", "healthy")  # the worst first
 
 
 def _problem(row: dict) -> bool:
