@@ -125,7 +125,8 @@ def run_variants(subject, variants: Iterable, seed: int, progress: Progress, con
             m = measure(variant.model, subject.batches, subject.loss_fn, seed=seed, blocks=variant.blocks)
         except GradscopeError:
             raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError, AssertionError) as exc:
+            # what a model's forward raises on inputs it does not take (a missing argument, a fixed input size)
             raise _forward_error(variant.name, exc) from exc
         backends.add(m.grad.backend)
         inventory = describe_architecture(variant.model)

@@ -99,3 +99,13 @@ def save_small_vocab_tokenizer(directory: Path, words: tuple[str, ...] = ("the",
     BertTokenizer(str(vocab)).save_pretrained(directory)
     vocab.unlink()  # the saved tokenizer.json is what a model directory ships
     return directory
+
+
+def save_small(directory: Path, model_class: str, config_class: str, seed: int = 0, **config_kwargs) -> Path:
+    """Any transformers model class built from ``config_class(**config_kwargs)`` and saved, without tokenizer files."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_class)(**config_kwargs)
+    getattr(transformers, model_class)(config).save_pretrained(directory)  # config.architectures = [model_class]
+    return directory

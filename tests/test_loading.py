@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import gradscope
@@ -179,6 +180,87 @@ def test_a_surrogate_objective_says_what_it_is(tmp_path, head, says):
     assert note in progress
 
 
+# --- encoder-decoders, discriminators, backbones: their own objective ------------------------------
+
+T5 = dict(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2, num_heads=2,
+          decoder_start_token_id=0)  # as t5-small's config
+BART = dict(vocab_size=64, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64)
+
+
+@pytest.mark.parametrize("model_class", ["T5ForConditionalGeneration", "T5Model"])
+def test_t5_is_measured_as_a_seq2seq_lm_writing_its_input_back(tmp_path, model_class):
+    subject = load_subject(str(hm.save_small(tmp_path, model_class, "T5Config", **T5)),
+                           gradscope.AnalyzeConfig(**SMALL), lambda _: None)
+    assert subject.objective == "seq2seq-lm" and type(subject.model).__name__ == "T5ForConditionalGeneration"
+    batch = subject.batches[0]
+    assert torch.equal(batch["labels"], batch["input_ids"])  # no tokenizer, no mask token: the text itself
+    loss = subject.loss_fn(subject.model, batch)
+    logits = subject.model(input_ids=batch["input_ids"], labels=batch["labels"]).logits  # teacher forcing
+    assert math.isclose(loss.item(), F.cross_entropy(logits.reshape(-1, 64), batch["labels"].reshape(-1)).item(),
+                        rel_tol=1e-5)
+    report = gradscope.analyze(str(tmp_path), gradscope.AnalyzeConfig(**ONLY_PRETRAINED))
+    assert report.summary("pretrained")["params_no_grad"] == []  # the encoder's gradient comes through the decoder
+    assert [r["block"] for r in report.block_rows("pretrained")] == [
+        "encoder.block.0", "encoder.block.1", "decoder.block.0", "decoder.block.1"]
+
+
+def test_bart_denoises_its_masked_input(tmp_path):
+    hm.save_small(tmp_path, "BartForConditionalGeneration", "BartConfig", **BART)
+    hm.save_small_vocab_tokenizer(tmp_path, words=tuple("the a of and to in is it".split()))
+    subject = load_subject(str(tmp_path), gradscope.AnalyzeConfig(**SMALL), lambda _: None)
+    assert subject.objective == "seq2seq-lm" and "masked in the encoder's input" in subject.inputs
+    batch = subject.batches[0]
+    masked = batch["input_ids"] != batch["labels"]
+    assert masked.any() and bool((batch["input_ids"][masked] == 4).all())  # [MASK] is id 4 in that vocabulary
+
+
+def test_electra_discriminator_detects_replaced_tokens(tmp_path):
+    hm.save_small(tmp_path, "ElectraForPreTraining", "ElectraConfig", vocab_size=64, embedding_size=16,
+                  hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                  max_position_embeddings=64)
+    subject = load_subject(str(tmp_path), gradscope.AnalyzeConfig(**SMALL), lambda _: None)
+    assert subject.objective == "replaced-token-detection"
+    assert type(subject.model).__name__ == "ElectraForPreTraining"  # its trained discriminator head, not an MLM
+    batch = subject.batches[0]
+    assert set(batch["labels"].unique().tolist()) == {0, 1}
+    logits = subject.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = F.binary_cross_entropy_with_logits(logits, batch["labels"].float())
+    assert math.isclose(subject.loss_fn(subject.model, batch).item(), expected.item(), rel_tol=1e-5)
+
+
+def test_a_vision_backbone_gets_a_fresh_head_and_says_so(tmp_path):
+    hm.save_small(tmp_path, "Dinov2Model", "Dinov2Config", hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                  mlp_ratio=2, image_size=32, patch_size=8)
+    progress = []
+    report = gradscope.analyze(str(tmp_path), gradscope.AnalyzeConfig(**ONLY_PRETRAINED), progress=progress.append)
+    note = report.meta["objective_note"]
+    assert note.startswith("the model has no classification head: a fresh one") and note in progress
+    assert report.summary("pretrained")["blocks"] == 2 and math.isfinite(report.summary("pretrained")["loss"])
+
+
+@pytest.mark.parametrize("model_class, config_class, kwargs, says", [
+    ("CLIPModel", "CLIPConfig", dict(text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                      num_hidden_layers=1, num_attention_heads=2),
+                                     vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                        num_attention_heads=2, image_size=32, patch_size=8),
+                                     projection_dim=8),
+     "CLIPModel (clip): it reads text and images together"),
+    ("Wav2Vec2ForCTC", "Wav2Vec2Config", dict(vocab_size=32, hidden_size=16, num_hidden_layers=1,
+                                              num_attention_heads=2, intermediate_size=32,
+                                              conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                              num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2),
+     "Wav2Vec2ForCTC (wav2vec2): it reads audio"),
+])
+def test_models_gradscope_cannot_feed_are_refused_in_one_line(tmp_path, model_class, config_class, kwargs, says):
+    hm.save_small(tmp_path, model_class, config_class, **kwargs)
+    with pytest.raises(ModelLoadError) as caught:
+        gradscope.analyze(str(tmp_path), gradscope.AnalyzeConfig(**ONLY_PRETRAINED))
+    message = str(caught.value)
+    _one_clean_line(message)
+    assert says in message and "gradscope.analyze(model, batch=..., loss_fn=...)" in message
+
+
 # --- loader failures: one line, exit 3 ------------------------------------------------------------
 
 
@@ -267,6 +349,32 @@ def test_unknown_arch_is_a_usage_error_with_close_matches(tmp_path):
     with pytest.raises(UsageError, match="--arch resnet999: unknown torchvision classification model; "
                                          "close matches: .*resnet18"):
         gradscope.analyze(str(tmp_path / "weights.pt"), gradscope.AnalyzeConfig(arch="resnet999", device="cpu"))
+
+
+def test_a_safetensors_checkpoint_whose_head_sorts_before_its_body(tmp_path):
+    # safetensors stores keys sorted: ConvNeXt's classifier.2.weight comes before the Linear layers of its blocks
+    torchvision = pytest.importorskip("torchvision")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    save_file(torchvision.models.convnext_tiny(num_classes=7).state_dict(), str(tmp_path / "c.safetensors"))
+    config = gradscope.AnalyzeConfig(arch="convnext_tiny", image_size=32, **SMALL)
+    subject = load_subject(str(tmp_path / "c.safetensors"), config, lambda _: None)
+    assert subject.model.classifier[2].out_features == 7 and "over 7 classes" in subject.inputs
+
+
+def test_a_vision_transformer_checkpoint_refuses_another_image_size(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    from gradscope.models.vision import _subject
+
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=3)
+    config = gradscope.AnalyzeConfig(image_size=64, **SMALL)
+    with pytest.raises(UsageError, match="--image-size 64: vit takes 32 x 32 images only; leave out --image-size"):
+        _subject("vit", "checkpoint", model, lambda: model, 3, None, config, {})
+    assert _subject("vit", "checkpoint", model, lambda: model, 3, None, gradscope.AnalyzeConfig(image_size=32, **SMALL),
+                    {}).batches[0]["pixels"].shape == (2, 3, 32, 32)
 
 
 def test_batch_norm_with_one_value_per_channel_is_a_usage_error(tmp_path):

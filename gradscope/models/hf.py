@@ -3,15 +3,25 @@
 The head matches how the model was trained, read from ``config.architectures``
 (or, when that is missing, from what the model type supports):
 
-- ``...ForMaskedLM`` / ``...ForPreTraining``: masked LM on seeded masked text (``masked-lm``);
+- ``...ForMaskedLM`` / ``...ForPreTraining``: masked LM on seeded masked text (``masked-lm``); ELECTRA's
+  and Funnel's ``...ForPreTraining`` are discriminators: 15% of the tokens replaced by seeded random
+  ones, each token scored replaced or not (``replaced-token-detection``);
 - ``...ForCausalLM`` / ``...LMHeadModel``: next-token prediction on the text (``causal-lm``);
+- ``...ForConditionalGeneration`` of an encoder-decoder (T5, BART, ...), or its base model: the decoder
+  writes the input text back, teacher-forced, with the encoder's input masked where the tokenizer has a
+  mask token (BART's denoising) (``seq2seq-lm``);
 - ``...ForSequenceClassification``: the classifier kept, cross-entropy on the text against seeded
   random labels in ``range(num_labels)`` (``cross-entropy``); with one label, a regression head,
   mean squared error against seeded standard-normal targets (``mean-squared-error``); with
   ``problem_type="multi_label_classification"``, binary cross-entropy against seeded 0/1 labels
   per class (``binary-cross-entropy``);
 - ``...ForTokenClassification``: the same per token, special tokens unlabelled (``cross-entropy``);
-- ``...ForImageClassification``: cross-entropy on a seeded synthetic image batch and seeded labels;
+- ``...ForImageClassification``: cross-entropy on a seeded synthetic image batch and seeded labels; a
+  vision backbone without that head (``Dinov2Model``, ``ViTModel``) gets a fresh one, said in
+  ``meta["objective_note"]``;
+- audio and text-and-image models (Whisper, wav2vec 2.0, CLIP, LLaVA), and models with neither a
+  vocabulary nor an image-classification head: refused in one line (measure them from Python with
+  your own batch);
 - anything else (a base model such as ``BertModel``, as sentence-transformers ship, or a head
   gradscope has no objective for): the base model with a *surrogate* loss that adds no random
   weights: the last hidden state is scored against the model's own input embedding matrix
@@ -172,7 +182,7 @@ def _adapter_task(spec: str, adapter: dict, hf_config, progress) -> tuple[str, d
     task_type = adapter.get("task_type")
     task = _ADAPTER_TASKS.get(task_type)
     if task is None:
-        task = _task(hf_config)
+        task = _task(hf_config, spec)
         if task_type in (None, "FEATURE_EXTRACTION") or task.startswith("surrogate"):
             return task, {}  # a backbone adapter, or one the surrogate note explains
         note = (f"the adapter was trained for {task_type}, a head gradscope has no objective for: measured with the "
@@ -308,33 +318,80 @@ def _first_mismatch(load_ignoring_sizes) -> str:
             f"{len(mismatched)} tensors differ)")
 
 
-def _task(config) -> str:
+# ...ForPreTraining heads that are not a masked LM: ELECTRA-style discriminators of replaced tokens.
+_DISCRIMINATORS = ("electra", "funnel")
+
+
+def _task(config, spec: str) -> str:
     """What the model was trained to do, read from its config (see the module docstring)."""
     from transformers.models.auto import modeling_auto as auto
 
+    model_type = config.model_type
+    pretraining = "replaced-token-detection" if model_type in _DISCRIMINATORS else "masked-lm"
     heads = (
-        (("ForMaskedLM", "ForPreTraining"), "masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+        (("ForMaskedLM",), "masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+        (("ForPreTraining",), pretraining, auto.MODEL_FOR_PRETRAINING_MAPPING_NAMES),
         (("ForCausalLM", "LMHeadModel"), "causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+        (("ForConditionalGeneration",), "seq2seq-lm", auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES),
         (("ForImageClassification",), "image-classification", None),
         (("ForSequenceClassification",), "sequence-classification",
          auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
         (("ForTokenClassification",), "token-classification", auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
     )
     architectures = list(getattr(config, "architectures", None) or [])
-    model_type = config.model_type
     for arch in architectures:
         for suffixes, task, supported in heads:
             if arch.endswith(suffixes) and (supported is None or model_type in supported):
                 return _sequence_task(config) if task == "sequence-classification" else task
+    modality = _modality(config)
+    if modality != "text":
+        if modality == "vision" and model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+            return "image-backbone"  # a vision backbone: measured through a fresh classification head
+        raise ModelLoadError(_unsupported_message(spec, config, modality))
+    if model_type in auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES and getattr(config, "is_encoder_decoder", False):
+        return "seq2seq-lm"  # an encoder-decoder base (T5Model, BartModel): its LM head is the tied embedding
     if architectures:  # a base model or another task head
         return "surrogate-causal-lm" if _is_decoder(config) else "surrogate-masked-lm"
     if model_type in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return "masked-lm"
     if model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "causal-lm"
-    if model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
-        return "image-classification"
     return "surrogate-causal-lm" if _is_decoder(config) else "surrogate-masked-lm"
+
+
+def _modality(config) -> Optional[str]:
+    """What the model reads: ``text``, ``vision``, ``audio``, ``multimodal``, or None (something else)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    model_type = config.model_type
+    audio = (auto.MODEL_FOR_CTC_MAPPING_NAMES, auto.MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES,
+             auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES, auto.MODEL_FOR_AUDIO_XVECTOR_MAPPING_NAMES,
+             auto.MODEL_FOR_AUDIO_FRAME_CLASSIFICATION_MAPPING_NAMES)
+    if any(model_type in names for names in audio):
+        return "audio"
+    if (model_type in auto.MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES
+            or model_type in auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+            or getattr(config, "vision_config", None) is not None and getattr(config, "text_config", None) is not None):
+        return "multimodal"
+    text = (auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES, auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+    if model_type in auto.MODEL_FOR_IMAGE_MAPPING_NAMES or (
+            model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+            and not any(model_type in names for names in text)):
+        return "vision"
+    return "text" if isinstance(getattr(config, "vocab_size", None), int) else None
+
+
+def _unsupported_message(spec: str, config, modality: Optional[str]) -> str:
+    heads = [arch for arch in (getattr(config, "architectures", None) or [])]
+    what = f"{heads[0]} ({config.model_type})" if heads else f"a {config.model_type} model"
+    why = {
+        "audio": "it reads audio, and gradscope builds text and image batches only",
+        "multimodal": "it reads text and images together, and gradscope has no objective that feeds both",
+        "vision": "gradscope has an objective for image classifiers only",
+    }.get(modality, "gradscope has no objective for it and cannot tell what input it reads")
+    return (f"cannot analyze {spec}: {what}: {why}; measure it from Python with your own batch and loss, "
+            "gradscope.analyze(model, batch=..., loss_fn=...) (a tower of it works too, e.g. model.vision_model)")
 
 
 def _sequence_task(config) -> str:
@@ -404,6 +461,11 @@ def _surrogate_causal_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
+def _discriminator_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    # labels: 1 where a token was replaced; the head scores each token (binary cross-entropy, as ELECTRA's)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
 def _image_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     logits = model(pixel_values=batch["pixel_values"]).logits
     return F.cross_entropy(logits.float(), batch["labels"])
@@ -434,9 +496,12 @@ def _token_classification_loss(model: nn.Module, batch: dict) -> torch.Tensor:
 _TASKS = {
     "masked-lm": ("masked-lm", "AutoModelForMaskedLM", _lm_loss),
     "causal-lm": ("causal-lm", "AutoModelForCausalLM", _lm_loss),
+    "seq2seq-lm": ("seq2seq-lm", "AutoModelForSeq2SeqLM", _lm_loss),
+    "replaced-token-detection": ("replaced-token-detection", "AutoModelForPreTraining", _discriminator_loss),
     "surrogate-masked-lm": ("surrogate-masked-lm", "AutoModel", _surrogate_masked_loss),
     "surrogate-causal-lm": ("surrogate-causal-lm", "AutoModel", _surrogate_causal_loss),
     "image-classification": ("cross-entropy", "AutoModelForImageClassification", _image_loss),
+    "image-backbone": ("cross-entropy", "AutoModelForImageClassification", _image_loss),
     "sequence-classification": ("cross-entropy", "AutoModelForSequenceClassification", _sequence_classification_loss),
     "sequence-regression": ("mean-squared-error", "AutoModelForSequenceClassification", _sequence_regression_loss),
     "sequence-multi-label": ("binary-cross-entropy", "AutoModelForSequenceClassification", _multi_label_loss),
@@ -529,6 +594,17 @@ def _targets(task: str, ids: torch.Tensor, special: torch.Tensor, mask_id: Optio
             mask_id = getattr(hf_config, "mask_token_id", None) or 0
         ids, labels = mask_tokens(ids, special, mask_id, seed)
         return ids, labels, f"{int((labels != -100).sum())} positions masked (seed {seed})"
+    if task == "seq2seq-lm":  # the decoder writes the input text back (BART's denoising, where it has a mask token)
+        if mask_id is None:
+            return ids, ids.clone(), "the decoder's target is the input text"
+        masked, labels = mask_tokens(ids, special, mask_id, seed)
+        return masked, ids.clone(), (f"the decoder's target is the input text, {int((labels != -100).sum())} "
+                                     f"positions of it masked in the encoder's input (seed {seed})")
+    if task == "replaced-token-detection":  # as ELECTRA's generator would, with seeded random replacements
+        replaced = (torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed)) < 0.15) & ~special
+        fake = random_token_ids(hf_config.vocab_size, *ids.shape, seed + 1)
+        return (torch.where(replaced, fake, ids), (replaced & (fake != ids)).long(),
+                f"{int(replaced.sum())} tokens replaced by seeded random ones (seed {seed})")
     classes = hf_config.num_labels
     if task == "sequence-classification":
         return ids, random_labels(ids.shape[0], classes, seed), f"seeded random labels over {classes} classes"
@@ -564,7 +640,7 @@ def _text_batches(spec: str, hf_config, task: str, config, progress) -> tuple[li
             "input_ids": ids[rows],
             "attention_mask": torch.ones_like(ids[rows]),
             "labels": labels[rows],
-            "causal": task == "causal-lm",
+            "causal": task in ("causal-lm", "seq2seq-lm"),  # no key/value cache
         })
     return batches, inputs
 
@@ -652,7 +728,7 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
     if adapter is not None:
         task, adapter_meta = _adapter_task(spec, adapter, hf_config, progress)
     else:
-        task = _task(hf_config)
+        task = _task(hf_config, spec)
     objective, auto_name, loss_fn = _TASKS[task]
     auto_class = getattr(transformers, auto_name)
     kwargs = {"trust_remote_code": config.trust_remote_code}
@@ -693,14 +769,20 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
 
     # The adapter folder's own tokenizer or processor if it was saved with one, else the base model's.
     files = spec if adapter is None or any((Path(spec) / f).is_file() for f in _PREPROCESSOR_FILES) else weights
-    if task == "image-classification":
+    if task.startswith("image-"):
         batches, inputs = _image_batches(files, hf_config, config)
     else:
         batches, inputs = _text_batches(files, hf_config, task, config, progress)
     meta = dict(adapter_meta)
+    note = None
     if task.startswith("surrogate"):
-        meta["objective_note"] = _surrogate_note(hf_config)
-        progress(meta["objective_note"])
+        note = _surrogate_note(hf_config)
+    elif task == "image-backbone":
+        note = (f"the model has no classification head: a fresh one (random weights, {hf_config.num_labels} "
+                "classes) scores the backbone's output against seeded labels")
+    if note:
+        meta["objective_note"] = note
+        progress(note)
     model_dtype = next(model.parameters()).dtype
     return Subject(
         name=spec,

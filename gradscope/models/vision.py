@@ -93,6 +93,10 @@ def _subject(name: str, source: str, model: nn.Module, make_scratch, num_classes
         pixels, inputs = load_images(config.images, n, weights.transforms(), "the weights' preprocessing")
     else:
         crop = getattr(weights.transforms(), "crop_size", [DEFAULT_IMAGE_SIZE])[0] if weights else DEFAULT_IMAGE_SIZE
+        fixed = getattr(model, "image_size", None)  # a vision transformer's patch grid is built for one size
+        if isinstance(fixed, int) and config.image_size not in (None, fixed):
+            raise UsageError(f"--image-size {config.image_size}: {name} takes {fixed} x {fixed} images only; "
+                             f"leave out --image-size")
         size = config.image_size or crop
         pixels = synthetic_images(n, 3, size, config.seed)
         inputs = f"seeded synthetic images {n} x 3 x {size} x {size}"
@@ -205,10 +209,19 @@ def _not_a_checkpoint(path: str, exc: Exception) -> ModelLoadError:
     )
 
 
-def _num_classes(state: dict) -> Optional[int]:
-    # The classifier is the last 2-D weight in a torchvision state dict.
-    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-    return matrices[-1].shape[0] if matrices else None
+def _num_classes(state: dict, arch: str) -> Optional[int]:
+    """The classes of a checkpoint: the rows of the architecture's classifier, its last Linear layer.
+
+    Looked up by name in a skeleton of the architecture (on the meta device: no memory, no init cost), as the
+    order of a state dict's keys is not the model's (safetensors sorts them).
+    """
+    with torch.device("meta"):
+        skeleton = _torchvision_models().get_model(arch, weights=None)
+    linear = [name for name, module in skeleton.named_modules() if isinstance(module, nn.Linear)]
+    head = state.get(f"{linear[-1]}.weight") if linear else None
+    if head is not None and head.dim() == 2:
+        return head.shape[0]
+    return None  # a convolution head (SqueezeNet) or no head at all: the architecture's own count
 
 
 def load_checkpoint(path: str, config, progress: Callable[[str], None]) -> Subject:
@@ -221,7 +234,7 @@ def load_checkpoint(path: str, config, progress: Callable[[str], None]) -> Subje
     progress(f"loading {path} as torchvision {config.arch}")
     state = read_state_dict(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
-    num_classes = _num_classes(state) or 1000
+    num_classes = _num_classes(state, config.arch) or 1000
     model = tvm.get_model(config.arch, weights=None, num_classes=num_classes)
     try:
         model.load_state_dict(state)
