@@ -8,7 +8,9 @@ block's position in execution order (0 = nearest the input).
 The *flow signal* of a variant is its per-block dL/dh L2 norm when every block
 received one, else its per-block parameter-gradient L2. From it:
 
-- ``first_to_last_ratio``: flow at the first block / flow at the last block;
+- ``first_to_last_ratio``: flow at the first block / flow at the last block; an
+  encoder-decoder's two stacks are judged apart (:func:`stacks`), on the one whose
+  flow changes most;
 - the decay fit: least squares of log10(flow) against depth. ``factor_per_block``
   is what one block toward the input multiplies the gradient by (10**-slope);
   below 1 the gradient halves every ``log(0.5)/log(factor)`` blocks, above 1 it
@@ -219,11 +221,51 @@ def _first_nonfinite_block(blocks: list[dict]) -> Optional[dict]:
     return None
 
 
+def stacks(blocks: list[dict]) -> list[list[int]]:
+    """The depth axis in runs judged apart: an encoder-decoder's encoder blocks and its decoder blocks.
+
+    The decoder reaches the encoder through cross-attention in every decoder block, not through the
+    decoder's first block, so the flow is compared within each stack; one run for any other model.
+    """
+    def side(name: str) -> Optional[str]:
+        parts = name.split(".")
+        return "decoder" if "decoder" in parts else "encoder" if "encoder" in parts else None
+
+    sides = [side(b["block"]) for b in blocks]
+    if "encoder" not in sides or "decoder" not in sides:
+        return [list(range(len(blocks)))]
+    runs: list[list[int]] = []
+    for i, s in enumerate(sides):
+        if runs and sides[runs[-1][0]] == s:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _extent(ratio: float) -> float:
+    """How far a first/last ratio is from 1, in log terms (-1 for no ratio)."""
+    if math.isnan(ratio):
+        return -1.0
+    if ratio in (0.0, math.inf):
+        return math.inf
+    return abs(math.log(ratio))
+
+
 def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dict]) -> dict:
-    """The per-variant summary with its verdict (thresholds in the module docstring)."""
-    signal, flow = flow_signal(blocks)
-    first_to_last = _div(flow[0], flow[-1]) if len(flow) >= 2 else math.nan
-    param_flow = [b["grad_l2"] for b in blocks]
+    """The per-variant summary with its verdict (thresholds in the module docstring).
+
+    An encoder-decoder is judged on the stack (see :func:`stacks`) whose flow changes the most;
+    ``stacks`` then lists each one's ends and ratio.
+    """
+    signal, whole = flow_signal(blocks)
+    runs = stacks(blocks)
+    ratios = [_div(whole[r[0]], whole[r[-1]]) if len(r) >= 2 else math.nan for r in runs]
+    decisive = runs[max(range(len(runs)), key=lambda i: _extent(ratios[i]))]  # the stack whose flow changes most
+    first_to_last = ratios[runs.index(decisive)]
+    flow = [whole[i] for i in decisive]
+    param_flow = [blocks[i]["grad_l2"] for i in decisive]
+    ends = [blocks[decisive[0]], blocks[decisive[-1]]] if blocks else []
     grad_nonfinite = sum(r["grad_nonfinite"] for r in params)
     nonfinite = (not math.isfinite(m.loss)) or grad_nonfinite > 0 or any(
         b["act_grad_nonfinite"] or b["output_nonfinite"] for b in blocks)
@@ -246,8 +288,8 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
         "verdict": verdict,
         "loss": m.loss,
         "blocks": len(blocks),
-        "first_block": blocks[0]["block"] if blocks else None,
-        "last_block": blocks[-1]["block"] if blocks else None,
+        "first_block": ends[0]["block"] if ends else None,
+        "last_block": ends[-1]["block"] if ends else None,
         "flow_signal": signal,
         "first_to_last_ratio": first_to_last,
         "param_first_to_last_ratio": _div(param_flow[0], param_flow[-1]) if len(param_flow) >= 2 else math.nan,
@@ -259,6 +301,11 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
         "params": len(params),
         "params_no_grad": [r["name"] for r in params if not r["has_grad"]],
         "seconds": m.seconds,
+        # each stack's ends and ratio, and into_next_ratio: its last block's flow over the next stack's first's
+        "stacks": [{"first_block": blocks[r[0]]["block"], "last_block": blocks[r[-1]]["block"], "blocks": len(r),
+                    "first_to_last_ratio": ratio,
+                    "into_next_ratio": _div(whole[r[-1]], whole[runs[k + 1][0]]) if k + 1 < len(runs) else None}
+                   for k, (r, ratio) in enumerate(zip(runs, ratios))] if len(runs) > 1 else [],
     }
 
 
@@ -381,17 +428,24 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
         })
     elif verdict == "no-depth":
         n = summary["blocks"]
-        found.append({
-            "variant": v, "severity": "warning", "kind": "no-depth", "block": None,
-            "message": (f"no depth axis to follow the gradient along: {n} block(s) found" if n < 2 else
-                        f"the flow cannot be compared: {where}"),
-            "evidence": ("blocks are the children of a stack of numbered modules (encoder.layer.7, layer3.2) that "
-                         "hold parameters; the per-parameter table still has every gradient" if n < 2 else
-                         "the first or the last block received no gradient"),
-            "fix": ("nothing to fix in the model: a model whose layers share their weights (ALBERT) or that holds no "
-                    "numbered stack has no blocks to compare" if n < 2 else
-                    "check that the objective reaches every block (frozen or skipped blocks get no gradient)"),
-        })
+        stacked = summary.get("stacks") or []
+        if max((st["blocks"] for st in stacked), default=n) < 2:
+            found.append({
+                "variant": v, "severity": "warning", "kind": "no-depth", "block": None,
+                "message": f"no depth axis to follow the gradient along: {n} block(s) found"
+                           + (f", one per stack ({len(stacked)} stacks)" if stacked else ""),
+                "evidence": "blocks are the children of a stack of numbered modules (encoder.layer.7, layer3.2) "
+                            "that hold parameters; the per-parameter table still has every gradient",
+                "fix": "nothing to fix in the model: a model whose layers share their weights (ALBERT) or that holds "
+                       "no numbered stack has no blocks to compare",
+            })
+        else:
+            found.append({
+                "variant": v, "severity": "warning", "kind": "no-depth", "block": None,
+                "message": f"the flow cannot be compared: {where}",
+                "evidence": "the first or the last block received no gradient",
+                "fix": "check that the objective reaches every block (frozen or skipped blocks get no gradient)",
+            })
     elif verdict == "vanishing":
         found.append({
             "variant": v, "severity": "warning", "kind": "vanishing", "block": summary["first_block"],
@@ -418,6 +472,19 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
         trend = _steady_trend(summary, inventory)
         if trend:
             found.append(trend)
+    if summary.get("stacks"):
+        parts = [f"{st['first_block']} to {st['last_block']}: {_fmt(st['first_to_last_ratio'])}x"
+                 for st in summary["stacks"]]
+        across = [f"{st['last_block']} gets {_fmt(st['into_next_ratio'])}x {nxt['first_block']}'s"
+                  for st, nxt in zip(summary["stacks"], summary["stacks"][1:])]
+        found.append({
+            "variant": v, "severity": "info", "kind": "stacks", "block": None,
+            "message": f"encoder and decoder judged apart, on the stack whose flow changes most "
+                       f"({summary['first_block']} to {summary['last_block']})",
+            "evidence": f"{summary['flow_signal']} first/last per stack: {'; '.join(parts)}; between stacks "
+                        f"(through cross-attention): {'; '.join(across)}",
+            "fix": "",
+        })
     no_grad = summary["params_no_grad"]
     if no_grad:
         found.append({

@@ -500,6 +500,17 @@ def test_a_model_without_blocks_gets_no_depth_not_healthy(tmp_path):
     assert '<span class="verdict v-no-depth">no-depth</span>' in page
 
 
+def test_stacks_split_an_encoder_decoder_only():
+    from gradscope.analysis import stacks
+
+    rows = lambda *names: [{"block": n} for n in names]  # noqa: E731
+    assert stacks(rows("bert.encoder.layer.0", "bert.encoder.layer.1")) == [[0, 1]]
+    assert stacks(rows("layer1.0", "layer1.1", "layer2.0")) == [[0, 1, 2]]  # stages of one path
+    assert stacks(rows("model.encoder.layers.0", "model.encoder.layers.1", "model.decoder.layers.0",
+                       "model.decoder.layers.1")) == [[0, 1], [2, 3]]
+    assert stacks([]) == [[]]
+
+
 def test_exploding_and_vanishing_on_known_gains():
     """Linear blocks W = gain * I with no activation: dL/dh is multiplied by exactly ``gain`` per block back."""
 

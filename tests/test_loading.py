@@ -205,6 +205,25 @@ def test_t5_is_measured_as_a_seq2seq_lm_writing_its_input_back(tmp_path, model_c
         "encoder.block.0", "encoder.block.1", "decoder.block.0", "decoder.block.1"]
 
 
+def test_an_encoder_decoder_is_judged_per_stack(tmp_path):
+    hm.save_small(tmp_path, "T5ForConditionalGeneration", "T5Config", **{**T5, "num_layers": 3,
+                                                                           "num_decoder_layers": 3})
+    report = gradscope.analyze(str(tmp_path), gradscope.AnalyzeConfig(**ONLY_PRETRAINED))
+    summary = report.summary("pretrained")
+    flow = {r["block"]: r["act_grad_l2"] for r in report.block_rows("pretrained")}
+    encoder, decoder = summary["stacks"]
+    assert (encoder["first_block"], encoder["last_block"], decoder["first_block"], decoder["last_block"]) == (
+        "encoder.block.0", "encoder.block.2", "decoder.block.0", "decoder.block.2")
+    assert math.isclose(encoder["first_to_last_ratio"], flow["encoder.block.0"] / flow["encoder.block.2"])
+    assert math.isclose(decoder["first_to_last_ratio"], flow["decoder.block.0"] / flow["decoder.block.2"])
+    assert math.isclose(encoder["into_next_ratio"], flow["encoder.block.2"] / flow["decoder.block.0"])
+    # the verdict and the table's first/last are of the stack whose flow changes most, not encoder.0 / decoder.2
+    extreme = max((encoder, decoder), key=lambda st: abs(math.log(st["first_to_last_ratio"])))
+    assert summary["first_to_last_ratio"] == extreme["first_to_last_ratio"]
+    assert (summary["first_block"], summary["last_block"]) == (extreme["first_block"], extreme["last_block"])
+    assert any(f["kind"] == "stacks" and "through cross-attention" in f["evidence"] for f in report.findings)
+
+
 def test_bart_denoises_its_masked_input(tmp_path):
     hm.save_small(tmp_path, "BartForConditionalGeneration", "BartConfig", **BART)
     hm.save_small_vocab_tokenizer(tmp_path, words=tuple("the a of and to in is it".split()))
