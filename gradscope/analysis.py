@@ -53,6 +53,7 @@ EXPLODING_RATIO = 1e2  # the first block gets more than 100x the last block's gr
 TREND_R2 = 0.8  # a steady trend: a constant factor per block explains the flow this well ...
 TREND_RATIO = 10.0  # ... and changes it more than this much across the blocks
 DEAD_ZERO_FRAC = 0.99  # a block whose gradient is at least 99% exact zeros is dead
+MIN_NORM_VALUES = 16  # a batch norm averaging fewer values per channel measures noise, not the model
 
 VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "dead", "no-depth")
 
@@ -495,6 +496,25 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
                    "branch after no-residual); otherwise check the forward, or freeze them with requires_grad_(False)",
         })
     return found
+
+
+def batch_norm_finding(variant: str, m: Measurement) -> Optional[dict]:
+    """A warning when some batch norm averages fewer than ``MIN_NORM_VALUES`` values per channel: its batch
+    statistics, and the gradient through them, are then noise (a tiny batch, or small images deep in a CNN)."""
+    if not m.norm_values:
+        return None
+    name, fewest = min(m.norm_values.items(), key=lambda item: item[1])
+    if fewest >= MIN_NORM_VALUES:
+        return None
+    few = sum(v < MIN_NORM_VALUES for v in m.norm_values.values())
+    return {
+        "variant": variant, "severity": "warning", "kind": "small-batch-norm", "block": None,
+        "message": f"batch normalization averages as few as {fewest} values per channel (at {name}): its batch "
+                   "statistics, and the gradient through them, are noise",
+        "evidence": f"{few} of {len(m.norm_values)} batch-norm layers see fewer than {MIN_NORM_VALUES} values per "
+                    "channel (batch size x positions); every variant is measured on this batch",
+        "fix": "raise --batch-size, or --image-size",
+    }
 
 
 # --- across variants ----------------------------------------------------------------

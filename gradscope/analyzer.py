@@ -111,7 +111,8 @@ def _forward_error(variant: str, exc: Exception) -> GradscopeError:
 
 def run_variants(subject, variants: Iterable, seed: int, progress: Progress, config=None):
     """Measure and analyze each variant on the subject's batches; return the :class:`Report`."""
-    from .analysis import block_rows, compare, comparison_pairs, findings_for, parameter_rows, summarize
+    from .analysis import (batch_norm_finding, block_rows, compare, comparison_pairs, findings_for, parameter_rows,
+                           summarize)
     from .measure import measure
     from .report import Report
     from .variants import describe_architecture
@@ -137,6 +138,8 @@ def run_variants(subject, variants: Iterable, seed: int, progress: Progress, con
                                 "changes": variant.changes, "architecture": inventory})
         report.summaries.append(summary)
         report.findings.extend(findings_for(summary, blocks, inventory))
+        if len(report.variants) == 1:  # the batch is every variant's: said once
+            report.findings.extend(filter(None, [batch_norm_finding(variant.name, m)]))
         report.blocks.extend(blocks)
         report.params.extend(params)
         progress(f"{variant.name}: {summary['verdict']}, loss {summary['loss']:.4g}, {len(blocks)} blocks, "

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .blocks import find_blocks, named_parameters, submodule
+from .blocks import clean_name, find_blocks, named_parameters, submodule
 from .errors import GradscopeError
 from .stats import GradStats, grad_stats
 
@@ -46,6 +46,7 @@ class Measurement:
     act_grad: GradStats  # dL/dh, one row per block in ``blocks``; present False: no gradient reached it
     act_nonfinite: list[int]  # non-finite elements in each block's forward output, per block in ``blocks``
     seconds: float
+    norm_values: dict[str, int] = field(default_factory=dict)  # batch norm: fewest values per channel, by module
 
 
 def first_tensor(output: Any) -> torch.Tensor | None:
@@ -182,6 +183,10 @@ def measure(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn, *, seed: 
     blocks = find_blocks(model) if blocks is None else blocks
     start = time.perf_counter()
     recorder = _BlockRecorder(model, blocks)
+    norm_values: dict[str, int] = {}
+    recorder.handles += [  # removed with the recorder's own hooks
+        module.register_forward_pre_hook(_count_norm_values(clean_name(name), norm_values))
+        for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     try:
         with _measurement_mode(model, params):
             losses = []
@@ -214,4 +219,15 @@ def measure(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn, *, seed: 
         act_grad=act_grad,
         act_nonfinite=recorder.forward_nonfinite_counts(),
         seconds=time.perf_counter() - start,
+        norm_values=norm_values,
     )
+
+
+def _count_norm_values(name: str, counts: dict[str, int]):
+    """A pre-hook noting how many values a batch norm averages per channel (batch x positions; shapes only)."""
+    def hook(module, inputs):
+        x = inputs[0]
+        if x.dim() >= 2 and x.shape[1]:
+            counts[name] = min(counts.get(name, x.numel()), x.numel() // x.shape[1])
+
+    return hook

@@ -405,6 +405,20 @@ def test_batch_norm_with_one_value_per_channel_is_a_usage_error(tmp_path):
         gradscope.analyze(str(path), config)
 
 
+@pytest.mark.parametrize("batch_size, image_size, fewest", [(2, 32, 2), (8, 64, None)])
+def test_batch_norm_over_few_values_is_a_warning_given_once(tmp_path, batch_size, image_size, fewest):
+    path = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
+    config = gradscope.AnalyzeConfig(arch="resnet18", baselines=("pretrained", "scratch"), batch_size=batch_size,
+                                     image_size=image_size, device="cpu")
+    found = [f for f in gradscope.analyze(str(path), config).findings if f["kind"] == "small-batch-norm"]
+    if fewest is None:  # layer4 sees 2 x 2 positions of 8 images: 32 values per channel
+        assert found == []
+    else:  # layer4 sees one position of 2 images
+        assert len(found) == 1 and found[0]["variant"] == "pretrained"
+        assert f"as few as {fewest} values per channel (at layer4.0.bn1)" in found[0]["message"]
+        assert "10 of 20 batch-norm layers" in found[0]["evidence"]
+
+
 def test_command_line_exit_codes_and_one_line(tmp_path, capsys):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
