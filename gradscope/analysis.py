@@ -299,6 +299,8 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
         "grad_nonfinite": grad_nonfinite,
         "first_nonfinite": _first_nonfinite_block(blocks) if nonfinite else None,
         "dead_blocks": dead,
+        # all-zero weight matrices (a zero-initialized head): nothing flows back through them until updated
+        "zero_weights": [r["name"] for r in params if len(r["shape"]) >= 2 and r["weight_l2"] == 0] if dead else [],
         "params": len(params),
         "params_no_grad": [r["name"] for r in params if not r["has_grad"]],
         "seconds": m.seconds,
@@ -419,13 +421,19 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
         })
     elif verdict == "dead":
         dead = summary["dead_blocks"]
+        zero = summary.get("zero_weights") or []
         found.append({
             "variant": v, "severity": "error", "kind": "dead", "block": dead[0],
             "message": f"{len(dead)} block(s) get an all-zero gradient, first {dead[0]}",
             "evidence": f"gradient zero fraction >= {DEAD_ZERO_FRAC} in {', '.join(dead[:5])}"
-                        + (" ..." if len(dead) > 5 else ""),
-            "fix": "dead ReLU units or underflow: use LeakyReLU or GELU, re-initialize (He init), lower the learning "
-                   "rate, compute in float32 rather than float16",
+                        + (" ..." if len(dead) > 5 else "")
+                        + (f"; all-zero weights: {', '.join(zero[:3])}" + (" ..." if len(zero) > 3 else "")
+                           if zero else ""),
+            "fix": (f"{zero[0]} is all zeros (a zero-initialized layer): it passes no gradient to the layers before "
+                    "it until its first update, as at the start of training; measure after a step, or give it a "
+                    "small random init" if zero else
+                    "dead ReLU units or underflow: use LeakyReLU or GELU, re-initialize (He init), lower the "
+                    "learning rate, compute in float32 rather than float16"),
         })
     elif verdict == "no-depth":
         n = summary["blocks"]

@@ -511,6 +511,19 @@ def test_stacks_split_an_encoder_decoder_only():
     assert stacks([]) == [[]]
 
 
+def test_a_zero_initialized_head_is_named_as_why_blocks_are_dead():
+    model = Stack()
+    with torch.no_grad():
+        model.head.weight.zero_()  # as torchvision's ViT initializes its head
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    summary = report.summary("pretrained")
+    assert summary["verdict"] == "dead" and summary["zero_weights"] == ["head.weight"]
+    finding = next(f for f in report.findings if f["kind"] == "dead")
+    assert finding["fix"].startswith("head.weight is all zeros (a zero-initialized layer)")
+    assert "LeakyReLU" not in finding["fix"]
+
+
 def test_exploding_and_vanishing_on_known_gains():
     """Linear blocks W = gain * I with no activation: dL/dh is multiplied by exactly ``gain`` per block back."""
 
