@@ -340,6 +340,13 @@ def describe_decay(decay: Optional[dict]) -> str:
     return f"the gradient {'halves' if shrinks else 'doubles'} every {_fmt(every)} blocks toward the input ({fit})"
 
 
+def _has_skips(inventory: dict) -> bool:
+    """Whether the model has residual connections: blocks gradscope can edit, or transformer blocks (attention
+    layers) whose skips no-residual did not remove."""
+    return bool(inventory.get("residual_modules")) or (
+        bool(inventory.get("attention_modules")) and not inventory.get("residuals_removed"))
+
+
 def _vanishing_fixes(inventory: dict) -> str:
     fixes = []
     counts = inventory.get("activations", {})
@@ -352,7 +359,7 @@ def _vanishing_fixes(inventory: dict) -> str:
         fixes.append("initialize with He init (nn.init.kaiming_normal_, nonlinearity='relu')")
     if not inventory.get("norm_layers"):
         fixes.append("add normalization (BatchNorm in CNNs and MLPs, LayerNorm in transformers)")
-    if not inventory.get("residual_modules"):
+    if not _has_skips(inventory):
         fixes.append("add residual connections around the blocks")
     fixes.append("use fewer layers or start from pretrained weights")
     return "; ".join(fixes)
@@ -362,11 +369,11 @@ def _exploding_fixes(inventory: dict) -> str:
     fixes = []
     if not inventory.get("norm_layers"):
         fixes.append("add normalization (LayerNorm in transformers, BatchNorm in CNNs and MLPs)")
-    elif not inventory.get("residual_modules"):
+    elif not _has_skips(inventory):
         # Batch normalization in a deep plain stack amplifies the gradient toward the input by itself.
         fixes.append("add residual connections around the blocks (a deep plain stack with normalization "
                      "amplifies the gradient toward the input)")
-    if inventory.get("residual_modules"):
+    if _has_skips(inventory):
         fixes.append("scale residual branches down (e.g. zero-init the last layer of each branch)")
     fixes.append("check the init gain (a smaller weight std)")
     return "; ".join(fixes)

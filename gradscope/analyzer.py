@@ -176,7 +176,7 @@ def analyze(
     from torch import nn
 
     from .models import from_module, load_subject
-    from .variants import build_variants, check_applicable
+    from .variants import build_variants, check_applicable, output_probe
 
     config = config or AnalyzeConfig()
     progress = progress or (lambda message: None)
@@ -202,8 +202,14 @@ def analyze(
             baselines = tuple(b for b in baselines if b != "shallow")
             config = replace(config, baselines=baselines)  # the report's config says what ran
     check_applicable(subject.model, config.what_ifs)
-    variants = build_variants(subject.model, subject.make_scratch, baselines, config.what_ifs, config.seed, progress)
-    return run_variants(subject, variants, config.seed, progress, config)
+    # shallow cuts only what keeps the model's output: checked on the first batch
+    probe = output_probe(subject.batches[0], subject.loss_fn, config.seed) if "shallow" in baselines else None
+    variants = build_variants(subject.model, subject.make_scratch, baselines, config.what_ifs, config.seed, progress,
+                              probe=probe, shallow_optional=baselines == DEFAULT_BASELINES)
+    report = run_variants(subject, variants, config.seed, progress, config)
+    if "shallow" in baselines and "shallow" not in report.variant_names:  # skipped: every cut broke the model
+        report.meta["config"]["baselines"] = tuple(b for b in baselines if b != "shallow")
+    return report
 
 
 __all__ = ["AnalyzeConfig", "analyze", "BASELINES", "WHAT_IFS"]

@@ -4,18 +4,25 @@ A *stack* is a module whose children are all numbered with one common prefix
 (``0``, ``1``, ... as ``nn.Sequential`` and ``nn.ModuleList`` name them, or
 ``encoder_layer_0``, ``denselayer1``, ...) and at least two of them hold
 parameters. A stack is *homogeneous* when its children with parameters are all
-of one class. The rule:
+of one class. A *layer* is a module without children that hold parameters
+(``Linear``, ``Conv2d``), or an ``nn.Sequential`` of such (a
+convolution-norm-activation, an MLP); a stack whose children are all layers is a
+*stack of layers*, and any other a *stack of blocks*. The rule:
 
-1. the outermost stacks are found (the numbered parts inside a block stay inside it);
+1. the outermost stacks are found (the numbered parts inside a block stay inside
+   it); where some are stacks of blocks, the stacks of layers beside them are
+   heads and stems (``classifier`` of MobileNet and ConvNeXt) and are left out;
 2. each child of such a stack that holds parameters is a block, except that a
-   child that is itself a homogeneous stack (a stage: ``features.1`` of
-   ConvNeXt) or holds exactly one stack, a homogeneous one that holds all of
-   its parameters (``stages.1`` of Hugging Face's ResNet is its ``layers``),
-   contributes that stack's children instead. So ``encoder.layer.7`` (BERT), ``h.3`` (GPT-2), ``layer3.2``
-   (torchvision ResNet), ``stages.1.layers.0`` (Hugging Face ResNet) and
-   ``features.5`` (MobileNet, whose inner stacks mix classes) are blocks, and
-   T5's heterogeneous self-attention/feed-forward sublayers do not split
-   ``block.3``.
+   stage contributes its blocks instead: a child that is itself a homogeneous
+   stack of blocks (``features.1`` of ConvNeXt), or that holds exactly one stack
+   of blocks, a homogeneous one (``stages.1`` of Hugging Face's ResNet is its
+   ``layers``; a stage's downsampling layer stays outside every block). So
+   ``encoder.layer.7`` (BERT), ``h.3`` (GPT-2), ``layer3.2`` (torchvision ResNet),
+   ``stages.1.layers.0`` (Hugging Face ResNet, ConvNeXt, Swin) and ``features.2``
+   (MobileNet, whose inner sequence of convolution layers does not split it) are
+   blocks, and T5's heterogeneous self-attention/feed-forward sublayers do not
+   split ``block.3``. A model of plain layers (``nn.Sequential`` of ``Linear``,
+   VGG) has its layers as blocks.
 
 Names are the model's own: wrappers that sit inside a model and add a segment
 to the names below them (FSDP1's ``_fsdp_wrapped_module``, activation
@@ -98,6 +105,17 @@ def _is_homogeneous(stack: nn.Module) -> bool:
     return len({type(child) for child in stack.children() if _has_parameters(child)}) == 1
 
 
+def _is_layer(module: nn.Module) -> bool:
+    parts = [child for child in module.children() if _has_parameters(child)]
+    return not parts or (isinstance(module, nn.Sequential) and all(_is_layer(p) and not isinstance(p, nn.Sequential)
+                                                                    for p in parts))
+
+
+def _holds_blocks(stack: nn.Module) -> bool:
+    """A stack of blocks, not of single layers (see the module docstring)."""
+    return not all(_is_layer(child) for child in stack.children() if _has_parameters(child))
+
+
 def _outermost_stacks(prefix: str, module: nn.Module) -> list[str]:
     if _is_stack(module):
         return [prefix]
@@ -108,23 +126,23 @@ def _outermost_stacks(prefix: str, module: nn.Module) -> list[str]:
 
 
 def _stage_stack(name: str, child: nn.Module) -> Optional[str]:
-    """The homogeneous stack a stage-like child stands for (rule 2), or None when it is a block itself."""
+    """The homogeneous stack of blocks a stage stands for (rule 2), or None when the child is a block itself."""
     if _is_stack(child):
-        return name if _is_homogeneous(child) else None
-    inner = _outermost_stacks("", child)
-    if len(inner) != 1:
+        return name if _is_homogeneous(child) and _holds_blocks(child) else None
+    # A stack of layers inside is part of a block (ViT's MLP) or a stage's downsampling, not its blocks.
+    inner = [s for s in _outermost_stacks("", child) if _holds_blocks(child.get_submodule(s))]
+    if len(inner) != 1 or not _is_homogeneous(child.get_submodule(inner[0])):
         return None
-    stack = child.get_submodule(inner[0])
-    # The stack must be all the child is (ViT's encoder block holds a Sequential MLP, and more).
-    holds_all = {id(p) for p in stack.parameters()} == {id(p) for p in child.parameters()}
-    return _join(name, inner[0]) if holds_all and _is_homogeneous(stack) else None
+    return _join(name, inner[0])
 
 
 def _layout(model: nn.Module) -> tuple[list[str], list[str]]:
     """(blocks in registration order, the homogeneous stacks the blocks are children of)."""
     blocks: list[str] = []
     stacks: list[str] = []
-    for outer in _outermost_stacks("", model):
+    outers = _outermost_stacks("", model)
+    of_blocks = [outer for outer in outers if _holds_blocks(model.get_submodule(outer) if outer else model)]
+    for outer in of_blocks or outers:  # rule 1: beside stacks of blocks, stacks of layers are heads and stems
         parent = model.get_submodule(outer) if outer else model
         split = False
         for name, child in parent.named_children():

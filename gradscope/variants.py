@@ -6,7 +6,11 @@ Baselines:
 - ``scratch``: the same architecture with the library's own initialization
   (``from_config`` for Hugging Face, ``weights=None`` for torchvision);
 - ``shallow``: the pretrained model with fewer blocks: each block container
-  (see :mod:`gradscope.blocks`) keeps its first half, with its pretrained weights.
+  (see :mod:`gradscope.blocks`) keeps its first half, with its pretrained weights,
+  cut in place (the container keeps its class, its forward and its children's names).
+  A shallow model must keep the model's contract: given a probe of the batch, a container
+  whose cut breaks the forward or changes the output's shape (a numbered head, the layers
+  inside one block) is left whole, and with none left to cut there is no ``shallow``.
 
 What-if variants reproduce the classic causes and fixes of vanishing gradients
 on the real architecture. They start from ``scratch``, because vanishing
@@ -20,8 +24,9 @@ weights are tuned to the architecture they were trained in:
   from BERT-style sublayer outputs (``LayerNorm(dense(h) + input)`` becomes ``LayerNorm(dense(h))``)
   and from pre-norm decoder blocks (GPT-2, LLaMA-family, GPT-NeoX with a sequential residual:
   ``h + attn(norm(h))`` becomes ``attn(norm(h))``, and the same for the MLP);
-- ``xavier`` / ``he``: every Linear and convolution weight re-drawn (Xavier uniform; He normal, fan-in,
-  ReLU gain), biases zero.
+- ``xavier`` / ``he``: every Linear (GPT-style ``Conv1D`` included) and convolution weight re-drawn
+  (Xavier uniform; He normal, fan-in, ReLU gain), biases zero; a head whose weight is an input
+  embedding's (tied) is left as it is, and counted apart.
 
 Surgery works on a copy; it counts what it changed and refuses, with the
 reason, when there is nothing to change.
@@ -32,6 +37,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -80,10 +86,20 @@ def is_norm(module: nn.Module) -> bool:
     return isinstance(module, _NORMS) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
 
 
+def _is_attention(module: nn.Module) -> bool:
+    """An attention layer (the innermost module so named: BERT's BertSelfAttention, not its BertAttention).
+    Every transformer puts them in residual blocks, whether no-residual can edit those or not."""
+    def named(m: nn.Module) -> bool:
+        return type(m).__name__.endswith("Attention")
+
+    return (named(module) and not any(named(child) for child in module.children())
+            and any(True for _ in module.parameters()))
+
+
 def describe_architecture(model: nn.Module) -> dict:
     """Counts a reader (and the findings) act on: activations by kind, normalization layers, skips."""
     activations: dict[str, int] = {}
-    relu_family = norms = residual = 0
+    relu_family = norms = residual = removed = attention = 0
     for module in model.modules():
         if is_activation(module) or isinstance(module, (nn.Sigmoid, nn.Tanh)):
             kind = type(module).__name__
@@ -93,11 +109,15 @@ def describe_architecture(model: nn.Module) -> dict:
             norms += 1
         if _editable_residual(module) or getattr(module, "residual", None) is True:  # the demo's own blocks say so
             residual += 1
+        removed += _edited(module)
+        attention += _is_attention(module)
     return {
         "activations": activations,
         "relu_family_activations": relu_family,
         "norm_layers": norms,
         "residual_modules": residual,
+        "residuals_removed": removed,
+        "attention_modules": attention,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -273,68 +293,252 @@ def remove_residuals(model: nn.Module) -> int:
     return count
 
 
+def _is_transposed_conv1d(module: nn.Module) -> bool:
+    """GPT-style ``Conv1D`` (transformers): a Linear whose weight is stored [in_features, out_features].
+
+    Found by name, so this module needs no transformers import.
+    """
+    return type(module).__name__ == "Conv1D" and isinstance(getattr(module, "weight", None), torch.Tensor)
+
+
+def _embedding_weights(model: nn.Module) -> set[int]:
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+
+
+def _reinit_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(the Linear/convolution layers to re-draw, those whose weight is an input embedding's, left alone).
+
+    An LM head tied to the word embeddings (BERT, GPT-2, Gemma) holds the
+    embedding matrix itself: re-drawing it as a Linear would re-draw the
+    embeddings with a Linear's fan, which is not the what-if.
+    """
+    tied = _embedding_weights(model)
+    drawn: list[nn.Module] = []
+    kept: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, _WEIGHTED) or _is_transposed_conv1d(module):
+            (kept if id(module.weight) in tied else drawn).append(module)
+    return drawn, kept
+
+
+def embedding_tied_layers(model: nn.Module) -> int:
+    """How many Linear/convolution layers share their weight with an ``nn.Embedding`` (``reinit`` leaves them)."""
+    return len(_reinit_layers(model)[1])
+
+
 def reinit(model: nn.Module, scheme: str, seed: int) -> int:
-    """Re-draw every Linear/convolution weight with Xavier or He init, biases zero; return how many."""
+    """Re-draw every Linear/convolution weight with Xavier or He init, biases zero; return how many.
+
+    GPT-style ``Conv1D`` layers count as Linear (their fans read from the transposed
+    weight); a layer whose weight is an input embedding's (a tied LM head) is left as it is.
+    """
+    drawn, _ = _reinit_layers(model)
+    if not drawn:
+        raise UsageError(f"what-if {scheme}: the model has no Linear or convolution layers to re-initialize "
+                         "(other than heads tied to the input embeddings)")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    count = 0
     try:
         with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, _WEIGHTED):
-                    if scheme == "xavier":
-                        nn.init.xavier_uniform_(module.weight)
-                    else:
-                        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-                    count += 1
+            for module in drawn:
+                # torch.nn.init reads fan_in from dim 1: give it Conv1D's weight as [out, in] (a view, drawn in place).
+                weight = module.weight.t() if _is_transposed_conv1d(module) else module.weight
+                if scheme == "xavier":
+                    nn.init.xavier_uniform_(weight)
+                else:
+                    nn.init.kaiming_normal_(weight, mode="fan_in", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
     finally:
         torch.random.set_rng_state(generator_state)
-    if count == 0:
-        raise UsageError(f"what-if {scheme}: the model has no Linear or convolution layers to re-initialize")
-    return count
+    return len(drawn)
 
 
-def make_shallow(model: nn.Module, keep_fraction: float = 0.5) -> tuple[nn.Module, dict]:
-    """A copy with each block container cut to its first ``ceil(n * keep_fraction)`` blocks (at least 1)."""
+class ShallowUnavailable(UsageError):
+    """No block stack can be shortened without breaking the model's forward or output: no ``shallow`` baseline."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"shallow: {reason}; drop 'shallow' from --baselines")
+        self.reason = reason
+
+
+def output_probe(batch, loss_fn: Callable, seed: int = 0) -> Callable[[nn.Module], tuple]:
+    """A probe for :func:`make_shallow`: the shape of ``model``'s prediction on ``batch``.
+
+    It runs ``loss_fn(model, batch)`` once, in eval mode and without gradients
+    (so no buffer moves, and the module modes are restored), and returns the
+    shape of the model's own output as a forward hook sees it: a tensor's, or
+    that of the first tensor in a tuple or mapping other than its ``loss``
+    (``logits`` of a Hugging Face output, not its cache).
+
+    >>> probe = output_probe(torch.zeros(2, 3), lambda m, x: m(x).sum())
+    >>> probe(nn.Linear(3, 5))
+    (2, 5)
+    """
+
+    def probe(model: nn.Module) -> tuple:
+        outputs = []
+        handle = model.register_forward_hook(lambda module, args, output: outputs.append(output))
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                loss_fn(model, batch)
+        finally:
+            handle.remove()
+            for module, training in modes.items():
+                module.training = training
+        if not outputs:
+            raise RuntimeError("the loss function did not run the model")
+        return _prediction_shape(outputs[0])
+
+    return probe
+
+
+def _prediction_shape(output) -> Optional[tuple]:
+    if isinstance(output, torch.Tensor):
+        return tuple(output.shape)
+    if isinstance(output, Mapping):
+        values = [v for k, v in output.items() if k != "loss"]
+    elif isinstance(output, (tuple, list)):
+        values = list(output)
+    else:
+        return None
+    for value in values:
+        shape = _prediction_shape(value)
+        if shape is not None:
+            return shape
+    return None
+
+
+def _cut(container: nn.Module, keep: int) -> dict[str, nn.Module]:
+    """Drop all but the first ``keep`` children of ``container`` in place; return the dropped ones by name.
+
+    In place, so the container keeps its class (and forward: DenseNet's
+    ``_DenseBlock`` is a ModuleDict with its own) and its children their names
+    (``encoder_layer_0``, ... in torchvision's ViT), which the depth axis is made of.
+    """
+    names = list(container._modules)[keep:]
+    return {name: container._modules.pop(name) for name in names}
+
+
+def _restore(container: nn.Module, dropped: dict[str, nn.Module]) -> None:
+    container._modules.update(dropped)  # they were the trailing children: the order comes back as it was
+
+
+def _sync_config(shallow: nn.Module, config, kept: dict[str, list[int]]) -> None:
+    """Transformers read the layer count from the config (caches, masks): keep it in step with one cut stack.
+
+    ``config`` is the copy's own, as deep-copied with it; it is put back when the count cannot be told.
+    """
+    if config is None or not hasattr(config, "num_hidden_layers"):
+        return
+    shallow.config = config
+    if len(kept) == 1:
+        shallow.config = copy.deepcopy(config)
+        shallow.config.num_hidden_layers = next(iter(kept.values()))[0]
+
+
+def _failure(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _cut_problem(probe: Callable[[nn.Module], tuple], shallow: nn.Module, expected: tuple) -> Optional[str]:
+    """Why the cut model breaks the model's contract (its forward fails, or its output changes shape), else None."""
+    try:
+        shape = probe(shallow)
+    except Exception as exc:  # a model cut short can fail in any way its forward code allows
+        return f"the forward fails ({_failure(exc)})"
+    if shape != expected:
+        return f"the output changes shape ({list(expected)} -> {list(shape) if shape is not None else None})"
+    return None
+
+
+def make_shallow(model: nn.Module, keep_fraction: float = 0.5,
+                 probe: Optional[Callable[[nn.Module], tuple]] = None) -> tuple[nn.Module, dict]:
+    """A copy with each block container cut to its first ``ceil(n * keep_fraction)`` blocks (at least 1).
+
+    With ``probe`` (see :func:`output_probe`), a container is cut only when the
+    model still runs and outputs a prediction of the same shape: a stack that is
+    a numbered head (VGG's ``classifier``) or the layers inside one block
+    (MobileNet's ``features.2.block``) is left whole, and ``changes["not_cut"]``
+    says why. Raises :class:`ShallowUnavailable` when no container can be cut.
+    """
     containers = block_containers(model)
     if not containers or containers == [""]:
         raise UsageError(
             "shallow: the model has no stack of numbered blocks to shorten; drop 'shallow' from --baselines"
         )
+    expected = None
+    if probe is not None:
+        try:
+            expected = probe(model)
+        except Exception as exc:  # with no reference output, no cut can be judged
+            raise ShallowUnavailable(f"the model's own forward fails in eval mode ({_failure(exc)})") from exc
     shallow = copy.deepcopy(model)
+    config = getattr(shallow, "config", None)
     kept: dict[str, list[int]] = {}
+    not_cut: dict[str, str] = {}
     for name in containers:
         container = shallow.get_submodule(name)
-        children = list(container.children())
-        keep = max(1, math.ceil(len(children) * keep_fraction))
-        kept_children = children[:keep]
-        cut = nn.Sequential(*kept_children) if isinstance(container, nn.Sequential) else nn.ModuleList(kept_children)
-        parent_name, _, attr = name.rpartition(".")
-        setattr(shallow.get_submodule(parent_name) if parent_name else shallow, attr, cut)
-        kept[name] = [keep, len(children)]
-    config = getattr(shallow, "config", None)
-    if config is not None and len(kept) == 1 and hasattr(config, "num_hidden_layers"):
-        # Transformers read the layer count from the config (caches, masks): keep them in step.
-        shallow.config = copy.deepcopy(config)
-        shallow.config.num_hidden_layers = next(iter(kept.values()))[0]
-    return shallow, {"blocks_kept": kept}
+        total = len(container._modules)
+        keep = max(1, math.ceil(total * keep_fraction))
+        dropped = _cut(container, keep)
+        kept[name] = [keep, total]
+        _sync_config(shallow, config, kept)
+        problem = _cut_problem(probe, shallow, expected) if probe is not None else None
+        if problem is not None:
+            _restore(container, dropped)
+            del kept[name]
+            _sync_config(shallow, config, kept)
+            not_cut[name] = problem
+    if not kept:
+        (first, why), *others = not_cut.items()
+        likewise = f"; likewise for {', '.join(name for name, _ in others)}" if others else ""
+        raise ShallowUnavailable(f"no block stack can be cut without breaking the model: with {first or 'the model'} "
+                                 f"cut, {why}{likewise}")
+    changes: dict = {"blocks_kept": kept}
+    if not_cut:
+        changes["not_cut"] = not_cut
+    return shallow, changes
 
 
 # --- building the list --------------------------------------------------------------
 
 
-# what-if -> (surgery(model, seed) returning how many it changed, the count's name, what changed in words)
-_SURGERY: dict[str, tuple[Callable[[nn.Module, int], int], str, str]] = {
-    "sigmoid": (lambda m, seed: replace_activations(m, "sigmoid"), "activations_replaced",
-                "activations replaced by sigmoid"),
-    "tanh": (lambda m, seed: replace_activations(m, "tanh"), "activations_replaced", "activations replaced by tanh"),
-    "no-norm": (lambda m, seed: remove_norms(m), "norms_removed", "normalization layers removed"),
-    "no-residual": (lambda m, seed: remove_residuals(m), "residuals_removed", "residual connections removed"),
-    "xavier": (lambda m, seed: reinit(m, "xavier", seed), "layers_reinitialized",
-               "weights re-initialized (Xavier uniform)"),
-    "he": (lambda m, seed: reinit(m, "he", seed), "layers_reinitialized", "weights re-initialized (He normal)"),
+def _counted(surgery: Callable[[nn.Module, int], int], counted: str, what: str):
+    def run(model: nn.Module, seed: int) -> tuple[dict, str]:
+        n = surgery(model, seed)
+        return {counted: n}, f"{n} {what}"
+
+    return run
+
+
+def _reinitialized(scheme: str, init: str):
+    def run(model: nn.Module, seed: int) -> tuple[dict, str]:
+        n = reinit(model, scheme, seed)
+        changes, what = {"layers_reinitialized": n}, f"{n} Linear/convolution weights re-initialized ({init})"
+        tied = embedding_tied_layers(model)
+        if tied:  # say so: the layer count alone would hide a head left as it was
+            changes["embedding_tied_layers_kept"] = tied
+            what += f"; {tied} tied to the input embeddings kept"
+        return changes, what
+
+    return run
+
+
+# what-if -> surgery(model, seed) returning (what it changed, counted; the same in words)
+_SURGERY: dict[str, Callable[[nn.Module, int], tuple[dict, str]]] = {
+    "sigmoid": _counted(lambda m, seed: replace_activations(m, "sigmoid"), "activations_replaced",
+                        "activations replaced by sigmoid"),
+    "tanh": _counted(lambda m, seed: replace_activations(m, "tanh"), "activations_replaced",
+                     "activations replaced by tanh"),
+    "no-norm": _counted(lambda m, seed: remove_norms(m), "norms_removed", "normalization layers removed"),
+    "no-residual": _counted(lambda m, seed: remove_residuals(m), "residuals_removed", "residual connections removed"),
+    "xavier": _reinitialized("xavier", "Xavier uniform"),
+    "he": _reinitialized("he", "He normal"),
 }
 assert set(_SURGERY) == set(WHAT_IFS)
 
@@ -372,8 +576,16 @@ def build_variants(
     what_ifs: tuple[str, ...],
     seed: int,
     progress: Callable[[str], None] = lambda message: None,
+    probe: Optional[Callable[[nn.Module], tuple]] = None,
+    shallow_optional: bool = True,
 ):
-    """Yield each variant in order (one at a time, so a caller can measure it and let it go)."""
+    """Yield each variant in order (one at a time, so a caller can measure it and let it go).
+
+    ``probe`` (:func:`output_probe` on the first batch) lets ``shallow`` cut only the stacks
+    whose cut keeps the model's output; when none can be cut, ``shallow`` is skipped
+    with a progress line saying why, and the other variants still run (or, when not
+    ``shallow_optional``, :class:`ShallowUnavailable` is raised).
+    """
     check_names(baselines, what_ifs)
     scratch: Optional[nn.Module] = None
     # One depth axis for all: the loaded model's blocks, those a variant still has.
@@ -398,13 +610,21 @@ def build_variants(
             m = fresh_scratch()
             yield Variant(name, "same architecture, the library's own initialization", m, blocks=kept_blocks(m))
         elif name == "shallow":
-            shallow, changes = make_shallow(model)
+            try:
+                shallow, changes = make_shallow(model, probe=probe)
+            except ShallowUnavailable as exc:
+                if not shallow_optional:
+                    raise
+                progress(f"skipping the shallow baseline: {exc.reason}")
+                continue
             cut = ", ".join(f"{c or 'model'}: {k}/{n}" for c, (k, n) in changes["blocks_kept"].items())
-            yield Variant(name, f"the first half of the blocks, pretrained weights kept ({cut})", shallow,
+            for container, why in changes.get("not_cut", {}).items():
+                progress(f"shallow: {container} left whole: with it cut, {why}")
+            whole = "".join(f"; {c} left whole" for c in changes.get("not_cut", {}))
+            yield Variant(name, f"the first half of the blocks, pretrained weights kept ({cut}{whole})", shallow,
                           base="pretrained", changes=changes, blocks=kept_blocks(shallow))
     for name in what_ifs:
         progress(f"building variant {name}")
         m = fresh_scratch()
-        surgery, counted, what = _SURGERY[name]
-        n = surgery(m, seed)
-        yield Variant(name, f"scratch with {n} {what}", m, "scratch", {counted: n}, kept_blocks(m))
+        changes, what = _SURGERY[name](m, seed)
+        yield Variant(name, f"scratch with {what}", m, "scratch", changes, kept_blocks(m))

@@ -276,7 +276,8 @@ def test_module_api_every_variant_sees_the_same_batch_and_model_is_left_as_it_wa
     report = gradscope.analyze(model, gradscope.AnalyzeConfig(what_ifs=("sigmoid", "he"), device="cpu"),
                                batch=BATCH, loss_fn=loss_fn)
     assert report.variant_names == ["pretrained", "scratch", "shallow", "sigmoid", "he"]
-    assert len(seen) == 5 and all(b is seen[0] for b in seen)
+    # five measurements, and two forward passes without gradient that check the shallow cut keeps the output
+    assert len(seen) == 7 and all(b is seen[0] for b in seen)
     assert not model.training and torch.equal(model.head.weight.grad, torch.ones_like(model.head.weight))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     json.dumps(report.to_dict(), allow_nan=False)
@@ -524,6 +525,29 @@ def test_a_zero_initialized_head_is_named_as_why_blocks_are_dead():
     assert "LeakyReLU" not in finding["fix"]
 
 
+def test_a_shallow_cut_that_breaks_the_model_is_skipped_or_refused_when_asked_for():
+    class Narrowing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))  # cut in half: 16 wide out
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    torch.manual_seed(0)
+    model = Narrowing()
+    messages = []
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(device="cpu"), batch=BATCH, loss_fn=_ce,
+                               progress=messages.append)
+    assert report.variant_names == ["pretrained", "scratch"]
+    assert list(report.meta["config"]["baselines"]) == ["pretrained", "scratch"]  # what ran
+    assert any(m.startswith("skipping the shallow baseline: ") and "body" in m for m in messages)
+    with pytest.raises(UsageError, match="shallow: .*body.*; drop 'shallow' from --baselines"):
+        gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained", "shallow"), device="cpu"),
+                          batch=BATCH, loss_fn=_ce)
+
+
 def test_exploding_and_vanishing_on_known_gains():
     """Linear blocks W = gain * I with no activation: dL/dh is multiplied by exactly ``gain`` per block back."""
 
@@ -616,6 +640,26 @@ def test_vanishing_fixes_name_the_model_s_own_activation():
     assert "add normalization" in fixes and "add residual connections" in fixes
     relu_mlp = {"activations": {"ReLU": 20}, "relu_family_activations": 20, "norm_layers": 0, "residual_modules": 0}
     assert _vanishing_fixes(relu_mlp).startswith("initialize with He init")
+    # a transformer whose skips gradscope cannot edit (OPT, T5, ViT) has them all the same; after no-residual, not
+    opt = {"activations": {"ReLU": 12}, "relu_family_activations": 12, "norm_layers": 25, "residual_modules": 0,
+           "attention_modules": 12, "residuals_removed": 0}
+    assert "add residual connections" not in _vanishing_fixes(opt)
+    no_residual_bert = {**bert, "residual_modules": 0, "attention_modules": 12, "residuals_removed": 24}
+    assert "add residual connections" in _vanishing_fixes(no_residual_bert)
+
+
+def test_the_architecture_counts_attention_layers_and_removed_skips():
+    transformers = pytest.importorskip("transformers")
+    from gradscope.variants import describe_architecture, remove_residuals
+
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2,
+                                                          num_attention_heads=2, intermediate_size=32))
+    before = describe_architecture(bert)
+    assert (before["attention_modules"], before["residual_modules"], before["residuals_removed"]) == (2, 4, 0)
+    remove_residuals(bert)
+    after = describe_architecture(bert)
+    assert (after["attention_modules"], after["residual_modules"], after["residuals_removed"]) == (2, 0, 4)
 
 
 def test_a_model_without_a_block_stack_skips_shallow_and_its_config_says_so():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -10,10 +12,12 @@ from torch import nn
 from gradscope.blocks import block_containers, find_blocks
 from gradscope.errors import UsageError
 from gradscope.variants import (
+    ShallowUnavailable,
     build_variants,
     check_applicable,
     describe_architecture,
     make_shallow,
+    output_probe,
     reinit,
     remove_norms,
     remove_residuals,
@@ -144,7 +148,8 @@ def test_variants_share_one_depth_axis():
     [
         ("resnet18", 8, "layer1.0", "layer4.1"),
         ("vit_b_16", 12, "encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_11"),
-        ("convnext_tiny", 24, "features.0", "classifier.2"),
+        ("convnext_tiny", 22, "features.0", "features.7.2"),  # the classifier's LayerNorm and Linear are a head
+        ("mobilenet_v3_small", 13, "features.0", "features.12"),  # features.2 is a block, not its 3 conv layers
         ("densenet121", 58, "features.denseblock1.denselayer1", "features.denseblock4.denselayer16"),
     ],
 )
@@ -265,3 +270,178 @@ def test_no_residual_taps_read_keyword_inputs_and_refuse_an_unknown_order():
     remove_residuals(odd)
     with pytest.raises(RuntimeError, match="Linear ran without its norm before it"):
         odd(x)
+
+
+# --- re-initialization: transposed Conv1D, tied embeddings ---------------------------
+
+
+def tiny_gpt2_lm():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(config)
+
+
+def _conv1d_layers(model):
+    return {name: m for name, m in model.named_modules() if type(m).__name__ == "Conv1D"}
+
+
+def test_he_redraws_every_gpt2_conv1d_weight_with_the_fan_in_of_its_transposed_layout():
+    model = tiny_gpt2_lm()
+    conv1d = _conv1d_layers(model)
+    assert len(conv1d) == 4 * 2  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block
+    before = {name: m.weight.detach().clone() for name, m in conv1d.items()}
+    assert reinit(model, "he", seed=0) == len(conv1d)  # the tied lm_head is not counted (next test)
+    for name, m in conv1d.items():
+        assert not torch.equal(m.weight, before[name]), name
+        fan_in = m.weight.shape[0]  # Conv1D stores [in_features, out_features]
+        assert m.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1), name
+        assert torch.count_nonzero(m.bias) == 0
+    # mlp.c_proj maps 128 -> 32: read as a Linear it would get fan_in 32 and twice the std.
+    assert model.transformer.h[0].mlp.c_proj.weight.std().item() == pytest.approx(math.sqrt(2 / 128), rel=0.1)
+    reinit(model, "xavier", seed=0)
+    c_fc = model.transformer.h[0].mlp.c_fc.weight  # [32, 128]
+    assert c_fc.var().item() == pytest.approx(2 / (32 + 128), rel=0.1)
+
+
+def test_he_variant_of_gpt2_counts_its_conv1d_layers_and_the_tied_head_apart():
+    model = tiny_gpt2_lm()
+    variants = list(build_variants(model, tiny_gpt2_lm, (), ("he",), seed=0))
+    assert variants[0].changes == {"layers_reinitialized": 8, "embedding_tied_layers_kept": 1}
+    assert variants[0].description == ("scratch with 8 Linear/convolution weights re-initialized (He normal); "
+                                       "1 tied to the input embeddings kept")
+
+
+def test_he_leaves_word_embeddings_tied_to_the_lm_head_as_they_are():
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    model = BertForMaskedLM(config)
+    embeddings = model.bert.embeddings.word_embeddings.weight
+    assert model.cls.predictions.decoder.weight is embeddings  # tied
+    before_embeddings = embeddings.detach().clone()
+    encoder = {name: m for name, m in model.bert.encoder.named_modules() if isinstance(m, nn.Linear)}
+    before = {name: m.weight.detach().clone() for name, m in encoder.items()}
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert reinit(model, "he", seed=0) == len(linears) - 1  # every Linear but the tied decoder
+    assert torch.equal(embeddings, before_embeddings)
+    for name, m in encoder.items():
+        assert not torch.equal(m.weight, before[name]), name
+        assert m.weight.std().item() == pytest.approx(math.sqrt(2 / m.in_features), rel=0.15), name
+
+
+# --- shallow: cut in place, and only where the model keeps its output -----------------
+
+
+class SumBlock(nn.ModuleDict):
+    """A stack container with its own forward (like torchvision's DenseNet ``_DenseBlock``)."""
+
+    def forward(self, x):
+        for layer in self.values():
+            x = x + layer(x)
+        return x
+
+
+class StackNet(nn.Module):
+    def __init__(self, head_layers: int = 1):
+        super().__init__()
+        self.body = SumBlock({f"layer{i}": nn.Linear(16, 16) for i in range(1, 5)})
+        head = [nn.Linear(16, 16), nn.ReLU()] * (head_layers - 1) + [nn.Linear(16, 3)]
+        self.head = nn.Sequential(*head)  # with two Linear layers, a numbered stack too (like VGG's classifier)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _loss(m, x):
+    return m(x).pow(2).mean()
+
+
+def test_shallow_cuts_a_container_in_place_keeping_its_class_forward_and_names():
+    torch.manual_seed(0)
+    model = StackNet()
+    shallow, changes = make_shallow(model)
+    assert changes == {"blocks_kept": {"body": [2, 4]}}
+    assert type(shallow.body) is SumBlock and list(shallow.body.keys()) == ["layer1", "layer2"]
+    x = torch.randn(5, 16)
+    h = x + model.body.layer1(x)
+    expected = model.head(h + model.body.layer2(h))
+    torch.testing.assert_close(shallow(x), expected)
+    assert len(model.body) == 4  # the original is untouched
+
+
+def test_shallow_vit_keeps_the_names_of_its_encoder_layers_and_so_its_blocks():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=16, num_layers=4, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=10)
+    images = torch.randn(2, 3, 32, 32)
+    probe = output_probe(images, lambda m, x: m(x).sum())
+    variants = {v.name: v for v in build_variants(model, None, ("shallow",), (), seed=0, probe=probe)}
+    shallow = variants["shallow"]
+    assert list(shallow.model.encoder.layers._modules) == ["encoder_layer_0", "encoder_layer_1"]
+    assert shallow.blocks == ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    assert shallow.model(images).shape == (2, 10)
+
+
+def test_shallow_leaves_a_numbered_head_whole_so_the_output_keeps_its_shape():
+    torch.manual_seed(0)
+    model = StackNet(head_layers=2)  # head: Linear(16, 16), ReLU, Linear(16, 3)
+    assert block_containers(model) == ["body", "head"]
+    x = torch.randn(5, 16)
+    unchecked, _ = make_shallow(model)
+    assert unchecked(x).shape == (5, 16)  # without a probe the head loses its last Linear: the bug
+    shallow, changes = make_shallow(model, probe=output_probe(x, _loss))
+    assert changes["blocks_kept"] == {"body": [2, 4]}
+    assert changes["not_cut"] == {"head": "the output changes shape ([5, 3] -> [5, 16])"}
+    assert len(shallow.head) == 3 and shallow(x).shape == (5, 3)
+
+
+def test_shallow_is_skipped_with_the_reason_when_no_cut_keeps_the_model_working():
+    from torchvision.models import DenseNet
+
+    torch.manual_seed(0)
+    model = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=10)
+    images = torch.randn(2, 3, 32, 32)
+    # Cut in place, a dense block keeps its own forward (no "missing the required forward function")...
+    unchecked, _ = make_shallow(model)
+    assert type(unchecked.features.denseblock1).__name__ == "_DenseBlock"
+    assert unchecked.features.denseblock1(torch.randn(2, 8, 8, 8)).shape == (2, 12, 8, 8)
+    # ...but it then outputs fewer channels than the transition after it takes: no shallow DenseNet.
+    probe = output_probe(images, lambda m, x: nn.functional.cross_entropy(m(x), torch.zeros(2, dtype=torch.long)))
+    with pytest.raises(ShallowUnavailable, match=r"with features.denseblock1 cut, the forward fails \(RuntimeError.*; "
+                                                 r"likewise for features.denseblock2; drop 'shallow' from --baselines"):
+        make_shallow(model, probe=probe)
+    messages = []
+    names = [v.name for v in build_variants(model, lambda: DenseNet(growth_rate=4, block_config=(2, 2),
+                                                                    num_init_features=8, bn_size=2, num_classes=10),
+                                            ("pretrained", "shallow"), ("he",), seed=0, progress=messages.append,
+                                            probe=probe)]
+    assert names == ["pretrained", "he"]
+    assert any(m.startswith("skipping the shallow baseline: no block stack can be cut") for m in messages)
+
+
+def test_shallow_albert_with_two_hidden_groups_is_a_clean_skip():
+    from transformers import AlbertConfig, AlbertModel
+
+    torch.manual_seed(0)
+    config = AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=4, num_hidden_groups=2,
+                          num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    model = AlbertModel(config)
+    ids = torch.randint(0, 50, (2, 8))
+    probe = output_probe(ids, lambda m, x: m(input_ids=x).last_hidden_state.sum())
+    with pytest.raises(ShallowUnavailable, match="with encoder.albert_layer_groups cut, the forward fails"):
+        make_shallow(model, probe=probe)
+
+
+def test_output_probe_leaves_modes_and_buffers_as_they_were():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).train()
+    model[2].eval()
+    running_mean = model[1].running_mean.clone()
+    assert output_probe(torch.randn(6, 4), _loss)(model) == (6, 4)
+    assert torch.equal(model[1].running_mean, running_mean)
+    assert [m.training for m in model.modules()] == [True, True, True, False]
