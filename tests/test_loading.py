@@ -36,9 +36,22 @@ def test_bert_without_tokenizer_files_gets_seeded_ids_not_a_batch_of_unknown_tok
     report = gradscope.analyze(str(directory), gradscope.AnalyzeConfig(**SMALL), progress=progress.append)
     assert report.meta["objective"] == "masked-lm"
     assert report.meta["inputs"].startswith("seeded random token ids (no tokenizer), 2 x 16, ")
-    assert "no tokenizer found next to the model: using seeded random token ids" in progress
+    assert "no tokenizer: using seeded random token ids" in progress
     for summary in report.summaries:
         assert math.isfinite(summary["loss"]) and summary["verdict"] != "non-finite", summary["variant"]
+
+
+def test_a_saved_tokenizer_of_special_tokens_only_is_named_as_the_reason(tmp_path):
+    directory = hm.save_small_vocab_tokenizer(hm.save_small_bert(tmp_path), words=())
+    progress = []
+    subject = load_subject(str(directory), gradscope.AnalyzeConfig(**SMALL), progress.append)
+    assert subject.inputs.startswith("seeded random token ids (its tokenizer knows only special tokens), 2 x 16")
+    assert "its tokenizer knows only special tokens: using seeded random token ids" in progress
+    with pytest.raises(UsageError, match=r"--text: .* has no tokenizer to read text with \(its tokenizer knows only "
+                                         r"special tokens\); save the model's tokenizer next to it"):
+        text = tmp_path / "t.txt"
+        text.write_text("some words to read")
+        load_subject(str(directory), gradscope.AnalyzeConfig(text=str(text), **SMALL), lambda _: None)
 
 
 def test_tokenizer_that_reads_the_corpus_as_unknown_tokens_falls_back_and_says_why(tmp_path):

@@ -97,6 +97,8 @@ def _quiet_transformers() -> None:
 # the weights, and measures that model: the fine-tuned model as it is used.
 
 # Files that hold a tokenizer or an image processor.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                    "tokenizer.model", "sentencepiece.bpe.model")
 _PREPROCESSOR_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "preprocessor_config.json")
 
 # Files that hold a whole model's weights.
@@ -533,18 +535,19 @@ MAX_UNKNOWN = 0.5  # above this share of [UNK] tokens the text says nothing to t
 
 
 def _tokenizer(spec: str, config):
-    """The tokenizer saved with the model, or None when there is none to read text with."""
+    """(the tokenizer saved with the model, None) or (None, why there is none to read text with)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=config.trust_remote_code)
     except Exception:  # no tokenizer files: the caller falls back to seeded ids, and says so
-        return None
-    # Without tokenizer files, transformers may build one that knows only its special tokens
-    # ([PAD], [UNK], [CLS], ...): every word would read as [UNK].
+        return None, "no tokenizer"
+    # transformers may build a tokenizer that knows only its special tokens ([PAD], [UNK], [CLS], ...),
+    # without tokenizer files or from a vocabulary it could not read: every word would read as [UNK].
     if not tokenizer.vocab_size or len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        return None
-    return tokenizer
+        saved = any((Path(spec) / name).is_file() for name in _TOKENIZER_FILES)
+        return None, "its tokenizer knows only special tokens" if saved else "no tokenizer"
+    return tokenizer, None
 
 
 def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
@@ -553,12 +556,12 @@ def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
     Text is read with the model's tokenizer. Without one, or when it reads the text as mostly unknown
     tokens (a batch of one repeated id, with nothing to mask), the ids are seeded random ids instead.
     """
-    tokenizer = _tokenizer(spec, config)
+    tokenizer, why = _tokenizer(spec, config)
     if tokenizer is None:
         if config.text:
-            raise UsageError(f"--text: {spec} has no tokenizer files to read text with; save its tokenizer next to it")
-        why = "no tokenizer"
-        progress("no tokenizer found next to the model: using seeded random token ids")
+            raise UsageError(f"--text: {spec} has no tokenizer to read text with ({why}); save the model's "
+                             "tokenizer next to it")
+        progress(f"{why}: using seeded random token ids")
     else:
         texts, where = texts_for(config.text)
         ids = token_windows(tokenizer, texts, n, seq_len)
