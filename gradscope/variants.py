@@ -22,8 +22,9 @@ weights are tuned to the architecture they were trained in:
 - ``no-residual``: the skip connection removed from torchvision ``BasicBlock``/``Bottleneck`` and
   Hugging Face ResNet layers,
   from BERT-style sublayer outputs (``LayerNorm(dense(h) + input)`` becomes ``LayerNorm(dense(h))``)
-  and from pre-norm decoder blocks (GPT-2, LLaMA-family, GPT-NeoX with a sequential residual:
-  ``h + attn(norm(h))`` becomes ``attn(norm(h))``, and the same for the MLP);
+  from pre-norm decoder blocks (GPT-2, LLaMA-family, GPT-NeoX with a sequential residual:
+  ``h + attn(norm(h))`` becomes ``attn(norm(h))``, and the same for the MLP) and from DistilBERT's
+  post-norm blocks (``norm(h + attn(h))`` becomes ``norm(attn(h))``);
 - ``xavier`` / ``he``: every Linear (GPT-style ``Conv1D`` included) and convolution weight re-drawn
   (Xavier uniform; He normal, fan-in, ReLU gain), biases zero; a head whose weight is an input
   embedding's (tied) is left as it is, and counted apart.
@@ -175,8 +176,8 @@ def _sublayer_output_without_skip(self, hidden_states, input_tensor, *args, **kw
 
 
 _NO_RESIDUAL_FOUND = ("found no residual block gradscope can edit (it knows torchvision and Hugging Face ResNet "
-                      "blocks, BERT-style sublayer outputs and pre-norm decoder blocks: GPT-2, LLaMA-family, "
-                      "GPT-NeoX with a sequential residual)")
+                      "blocks, BERT-style sublayer outputs, DistilBERT blocks and pre-norm decoder blocks: GPT-2, "
+                      "LLaMA-family, GPT-NeoX with a sequential residual)")
 
 
 def _residual_forward(module: nn.Module):
@@ -209,8 +210,19 @@ _PRENORM_LAYOUTS = (
 )
 
 
+# Post-norm blocks that add inline: norm(h + sublayer(h)); the residual is the sublayer's own input.
+# Per known block layout, the (sublayer, norm after it) pairs.
+_POSTNORM_LAYOUTS = (
+    (("attention", "sa_layer_norm"), ("ffn", "output_layer_norm")),  # DistilBERT
+)
+
+
 def _prenorm_pairs(module: nn.Module) -> Optional[list[tuple[nn.Module, nn.Module]]]:
-    """The (norm, sublayer) pairs of a pre-norm block whose residual adds gradscope can cancel, else None."""
+    """The (keeper, sublayer) pairs of a block whose inline residual adds gradscope can cancel, else None.
+
+    The keeper's input is the residual: the norm before the sublayer in a pre-norm block, the sublayer
+    itself in a post-norm one.
+    """
     if (getattr(module, "use_parallel_residual", False)  # GPT-NeoX's default: h + attn(ln1(h)) + mlp(ln2(h))
             or any(hasattr(module, a) for a in ("crossattention", "pre_feedforward_layernorm",
                                                  "post_feedforward_layernorm"))):
@@ -219,15 +231,20 @@ def _prenorm_pairs(module: nn.Module) -> Optional[list[tuple[nn.Module, nn.Modul
         pairs = [(getattr(module, norm, None), getattr(module, sub, None)) for norm, sub in layout]
         if all(isinstance(n, nn.Module) and is_norm(n) and isinstance(s, nn.Module) for n, s in pairs):
             return pairs
+    for layout in _POSTNORM_LAYOUTS:
+        if all(isinstance(getattr(module, sub, None), nn.Module) and is_norm(getattr(module, norm, None))
+               for sub, norm in layout):
+            return [(getattr(module, sub), getattr(module, sub)) for sub, _ in layout]
     return None
 
 
 class _ResidualTap:
-    """Cancels one inline residual add ``h + sublayer(norm(h))``.
+    """Cancels one inline residual add, ``h + sublayer(norm(h))`` or ``norm(h + sublayer(h))``.
 
-    A pre-hook on the norm keeps its input ``h`` (the residual); a hook on the
-    sublayer returns ``sublayer(...) - h``, so the block's add yields the
-    sublayer's output alone and the gradient takes no skip path. The taps live
+    A pre-hook on the keeper (the norm before the sublayer, or the sublayer
+    itself) keeps its input ``h`` (the residual); a hook on the sublayer returns
+    ``sublayer(...) - h``, so the block's add yields the sublayer's output alone
+    and the gradient takes no skip path. The taps live
     on the block, so a deep copy of the model copies them along with it.
     """
 
@@ -281,9 +298,9 @@ def remove_residuals(model: nn.Module) -> int:
         pairs = _prenorm_pairs(module)
         if pairs is not None:
             taps = []
-            for norm, sublayer in pairs:
+            for keeper, sublayer in pairs:
                 tap = _ResidualTap()
-                norm.register_forward_pre_hook(tap.keep, with_kwargs=True)
+                keeper.register_forward_pre_hook(tap.keep, with_kwargs=True)
                 sublayer.register_forward_hook(tap.cancel)
                 taps.append(tap)
             module._gradscope_residual_taps = taps

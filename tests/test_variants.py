@@ -213,6 +213,34 @@ def test_no_residual_cancels_the_inline_adds_of_pre_norm_decoder_blocks(kind):
     assert all(p.grad is not None for p in layers[0].parameters())
 
 
+def test_no_residual_cancels_the_inline_adds_of_distilbert_post_norm_blocks():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                           max_position_embeddings=32)
+    model = transformers.DistilBertForMaskedLM(config).eval()
+    layers = model.distilbert.transformer.layer
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    with_skip = model(ids).logits
+    seen = {}  # per layer: what each norm gets and what the sublayers themselves output
+    for i, layer in enumerate(layers):  # hooks made before the surgery's see the sublayers' raw outputs
+        layer.attention.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("attn", i), out[0]))
+        layer.sa_layer_norm.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(("sa_norm", i), a[0]))
+        layer.ffn.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(("ffn", i), out))
+        layer.output_layer_norm.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(("out_norm", i), a[0]))
+
+    assert remove_residuals(model) == 2 * len(layers)
+    assert describe_architecture(model)["residuals_removed"] == len(layers)
+    without_skip = model(ids).logits
+    for i in range(len(layers)):
+        # norm(h + attn(h)) became norm(attn(h)), and the same for the feed-forward sublayer.
+        torch.testing.assert_close(seen[("sa_norm", i)], seen[("attn", i)])
+        torch.testing.assert_close(seen[("out_norm", i)], seen[("ffn", i)])
+    assert not torch.allclose(with_skip, without_skip)
+    without_skip.sum().backward()
+    assert all(p.grad is not None for p in layers[0].parameters())
+
+
 def test_no_residual_refuses_parallel_residual_blocks():
     model, *_ = _decoder("neox-parallel")
     with pytest.raises(UsageError, match="what-if no-residual: found no residual block"):
