@@ -7,6 +7,7 @@ a single-process model trained on the whole batch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -41,13 +42,26 @@ def loss_of(net, x, y):
     return ((net(x) - y) ** 2).mean()
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+@contextlib.contextmanager
+def _process_group(rank: int, port: int, world: int):
+    """This process as rank ``rank`` of a gloo group; every rank is done with every collective before any
+    tears down. The worker then leaves with ``os._exit(0)``: everything is saved, and gloo's worker threads
+    can still abort a finished process at interpreter finalization ("terminate called without an active
+    exception", SIGABRT) and fail the test after its work was done."""
     import torch.distributed as dist
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     # a short timeout: a collective one rank skips fails the test instead of hanging it
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
+        yield
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    with _process_group(rank, port, WORLD):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
         from torch.nn.parallel import DistributedDataParallel
@@ -133,22 +147,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         torch.save({"mode": monitor.mode, "l2": monitor.history.param_l2()[0, 0].item(),
                     "numel": monitor.history.numel[0, 0].item()}, f"{out}/replicate_{rank}.pt")
         monitor.close()
-        dist.barrier()  # both ranks are done with every collective before either tears down
-    finally:
-        dist.destroy_process_group()
-    # Everything is saved: leave without interpreter finalization, where gloo's worker
-    # threads can still abort a finished process ("terminate called without an active
-    # exception", SIGABRT) and fail the test after its work was done.
     os._exit(0)
 
 
 def _hybrid_worker(rank: int, port: int, out: str) -> None:
     """Four ranks, two replicas of a model sharded over two: each shard is counted once."""
-    import torch.distributed as dist
-
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=HYBRID_WORLD, timeout=datetime.timedelta(seconds=60))
-    try:
+    with _process_group(rank, port, HYBRID_WORLD):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy, fully_shard
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -176,9 +180,6 @@ def _hybrid_worker(rank: int, port: int, out: str) -> None:
             torch.save({"mode": monitor.mode, "names": history.param_names, "param_l2": history.param_l2(),
                         "block_l2": history.block_l2(), "table": history.table, "numel": history.numel,
                         "blocks": history.blocks}, f"{out}/{kind}_{rank}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
     os._exit(0)
 
 
