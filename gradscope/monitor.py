@@ -859,16 +859,23 @@ class GradientMonitor:
                 out[block].append(p.grad)
         return out
 
+    def drop_unflushed(self) -> int:
+        """Drop the recorded steps not flushed yet; return how many. After an error in sharded mode, where
+        the flush's collective may never be joined by the other processes, the history stops at the last flush."""
+        count, self._pending = len(self._pending), []
+        return count
+
     def close(self, *, flush: bool = True) -> None:
         """Flush, remove the hooks and release the model (a new monitor may then be attached).
 
-        ``flush=False`` drops the steps not flushed yet: after an error, when in
-        sharded mode the other processes may never join the flush's collective.
+        ``flush=False`` drops the steps not flushed yet (see :meth:`drop_unflushed`).
         """
         if self._closed:
             return
         try:
-            if flush and (self.active or self.mode == "sharded"):
+            if not flush:
+                self.drop_unflushed()
+            elif self.active or self.mode == "sharded":
                 self.flush()
         finally:
             self._closed = True

@@ -743,3 +743,38 @@ def test_mixed_unscaled_optimizers_are_refused_and_the_step_is_not_counted():
         scaler.unscale_(opt_head)
         assert monitor.step() is True  # now all unscaled: recorded, as step 1
         assert monitor.history.steps.tolist() == [1]
+
+
+def test_a_callback_stopped_by_an_error_in_sharded_mode_reports_the_flushed_steps_without_a_collective(tmp_path):
+    from gradscope.integrations._options import MonitorCallbackOptions
+    from gradscope.report import Report
+
+    callback = MonitorCallbackOptions(report_dir=tmp_path / "report", flush_every=8)
+    net = make()
+    callback.monitor = callback.make_monitor(net)
+    for step in range(3):
+        backward(net, step)
+        callback.monitor.step()
+    callback.monitor.flush()
+    backward(net, 3)
+    callback.monitor.step()  # recorded, not flushed
+    callback.monitor.mode = "sharded"  # as under FSDP, where a flush is a collective the other ranks may not join
+    callback.finish({}, write=True, error=RuntimeError("rank 1 ran out of memory"))
+    report = Report.load(tmp_path / "report")
+    assert sorted({r["step"] for r in report.series}) == [1, 2, 3]  # the step after the last flush is dropped
+    assert report.meta["stopped_by"] == "RuntimeError: rank 1 ran out of memory"
+    assert callback.monitor is None
+    GradientMonitor(net).close()  # the model is free again
+
+
+def test_drop_unflushed_keeps_the_flushed_history():
+    net = make()
+    monitor = GradientMonitor(net, flush_every=8)
+    for step in range(5):
+        backward(net, step)
+        monitor.step()
+        if step == 2:
+            monitor.flush()
+    assert monitor.drop_unflushed() == 2 and monitor.drop_unflushed() == 0
+    assert monitor.history.steps.tolist() == [1, 2, 3]
+    monitor.close(flush=False)

@@ -55,6 +55,8 @@ class MonitorCallbackOptions:
         try:
             if error is None or monitor.mode != "sharded":
                 monitor.flush(check=error is None)
+            else:  # the report reads the history, which would flush
+                monitor.drop_unflushed()
             if self.report_dir is None or not write or not monitor._chunks:
                 return
             if error is not None:
