@@ -53,20 +53,23 @@ class MonitorCallbackOptions:
         if monitor is None:
             return
         try:
-            if error is None or monitor.mode != "sharded":
-                monitor.flush(check=error is None)
-            else:  # the report reads the history, which would flush
-                monitor.drop_unflushed()
-            if self.report_dir is None or not write or not monitor._chunks:
-                return
-            if error is not None:
-                meta = {**meta, "stopped_by": f"{type(error).__name__}: {error}"}
-            try:
-                monitor.report(meta=meta).save(self.report_dir, force=True)
-            except Exception as exc:
-                if error is None:
-                    raise
-                warnings.warn(f"gradscope: the report of the stopped run could not be written to "
-                              f"{self.report_dir}: {exc}", RuntimeWarning, stacklevel=2)
+            self._write_report(monitor, meta, write, error)
+        except Exception as exc:
+            if error is None:
+                raise
+            warnings.warn(f"gradscope: the report of the stopped run could not be written to {self.report_dir}: "
+                          f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
         finally:
             monitor.close(flush=False)
+
+    def _write_report(self, monitor: GradientMonitor, meta: dict, write: bool,
+                      error: Optional[BaseException]) -> None:
+        if error is None or monitor.mode != "sharded":
+            monitor.flush(check=error is None)
+        else:  # the report reads the history, which would flush
+            monitor.drop_unflushed()
+        if self.report_dir is None or not write or not monitor._chunks:
+            return
+        if error is not None:
+            meta = {**meta, "stopped_by": f"{type(error).__name__}: {error}"}
+        monitor.report(meta=meta).save(self.report_dir, force=True)
