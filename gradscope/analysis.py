@@ -261,12 +261,15 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
     """
     signal, whole = flow_signal(blocks)
     runs = stacks(blocks)
-    ratios = [_div(whole[r[0]], whole[r[-1]]) if len(r) >= 2 else math.nan for r in runs]
-    decisive = runs[max(range(len(runs)), key=lambda i: _extent(ratios[i]))]  # the stack whose flow changes most
-    first_to_last = ratios[runs.index(decisive)]
-    flow = [whole[i] for i in decisive]
-    param_flow = [blocks[i]["grad_l2"] for i in decisive]
-    ends = [blocks[decisive[0]], blocks[decisive[-1]]] if blocks else []
+    # Each run is compared between its first and last blocks that got a gradient (a frozen block gets none).
+    reached = [[i for i in r if not math.isnan(whole[i])] for r in runs]
+    ratios = [_div(whole[v[0]], whole[v[-1]]) if len(v) >= 2 else math.nan for v in reached]
+    k = max(range(len(runs)), key=lambda i: _extent(ratios[i]))  # the stack whose flow changes most
+    first_to_last = ratios[k]
+    flow = [whole[i] for i in runs[k]]
+    ends = [blocks[i] for i in (reached[k][0], reached[k][-1])] if len(reached[k]) >= 2 else (
+        [blocks[runs[k][0]], blocks[runs[k][-1]]] if blocks else [])
+    param_ratio = _div(ends[0]["grad_l2"], ends[-1]["grad_l2"]) if len(reached[k]) >= 2 else math.nan
     grad_nonfinite = sum(r["grad_nonfinite"] for r in params)
     nonfinite = (not math.isfinite(m.loss)) or grad_nonfinite > 0 or any(
         b["act_grad_nonfinite"] or b["output_nonfinite"] for b in blocks)
@@ -293,12 +296,13 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
         "last_block": ends[-1]["block"] if ends else None,
         "flow_signal": signal,
         "first_to_last_ratio": first_to_last,
-        "param_first_to_last_ratio": _div(param_flow[0], param_flow[-1]) if len(param_flow) >= 2 else math.nan,
+        "param_first_to_last_ratio": param_ratio,
         "decay": fit_decay(flow),
         "total_grad_l2": math.sqrt(total_sumsq),
         "grad_nonfinite": grad_nonfinite,
         "first_nonfinite": _first_nonfinite_block(blocks) if nonfinite else None,
         "dead_blocks": dead,
+        "blocks_no_grad": [b["block"] for b, v in zip(blocks, whole) if math.isnan(v)],  # left out of the ratio
         # all-zero weight matrices (a zero-initialized head): nothing flows back through them until updated
         "zero_weights": [r["name"] for r in params if len(r["shape"]) >= 2 and r["weight_l2"] == 0] if dead else [],
         "params": len(params),
@@ -307,8 +311,8 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
         # each stack's ends and ratio, and into_next_ratio: its last block's flow over the next stack's first's
         "stacks": [{"first_block": blocks[r[0]]["block"], "last_block": blocks[r[-1]]["block"], "blocks": len(r),
                     "first_to_last_ratio": ratio,
-                    "into_next_ratio": _div(whole[r[-1]], whole[runs[k + 1][0]]) if k + 1 < len(runs) else None}
-                   for k, (r, ratio) in enumerate(zip(runs, ratios))] if len(runs) > 1 else [],
+                    "into_next_ratio": _div(whole[r[-1]], whole[runs[j + 1][0]]) if j + 1 < len(runs) else None}
+                   for j, (r, ratio) in enumerate(zip(runs, ratios))] if len(runs) > 1 else [],
     }
 
 
@@ -414,6 +418,10 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
     ratio = summary["first_to_last_ratio"]
     where = (f"{summary['flow_signal']} at {summary['first_block']} is {_fmt(ratio)}x "
              f"its value at {summary['last_block']}")
+    missing = summary.get("blocks_no_grad") or []
+    if missing and verdict != "no-depth":
+        where += (f" (the first and last blocks with a gradient; none reached {', '.join(missing[:3])}"
+                  + (" ..." if len(missing) > 3 else "") + ")")
     found = []
     if verdict == "non-finite":
         first = summary["first_nonfinite"] or {}
@@ -456,10 +464,12 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
                        "no numbered stack has no blocks to compare",
             })
         else:
+            missing = summary.get("blocks_no_grad") or []
             found.append({
                 "variant": v, "severity": "warning", "kind": "no-depth", "block": None,
-                "message": f"the flow cannot be compared: {where}",
-                "evidence": "the first or the last block received no gradient",
+                "message": "fewer than two blocks received a gradient, so the flow cannot be compared across depth",
+                "evidence": f"no gradient at {len(missing)} of {n} blocks: {', '.join(missing[:5])}"
+                            + (" ..." if len(missing) > 5 else ""),
                 "fix": "check that the objective reaches every block (frozen or skipped blocks get no gradient)",
             })
     elif verdict == "vanishing":

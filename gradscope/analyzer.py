@@ -19,10 +19,13 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
 from .blocks import unwrap
 from .errors import GradscopeError, UsageError
+
+_PACKAGE = Path(__file__).resolve().parent
 from .variants import BASELINES, DEFAULT_BASELINES, WHAT_IFS, check_names
 
 Progress = Callable[[str], None]
@@ -109,6 +112,14 @@ def _forward_error(variant: str, exc: Exception) -> GradscopeError:
     return GradscopeError(f"variant {variant}: the forward/backward pass failed: {first_line(exc)}")
 
 
+def _raised_in_gradscope(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is gradscope's own code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
 def run_variants(subject, variants: Iterable, seed: int, progress: Progress, config=None):
     """Measure and analyze each variant on the subject's batches; return the :class:`Report`."""
     from .analysis import (batch_norm_finding, block_rows, compare, comparison_pairs, findings_for, parameter_rows,
@@ -126,8 +137,13 @@ def run_variants(subject, variants: Iterable, seed: int, progress: Progress, con
             m = measure(variant.model, subject.batches, subject.loss_fn, seed=seed, blocks=variant.blocks)
         except GradscopeError:
             raise
-        except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError, AssertionError) as exc:
-            # what a model's forward raises on inputs it does not take (a missing argument, a fixed input size)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise _forward_error(variant.name, exc) from exc
+        except (KeyError, AttributeError, AssertionError) as exc:
+            # what a model's forward raises on inputs it does not take (a missing argument, a fixed input size);
+            # raised by gradscope's own code, it is a bug to show in full
+            if _raised_in_gradscope(exc):
+                raise
             raise _forward_error(variant.name, exc) from exc
         backends.add(m.grad.backend)
         inventory = describe_architecture(variant.model)

@@ -101,19 +101,34 @@ def _is_stack(module: nn.Module) -> bool:
     )
 
 
+def _inner(module: nn.Module) -> nn.Module:
+    """The module an in-model wrapper (FSDP1 unit, checkpoint_wrapper, compiled submodule) holds, or itself."""
+    while True:
+        children = dict(module.named_children())
+        wrapped = [children[w] for w in _WRAPPER_SEGMENTS if w in children]
+        if len(children) != 1 or not wrapped:
+            return module
+        module = wrapped[0]
+
+
+def _parts(module: nn.Module) -> list[nn.Module]:
+    """The children that hold parameters, each as the module it is under any wrapper."""
+    return [_inner(child) for child in _inner(module).children() if _has_parameters(child)]
+
+
 def _is_homogeneous(stack: nn.Module) -> bool:
-    return len({type(child) for child in stack.children() if _has_parameters(child)}) == 1
+    return len({type(child) for child in _parts(stack)}) == 1
 
 
 def _is_layer(module: nn.Module) -> bool:
-    parts = [child for child in module.children() if _has_parameters(child)]
-    return not parts or (isinstance(module, nn.Sequential) and all(_is_layer(p) and not isinstance(p, nn.Sequential)
-                                                                    for p in parts))
+    module = _inner(module)
+    parts = _parts(module)
+    return not parts or (isinstance(module, nn.Sequential) and all(not _parts(p) for p in parts))
 
 
 def _holds_blocks(stack: nn.Module) -> bool:
     """A stack of blocks, not of single layers (see the module docstring)."""
-    return not all(_is_layer(child) for child in stack.children() if _has_parameters(child))
+    return not all(_is_layer(child) for child in _parts(stack))
 
 
 def _outermost_stacks(prefix: str, module: nn.Module) -> list[str]:

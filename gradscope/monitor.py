@@ -487,9 +487,10 @@ class GradientMonitor:
         return list(self._frozen)
 
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        if kwargs.get("closure", args[1] if len(args) > 1 else None) is not None:  # args[0] is the optimizer
-            self._closure_step = True  # the closure runs the backward inside step(): record when step() returns
-            return
+        # args[0] is the optimizer. Set at every step: a closure that raised leaves no stale mark behind.
+        self._closure_step = kwargs.get("closure", args[1] if len(args) > 1 else None) is not None
+        if self._closure_step:
+            return  # the closure runs the backward inside step(): record when step() returns
         self._on_optimizer_step()
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:

@@ -548,6 +548,43 @@ def test_a_shallow_cut_that_breaks_the_model_is_skipped_or_refused_when_asked_fo
                           batch=BATCH, loss_fn=_ce)
 
 
+def test_blocks_without_a_gradient_are_left_out_of_the_ratio_and_named():
+    model = Stack(depth=5)
+    model.layers[0].requires_grad_(False)  # frozen: no gradient at the first block, and none below it
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    summary = report.summary("pretrained")
+    rows = {r["block"]: r for r in report.block_rows("pretrained")}
+    assert summary["blocks_no_grad"] == ["layers.0"] and summary["verdict"] != "no-depth"
+    assert (summary["first_block"], summary["last_block"]) == ("layers.1", "layers.4")
+    assert math.isclose(summary["param_first_to_last_ratio"], rows["layers.1"]["grad_l2"] / rows["layers.4"]["grad_l2"])
+    verdict = next(f for f in report.findings if f["kind"] == summary["verdict"])
+    assert "none reached layers.0" in verdict["evidence"]
+    model.layers[1:4].requires_grad_(False)  # one block with a gradient is left: no depth to compare
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    finding = next(f for f in report.findings if f["kind"] == "no-depth")
+    assert finding["message"].startswith("fewer than two blocks received a gradient")
+    assert finding["evidence"] == "no gradient at 4 of 5 blocks: layers.0, layers.1, layers.2, layers.3"
+
+
+def test_a_model_that_rejects_its_input_is_one_line_but_a_gradscope_bug_keeps_its_traceback(monkeypatch):
+    class Picky(Stack):
+        def forward(self, x):
+            assert x.shape[-1] == 9, "expects 9 features"
+            return super().forward(x)
+
+    with pytest.raises(GradscopeError, match="variant pretrained: the forward/backward pass failed: .*9 features"):
+        gradscope.analyze(Picky(), gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                          batch=BATCH, loss_fn=_ce)
+    import gradscope.variants as variants
+
+    monkeypatch.setattr(variants, "find_blocks", lambda model: ["no_such_block"])  # a bug: a block that is not there
+    with pytest.raises(AttributeError, match="no module named 'no_such_block'"):  # not "the forward failed"
+        gradscope.analyze(Stack(), gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                          batch=BATCH, loss_fn=_ce)
+
+
 def test_exploding_and_vanishing_on_known_gains():
     """Linear blocks W = gain * I with no activation: dL/dh is multiplied by exactly ``gain`` per block back."""
 

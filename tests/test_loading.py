@@ -283,6 +283,12 @@ def test_a_vision_backbone_gets_a_fresh_head_and_says_so(tmp_path):
                                               conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3),
                                               num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2),
      "Wav2Vec2ForCTC (wav2vec2): it reads audio"),
+    ("Wav2Vec2ForPreTraining", "Wav2Vec2Config", dict(vocab_size=32, hidden_size=16, num_hidden_layers=1,
+                                                      num_attention_heads=2, intermediate_size=32,
+                                                      conv_dim=(8, 8), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                                                      codevector_dim=8, proj_codevector_dim=8),
+     "Wav2Vec2ForPreTraining (wav2vec2): it reads audio"),  # not a masked LM for being ...ForPreTraining
 ])
 def test_models_gradscope_cannot_feed_are_refused_in_one_line(tmp_path, model_class, config_class, kwargs, says):
     hm.save_small(tmp_path, model_class, config_class, **kwargs)
@@ -393,6 +399,15 @@ def test_a_safetensors_checkpoint_whose_head_sorts_before_its_body(tmp_path):
     config = gradscope.AnalyzeConfig(arch="convnext_tiny", image_size=32, **SMALL)
     subject = load_subject(str(tmp_path / "c.safetensors"), config, lambda _: None)
     assert subject.model.classifier[2].out_features == 7 and "over 7 classes" in subject.inputs
+
+
+def test_a_checkpoint_of_an_architecture_that_cannot_be_built_on_the_meta_device(tmp_path):
+    torchvision = pytest.importorskip("torchvision")  # RegNet's __init__ reads tensor values
+    torch.manual_seed(0)
+    torch.save(torchvision.models.regnet_y_400mf(num_classes=6).state_dict(), tmp_path / "r.pt")
+    subject = load_subject(str(tmp_path / "r.pt"), gradscope.AnalyzeConfig(arch="regnet_y_400mf", image_size=32,
+                                                                          **SMALL), lambda _: None)
+    assert subject.model.fc.out_features == 6
 
 
 def test_a_vision_transformer_checkpoint_refuses_another_image_size(tmp_path):

@@ -165,6 +165,21 @@ def test_a_closure_step_records_the_gradient_its_closure_computed(optimizer):
         assert close(history.global_l2()[t].item(), total)
 
 
+def test_a_closure_that_raises_leaves_the_next_plain_step_recorded_once():
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+
+    def broken():
+        raise RuntimeError("the data loader broke")
+
+    with GradientMonitor(net, opt) as monitor:
+        with pytest.raises(RuntimeError, match="data loader"):
+            opt.step(broken)
+        backward(net, 0)
+        opt.step()
+        assert monitor.history.steps.tolist() == [1]
+
+
 def test_wrappers_inside_the_model_leave_its_names_alone():
     # Activation checkpointing's wrapper and a compiled block add "_checkpoint_wrapped_module." and "_orig_mod."
     # inside the names (FSDP1 adds "_fsdp_wrapped_module.", tests/test_distributed.py): the names, blocks and the

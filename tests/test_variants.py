@@ -158,6 +158,28 @@ def test_blocks_are_found_from_the_model_itself(arch, count, first, last):
     assert (len(blocks), blocks[0], blocks[-1]) == (count, first, last)
 
 
+def test_wrapping_a_layer_or_a_block_inside_the_model_changes_no_block():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    def plain():
+        model = nn.Module()
+        model.features = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+        model.classifier = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        return model
+
+    expected = find_blocks(plain())
+    wrapped = plain()  # a wrapped Linear is still one layer, not a block that would make its stack one of blocks
+    wrapped.classifier[2] = checkpoint_wrapper(wrapped.classifier[2])
+    wrapped.features[0] = torch.compile(wrapped.features[0], backend="eager")
+    assert find_blocks(wrapped) == expected
+    resnet = torchvision.models.resnet18()
+    expected = (find_blocks(resnet), block_containers(resnet))
+    for i in range(2):
+        resnet.layer2[i] = checkpoint_wrapper(resnet.layer2[i])
+    resnet.fc = torch.compile(resnet.fc, backend="eager")
+    assert (find_blocks(resnet), block_containers(resnet)) == expected
+
+
 def test_stages_of_a_hf_resnet_split_into_layers_but_t5_sublayers_do_not():
     from transformers import ResNetConfig, ResNetModel, T5Config, T5Model
 

@@ -329,27 +329,31 @@ def _task(config, spec: str) -> str:
     from transformers.models.auto import modeling_auto as auto
 
     model_type = config.model_type
-    pretraining = "replaced-token-detection" if model_type in _DISCRIMINATORS else "masked-lm"
-    heads = (
-        (("ForMaskedLM",), "masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
-        (("ForPreTraining",), pretraining, auto.MODEL_FOR_PRETRAINING_MAPPING_NAMES),
-        (("ForCausalLM", "LMHeadModel"), "causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
-        (("ForConditionalGeneration",), "seq2seq-lm", auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES),
-        (("ForImageClassification",), "image-classification", None),
-        (("ForSequenceClassification",), "sequence-classification",
-         auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
-        (("ForTokenClassification",), "token-classification", auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
-    )
     architectures = list(getattr(config, "architectures", None) or [])
-    for arch in architectures:
-        for suffixes, task, supported in heads:
-            if arch.endswith(suffixes) and (supported is None or model_type in supported):
-                return _sequence_task(config) if task == "sequence-classification" else task
+    if any(arch.endswith("ForImageClassification") for arch in architectures):
+        return "image-classification"  # of any model that has one (CLIP's vision tower too)
     modality = _modality(config)
     if modality != "text":
         if modality == "vision" and model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
             return "image-backbone"  # a vision backbone: measured through a fresh classification head
         raise ModelLoadError(_unsupported_message(spec, config, modality))
+    if model_type in _DISCRIMINATORS:
+        pretraining = ("replaced-token-detection", auto.MODEL_FOR_PRETRAINING_MAPPING_NAMES)
+    else:  # BERT's ...ForPreTraining is a masked LM (and next-sentence prediction)
+        pretraining = ("masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    heads = (
+        (("ForMaskedLM",), "masked-lm", auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
+        (("ForPreTraining",), *pretraining),
+        (("ForCausalLM", "LMHeadModel"), "causal-lm", auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+        (("ForConditionalGeneration",), "seq2seq-lm", auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES),
+        (("ForSequenceClassification",), "sequence-classification",
+         auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
+        (("ForTokenClassification",), "token-classification", auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
+    )
+    for arch in architectures:
+        for suffixes, task, supported in heads:
+            if arch.endswith(suffixes) and model_type in supported:
+                return _sequence_task(config) if task == "sequence-classification" else task
     if model_type in auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES and getattr(config, "is_encoder_decoder", False):
         return "seq2seq-lm"  # an encoder-decoder base (T5Model, BartModel): its LM head is the tied embedding
     if architectures:  # a base model or another task head
@@ -545,7 +549,8 @@ def _tokenizer(spec: str, config):
     # transformers may build a tokenizer that knows only its special tokens ([PAD], [UNK], [CLS], ...),
     # without tokenizer files or from a vocabulary it could not read: every word would read as [UNK].
     if not tokenizer.vocab_size or len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        saved = any((Path(spec) / name).is_file() for name in _TOKENIZER_FILES)
+        # (from the hub, files were found; in a folder, they may be missing)
+        saved = not Path(spec).is_dir() or any((Path(spec) / name).is_file() for name in _TOKENIZER_FILES)
         return None, "its tokenizer knows only special tokens" if saved else "no tokenizer"
     return tokenizer, None
 

@@ -215,8 +215,12 @@ def _num_classes(state: dict, arch: str) -> Optional[int]:
     Looked up by name in a skeleton of the architecture (on the meta device: no memory, no init cost), as the
     order of a state dict's keys is not the model's (safetensors sorts them).
     """
-    with torch.device("meta"):
-        skeleton = _torchvision_models().get_model(arch, weights=None)
+    try:
+        with torch.device("meta"):
+            skeleton = _torchvision_models().get_model(arch, weights=None)
+    except Exception:  # an __init__ that reads tensor values (RegNet): the last 2-D weight in the file's order
+        matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+        return matrices[-1].shape[0] if matrices else None
     linear = [name for name, module in skeleton.named_modules() if isinstance(module, nn.Linear)]
     head = state.get(f"{linear[-1]}.weight") if linear else None
     if head is not None and head.dim() == 2:
