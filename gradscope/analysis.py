@@ -26,8 +26,9 @@ Verdicts, first that applies:
 - ``dead``: some block's parameter gradient is exactly zero in at least
   ``DEAD_ZERO_FRAC`` of its entries (dead units or underflow);
 - ``no-depth``: no flow to compare: fewer than two blocks (a model without a
-  numbered stack, or one whose layers share weights, as ALBERT's), or no
-  gradient at the first or last block;
+  numbered stack, or one whose layers share weights, as ALBERT's), or fewer
+  than two that received a gradient (blocks without one, frozen or skipped,
+  are otherwise left out of the ratio and named);
 - ``vanishing``: ``first_to_last_ratio < VANISHING_RATIO``;
 - ``exploding``: ``first_to_last_ratio > EXPLODING_RATIO``;
 - ``healthy``: otherwise. A healthy variant whose flow changes by a steady factor per
