@@ -235,6 +235,10 @@ def test_an_encoder_decoder_is_judged_per_stack(tmp_path):
     assert summary["first_to_last_ratio"] == extreme["first_to_last_ratio"]
     assert (summary["first_block"], summary["last_block"]) == (extreme["first_block"], extreme["last_block"])
     assert any(f["kind"] == "stacks" and "through cross-attention" in f["evidence"] for f in report.findings)
+    from gradscope.report.terminal import summary_lines
+
+    legend = summary_lines(report)[-1]  # under the table: which stack each row's first/last is of
+    assert legend.endswith(f"(pretrained {summary['first_block']} to {summary['last_block']})")
 
 
 def test_bart_denoises_its_masked_input(tmp_path):

@@ -37,6 +37,15 @@ TREND_LEGEND = ("trend toward input: a fit of the log gradient against depth; fl
                 "all blocks")
 
 
+def summary_legend(report) -> str:
+    """The line under a summary table: the trend rule, and for an encoder-decoder which stack each row is of."""
+    judged = [f"{s['variant']} {s['first_block']} to {s['last_block']}" for s in report.summaries if s.get("stacks")]
+    if not judged:
+        return TREND_LEGEND
+    return (f"{TREND_LEGEND}. The encoder and decoder are judged apart: each row's first/last and fit are of its "
+            f"stack whose flow changes most ({', '.join(judged)})")
+
+
 def decay_text(decay: Optional[dict]) -> str:
     """The decay fit in a table cell: ``halves every 1.2``, ``falls 7.1x/block``, ``doubles every 3.7``, ``flat``.
 

@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 
 from . import plots, svg
-from .fmt import TREND_HEADER, TREND_LEGEND, decay_text, grouped_findings, num, run_facts, title
+from .fmt import TREND_HEADER, decay_text, grouped_findings, num, run_facts, summary_legend, title
 
 _ASSETS = Path(__file__).parent / "assets"
 # the name first (it stays in view when the table scrolls sideways), then the numbers that matter most
@@ -130,7 +130,7 @@ def _summaries(report) -> str:
             f"<th>{_e(TREND_HEADER)}</th>"
             "<th class=\"n\">no grad</th></tr>")
     return (f'<section id="verdicts"><h2>Verdicts</h2><div class="wide"><table class="data"><thead>{head}</thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div><p class=\"muted\">{_e(TREND_LEGEND)}.</p></section>")
+            f"<tbody>{''.join(rows)}</tbody></table></div><p class=\"muted\">{_e(summary_legend(report))}.</p></section>")
 
 
 def _findings(report) -> str:

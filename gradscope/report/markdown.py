@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from .fmt import (TREND_HEADER, TREND_LEGEND, decay_text, flow_table, grouped_findings, num, run_facts,
-                  shown_depths, title)
+from .fmt import (TREND_HEADER, decay_text, flow_table, grouped_findings, num, run_facts, shown_depths,
+                  summary_legend, title)
 
 # CommonMark lets a backslash escape any ASCII punctuation. These can start markup inside a line: emphasis,
 # code, links and images, raw HTML, table cells, strikethrough, entities, GitHub's $math$. (Headings and
@@ -40,7 +40,7 @@ def _verdicts(report) -> list[str]:
                      str(len(s.get("params_no_grad") or []))])
     header = ["variant", "verdict", "loss", "blocks", "flow signal", "first/last block", "factor per block", "R²",
               TREND_HEADER, "no grad"]
-    return ["## Verdicts", "", *_table(header, rows, right={2, 3, 5, 6, 7, 9}), "", md(TREND_LEGEND) + ".", ""]
+    return ["## Verdicts", "", *_table(header, rows, right={2, 3, 5, 6, 7, 9}), "", md(summary_legend(report)) + ".", ""]
 
 
 def _findings(report) -> list[str]:

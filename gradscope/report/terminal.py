@@ -5,8 +5,8 @@ It reads the :class:`~gradscope.report.Report` only; nothing is recomputed here.
 
 from __future__ import annotations
 
-from .fmt import (MAX_BLOCK_ROWS, TREND_HEADER, TREND_LEGEND, adapter_line, decay_text, flow_table, grouped_findings,
-                  num, shown_depths, title)
+from .fmt import (MAX_BLOCK_ROWS, TREND_HEADER, adapter_line, decay_text, flow_table, grouped_findings,
+                  num, shown_depths, summary_legend, title)
 
 _num = num
 
@@ -28,7 +28,7 @@ def summary_lines(report) -> list[str]:
             _num(s.get("first_to_last_ratio")), _num(decay.get("factor_per_block")), _num(decay.get("r2"), ".2f"),
             decay_text(s.get("decay")), str(len(s.get("params_no_grad") or [])),
         ])
-    return [*_table(header, rows), TREND_LEGEND]
+    return [*_table(header, rows), summary_legend(report)]
 
 
 def flow_lines(report) -> list[str]:
