@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Optional
 
 from torch import nn
@@ -11,6 +12,9 @@ from ..monitor import GradientMonitor, MonitorConfig, attached_monitor
 
 # Steps a callback keeps on the host when it writes no report: it only logs the latest.
 CALLBACK_KEEP_LAST = 1024
+
+# The monitors callbacks made: one still attached when another run starts belongs to a run that stopped.
+_MADE_BY_CALLBACKS: "weakref.WeakSet[GradientMonitor]" = weakref.WeakSet()
 
 
 class MonitorCallbackOptions:
@@ -33,11 +37,11 @@ class MonitorCallbackOptions:
 
     def make_monitor(self, model: nn.Module) -> GradientMonitor:
         previous = attached_monitor(model)
-        if previous is not None and getattr(previous, "_owned_by_callback", False):
+        if previous in _MADE_BY_CALLBACKS:
             # A callback's run that stopped before its end event (an error the callback never saw).
             previous.close(flush=False)
         monitor = GradientMonitor(model, config=self.config)
-        monitor._owned_by_callback = True
+        _MADE_BY_CALLBACKS.add(monitor)
         return monitor
 
     def finish(self, meta: dict, *, write: bool, error: Optional[BaseException] = None) -> None:
