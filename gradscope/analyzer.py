@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -207,24 +207,14 @@ def analyze(
         raise UsageError(f"analyze: expected a model name, a path or an nn.Module; got {type(model_or_name).__name__}")
 
     baselines = config.baselines
-    if "shallow" in baselines:
-        from .blocks import block_containers
-
-        if block_containers(subject.model) in ([], [""]):
-            if baselines != DEFAULT_BASELINES:
-                raise UsageError("shallow: the model has no stack of numbered blocks to shorten; "
-                                 "drop 'shallow' from --baselines")
-            progress("no stack of numbered blocks to shorten: skipping the shallow baseline")
-            baselines = tuple(b for b in baselines if b != "shallow")
-            config = replace(config, baselines=baselines)  # the report's config says what ran
     check_applicable(subject.model, config.what_ifs)
     # shallow cuts only what keeps the model's output: checked on the first batch
     probe = output_probe(subject.batches[0], subject.loss_fn, config.seed) if "shallow" in baselines else None
     variants = build_variants(subject.model, subject.make_scratch, baselines, config.what_ifs, config.seed, progress,
                               probe=probe, shallow_optional=baselines == DEFAULT_BASELINES)
     report = run_variants(subject, variants, config.seed, progress, config)
-    if "shallow" in baselines and "shallow" not in report.variant_names:  # skipped: every cut broke the model
-        report.meta["config"]["baselines"] = tuple(b for b in baselines if b != "shallow")
+    if "shallow" in baselines and "shallow" not in report.variant_names:  # skipped: nothing it could cut
+        report.meta["config"]["baselines"] = tuple(b for b in baselines if b != "shallow")  # what ran
     return report
 
 

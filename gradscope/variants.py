@@ -485,9 +485,7 @@ def make_shallow(model: nn.Module, keep_fraction: float = 0.5,
     """
     containers = block_containers(model)
     if not containers or containers == [""]:
-        raise UsageError(
-            "shallow: the model has no stack of numbered blocks to shorten; drop 'shallow' from --baselines"
-        )
+        raise ShallowUnavailable("the model has no stack of numbered blocks to shorten")
     expected = None
     if probe is not None:
         try:

@@ -389,7 +389,7 @@ def _modality(config) -> Optional[str]:
 
 
 def _unsupported_message(spec: str, config, modality: Optional[str]) -> str:
-    heads = [arch for arch in (getattr(config, "architectures", None) or [])]
+    heads = list(getattr(config, "architectures", None) or [])
     what = f"{heads[0]} ({config.model_type})" if heads else f"a {config.model_type} model"
     why = {
         "audio": "it reads audio, and gradscope builds text and image batches only",
@@ -443,6 +443,7 @@ def _surrogate_note(config) -> str:
 
 
 def _lm_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The head's own loss against ``labels``: LM cross-entropy, or a discriminator's per-token binary one."""
     kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
     if batch.get("causal"):
         kwargs["use_cache"] = False  # no key/value cache: nothing kept that the gradient does not need
@@ -465,11 +466,6 @@ def _surrogate_causal_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     hidden = model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
     logits = _tied_logits(model, hidden[:, :-1]).float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-
-
-def _discriminator_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    # labels: 1 where a token was replaced; the head scores each token (binary cross-entropy, as ELECTRA's)
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
 def _image_loss(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -503,7 +499,7 @@ _TASKS = {
     "masked-lm": ("masked-lm", "AutoModelForMaskedLM", _lm_loss),
     "causal-lm": ("causal-lm", "AutoModelForCausalLM", _lm_loss),
     "seq2seq-lm": ("seq2seq-lm", "AutoModelForSeq2SeqLM", _lm_loss),
-    "replaced-token-detection": ("replaced-token-detection", "AutoModelForPreTraining", _discriminator_loss),
+    "replaced-token-detection": ("replaced-token-detection", "AutoModelForPreTraining", _lm_loss),
     "surrogate-masked-lm": ("surrogate-masked-lm", "AutoModel", _surrogate_masked_loss),
     "surrogate-causal-lm": ("surrogate-causal-lm", "AutoModel", _surrogate_causal_loss),
     "image-classification": ("cross-entropy", "AutoModelForImageClassification", _image_loss),
@@ -611,8 +607,9 @@ def _targets(task: str, ids: torch.Tensor, special: torch.Tensor, mask_id: Optio
     if task == "replaced-token-detection":  # as ELECTRA's generator would, with seeded random replacements
         replaced = (torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed)) < 0.15) & ~special
         fake = random_token_ids(hf_config.vocab_size, *ids.shape, seed + 1)
-        return (torch.where(replaced, fake, ids), (replaced & (fake != ids)).long(),
-                f"{int(replaced.sum())} tokens replaced by seeded random ones (seed {seed})")
+        labels = (replaced & (fake != ids)).long()  # a draw of the same token is no replacement
+        return (torch.where(replaced, fake, ids), labels,
+                f"{int(labels.sum())} tokens replaced by seeded random ones (seed {seed})")
     classes = hf_config.num_labels
     if task == "sequence-classification":
         return ids, random_labels(ids.shape[0], classes, seed), f"seeded random labels over {classes} classes"
