@@ -3,7 +3,10 @@
 Per parameter and per block: gradient L2, mean, std, RMS, mean |g|, max |g|, zero fraction,
 non-finite count, weight L2, gradient-to-weight ratio; per block also dL/dh
 (the gradient of the loss with respect to the block's output). Depth is the
-block's position in execution order (0 = nearest the input).
+block's position in execution order (0 = nearest the input). A block that runs
+several times on its own output (ALBERT's shared layer group) is a block per
+run, ``name#k``: dL/dh is per run, its parameter gradient (the sum over the
+runs) is in the per-parameter rows under ``name``, at no depth.
 
 The *flow signal* of a variant is its per-block dL/dh L2 norm when every block
 received one, else its per-block parameter-gradient L2. From it:
@@ -26,9 +29,9 @@ Verdicts, first that applies:
 - ``dead``: some block's parameter gradient is exactly zero in at least
   ``DEAD_ZERO_FRAC`` of its entries (dead units or underflow);
 - ``no-depth``: no flow to compare: fewer than two blocks (a model without a
-  numbered stack, or one whose layers share weights, as ALBERT's), or fewer
-  than two that received a gradient (blocks without one, frozen or skipped,
-  are otherwise left out of the ratio and named);
+  numbered stack or a layer run again on its own output), or fewer than two
+  that received a gradient (blocks without one, frozen or skipped, are
+  otherwise left out of the ratio and named);
 - ``vanishing``: ``first_to_last_ratio < VANISHING_RATIO``;
 - ``exploding``: ``first_to_last_ratio > EXPLODING_RATIO``;
 - ``healthy``: otherwise. A healthy variant whose flow changes by a steady factor per
@@ -82,7 +85,8 @@ def parameter_rows(variant: str, m: Measurement) -> list[dict]:
     weight_sumsq = w.sumsq.tolist()
     rows = []
     for i, name in enumerate(m.param_names):
-        block = block_of(name, m.blocks)
+        # A shared block's parameters belong to all its runs: the block, at no one depth.
+        block = block_of(name, m.blocks) or block_of(name, list(m.repeated))
         numel = math.prod(m.param_shapes[i])
         has_grad = bool(cols["present"][i])
         finite = numel - cols["nonfinite"][i]
@@ -309,6 +313,7 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
         "params": len(params),
         "params_no_grad": [r["name"] for r in params if not r["has_grad"]],
         "seconds": m.seconds,
+        "repeated_blocks": dict(m.repeated),  # blocks run several times on their own output: runs per forward pass
         # each stack's ends and ratio, and into_next_ratio: its last block's flow over the next stack's first's
         "stacks": [{"first_block": blocks[r[0]]["block"], "last_block": blocks[r[-1]]["block"], "blocks": len(r),
                     "first_to_last_ratio": ratio,
@@ -461,8 +466,8 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
                            + (f", one per stack ({len(stacked)} stacks)" if stacked else ""),
                 "evidence": "blocks are the children of a stack of numbered modules (encoder.layer.7, layer3.2) "
                             "that hold parameters; the per-parameter table still has every gradient",
-                "fix": "nothing to fix in the model: a model whose layers share their weights (ALBERT) or that holds "
-                       "no numbered stack has no blocks to compare",
+                "fix": "nothing to fix in the model: a model that holds no numbered stack, and no layer that runs "
+                       "again on its own output (as ALBERT's shared layer does), has no blocks to compare",
             })
         else:
             missing = summary.get("blocks_no_grad") or []
@@ -499,6 +504,15 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
         trend = _steady_trend(summary, inventory)
         if trend:
             found.append(trend)
+    for block, runs in (summary.get("repeated_blocks") or {}).items():
+        found.append({
+            "variant": v, "severity": "info", "kind": "shared-weights", "block": block,
+            "message": f"{block} runs {runs} times in one forward pass, each run on the last one's output: "
+                       f"each run is a block of its own ({block}#0 nearest the input)",
+            "evidence": "its layers share their weights across depth, so its parameter gradient is the sum over "
+                        f"the {runs} runs and has no depth; the depth axis is dL/dh at each run's output",
+            "fix": "",
+        })
     if summary.get("stacks"):
         parts = [f"{st['first_block']} to {st['last_block']}: {_fmt(st['first_to_last_ratio'])}x"
                  for st in summary["stacks"]]

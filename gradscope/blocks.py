@@ -82,7 +82,7 @@ def submodule(model: nn.Module, name: str) -> nn.Module:
     return module
 
 
-def _has_parameters(module: nn.Module) -> bool:
+def has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
@@ -97,7 +97,7 @@ def _is_stack(module: nn.Module) -> bool:
         bool(children)
         and all(matches)
         and len({m.group(1) for m in matches}) == 1
-        and sum(_has_parameters(child) for _, child in children) >= MIN_REPEATS
+        and sum(has_parameters(child) for _, child in children) >= MIN_REPEATS
     )
 
 
@@ -113,7 +113,7 @@ def _inner(module: nn.Module) -> nn.Module:
 
 def _parts(module: nn.Module) -> list[nn.Module]:
     """The children that hold parameters, each as the module it is under any wrapper."""
-    return [_inner(child) for child in _inner(module).children() if _has_parameters(child)]
+    return [_inner(child) for child in _inner(module).children() if has_parameters(child)]
 
 
 def _is_homogeneous(stack: nn.Module) -> bool:
@@ -161,7 +161,7 @@ def _layout(model: nn.Module) -> tuple[list[str], list[str]]:
         parent = model.get_submodule(outer) if outer else model
         split = False
         for name, child in parent.named_children():
-            if not _has_parameters(child):
+            if not has_parameters(child):
                 continue
             qualified = _join(outer, name)
             stage = _stage_stack(qualified, child)
@@ -171,7 +171,7 @@ def _layout(model: nn.Module) -> tuple[list[str], list[str]]:
             split = True
             stacks.append(stage)
             for inner_name, inner in model.get_submodule(stage).named_children():
-                if _has_parameters(inner):
+                if has_parameters(inner):
                     blocks.append(_join(stage, inner_name))
         if not split and _is_homogeneous(parent):
             stacks.append(outer)

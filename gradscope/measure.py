@@ -6,7 +6,9 @@ one ``grad_stats`` call over all parameter gradients and one over all weights:
 no per-parameter host sync. Hooks on each block (see :mod:`gradscope.blocks`)
 record the execution order and reduce dL/dh, the gradient of the loss with
 respect to the block's output, to its six statistics inside the hook, so no
-activation is kept beyond what autograd itself holds.
+activation is kept beyond what autograd itself holds. A block that runs
+several times in one forward pass, each run on the last one's output (a layer
+whose weights are shared across depth), gives one depth position per run.
 
 The model is measured in eval mode, so that dropout is off (dropout modules,
 and the functional dropout attention layers apply when ``training`` is set)
@@ -26,7 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .blocks import clean_name, find_blocks, named_parameters, submodule
+from .blocks import clean_name, find_blocks, has_parameters, named_parameters, submodule
 from .errors import GradscopeError
 from .stats import GradStats, grad_stats
 
@@ -42,11 +44,12 @@ class Measurement:
     param_shapes: list[list[int]]
     grad: GradStats  # one row per trainable parameter; present False: no gradient
     weight: GradStats  # one row per trainable parameter
-    blocks: list[str]  # in execution order; blocks the forward never reached are left out
+    blocks: list[str]  # in execution order; blocks the forward never reached are left out; block#k: run k of a shared one
     act_grad: GradStats  # dL/dh, one row per block in ``blocks``; present False: no gradient reached it
     act_nonfinite: list[int]  # non-finite elements in each block's forward output, per block in ``blocks``
     seconds: float
     norm_values: dict[str, int] = field(default_factory=dict)  # batch norm: fewest values per channel, by module
+    repeated: dict[str, int] = field(default_factory=dict)  # unrolled blocks: runs per forward pass (block#k in blocks)
 
 
 def first_tensor(output: Any) -> torch.Tensor | None:
@@ -86,42 +89,84 @@ def _measurement_mode(model: nn.Module, params: Sequence[nn.Parameter]):
 
 
 class _BlockRecorder:
-    """Forward hooks that note execution order and hang a reducing hook on each block's output."""
+    """Forward hooks that note execution order and hang a reducing hook on each block's output.
+
+    A block that runs several times in one forward pass, each run taking the
+    previous run's output (ALBERT's shared layer group, a recurrent cell), is
+    *unrolled*: each run is a depth position of its own, named ``block#k``
+    (``#0`` nearest the input). Runs that are not chained so (one encoder
+    applied to two inputs) are summed into one position, as several batches are.
+    """
 
     def __init__(self, model: nn.Module, blocks: list[str]):
-        self.order: list[str] = []
-        self.rows: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
-        self.numel: dict[str, int] = {b: 0 for b in blocks}
-        self.forward_nonfinite: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
+        self.order: list[tuple[str, int]] = []  # (block, run) in execution order
+        self.rows: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self.numel: dict[tuple[str, int], int] = {}
+        self.forward_nonfinite: dict[tuple[str, int], list[torch.Tensor]] = {}
+        self.runs: dict[str, int] = {}  # runs in the current forward pass
+        self.chained = {b: True for b in blocks}  # every run took the previous run's output
+        self._last_output: dict[str, torch.Tensor] = {}
         self.backend = "reference"  # of the grad_stats calls in the hooks; none ran when no gradient arrived
-        self.handles = [submodule(model, b).register_forward_hook(self._forward_hook(b)) for b in blocks]
+        self.handles = [submodule(model, b).register_forward_hook(self._forward_hook(b), with_kwargs=True)
+                        for b in blocks]
+
+    def start_forward(self) -> None:
+        self.runs = {}
+        self._last_output = {}
+
+    def end_forward(self) -> None:
+        self._last_output = {}  # hold no activation into the backward pass
 
     def _forward_hook(self, block: str):
-        def hook(module, inputs, output):
-            if block not in self.order:
-                self.order.append(block)
+        def hook(module, args, kwargs, output):
+            run = self.runs.get(block, 0)
+            self.runs[block] = run + 1
+            if run and not _takes(self._last_output.get(block), args, kwargs):
+                self.chained[block] = False
+            key = (block, run)
+            if key not in self.rows:
+                self.order.append(key)
+                self.rows[key], self.numel[key], self.forward_nonfinite[key] = [], 0, []
             hidden = first_tensor(output)
-            if hidden is not None and hidden.is_floating_point():
-                # A device-side count, read with everything else after the backward pass.
-                self.forward_nonfinite[block].append((~torch.isfinite(hidden.detach())).sum())
-            if hidden is not None and hidden.requires_grad and hidden.is_floating_point():
-                hidden.register_hook(self._grad_hook(block))
+            if hidden is None or not hidden.is_floating_point():
+                return
+            self._last_output[block] = hidden
+            # A device-side count, read with everything else after the backward pass.
+            self.forward_nonfinite[key].append((~torch.isfinite(hidden.detach())).sum())
+            if hidden.requires_grad:
+                hidden.register_hook(self._grad_hook(key))
 
         return hook
 
-    def _grad_hook(self, block: str):
+    def _grad_hook(self, key: tuple[str, int]):
         def hook(grad: torch.Tensor):
             # Reduced here: the [6] row is all that outlives the backward pass.
             stats = grad_stats([grad])
             self.backend = stats.backend
-            self.rows[block].append(stats.table[0])
-            self.numel[block] += grad.numel()
+            self.rows[key].append(stats.table[0])
+            self.numel[key] += grad.numel()
 
         return hook
 
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+    def unrolled(self) -> dict[str, int]:
+        """The blocks whose runs are depth positions, with their number of runs in one forward pass."""
+        runs: dict[str, int] = {}
+        for block, run in self.order:
+            runs[block] = max(runs.get(block, 0), run + 1)
+        return {b: n for b, n in runs.items() if n > 1 and self.chained[b]}
+
+    def positions(self) -> list[tuple[str, list[tuple[str, int]]]]:
+        """The depth axis: (name, the recorded (block, run) keys it sums), in execution order."""
+        unrolled = self.unrolled()
+        merged: dict[str, list[tuple[str, int]]] = {}
+        for block, run in self.order:
+            name = f"{block}#{run}" if block in unrolled else block
+            merged.setdefault(name, []).append((block, run))
+        return list(merged.items())
 
     def _device(self) -> torch.device:
         for rows in self.rows.values():
@@ -130,32 +175,42 @@ class _BlockRecorder:
         return torch.device("cpu")
 
     def result(self) -> GradStats:
-        """dL/dh statistics per block in execution order, copied to the host once."""
+        """dL/dh statistics per position in execution order, copied to the host once."""
         device = self._device()
-        table, present = [], []
-        for block in self.order:
-            rows = self.rows[block]
+        table, present, numel = [], [], []
+        for _, keys in self.positions():
+            rows = [r.to(device) for key in keys for r in self.rows[key]]
             if rows:
-                stacked = torch.stack([r.to(device) for r in rows])
-                # Several calls (shared blocks, several batches): sums add, the max is the max.
+                stacked = torch.stack(rows)
+                # Several runs (a repeated block's summed runs, several batches): sums add, the max is the max.
                 sums = stacked.sum(dim=0)
                 sums[3] = stacked[:, 3].amax()
                 table.append(sums)
             else:
                 table.append(torch.zeros(6, dtype=torch.float64, device=device))
             present.append(bool(rows))
+            numel.append(sum(self.numel[key] for key in keys))
         host = torch.stack(table).cpu() if table else torch.zeros((0, 6), dtype=torch.float64)
-        return GradStats(table=host, numel_host=tuple(self.numel[b] for b in self.order),
-                         present_host=tuple(present), backend=self.backend)
+        return GradStats(table=host, numel_host=tuple(numel), present_host=tuple(present), backend=self.backend)
 
     def forward_nonfinite_counts(self) -> list[int]:
         device = self._device()
-        counts = [
-            torch.stack([c.to(device) for c in self.forward_nonfinite[b]]).sum()
-            if self.forward_nonfinite[b] else torch.zeros((), dtype=torch.int64, device=device)
-            for b in self.order
-        ]
+        counts = []
+        for _, keys in self.positions():
+            found = [c.to(device) for key in keys for c in self.forward_nonfinite[key]]
+            counts.append(torch.stack(found).sum() if found else torch.zeros((), dtype=torch.int64, device=device))
         return torch.stack(counts).cpu().tolist() if counts else []
+
+
+def _takes(previous: Optional[torch.Tensor], args: tuple, kwargs: dict) -> bool:
+    """Whether a call's arguments (or the tuples, lists and dicts among them) hold the tensor ``previous``."""
+    if previous is None:
+        return False
+    for value in (*args, *kwargs.values()):
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
+        if any(item is previous for item in items):
+            return True
+    return False
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -174,25 +229,31 @@ def measure(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn, *, seed: 
     """Forward and backward over ``batches``; statistics of the gradients of their mean loss.
 
     ``blocks`` names the modules that make the depth axis (default: :func:`gradscope.blocks.find_blocks`).
-    ``loss_fn(model, batch)`` returns a scalar loss. Raises :class:`GradscopeError`
-    when the model has no trainable parameters or the loss is not a scalar that
-    depends on them. A NaN or infinite loss is measured as it is.
+    With fewer than two, the depth axis is the runs of the outermost modules
+    that run several times, chained, in one forward pass (see :func:`repeated_blocks`),
+    where there are any. ``loss_fn(model, batch)`` returns a scalar loss. Raises
+    :class:`GradscopeError` when the model has no trainable parameters or the loss
+    is not a scalar that depends on them. A NaN or infinite loss is measured as it is.
     """
     named = trainable_parameters(model)
     params = [p for _, p in named]
     blocks = find_blocks(model) if blocks is None else blocks
     start = time.perf_counter()
-    recorder = _BlockRecorder(model, blocks)
     norm_values: dict[str, int] = {}
-    recorder.handles += [  # removed with the recorder's own hooks
-        module.register_forward_pre_hook(_count_norm_values(clean_name(name), norm_values))
-        for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    try:
-        with _measurement_mode(model, params):
+    with _measurement_mode(model, params):
+        if len(blocks) < 2:
+            blocks = list(repeated_blocks(model, batches[0], loss_fn, seed)) or blocks
+        recorder = _BlockRecorder(model, blocks)
+        recorder.handles += [  # removed with the recorder's own hooks
+            module.register_forward_pre_hook(_count_norm_values(clean_name(name), norm_values))
+            for name, module in model.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+        try:
             losses = []
             for batch in batches:
                 torch.manual_seed(seed)  # anything random in the forward repeats exactly
+                recorder.start_forward()
                 loss = loss_fn(model, batch)
+                recorder.end_forward()
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     raise GradscopeError("the loss function must return a scalar tensor")
                 if not loss.requires_grad:
@@ -206,21 +267,46 @@ def measure(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn, *, seed: 
             mean_loss = float(torch.stack(losses).float().mean())  # the one sync of the loss
             grad = grad_stats([p.grad for p in params]).cpu()
             weight = grad_stats([p.detach() for p in params]).cpu()
-    finally:
-        recorder.close()
-    act_grad = recorder.result()
+        finally:
+            recorder.close()
     return Measurement(
         loss=mean_loss,
         param_names=[n for n, _ in named],
         param_shapes=[list(p.shape) for p in params],
         grad=grad,
         weight=weight,
-        blocks=list(recorder.order),
-        act_grad=act_grad,
+        blocks=[name for name, _ in recorder.positions()],
+        act_grad=recorder.result(),
         act_nonfinite=recorder.forward_nonfinite_counts(),
         seconds=time.perf_counter() - start,
         norm_values=norm_values,
+        repeated=recorder.unrolled(),
     )
+
+
+def repeated_blocks(model: nn.Module, batch: Any, loss_fn: LossFn, seed: int = 0) -> dict[str, int]:
+    """The outermost modules that run several times in one forward pass, each run on the last one's output.
+
+    A model whose layers share their weights (ALBERT runs one layer group
+    ``num_hidden_layers`` times) has no numbered stack, but its depth is the
+    runs of that module. One forward pass of ``loss_fn(model, batch)``, without
+    gradients, watches every module with parameters; the result maps each such
+    module's clean name to its number of runs. Modules inside another found one
+    are left out.
+    """
+    names = list(dict.fromkeys(clean_name(n) for n, m in model.named_modules() if n and has_parameters(m)))
+    watcher = _BlockRecorder(model, names)
+    try:
+        torch.manual_seed(seed)
+        watcher.start_forward()
+        with torch.no_grad():
+            loss_fn(model, batch)
+        watcher.end_forward()
+    finally:
+        watcher.close()
+    repeated = watcher.unrolled()
+    return {name: runs for name, runs in repeated.items()
+            if not any(name.startswith(outer + ".") for outer in repeated)}
 
 
 def _count_norm_values(name: str, counts: dict[str, int]):

@@ -475,7 +475,7 @@ def test_dead_block_is_reported_as_dead():
 
 
 def test_a_model_without_blocks_gets_no_depth_not_healthy(tmp_path):
-    class Shared(nn.Module):  # one layer applied four times, as ALBERT shares its layers: no numbered stack
+    class Shared(nn.Module):  # one layer applied four times, each run on an activation of the last: no depth axis
         def __init__(self):
             super().__init__()
             self.layer = nn.Linear(8, 8)
@@ -499,6 +499,134 @@ def test_a_model_without_blocks_gets_no_depth_not_healthy(tmp_path):
     assert all(r["has_grad"] for r in report.params)  # the per-parameter table still has every gradient
     page = report.save(tmp_path, formats=("html",))[0].read_text()
     assert '<span class="verdict v-no-depth">no-depth</span>' in page
+
+
+class Recurrent(nn.Module):
+    """One layer run five times, each run on the last one's output, as ALBERT runs its shared layer group."""
+
+    def __init__(self, runs=5):
+        super().__init__()
+        self.runs = runs
+        self.layer = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, keep=None):
+        for _ in range(self.runs):
+            x = self.layer(x)
+            if keep is not None:
+                x.retain_grad()
+                keep.append(x)
+        return self.head(x)
+
+
+def test_a_layer_run_again_on_its_own_output_is_a_block_per_run():
+    torch.manual_seed(0)
+    model = Recurrent()
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    summary = report.summary("pretrained")
+    assert summary["verdict"] != "no-depth" and summary["blocks"] == 5
+    assert summary["repeated_blocks"] == {"layer": 5}
+    assert [b["block"] for b in report.block_rows("pretrained")] == [f"layer#{k}" for k in range(5)]
+
+    # dL/dh at each run's output, against float64 autograd
+    reference = copy.deepcopy(model).double()
+    outputs: list = []
+    _ce(lambda x: reference(x, outputs), (BATCH[0].double(), BATCH[1])).backward()
+    for block, h in zip(report.block_rows("pretrained"), outputs):
+        assert block["act_grad_l2"] == pytest.approx(h.grad.norm().item(), rel=1e-5)
+        assert block["params"] == 0 and math.isnan(block["grad_l2"])  # the weights belong to every run
+    # the shared weights' gradient is the sum over the runs, under the layer's own name, at no depth
+    row = next(r for r in report.params if r["name"] == "layer.0.weight")
+    assert row["block"] == "layer" and row["depth"] is None
+    assert row["grad_l2"] == pytest.approx(reference.layer[0].weight.grad.norm().item(), rel=1e-5)
+    finding = next(f for f in report.findings if f["kind"] == "shared-weights")
+    assert finding["block"] == "layer" and "runs 5 times" in finding["message"]
+    assert gradscope.Report.from_dict(json.loads(json.dumps(report.to_dict()))).block_rows("pretrained")
+
+
+def test_one_stack_run_on_two_inputs_sums_the_runs_per_block():
+    """Runs that do not take the last run's output (a siamese encoder) are one block, as several batches are."""
+    class Siamese(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stack = Stack()
+
+        def forward(self, x, keep=None):
+            outs = []
+            for half in (x, x.flip(0)):
+                for layer in self.stack.layers:
+                    half = layer(half)
+                    if keep is not None:
+                        half.retain_grad()
+                        keep.append(half)
+                outs.append(half)
+            return self.stack.head(outs[0] * outs[1])
+
+    torch.manual_seed(0)
+    model = Siamese()
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    blocks = report.block_rows("pretrained")
+    assert [b["block"] for b in blocks] == [f"stack.layers.{i}" for i in range(4)]
+    assert report.summary("pretrained")["repeated_blocks"] == {}
+    outputs: list = []
+    reference = copy.deepcopy(model).double()
+    _ce(lambda x: reference(x, outputs), (BATCH[0].double(), BATCH[1])).backward()
+    for i, block in enumerate(blocks):  # runs i and 4 + i are layer i's
+        both = torch.cat([outputs[i].grad.flatten(), outputs[4 + i].grad.flatten()])
+        assert block["act_grad_l2"] == pytest.approx(both.norm().item(), rel=1e-5)
+        assert block["act_grad_maxabs"] == pytest.approx(both.abs().max().item(), rel=1e-6)
+
+
+def test_a_recurrent_cell_is_a_block_per_time_step():
+    """An LSTM cell run over time on its own (h, c): dL/dh per step is backpropagation through time."""
+    from gradscope.measure import measure
+
+    class Unrolled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.LSTMCell(8, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x, keep=None):
+            h = c = torch.zeros_like(x)
+            for t in range(6):
+                h, c = self.cell(x * (t + 1) / 6, (h, c))
+                if keep is not None:
+                    h.retain_grad()
+                    keep.append(h)
+            return self.head(h)
+
+    torch.manual_seed(0)
+    model = Unrolled()
+    m = measure(model, [BATCH], _ce)
+    assert m.blocks == [f"cell#{t}" for t in range(6)] and m.repeated == {"cell": 6}
+    outputs: list = []
+    reference = copy.deepcopy(model).double()
+    _ce(lambda x: reference(x, outputs), (BATCH[0].double(), BATCH[1])).backward()
+    expected = torch.stack([h.grad.norm() for h in outputs])
+    torch.testing.assert_close(m.act_grad.sumsq.sqrt(), expected, rtol=1e-5, atol=0)
+
+
+def test_albert_s_shared_layer_group_gives_a_block_per_layer(tmp_path):
+    hm.save_small(tmp_path / "albert", "AlbertForMaskedLM", "AlbertConfig", vocab_size=200, embedding_size=16,
+                  hidden_size=32, num_hidden_layers=6, num_attention_heads=2, intermediate_size=64)
+    hm.save_small(tmp_path / "groups", "AlbertForMaskedLM", "AlbertConfig", vocab_size=200, embedding_size=16,
+                  hidden_size=32, num_hidden_layers=6, num_hidden_groups=3, num_attention_heads=2,
+                  intermediate_size=64)
+    config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), **SMALL)
+    group = "albert.encoder.albert_layer_groups"
+    report = gradscope.analyze(str(tmp_path / "albert"), config)
+    for variant in ("pretrained", "scratch"):
+        summary = report.summary(variant)
+        assert summary["verdict"] in ("healthy", "vanishing", "exploding") and summary["blocks"] == 6
+        assert summary["first_block"] == f"{group}.0#0" and summary["last_block"] == f"{group}.0#5"
+    # three groups of two layers: each group's two runs are blocks of their own, in execution order
+    report = gradscope.analyze(str(tmp_path / "groups"), config)
+    assert [b["block"] for b in report.block_rows("pretrained")] == [
+        f"{group}.{g}#{k}" for g in range(3) for k in range(2)]
+    assert report.summary("pretrained")["repeated_blocks"] == {f"{group}.{g}": 2 for g in range(3)}
 
 
 def test_stacks_split_an_encoder_decoder_only():

@@ -31,7 +31,7 @@ TABLES: dict[str, tuple[dict[str, str], dict[str, str]]] = {
         {"loss": "num?", "blocks": "int", "first_block": "str?", "last_block": "str?", "flow_signal": "str",
          "first_to_last_ratio": "num?", "param_first_to_last_ratio": "num?", "decay": "obj?", "total_grad_l2": "num?",
          "grad_nonfinite": "num", "first_nonfinite": "obj?", "dead_blocks": "list", "params": "int",
-         "params_no_grad": "list", "seconds": "num?"},
+         "params_no_grad": "list", "seconds": "num?", "repeated_blocks": "obj"},
     ),
     "findings": ({"variant": "str", "severity": "str", "message": "str", "evidence": "str"},
                  {"kind": "str", "block": "str?", "fix": "str?"}),
