@@ -22,7 +22,9 @@ convolution-norm-activation, an MLP); a stack whose children are all layers is a
    (MobileNet, whose inner sequence of convolution layers does not split it) are
    blocks, and T5's heterogeneous self-attention/feed-forward sublayers do not
    split ``block.3``. A model of plain layers (``nn.Sequential`` of ``Linear``,
-   VGG) has its layers as blocks.
+   VGG) has its layers as blocks, except its normalization layers: a batch norm
+   after a convolution rescales that layer's output, it is not a layer of depth
+   of its own (its parameters are outside every block, as a head's are).
 
 Names are the model's own: wrappers that sit inside a model and add a segment
 to the names below them (FSDP1's ``_fsdp_wrapped_module``, activation
@@ -82,6 +84,14 @@ def submodule(model: nn.Module, name: str) -> nn.Module:
     return module
 
 
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """A normalization layer, from torch or named as one (``LlamaRMSNorm``, ``T5LayerNorm``)."""
+    return isinstance(module, _NORMS) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
+
+
 def has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
@@ -117,7 +127,10 @@ def _parts(module: nn.Module) -> list[nn.Module]:
 
 
 def _is_homogeneous(stack: nn.Module) -> bool:
-    return len({type(child) for child in _parts(stack)}) == 1
+    parts = _parts(stack)
+    if not _holds_blocks(stack):  # a stack of layers: its normalization layers go with the layers they follow
+        parts = [part for part in parts if not is_norm(part)]
+    return len({type(part) for part in parts}) == 1
 
 
 def _is_layer(module: nn.Module) -> bool:
@@ -159,9 +172,10 @@ def _layout(model: nn.Module) -> tuple[list[str], list[str]]:
     of_blocks = [outer for outer in outers if _holds_blocks(model.get_submodule(outer) if outer else model)]
     for outer in of_blocks or outers:  # rule 1: beside stacks of blocks, stacks of layers are heads and stems
         parent = model.get_submodule(outer) if outer else model
+        plain = not _holds_blocks(parent)
         split = False
         for name, child in parent.named_children():
-            if not has_parameters(child):
+            if not has_parameters(child) or (plain and is_norm(_inner(child))):
                 continue
             qualified = _join(outer, name)
             stage = _stage_stack(qualified, child)

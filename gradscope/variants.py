@@ -45,7 +45,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .blocks import block_containers, find_blocks, module_names
+from .blocks import block_containers, find_blocks, is_norm, module_names
 from .errors import UsageError
 
 BASELINES = ("pretrained", "scratch", "shallow")
@@ -54,7 +54,6 @@ DEFAULT_BASELINES = BASELINES
 
 _RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Hardswish,
                 nn.Softplus)
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm)
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -81,10 +80,6 @@ def is_activation(module: nn.Module) -> bool:
     return type(module).__module__.startswith("transformers.activations") and any(
         key in name for key in ("gelu", "relu", "silu", "swish", "mish")
     )
-
-
-def is_norm(module: nn.Module) -> bool:
-    return isinstance(module, _NORMS) or type(module).__name__.endswith(("RMSNorm", "LayerNorm"))
 
 
 def _is_attention(module: nn.Module) -> bool:

@@ -151,11 +151,25 @@ def test_variants_share_one_depth_axis():
         ("convnext_tiny", 22, "features.0", "features.7.2"),  # the classifier's LayerNorm and Linear are a head
         ("mobilenet_v3_small", 13, "features.0", "features.12"),  # features.2 is a block, not its 3 conv layers
         ("densenet121", 58, "features.denseblock1.denselayer1", "features.denseblock4.denselayer16"),
+        ("vgg11_bn", 11, "features.0", "classifier.6"),  # 8 convolutions and 3 Linear layers; no batch norm
     ],
 )
 def test_blocks_are_found_from_the_model_itself(arch, count, first, last):
     blocks = find_blocks(torchvision.models.get_model(arch, weights=None))
     assert (len(blocks), blocks[0], blocks[-1]) == (count, first, last)
+
+
+def test_the_normalization_layers_of_a_plain_stack_are_not_blocks():
+    """VGG-BN's batch norms only rescale the convolution before them: blocks alternating conv, norm would zigzag."""
+    vgg = torchvision.models.vgg11_bn()
+    assert find_blocks(vgg) == [n for n, m in vgg.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    without = torchvision.models.vgg11_bn()
+    remove_norms(without)  # the same depth axis with the norms and without them (the no-norm what-if)
+    assert find_blocks(vgg) == find_blocks(without)
+    mlp = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(8, 8), nn.LayerNorm(8), nn.ReLU())])
+    assert find_blocks(mlp) == ["0", "3", "6", "9"] and block_containers(mlp) == [""]  # homogeneous: norms aside
+    shallow, changes = make_shallow(nn.ModuleDict({"mlp": mlp}))
+    assert changes["blocks_kept"] == {"mlp": [6, 12]} and find_blocks(shallow) == ["mlp.0", "mlp.3"]
 
 
 def test_wrapping_a_layer_or_a_block_inside_the_model_changes_no_block():
