@@ -350,11 +350,16 @@ def describe_decay(decay: Optional[dict]) -> str:
     return f"the gradient {'halves' if shrinks else 'doubles'} every {_fmt(every)} blocks toward the input ({fit})"
 
 
-def _has_skips(inventory: dict) -> bool:
+def _has_residuals(inventory: dict) -> bool:
     """Whether the model has residual connections: blocks gradscope can edit, or transformer blocks (attention
     layers) whose skips no-residual did not remove."""
     return bool(inventory.get("residual_modules")) or (
         bool(inventory.get("attention_modules")) and not inventory.get("residuals_removed"))
+
+
+def _has_skips(inventory: dict) -> bool:
+    """Residual connections, or DenseNet's dense ones (each layer reads the outputs of all layers before it)."""
+    return _has_residuals(inventory) or bool(inventory.get("dense_modules"))
 
 
 def _vanishing_fixes(inventory: dict) -> str:
@@ -383,7 +388,7 @@ def _exploding_fixes(inventory: dict) -> str:
         # Batch normalization in a deep plain stack amplifies the gradient toward the input by itself.
         fixes.append("add residual connections around the blocks (a deep plain stack with normalization "
                      "amplifies the gradient toward the input)")
-    if _has_skips(inventory):
+    if _has_residuals(inventory):
         fixes.append("scale residual branches down (e.g. zero-init the last layer of each branch)")
     fixes.append("check the init gain (a smaller weight std)")
     return "; ".join(fixes)

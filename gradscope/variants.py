@@ -95,7 +95,7 @@ def _is_attention(module: nn.Module) -> bool:
 def describe_architecture(model: nn.Module) -> dict:
     """Counts a reader (and the findings) act on: activations by kind, normalization layers, skips."""
     activations: dict[str, int] = {}
-    relu_family = norms = residual = removed = attention = 0
+    relu_family = norms = residual = removed = attention = dense = 0
     for module in model.modules():
         if is_activation(module) or isinstance(module, (nn.Sigmoid, nn.Tanh)):
             kind = type(module).__name__
@@ -107,6 +107,7 @@ def describe_architecture(model: nn.Module) -> dict:
             residual += 1
         removed += _edited(module)
         attention += _is_attention(module)
+        dense += type(module).__name__.endswith("DenseLayer")  # DenseNet's layers: each one's input is all before it
     return {
         "activations": activations,
         "relu_family_activations": relu_family,
@@ -114,6 +115,7 @@ def describe_architecture(model: nn.Module) -> dict:
         "residual_modules": residual,
         "residuals_removed": removed,
         "attention_modules": attention,
+        "dense_modules": dense,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 

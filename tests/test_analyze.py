@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import gradscope
@@ -811,6 +812,18 @@ def test_vanishing_fixes_name_the_model_s_own_activation():
     assert "add residual connections" not in _vanishing_fixes(opt)
     no_residual_bert = {**bert, "residual_modules": 0, "attention_modules": 12, "residuals_removed": 24}
     assert "add residual connections" in _vanishing_fixes(no_residual_bert)
+
+
+def test_densenet_s_dense_connections_count_as_skips():
+    from gradscope.analysis import _exploding_fixes, _vanishing_fixes
+    from gradscope.variants import describe_architecture
+
+    inventory = describe_architecture(torchvision.models.densenet121())
+    assert inventory["dense_modules"] == 58 and inventory["residual_modules"] == 0
+    assert "residual" not in _vanishing_fixes(inventory)
+    assert "residual" not in _exploding_fixes(inventory)  # neither add them nor scale residual branches
+    plain = {**inventory, "dense_modules": 0}
+    assert "add residual connections" in _vanishing_fixes(plain)
 
 
 def test_the_architecture_counts_attention_layers_and_removed_skips():
