@@ -20,7 +20,7 @@ def lazy_attributes(package: str, table: dict[str, str], namespace: dict) -> tup
         namespace[name] = value
         return value
 
-    def __dir__():
-        return sorted(set(namespace) | set(table))
+    def __dir__():  # the public names: not what the package imported for itself
+        return sorted(set(namespace.get("__all__", namespace)) | set(table))
 
     return __getattr__, __dir__

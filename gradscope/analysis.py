@@ -506,7 +506,8 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
                         f"{describe_decay(summary['decay'])}",
             "fix": "",
         })
-        trend = _steady_trend(summary, inventory)
+        # Not for shallow: the model's own first half, whose rate the whole model, measured beside it, tells better.
+        trend = _steady_trend(summary, inventory) if v != "shallow" else None
         if trend:
             found.append(trend)
     for block, runs in (summary.get("repeated_blocks") or {}).items():

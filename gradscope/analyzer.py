@@ -210,11 +210,13 @@ def analyze(
     check_applicable(subject.model, config.what_ifs)
     # shallow cuts only what keeps the model's output: checked on the first batch
     probe = output_probe(subject.batches[0], subject.loss_fn, config.seed) if "shallow" in baselines else None
+    skipped: dict[str, str] = {}
     variants = build_variants(subject.model, subject.make_scratch, baselines, config.what_ifs, config.seed, progress,
-                              probe=probe, shallow_optional=baselines == DEFAULT_BASELINES)
+                              probe=probe, shallow_optional=baselines == DEFAULT_BASELINES, skipped=skipped)
     report = run_variants(subject, variants, config.seed, progress, config)
-    if "shallow" in baselines and "shallow" not in report.variant_names:  # skipped: nothing it could cut
-        report.meta["config"]["baselines"] = tuple(b for b in baselines if b != "shallow")  # what ran
+    if skipped:  # a default baseline with nothing to build on: the config says what ran, and why not the rest
+        report.meta["config"]["baselines"] = tuple(b for b in baselines if b not in skipped)
+        report.meta["skipped"] = skipped
     return report
 
 

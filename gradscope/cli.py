@@ -15,6 +15,7 @@ import platform
 import sys
 from typing import Optional, Sequence
 
+from . import __version__
 from .errors import EXIT_OK, GradscopeError
 
 DEBUG_ENV = "GRADSCOPE_DEBUG"
@@ -268,8 +269,10 @@ def _add_compare(sub) -> None:
         "compare", help="several saved reports side by side: per-block ratios, overlaid flow, verdict changes",
         description="Compare reports written by analyze, demo or compare (report.json files or the directories "
                     "holding them). The first is the reference: each variant of a later report is compared with "
-                    "the reference's variant of the same name, blocks matched by name (by depth, with a warning, for "
-                    "different models).",
+                    "the reference's variant of the same name (in order, where no name is shared), blocks matched by "
+                    "name (by depth, where no block name is shared); a report of another model or with other blocks "
+                    "is compared with a warning saying how. Training runs compare with training runs, analyses "
+                    "with analyses.",
     )
     p.add_argument("reports", nargs="+", metavar="REPORT", help="report.json files or directories holding one")
     p.add_argument("--labels", metavar="LIST",
@@ -287,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Gradient-flow analysis for PyTorch models.",
         epilog=f"Set {DEBUG_ENV}=1 to see tracebacks.",
     )
+    parser.add_argument("--version", action="version", version=f"gradscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_info(sub)
     _add_analyze(sub)

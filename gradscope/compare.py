@@ -133,9 +133,15 @@ def compare_reports(paths: Sequence, labels: Sequence[str] = ()):
         if not report.variants:
             raise UsageError(f"compare: {os.fspath(path)} holds no variants: nothing to compare; give reports "
                              "written by analyze, demo or a training monitor")
+    kinds = ["training" if r.meta.get("kind") == "monitor" else "analysis" for r in reports]
+    if len(set(kinds)) > 1:  # per-step parameter gradients of a run beside one pass's dL/dh: no common measure
+        i = kinds.index("training")
+        j = kinds.index("analysis")
+        raise UsageError(f"compare: {os.fspath(paths[i])} is a training run's report and {os.fspath(paths[j])} "
+                         "an analysis; compare training runs with training runs, analyses with analyses")
     labels = _unique(list(labels) if labels else [report_label(p) for p in paths])
     if len(labels) != len(reports):
-        raise UsageError(f"compare: {len(labels)} labels for {len(reports)} reports")
+        raise UsageError(f"compare: {len(labels)} label{'s' if len(labels) != 1 else ''} for {len(reports)} reports")
 
     combined = Report()
     renames = []

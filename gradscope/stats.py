@@ -242,6 +242,8 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
     """
     if backend not in BACKENDS:
         raise ValueError(f"grad_stats: backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if isinstance(tensors, torch.Tensor):  # iterable too, by rows: each row would be read as a tensor of its own
+        raise TypeError("grad_stats takes a list of tensors, not one tensor: pass [tensor]")
     if backend != "reference" and _ext.STATUS.cpu and _ext.dense_call and not torch.compiler.is_compiling():
         # The common call (dense float tensors on one CPU or CUDA device) is read
         # in C++; None hands anything else to the general path below.

@@ -590,13 +590,14 @@ def build_variants(
     progress: Callable[[str], None] = lambda message: None,
     probe: Optional[Callable[[nn.Module], tuple]] = None,
     shallow_optional: bool = True,
+    skipped: Optional[dict[str, str]] = None,
 ):
     """Yield each variant in order (one at a time, so a caller can measure it and let it go).
 
     ``probe`` (:func:`output_probe` on the first batch) lets ``shallow`` cut only the stacks
     whose cut keeps the model's output; when none can be cut, ``shallow`` is skipped
-    with a progress line saying why, and the other variants still run (or, when not
-    ``shallow_optional``, :class:`ShallowUnavailable` is raised).
+    with a progress line saying why, noted in ``skipped`` (name -> reason), and the other
+    variants still run (or, when not ``shallow_optional``, :class:`ShallowUnavailable` is raised).
     """
     check_names(baselines, what_ifs)
     scratch: Optional[nn.Module] = None
@@ -628,6 +629,8 @@ def build_variants(
                 if not shallow_optional:
                     raise
                 progress(f"skipping the shallow baseline: {exc.reason}")
+                if skipped is not None:
+                    skipped[name] = exc.reason
                 continue
             cut = ", ".join(f"{c or 'model'}: {k}/{n}" for c, (k, n) in changes["blocks_kept"].items())
             for container, why in changes.get("not_cut", {}).items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 import gradscope
 from gradscope.errors import GradscopeError, ModelLoadError, UsageError
-from gradscope.report import SCHEMA, Report
+from gradscope.report import SCHEMA, Report, check_output
 
 import helpers_models as hm
 
@@ -217,6 +218,31 @@ def test_unreachable_hub_id_says_so_and_how_to_pass_a_directory(monkeypatch):
     assert "HF_HUB_OFFLINE" in message
 
 
+def test_a_hub_id_that_fails_online_says_why(monkeypatch, tmp_path):
+    """The hub client's error in the chain transformers raises tells a missing or gated model from no network."""
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("gradscope.models.hf.offline", lambda: False)
+
+    def failing(kind):
+        cause = type(kind, (Exception,), {})("404 Client Error")
+
+        def from_pretrained(*args, **kwargs):
+            raise OSError("org/model is not a local folder and is not a valid model identifier") from cause
+        return from_pretrained
+
+    for kind, why in (("RepositoryNotFoundError", "the Hugging Face hub has no such model, or it is private"),
+                      ("GatedRepoError", "it is a gated model: accept its terms"),
+                      ("ConnectError", "the Hugging Face hub could not be reached")):
+        monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", failing(kind))
+        with pytest.raises(ModelLoadError, match=f"^cannot load model 'org/model': {why}.*`hf download org/model"):
+            gradscope.analyze("org/model")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()  # models/tiny-bert-clss: a typo in a local path, read as a hub id
+    with pytest.raises(ModelLoadError, match="nor is it a local directory: models/ has no tiny-bert-clss"):
+        gradscope.analyze("models/tiny-bert-clss")
+
+
 def test_real_minilm_pretrained_differs_from_scratch_as_stated():
     """all-MiniLM-L6-v2 (real weights) against the same architecture from scratch, same batch.
 
@@ -414,6 +440,9 @@ def test_unwritable_output_and_unknown_formats_are_usage_errors(tiny_bert_report
     with pytest.raises(UsageError, match="--format xls: unknown format"):
         tiny_bert_report.save(tmp_path / "out", formats=("xls",))
     assert not (tmp_path / "out").exists()
+    if os.path.isdir("/proc/self"):  # permission bits let root write there; creating a file does not
+        with pytest.raises(UsageError, match=r"^--out /proc/gradscope-out: cannot create a file in /proc"):
+            check_output("/proc/gradscope-out")
 
 
 def test_public_api_names_survive_importing_the_analyzer_module():
@@ -672,6 +701,7 @@ def test_a_shallow_cut_that_breaks_the_model_is_skipped_or_refused_when_asked_fo
     assert report.variant_names == ["pretrained", "scratch"]
     assert list(report.meta["config"]["baselines"]) == ["pretrained", "scratch"]  # what ran
     assert any(m.startswith("skipping the shallow baseline: ") and "body" in m for m in messages)
+    assert list(report.meta["skipped"]) == ["shallow"] and "body" in report.meta["skipped"]["shallow"]
     with pytest.raises(UsageError, match="shallow: .*body.*; drop 'shallow' from --baselines"):
         gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained", "shallow"), device="cpu"),
                           batch=BATCH, loss_fn=_ce)
@@ -752,9 +782,17 @@ def test_images_for_a_hf_classifier_go_through_its_image_processor(tmp_path):
     assert report.meta["inputs"].startswith(f"2 images from {images} (the model's image processor)")
 
 
-def test_images_for_a_text_model_is_a_usage_error(tiny_bert, tmp_path):
+def test_options_for_the_other_kind_of_model_are_usage_errors_not_ignored(tiny_bert, tmp_path):
     with pytest.raises(UsageError, match="--images is for vision models"):
         gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(images=str(tmp_path), **SMALL))
+    with pytest.raises(UsageError, match="--image-size is for vision models; this is a text model"):
+        gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(image_size=64, **SMALL))
+    resnet = hm.save_tiny_hf_resnet(tmp_path / "resnet")
+    with pytest.raises(UsageError, match="--seq-len is for text models; this is an image classifier"):
+        gradscope.analyze(str(resnet), gradscope.AnalyzeConfig(seq_len=16, device="cpu"))
+    checkpoint = hm.save_resnet18_checkpoint(tmp_path / "resnet18.safetensors")
+    with pytest.raises(UsageError, match="--text is for text models"):
+        gradscope.analyze(str(checkpoint), gradscope.AnalyzeConfig(arch="resnet18", text=str(tmp_path), device="cpu"))
 
 
 def _summary_for(flow: list[float]) -> dict:
@@ -791,6 +829,9 @@ def test_a_steady_trend_inside_the_thresholds_is_a_warning_with_the_depth_it_wou
     # blocks is 0.082x, a decade, though only four blocks were fitted.
     gaps = [0.7 ** (7 - d) if d in (0, 3, 5, 7) else None for d in range(8)]
     assert [f["kind"] for f in findings_for(_summary_for(gaps), [], plain_mlp)] == ["healthy", "vanishing-trend"]
+    # the shallow baseline is the model's own first half: the whole model, measured beside it, shows the rate
+    shallow = {**_summary_for([0.6 ** (5 - d) for d in range(6)]), "variant": "shallow"}
+    assert [f["kind"] for f in findings_for(shallow, [], plain_mlp)] == ["healthy"]
 
 
 def test_vanishing_fixes_name_the_model_s_own_activation():
@@ -849,6 +890,7 @@ def test_a_model_without_a_block_stack_skips_shallow_and_its_config_says_so():
     assert report.variant_names == ["pretrained", "scratch"]
     assert list(report.meta["config"]["baselines"]) == ["pretrained", "scratch"]
     assert any("skipping the shallow baseline" in m for m in messages)
+    assert report.meta["skipped"] == {"shallow": "the model has no stack of numbered blocks to shorten"}
     with pytest.raises(UsageError, match="drop 'shallow' from --baselines"):
         gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("shallow",)), batch=torch.randn(6, 4),
                           loss_fn=lambda m, x: m(x).pow(2).mean())

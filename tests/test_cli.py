@@ -141,6 +141,17 @@ def test_cuda_without_a_gpu_is_a_usage_error(tiny_bert, capsys):
         pytest.skip("a GPU is visible here")
     assert main(["analyze", str(tiny_bert), "--device", "cuda", "--out", ""]) == 2
     assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert main(["demo", "--device", "cuda:1"]) == 2
+    assert "--device cuda:1: no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_version_and_the_package_s_public_names(capsys):
+    import gradscope
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"gradscope {gradscope.__version__}\n"
+    assert dir(gradscope) == sorted(gradscope.__all__)  # not what it imports for itself (annotations, helpers)
 
 
 def test_demo_writes_a_report_when_asked(tmp_path, capsys):

@@ -106,6 +106,17 @@ def test_training_monitor_reports_compare_too(tmp_path):
     combined.save(tmp_path / "out", formats="json,md,html")
 
 
+def test_a_training_run_and_an_analysis_are_not_compared(shallow_and_deep, tmp_path, capsys):
+    rf.monitor_report(steps=3).save(tmp_path / "run", formats="json")
+    analysis, _ = shallow_and_deep
+    assert main(["compare", str(analysis), str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run'} is a training run's report and {analysis} an analysis" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(Exception, match="^compare: 1 label for 2 reports$"):
+        compare_reports([analysis, shallow_and_deep[1]], labels=["one"])
+
+
 # --- files that are not gradscope reports ----------------------------------------------------------
 
 
@@ -131,6 +142,8 @@ def _broken(data, key_path, value):
         (("blocks", 2, "depth", None), "blocks[2].depth is null, not an integer"),
         (("summaries", 1, "decay", "r2", [1]), "summaries[1].decay.r2 is a list ([1]), not a number or null"),
         (("blocks", 0, "variant", "ghost"), "blocks[0].variant 'ghost' is not one of its variants"),
+        (("meta", "model", 5), "meta.model is a number (5), not a string or null"),
+        (("summaries", 0, "blocks_no_grad", "x"), "summaries[0].blocks_no_grad is a string ('x'), not a list"),
     ],
 )
 def test_a_file_that_is_not_a_report_is_refused_naming_what_is_wrong(shallow_and_deep, tmp_path, capsys, content,

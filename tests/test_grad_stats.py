@@ -260,6 +260,11 @@ def test_bad_items_raise_type_error_naming_the_index(backend, bad, words):
         gradscope.grad_stats([torch.ones(2), bad], backend=backend)
 
 
+def test_one_tensor_instead_of_a_list_is_a_type_error(backend):
+    with pytest.raises(TypeError, match=r"a list of tensors, not one tensor: pass \[tensor\]"):
+        gradscope.grad_stats(torch.randn(3, 4), backend=backend)
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         gradscope.grad_stats([torch.ones(2)], backend="fast")

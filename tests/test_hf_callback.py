@@ -121,6 +121,18 @@ def test_monitor_options_pass_through_and_only_training_logs_get_values(tmp_path
     assert GradscopeCallback(report_dir=tmp_path / "r").config.keep_last is None  # the report has every step
 
 
+def test_a_report_dir_that_cannot_be_written_fails_before_training_and_one_lost_after_it_warns(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    trainer = tiny_trainer(tmp_path, steps=2)
+    with pytest.raises(UsageError, match=r"^report_dir .*taken.*is a file, not a directory; choose another report_dir"):
+        add_gradscope_callback(trainer, report_dir=tmp_path / "taken" / "report")
+    add_gradscope_callback(trainer, report_dir=tmp_path / "report")
+    (tmp_path / "report").write_text("made a file while training ran")
+    with pytest.warns(RuntimeWarning, match="the report could not be written to .*report"):
+        trainer.train()  # returns: the script goes on to save the trained model
+    assert trainer.state.global_step == 2
+
+
 def _nan_at_step(model, step: int) -> None:
     """The gradient of one weight turns NaN in the backward pass of optimizer step ``step`` (1-based)."""
     calls = []

@@ -81,7 +81,9 @@ def test_text_the_tokenizer_knows_is_read_and_masked(tmp_path):
     text = tmp_path / "known.txt"
     text.write_text("the a of the a of\n")
     subject = load_subject(str(directory), gradscope.AnalyzeConfig(text=str(text), **SMALL), lambda m: None)
-    assert subject.inputs.startswith(f"text file {text}, 2 packed sequences of 16 tokens, ")
+    # 6 words, one token each, fill 2 x (16 - 2 special) positions: the text goes round 28 / 6 times
+    assert subject.inputs.startswith(f"text file {text}, 2 packed sequences of 16 tokens "
+                                     "(the text is shorter: repeated 4.67 times), ")
     labels = subject.batches[0]["labels"]
     assert set(labels[labels != -100].tolist()) <= {5, 6, 7}  # only words are masked, never [CLS]/[SEP]
 
@@ -379,7 +381,7 @@ def test_pickled_checkpoint_refusal_is_one_clean_line_without_warnings(tmp_path,
 def test_a_path_that_does_not_exist_is_no_hub_lookup(spec):
     with pytest.raises(ModelLoadError, match="^no such file or directory: ") as info:
         gradscope.analyze(spec, gradscope.AnalyzeConfig(device="cpu"))
-    assert "huggingface-cli" not in str(info.value)
+    assert "hf download" not in str(info.value)
 
 
 def test_arch_with_a_hf_directory_says_to_leave_it_out(tmp_path):

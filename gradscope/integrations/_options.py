@@ -8,7 +8,9 @@ from typing import Optional
 
 from torch import nn
 
+from ..errors import GradscopeError
 from ..monitor import GradientMonitor, MonitorConfig, attached_monitor
+from ..report import check_writable
 
 # Steps a callback keeps on the host when it writes no report: it only logs the latest.
 CALLBACK_KEEP_LAST = 1024
@@ -30,6 +32,8 @@ class MonitorCallbackOptions:
     def __init__(self, *, report_dir=None, prefix: str = "gradscope", **options):
         if report_dir is None:
             options.setdefault("keep_last", CALLBACK_KEEP_LAST)
+        else:  # a report_dir that cannot be written fails here, not after training
+            check_writable(report_dir, "report_dir")
         self.config = MonitorConfig.with_options(None, options)  # bad options fail here, not at train time
         self.report_dir = report_dir
         self.prefix = prefix
@@ -76,4 +80,8 @@ class MonitorCallbackOptions:
             return
         if error is not None:
             meta = {**meta, "stopped_by": f"{type(error).__name__}: {error}"}
-        monitor.report(meta=meta).save(self.report_dir, force=True)
+        try:
+            monitor.report(meta=meta).save(self.report_dir, force=True)
+        except GradscopeError as exc:  # raised at the end of training, it would stop the script before it saves the model
+            warnings.warn(f"gradscope: the report could not be written to {self.report_dir}: {exc}", RuntimeWarning,
+                          stacklevel=3)

@@ -51,11 +51,16 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is visible; use --device cpu or --device auto")
+        raise UsageError(f"--device {device}: no CUDA GPU is visible; use --device cpu or --device auto")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError:
         raise UsageError(f"--device {device}: not a device; use auto, cpu or cuda") from None
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {device}: {count} CUDA GPU{'s are' if count > 1 else ' is'} visible "
+                         f"(cuda:0 to cuda:{count - 1}); choose one of them")
+    return resolved
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}

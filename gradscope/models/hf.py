@@ -67,6 +67,7 @@ from .inputs import (
     random_labels,
     random_targets,
     random_token_ids,
+    refuse_text_options,
     synthetic_images,
     texts_for,
     token_windows,
@@ -155,17 +156,32 @@ def _adapter_base(spec: str, adapter: dict) -> str:
     return base
 
 
-def _base_error(spec: str, base: str, local: bool, exc: Exception) -> ModelLoadError:
-    """The base model an adapter names cannot be loaded: say where that name comes from and how to fix it."""
-    if local:
-        why = f"it cannot be loaded from there ({short_reason(exc)})"
-    elif offline():
+def _hub_reason(name: str, exc: Exception) -> str:
+    """Why a hub id did not load, from the hub client's errors in the chain transformers raised."""
+    chain = []
+    while exc is not None and len(chain) < 8:
+        chain.append(type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__
+    if offline():
         why = "HF_HUB_OFFLINE is set and it is not in the local cache"
+    elif "GatedRepoError" in chain:
+        why = "it is a gated model: accept its terms on its hub page, then log in with `hf auth login`"
+    elif "RepositoryNotFoundError" in chain:
+        why = "the Hugging Face hub has no such model, or it is private (check the id; `hf auth login` for yours)"
     else:
         why = "the Hugging Face hub could not be reached"
+    first, _, rest = name.partition("/")
+    if rest and Path(first).is_dir():  # a typo in a local path reads as an owner/name id
+        why += f"; nor is it a local directory: {first}/ has no {rest}"
+    return why
+
+
+def _base_error(spec: str, base: str, local: bool, exc: Exception) -> ModelLoadError:
+    """The base model an adapter names cannot be loaded: say where that name comes from and how to fix it."""
+    why = f"it cannot be loaded from there ({short_reason(exc)})" if local else _hub_reason(base, exc)
     return ModelLoadError(
         f"cannot load the base model {base!r} that {spec}/adapter_config.json names (base_model_name_or_path): {why}; "
-        f"put the base model in a local directory (e.g. `huggingface-cli download {base} --local-dir ./base`) and "
+        f"put the base model in a local directory (e.g. `hf download {base} --local-dir ./base`) and "
         "set base_model_name_or_path to it")
 
 
@@ -273,14 +289,9 @@ def _merge_adapter(model: nn.Module, spec: str, task: str) -> nn.Module:
 def _load_error(spec: str, local: bool, exc: Exception) -> ModelLoadError:
     if local:
         return ModelLoadError(f"cannot load the Hugging Face model in {spec}: {short_reason(exc)}")
-    if offline():
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache"
-    else:
-        why = "the Hugging Face hub could not be reached"
     return ModelLoadError(
-        f"cannot load model {spec!r}: {why}; download it where the hub is reachable "
-        f"(e.g. `huggingface-cli download {spec} --local-dir ./model`) and pass the local directory: "
-        "gradscope analyze ./model"
+        f"cannot load model {spec!r}: {_hub_reason(spec, exc)}; download it where the hub is reachable "
+        f"(e.g. `hf download {spec} --local-dir ./model`) and pass the local directory: gradscope analyze ./model"
     )
 
 
@@ -565,7 +576,7 @@ def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
         progress(f"{why}: using seeded random token ids")
     else:
         texts, where = texts_for(config.text)
-        ids = token_windows(tokenizer, texts, n, seq_len)
+        ids, passes = token_windows(tokenizer, texts, n, seq_len)
         if int(ids.max()) >= hf_config.vocab_size:
             raise ModelLoadError(
                 f"the tokenizer in {spec} gives token ids up to {int(ids.max())}, beyond the model's vocabulary "
@@ -581,7 +592,8 @@ def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
         elif not bool((~special).any(dim=1).all()):
             why = f"a sequence of the {where} holds only special or unknown tokens"
         else:
-            return ids, special, tokenizer.mask_token_id, f"{where}, {n} packed sequences of {seq_len} tokens"
+            repeated = f" (the text is shorter: repeated {passes:.3g} times)" if passes > 1 else ""
+            return ids, special, tokenizer.mask_token_id, f"{where}, {n} packed sequences of {seq_len} tokens{repeated}"
         if config.text:
             raise UsageError(f"--text {config.text}: {why}; give text the model's tokenizer knows, "
                              "or a longer --seq-len")
@@ -626,8 +638,9 @@ def _targets(task: str, ids: torch.Tensor, special: torch.Tensor, mask_id: Optio
 
 
 def _text_batches(spec: str, hf_config, task: str, config, progress) -> tuple[list[dict], str]:
-    if config.images:
-        raise UsageError("--images is for vision models; this is a text model (use --text)")
+    if config.images or config.image_size:
+        flag = "--images" if config.images else "--image-size"
+        raise UsageError(f"{flag} is for vision models; this is a text model (use --text, --seq-len)")
     n = config.batch_size * config.batches
     seq_len = _sequence_length(hf_config, config.seq_len, progress)
     ids, special, mask_id, inputs = _token_ids(spec, hf_config, config, n, seq_len, progress)
@@ -663,8 +676,7 @@ def _processed_images(spec: str, config, n: int) -> tuple[torch.Tensor, str]:
 
 
 def _image_batches(spec: str, hf_config, config) -> tuple[list[dict], str]:
-    if config.text:
-        raise UsageError("--text is for text models; this is an image classifier (use --images)")
+    refuse_text_options(config)
     n = config.batch_size * config.batches
     if config.images:
         pixels, source = _processed_images(spec, config, n)

@@ -53,8 +53,9 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def token_windows(tokenizer, texts: list[str], n: int, seq_len: int) -> torch.Tensor:
-    """``n`` packed sequences of exactly ``seq_len`` token ids, special tokens included."""
+def token_windows(tokenizer, texts: list[str], n: int, seq_len: int) -> tuple[torch.Tensor, float]:
+    """``n`` packed sequences of exactly ``seq_len`` token ids, special tokens included, and how many times
+    they go through the text's tokens (above 1: the text is shorter than the batch and repeats)."""
     prefix, suffix = special_tokens_around(tokenizer)
     specials = len(prefix) + len(suffix)
     window = seq_len - specials
@@ -70,7 +71,7 @@ def token_windows(tokenizer, texts: list[str], n: int, seq_len: int) -> torch.Te
         start = (i * window) % len(stream)
         ids = [stream[(start + k) % len(stream)] for k in range(window)]
         rows.append(prefix + ids + suffix)
-    return torch.tensor(rows, dtype=torch.long)
+    return torch.tensor(rows, dtype=torch.long), n * window / len(stream)
 
 
 def random_token_ids(vocab_size: int, n: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -156,6 +157,13 @@ def unknown_fraction(ids: torch.Tensor, special: torch.Tensor, unk_id) -> float:
     unknown = ids == unk_id
     text = ~special | unknown  # tokenizers count [UNK] among their special tokens
     return float(unknown.sum()) / max(int(text.sum()), 1)
+
+
+def refuse_text_options(config) -> None:
+    """An image model would ignore ``--text`` and ``--seq-len``: a usage error, not a silent default."""
+    for flag, value in (("--text", config.text), ("--seq-len", config.seq_len)):
+        if value is not None:
+            raise UsageError(f"{flag} is for text models; this is an image classifier (use --images, --image-size)")
 
 
 def texts_for(text_file: Optional[str]) -> tuple[list[str], str]:

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import ModelLoadError, UsageError
 from . import Subject, offline, resolve_device, resolve_dtype, to_device
 from .failures import clip, needs_code_message, pickled_global, short_reason
-from .inputs import load_images, random_labels, synthetic_images
+from .inputs import load_images, random_labels, refuse_text_options, synthetic_images
 
 DEFAULT_IMAGE_SIZE = 224
 _NEEDS_TORCHVISION = "torchvision models need torchvision: pip install torchvision (gradscope's [vision] extra)"
@@ -81,8 +81,7 @@ def _cross_entropy(model: nn.Module, batch: dict) -> torch.Tensor:
 
 def _subject(name: str, source: str, model: nn.Module, make_scratch, num_classes: int, weights, config,
              meta: dict) -> Subject:
-    if config.text:
-        raise UsageError("--text is for text models; this is an image classifier (use --images)")
+    refuse_text_options(config)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)

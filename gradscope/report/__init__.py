@@ -343,8 +343,13 @@ def check_output(directory, formats: Iterable[str] | str = DEFAULT_FORMATS, *, f
     return names
 
 
-def check_writable(directory: Path) -> None:
-    """UsageError unless ``directory`` is, or can be created as, a writable directory (checked before any work)."""
+def check_writable(directory: Path, option: str = "--out") -> None:
+    """UsageError unless ``directory`` is, or can be created as, a writable directory (checked before any work).
+
+    A file is made and removed in the nearest folder that exists: permission bits
+    alone pass for root, also on a read-only mount or in /proc. ``option`` names the
+    setting in the message (``--out``, or a callback's ``report_dir=``).
+    """
     directory = Path(directory)
     probe = directory
     while not probe.exists():
@@ -352,6 +357,10 @@ def check_writable(directory: Path) -> None:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UsageError(f"--out {directory}: {probe} is a file, not a directory; choose another --out")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {directory}: {probe} is not writable; choose another --out")
+        raise UsageError(f"{option} {directory}: {probe} is a file, not a directory; choose another {option}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".gradscope-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option} {directory}: cannot create a file in {probe} ({exc.strerror or exc}); "
+                         f"choose another {option}") from None

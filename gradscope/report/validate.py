@@ -31,7 +31,8 @@ TABLES: dict[str, tuple[dict[str, str], dict[str, str]]] = {
         {"loss": "num?", "blocks": "int", "first_block": "str?", "last_block": "str?", "flow_signal": "str",
          "first_to_last_ratio": "num?", "param_first_to_last_ratio": "num?", "decay": "obj?", "total_grad_l2": "num?",
          "grad_nonfinite": "num", "first_nonfinite": "obj?", "dead_blocks": "list", "params": "int",
-         "params_no_grad": "list", "seconds": "num?", "repeated_blocks": "obj"},
+         "params_no_grad": "list", "seconds": "num?", "repeated_blocks": "obj", "blocks_no_grad": "list",
+         "zero_weights": "list", "stacks": "list"},
     ),
     "findings": ({"variant": "str", "severity": "str", "message": "str", "evidence": "str"},
                  {"kind": "str", "block": "str?", "fix": "str?"}),
@@ -42,6 +43,9 @@ TABLES: dict[str, tuple[dict[str, str], dict[str, str]]] = {
                {**_ROW_FIELDS, "depth": "int?", "block": "str?", "shape": "list", "has_grad": "bool"}),
     "series": ({"step": "int"}, {**_ROW_FIELDS, "block": "str?", "depth": "int?", "grad_l2_post_clip": "num?"}),
 }
+# The meta fields a renderer reads as text (the header names the model); all optional.
+_META = ({}, {"model": "str?", "source": "str?", "objective": "str?", "inputs": "str?", "device": "str?",
+              "created": "str?", "kind": "str?", "warnings": "list"})
 _DECAY = ({"trend": "str"}, {"slope_log10_per_block": "num?", "factor_per_block": "num?", "r2": "num?",
                              "halves_every_blocks": "num?", "doubles_every_blocks": "num?", "points": "int"})
 _RATIO_ROW = ({"block": "str", "depth": "int"}, {"grad_l2_ratio": "num?", "act_grad_l2_ratio": "num?"})
@@ -129,8 +133,9 @@ def structure_problem(data) -> Optional[str]:
     missing = [key for key in TOP_LEVEL if key not in data]
     if missing:
         return f"it has no {', '.join(repr(k) for k in missing)} (every gradscope report has them)"
-    if not isinstance(data["meta"], dict):
-        return f"meta is {describe_json(data['meta'])}, not an object"
+    problem = _row_problem(data["meta"], "meta", _META)
+    if problem:
+        return problem
     for table in TABLES:
         problem = _rows_problem(data, table)
         if problem:
