@@ -44,7 +44,7 @@ class Measurement:
     param_shapes: list[list[int]]
     grad: GradStats  # one row per trainable parameter; present False: no gradient
     weight: GradStats  # one row per trainable parameter
-    blocks: list[str]  # in execution order; blocks the forward never reached are left out; block#k: run k of a shared one
+    blocks: list[str]  # in execution order, those the forward reached; block#k: run k of a repeated one
     act_grad: GradStats  # dL/dh, one row per block in ``blocks``; present False: no gradient reached it
     act_nonfinite: list[int]  # non-finite elements in each block's forward output, per block in ``blocks``
     seconds: float

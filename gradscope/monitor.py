@@ -334,9 +334,20 @@ def series_positions(history: MonitorHistory, limit: Optional[int]) -> torch.Ten
     return torch.cat([torch.arange(0, count, stride), incidents, largest, torch.tensor([count - 1])]).unique()
 
 
+NONFINITE_FIX = ("Check the inputs and the loss for NaN/Inf, lower the learning rate, or, in float16 training, use a "
+                 "GradScaler (it skips such steps) or bfloat16")
+
+
 def describe_nonfinite(history: MonitorHistory, t: int) -> str:
     """One message about the non-finite gradient values at step index ``t``."""
-    step = int(history.steps[t])
+    count = int(history.nonfinite()[t].sum())
+    return (f"gradscope: {count} non-finite gradient value(s) at step {int(history.steps[t])}; "
+            f"{_nonfinite_where(history, t)}. {NONFINITE_FIX}")
+
+
+def _nonfinite_where(history: MonitorHistory, t: int) -> str:
+    """Where the non-finite values of step index ``t`` are: the first and the deepest block holding one,
+    parameters outside every block, or why the step cannot tell."""
     count = int(history.nonfinite()[t].sum())
     blocks = history.nonfinite_blocks(t)
     outside = [history.param_names[i] for i in range(len(history.param_names))
@@ -357,9 +368,30 @@ def describe_nonfinite(history: MonitorHistory, t: int) -> str:
         where = "no block affected"
     if outside:
         where += f"; outside blocks: {', '.join(outside[:3])}" + (" ..." if len(outside) > 3 else "")
-    return (f"gradscope: {count} non-finite gradient value(s) at step {step}; {where}. Check the inputs and the "
-            "loss for NaN/Inf, lower the learning rate, or, in float16 training, use a GradScaler (it skips such steps) "
-            "or bfloat16")
+    return where
+
+
+def nonfinite_findings(history: MonitorHistory, recorded: int) -> list[dict]:
+    """The report's finding about the steps with non-finite gradient values (none without any), shaped as
+    ``analyze``'s: it names the first such step and the first block affected there. An error when the last
+    step still has them (the run did not recover), else a warning (e.g. overflows a GradScaler skipped)."""
+    bad = (history.nonfinite().sum(-1) > 0).nonzero().flatten().tolist()
+    if not bad:
+        return []
+    first, step = bad[0], int(history.steps[bad[0]])
+    blocks = history.nonfinite_blocks(first)
+    recovered = bad[-1] != len(history) - 1
+    of = str(len(history)) if recorded == len(history) else f"the last {len(history)} (of {recorded})"
+    return [{
+        "variant": "training", "severity": "warning" if recovered else "error", "kind": "non-finite",
+        "block": blocks[0] if blocks else None,
+        "message": f"non-finite gradient values at {len(bad)} of {of} recorded step(s), first at step {step}"
+                   + (f" in block {blocks[0]}" if blocks else "")
+                   + ("" if recovered else "; the last recorded step has them too"),
+        "evidence": f"{int(history.nonfinite()[first].sum())} non-finite value(s) at step {step}; "
+                    f"{_nonfinite_where(history, first)}",
+        "fix": NONFINITE_FIX,
+    }]
 
 
 def attached_monitor(model: nn.Module) -> Optional["GradientMonitor"]:
@@ -458,6 +490,7 @@ class GradientMonitor:
         self._buffer: Optional[torch.Tensor] = None
         self._pending: list[tuple[int, list[bool], list[int], bool]] = []  # (step, present, local numel, clipped)
         self._chunks: list[tuple] = []  # host history, one tuple of tensors per flush
+        self._steps_recorded = 0  # steps that reached the host history, keep_last's dropped ones included
         self._sinks: list[Callable[[MonitorHistory], None]] = []
         self._record_hooks: list[Callable[["GradientMonitor", int], None]] = []
         self._closed = False
@@ -699,6 +732,7 @@ class GradientMonitor:
         post = torch.where(clipped, post_col, torch.tensor(math.nan, dtype=torch.float64))
         steps = torch.tensor([s for s, _, _, _ in self._pending], dtype=torch.int64)
         self._chunks.append((steps, table, numel, present, post))
+        self._steps_recorded += count
         self._pending = []
         new = self._history(last_chunk=True)
         if check and self.config.on_nonfinite != "ignore":
@@ -769,6 +803,9 @@ class GradientMonitor:
         if self._step_count:
             return (f"no step recorded yet: {self._step_count} step(s) seen, every={self.config.every} "
                     "samples steps whose number is a multiple of it")
+        if self._optimizer is not None:
+            return ("no step recorded yet: the monitor records at each optimizer.step(); read it after the first "
+                    "optimizer.step()")
         return ("no step recorded yet: call monitor.step() after loss.backward(), or pass the optimizer to the "
                 "monitor so its step records automatically")
 
@@ -796,7 +833,8 @@ class GradientMonitor:
         A long run's series keeps at most ``max_series_steps`` evenly spaced steps (``None``: all), plus the
         last, the one with the largest global norm and every one with non-finite values, so the report
         stays small (a 10,000-step run in full is about 40 MB of JSON) without hiding an incident.
-        ``meta["series_steps"]`` says how many were kept; :attr:`history` holds them all.
+        ``meta["series_steps"]`` says how many were kept; :attr:`history` holds them all. ``meta["steps_recorded"]``
+        counts every recorded step, ``meta["steps_kept"]`` those ``keep_last`` left in :attr:`history`.
         """
         from .report import Report
 
@@ -820,12 +858,14 @@ class GradientMonitor:
         from . import __version__
 
         info = {"kind": "monitor", "gradscope": __version__, "torch": torch.__version__,
-                "model": type(self.model).__name__, "steps_recorded": len(history), "series_steps": len(kept),
+                "model": type(self.model).__name__, "steps_recorded": self._steps_recorded,
+                "steps_kept": len(history), "series_steps": len(kept),
                 "every": self.config.every, "distributed": self.mode, "block_order":
                 "execution" if history.order_known else "registration",
                 "frozen_params": len(self.frozen), **(meta or {})}
         return Report(meta=info, variants=[{"name": "training", "description": "gradients during training"}],
-                      blocks=blocks, params=params, series=rows)
+                      findings=nonfinite_findings(history, self._steps_recorded), blocks=blocks, params=params,
+                      series=rows)
 
     # --- outputs -------------------------------------------------------------------
 

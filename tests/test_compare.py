@@ -88,6 +88,9 @@ def test_compare_needs_two_readable_reports(shallow_and_deep, tmp_path, capsys):
     (tmp_path / "report.json").write_text(json.dumps({"schema": "gradscope.report/7"}))
     assert main(["compare", str(a), str(tmp_path), "--out", ""]) != 0
     assert "gradscope.report/7" in capsys.readouterr().err
+    rf.demo_report(depth=3).save(tmp_path / "no-json", formats="md,html")
+    assert main(["compare", str(a), str(tmp_path / "no-json"), "--out", ""]) == 2
+    assert "holds a report without report.json (written without the json format)" in capsys.readouterr().err
 
 
 def test_training_monitor_reports_compare_too(tmp_path):

@@ -18,6 +18,7 @@ from gradscope.models import load_subject
 import helpers_models as hm
 
 SMALL = dict(batch_size=2, seq_len=16, device="cpu")
+SMALL_IMAGES = dict(batch_size=2, device="cpu")  # --seq-len is refused for an image model
 ONLY_PRETRAINED = dict(baselines=("pretrained",), **SMALL)
 
 
@@ -271,7 +272,8 @@ def test_a_vision_backbone_gets_a_fresh_head_and_says_so(tmp_path):
     hm.save_small(tmp_path, "Dinov2Model", "Dinov2Config", hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                   mlp_ratio=2, image_size=32, patch_size=8)
     progress = []
-    report = gradscope.analyze(str(tmp_path), gradscope.AnalyzeConfig(**ONLY_PRETRAINED), progress=progress.append)
+    config = gradscope.AnalyzeConfig(baselines=("pretrained",), **SMALL_IMAGES)
+    report = gradscope.analyze(str(tmp_path), config, progress=progress.append)
     note = report.meta["objective_note"]
     assert note.startswith("the model has no classification head: a fresh one") and note in progress
     assert report.summary("pretrained")["blocks"] == 2 and math.isfinite(report.summary("pretrained")["loss"])
@@ -384,6 +386,21 @@ def test_a_path_that_does_not_exist_is_no_hub_lookup(spec):
     assert "hf download" not in str(info.value)
 
 
+def test_a_trainer_output_dir_and_a_folder_without_weights_say_what_to_pass(tmp_path):
+    for step in (5, 10):  # by number: checkpoint-10 is the last, though "checkpoint-5" sorts after it
+        checkpoint = tmp_path / "output" / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match=r"without config.json: .*pass one, e.g. .*output/checkpoint-10\)$"):
+        gradscope.analyze(str(tmp_path / "output"), gradscope.AnalyzeConfig(device="cpu"))
+    bare = hm.save_tiny_bert(tmp_path / "bare")
+    for weights in bare.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ModelLoadError, match=r"holds no weights file: save the model with save_pretrained\)$") as info:
+        gradscope.analyze(str(bare), gradscope.AnalyzeConfig(device="cpu"))
+    _one_clean_line(str(info.value))
+
+
 def test_arch_with_a_hf_directory_says_to_leave_it_out(tmp_path):
     with pytest.raises(UsageError, match="--arch is for a checkpoint file, and .* is a directory; leave out --arch"):
         gradscope.analyze(str(tmp_path), gradscope.AnalyzeConfig(arch="resnet18", device="cpu"))
@@ -402,7 +419,7 @@ def test_a_safetensors_checkpoint_whose_head_sorts_before_its_body(tmp_path):
 
     torch.manual_seed(0)
     save_file(torchvision.models.convnext_tiny(num_classes=7).state_dict(), str(tmp_path / "c.safetensors"))
-    config = gradscope.AnalyzeConfig(arch="convnext_tiny", image_size=32, **SMALL)
+    config = gradscope.AnalyzeConfig(arch="convnext_tiny", image_size=32, **SMALL_IMAGES)
     subject = load_subject(str(tmp_path / "c.safetensors"), config, lambda _: None)
     assert subject.model.classifier[2].out_features == 7 and "over 7 classes" in subject.inputs
 
@@ -412,7 +429,7 @@ def test_a_checkpoint_of_an_architecture_that_cannot_be_built_on_the_meta_device
     torch.manual_seed(0)
     torch.save(torchvision.models.regnet_y_400mf(num_classes=6).state_dict(), tmp_path / "r.pt")
     subject = load_subject(str(tmp_path / "r.pt"), gradscope.AnalyzeConfig(arch="regnet_y_400mf", image_size=32,
-                                                                          **SMALL), lambda _: None)
+                                                                          **SMALL_IMAGES), lambda _: None)
     assert subject.model.fc.out_features == 6
 
 
@@ -423,10 +440,10 @@ def test_a_vision_transformer_checkpoint_refuses_another_image_size(tmp_path):
 
     model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
                                                  hidden_dim=16, mlp_dim=32, num_classes=3)
-    config = gradscope.AnalyzeConfig(image_size=64, **SMALL)
+    config = gradscope.AnalyzeConfig(image_size=64, **SMALL_IMAGES)
     with pytest.raises(UsageError, match="--image-size 64: vit takes 32 x 32 images only; leave out --image-size"):
         _subject("vit", "checkpoint", model, lambda: model, 3, None, config, {})
-    assert _subject("vit", "checkpoint", model, lambda: model, 3, None, gradscope.AnalyzeConfig(image_size=32, **SMALL),
+    assert _subject("vit", "checkpoint", model, lambda: model, 3, None, gradscope.AnalyzeConfig(image_size=32, **SMALL_IMAGES),
                     {}).batches[0]["pixels"].shape == (2, 3, 32, 32)
 
 

@@ -12,6 +12,7 @@ from torch import nn
 import gradscope
 from gradscope.errors import GradscopeError, UsageError
 from gradscope.monitor import GradientMonitor
+from gradscope.report.markdown import render_markdown
 
 BLOCKS = ["layers.0", "layers.1", "layers.2", "layers.3"]
 
@@ -381,6 +382,32 @@ def test_nonfinite_born_in_backward_names_the_deepest_block():
     monitor.close()
 
 
+@pytest.mark.parametrize("recovers", [True, False])
+def test_a_report_with_nonfinite_steps_has_a_finding_naming_the_first_step_and_block(recovers):
+    net = make()
+    with GradientMonitor(net, on_nonfinite="ignore") as monitor:
+        for step in range(1, 5):
+            backward(net, step)
+            if step == 2 or (step == 4 and not recovers):
+                net.layers[1][0].weight.grad[0, 0] = math.nan
+            if step == 3:
+                net.layers[2][0].bias.grad[:] = math.inf
+            monitor.step()
+            net.zero_grad()
+        report = monitor.report()
+    assert report.findings == [{
+        "variant": "training", "severity": "warning" if recovers else "error", "kind": "non-finite",
+        "block": "layers.1",
+        "message": f"non-finite gradient values at {2 if recovers else 3} of 4 recorded step(s), first at step 2 in "
+                   "block layers.1" + ("" if recovers else "; the last recorded step has them too"),
+        "evidence": "1 non-finite value(s) at step 2; first block (execution order): layers.1",
+        "fix": "Check the inputs and the loss for NaN/Inf, lower the learning rate, or, in float16 training, use a "
+               "GradScaler (it skips such steps) or bfloat16",
+    }]
+    severity = report.findings[0]["severity"]
+    assert f"- **{severity}** (training): non-finite gradient values at" in render_markdown(report)
+
+
 def test_ignore_records_without_warning():
     net = make()
     _nan_grad_at(net, 0)
@@ -451,6 +478,15 @@ def test_empty_history_flush_and_report():
             monitor.history
 
 
+def test_before_the_first_step_a_monitor_with_an_optimizer_says_to_wait_for_it():
+    net = make()
+    with GradientMonitor(net, torch.optim.SGD(net.parameters(), lr=0.1)) as monitor:
+        with pytest.raises(UsageError) as error:
+            monitor.latest()
+    assert str(error.value) == ("no step recorded yet: the monitor records at each optimizer.step(); read it after "
+                                "the first optimizer.step()")
+
+
 def test_replaced_parameters_are_refused_at_flush():
     net = make()
     monitor = GradientMonitor(net)
@@ -488,6 +524,7 @@ def test_report_carries_the_time_series_and_round_trips(tmp_path):
             net.zero_grad()
         report = monitor.report()
     assert report.meta["kind"] == "monitor" and report.meta["steps_recorded"] == 3
+    assert report.findings == []  # every gradient was finite
     per_block = [r for r in report.series if r["block"] is not None]
     assert len(per_block) == 3 * 4 and {r["step"] for r in per_block} == {1, 2, 3}
     assert [r["block"] for r in report.blocks] == BLOCKS
@@ -561,13 +598,20 @@ def test_raise_from_the_optimizer_hook_stops_the_update():
 
 def test_keep_last_bounds_the_host_history():
     net = make()
-    with GradientMonitor(net, keep_last=3, flush_every=2) as monitor:
+    with GradientMonitor(net, keep_last=3, flush_every=2, on_nonfinite="ignore") as monitor:
         for step in range(7):
             backward(net, step)
+            if step == 5:  # the 6th step
+                net.layers[1][0].weight.grad[0, 0] = math.nan
             monitor.step()
             net.zero_grad()
         assert monitor.history.steps.tolist() == [5, 6, 7]
         assert monitor.latest()["step"] == 7
+        report = monitor.report()
+    assert (report.meta["steps_recorded"], report.meta["steps_kept"], report.meta["series_steps"]) == (7, 3, 3)
+    assert "- **steps recorded**: 7 (the last 3 kept)" in render_markdown(report)
+    assert report.findings[0]["message"] == ("non-finite gradient values at 1 of the last 3 (of 7) recorded step(s), "
+                                             "first at step 6 in block layers.1")
 
 
 def test_explicit_step_numbers_and_bad_options():

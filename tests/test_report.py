@@ -703,3 +703,63 @@ def test_different_models_flow_table_names_each_values_block():
     assert [(r.block, r.own_name) for r in table.rows] == [("a.0", {"shallow": "stage1.0"}),
                                                            ("a.1", {"shallow": "stage2.0"}), ("b.0", {}), ("b.1", {})]
     assert "| 1 | a.1 | 2 | 2e+03 (stage2.0) |" in render_markdown(report)
+
+
+# --- what a training report says about its run; skipped baselines --------------------------------------------
+
+
+def _copy(report) -> Report:
+    return Report.from_dict(json.loads(json.dumps(report.to_dict())))
+
+
+def test_a_report_measured_after_the_trainers_clipping_says_so(monitor_report):
+    report = _copy(monitor_report)
+    report.meta.update(clip_stage="after_clip", max_grad_norm=1.0)
+    stage = "after the Trainer clipped to max_grad_norm 1.0: the pre-clip norm is the Trainer's own grad_norm"
+    text = render_markdown(report)
+    assert f"- **gradients measured**: {md(stage)}\n" in text
+    assert re.search(rf"at the first, [0-9.]+ at the last, measured {re.escape(md(stage))}\.\n", text)
+    page = html_module.render_page(report)
+    header = re.search(r"<header>.*</header>", page).group(0)
+    assert f"<dt>gradients measured</dt><dd>{html_module._e(stage)}</dd>" in header
+    caption = re.search(r'<figure id="figure-global">.*?<figcaption>(.*?)</figcaption>', page, re.S).group(1)
+    assert caption.endswith(f" Measured {html_module._e(stage)}.")
+    assert "measured" not in render_markdown(monitor_report)  # a plain loop's report has no clip stage
+
+
+def test_a_training_reports_block_table_names_its_step(monitor_report):
+    last = max(r["step"] for r in monitor_report.series)
+    assert {b["step"] for b in monitor_report.blocks} == {last}
+    assert f"; values at training step {last}, the last recorded.\n" in render_markdown(monitor_report)
+
+
+def test_a_training_run_whose_last_step_is_nonfinite_says_so_in_markdown():
+    report = _monitor_report_with_an_inf_step(inf_step=12, steps=12)
+    text = render_markdown(report)
+    assert ("- **error** (training): non-finite gradient values at 1 of 12 recorded step(s), first at step 12 in "
+            "block 2; the last recorded step has them too\n") in text
+    assert re.search(r"norm [0-9.]+ at the first, non-finite at the last\.", text)
+    assert "a NaN or Inf in a block's gradient leaves its norm undefined (-)" in text
+    assert "| 2 | 2 | - |" in text
+
+
+def test_a_training_report_has_no_summaries_and_says_where_its_values_are(monitor_report):
+    with pytest.raises(KeyError) as error:
+        monitor_report.summary("training")
+    assert error.value.args == ("a training report has no summaries: its per-step values are in report.series / "
+                                "report.blocks",)
+
+
+def test_a_skipped_baseline_is_one_line_in_every_summary(demo_report):
+    from gradscope.report.terminal import render_text
+
+    reason = f"the model has no stack of numbered blocks to shorten {rf.HOSTILE}"
+    report = _copy(demo_report)
+    report.meta["skipped"] = {"shallow": reason}
+    line = f"shallow baseline skipped: {reason}"
+    assert render_text(report).splitlines().count(line) == 1
+    assert f"\n- {md(line)}\n" in render_markdown(report)
+    page = html_module.render_page(report)
+    assert f'<p class="muted">{html_module._e(line)}</p><dl class="facts">' in page and rf.HOSTILE not in page
+    report.meta["skipped"] = {}
+    assert "skipped" not in render_text(report) + render_markdown(report) + html_module.render_page(report)

@@ -82,6 +82,6 @@ class MonitorCallbackOptions:
             meta = {**meta, "stopped_by": f"{type(error).__name__}: {error}"}
         try:
             monitor.report(meta=meta).save(self.report_dir, force=True)
-        except GradscopeError as exc:  # raised at the end of training, it would stop the script before it saves the model
+        except GradscopeError as exc:  # raised at the end of training, it would stop the script before saving the model
             warnings.warn(f"gradscope: the report could not be written to {self.report_dir}: {exc}", RuntimeWarning,
                           stacklevel=3)

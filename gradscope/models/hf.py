@@ -288,7 +288,9 @@ def _merge_adapter(model: nn.Module, spec: str, task: str) -> nn.Module:
 
 def _load_error(spec: str, local: bool, exc: Exception) -> ModelLoadError:
     if local:
-        return ModelLoadError(f"cannot load the Hugging Face model in {spec}: {short_reason(exc)}")
+        weights = [p.name for p in Path(spec).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+        hint = "" if weights else " (it holds no weights file: save the model with save_pretrained)"
+        return ModelLoadError(f"cannot load the Hugging Face model in {spec}: {short_reason(exc)}{hint}")
     return ModelLoadError(
         f"cannot load model {spec!r}: {_hub_reason(spec, exc)}; download it where the hub is reachable "
         f"(e.g. `hf download {spec} --local-dir ./model`) and pass the local directory: gradscope analyze ./model"
@@ -713,7 +715,11 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         weights = _adapter_base(spec, adapter)
         weights_local = Path(weights).is_dir() or is_local_path(weights)
     elif local and not (Path(spec) / "config.json").is_file():
-        raise ModelLoadError(f"{spec} is a directory without config.json: give a directory written by save_pretrained")
+        checkpoints = sorted((p for p in Path(spec).glob("checkpoint-*") if (p / "config.json").is_file()),
+                             key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+        hint = (f" (it holds the Trainer's checkpoints: pass one, e.g. {checkpoints[-1]})" if checkpoints else "")
+        raise ModelLoadError(f"{spec} is a directory without config.json: give a directory written by "
+                             f"save_pretrained{hint}")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype)
     if adapter is not None:

@@ -74,10 +74,13 @@ class Report:
         return {"schema": SCHEMA, **_clean(asdict(self))}
 
     def summary(self, variant: str) -> dict:
-        """The summary of one variant by name."""
+        """The summary of one variant by name (analyze, demo and compare reports; a training report has none)."""
         for s in self.summaries:
             if s["variant"] == variant:
                 return s
+        if self.meta.get("kind") == "monitor":
+            raise KeyError("a training report has no summaries: its per-step values are in report.series / "
+                           "report.blocks")
         raise KeyError(f"no variant {variant!r} in this report; it has {', '.join(self.variant_names)}")
 
     def block_rows(self, variant: str) -> list[dict]:
@@ -129,6 +132,9 @@ class Report:
         """Read a report written by :meth:`save` (a ``report.json`` file, or the directory holding one)."""
         path = Path(path)
         if path.is_dir():
+            if not (path / JSON_NAME).exists() and report_files(path):
+                raise UsageError(f"{path} holds a report without {JSON_NAME} (written without the json format); "
+                                 "gradscope reads reports from their json: write it with --format json")
             path = path / JSON_NAME
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

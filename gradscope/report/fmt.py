@@ -168,6 +168,36 @@ def adapter_line(meta: dict) -> Optional[str]:
     return f"{adapter.get('type') or 'PEFT'} adapter{task}, merged into its base model {adapter.get('base')}"
 
 
+def measured_stage(meta: dict) -> Optional[str]:
+    """Which gradient a training callback's report measured, in words (from ``clip_stage``); None without one.
+
+    After the Trainer's clipping the global norm is at most ``max_grad_norm`` at every step, which reads as a
+    flat, healthy run unless the report says so.
+    """
+    stage = meta.get("clip_stage")
+    if stage == "after_clip":
+        return (f"after the Trainer clipped to max_grad_norm {meta.get('max_grad_norm')}: the pre-clip norm is the "
+                "Trainer's own grad_norm")
+    if stage == "no_clip":
+        return "without clipping (max_grad_norm 0): the global norm is the Trainer's own grad_norm"
+    if stage == "pre_clip":
+        return "before gradient clipping"
+    return None
+
+
+def steps_recorded(meta: dict) -> Optional[str]:
+    """``12``, or ``12 (the last 3 kept)`` where ``keep_last`` dropped the older ones from the report."""
+    recorded, kept = meta.get("steps_recorded"), meta.get("steps_kept")
+    if recorded is None:
+        return None
+    return str(recorded) if kept in (None, recorded) else f"{recorded} (the last {kept} kept)"
+
+
+def skipped_lines(meta: dict) -> list[str]:
+    """One line per baseline that was asked for (or defaulted) but not run, with why."""
+    return [f"{name} baseline skipped: {reason}" for name, reason in (meta.get("skipped") or {}).items()]
+
+
 def run_facts(report) -> list[tuple[str, str]]:
     """(label, value) pairs of run metadata, in reading order; absent facts are left out."""
     meta = report.meta
@@ -186,7 +216,8 @@ def run_facts(report) -> list[tuple[str, str]]:
         ("dtype", meta.get("dtype")),
         ("grad_stats backend", meta.get("backend")),
         ("seed", meta.get("seed")),
-        ("steps recorded", meta.get("steps_recorded")),
+        ("steps recorded", steps_recorded(meta)),
+        ("gradients measured", measured_stage(meta)),
         ("stopped by", meta.get("stopped_by")),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
         ("created", meta.get("created")),

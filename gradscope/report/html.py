@@ -15,7 +15,8 @@ from html import escape
 from pathlib import Path
 
 from . import plots, svg
-from .fmt import TREND_HEADER, decay_text, grouped_findings, num, run_facts, summary_legend, title
+from .fmt import (TREND_HEADER, decay_text, grouped_findings, measured_stage, num, run_facts, skipped_lines,
+                  summary_legend, title)
 
 _ASSETS = Path(__file__).parent / "assets"
 # the name first (it stays in view when the table scrolls sideways), then the numbers that matter most
@@ -102,6 +103,10 @@ def _data_table(table_id: str, columns, rows: list[dict], *, filterable: bool, v
 def _facts(report) -> str:
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in run_facts(report))
     return f'<dl class="facts">{items}</dl>'
+
+
+def _skipped(report) -> str:
+    return "".join(f'<p class="muted">{_e(line)}</p>' for line in skipped_lines(report.meta))
 
 
 def _verdict(v) -> str:
@@ -233,10 +238,14 @@ def _comparisons(report) -> str:
 
 
 def _plots(report) -> str:
+    stage = measured_stage(report.meta)
     figures = []
     for spec in plots.all_plots(report):
+        caption = spec.caption
+        if stage and spec.key in ("global", "heatmap"):  # the norms over time: clipping caps them at every step
+            caption += f" Measured {stage}."
         figures.append(f'<figure id="figure-{_e(spec.key)}">{svg.render(spec)}'
-                       f"<figcaption>{_e(spec.caption)}</figcaption></figure>")
+                       f"<figcaption>{_e(caption)}</figcaption></figure>")
     if not figures:
         return ""
     return f'<section id="plots"><h2>Plots</h2>{"".join(figures)}</section>'
@@ -289,7 +298,7 @@ def render_page(report) -> str:
         f"<style>{css}</style>",
         f"<script>{js}</script>",
         "</head><body>",
-        f"<header><h1>gradscope: {_e(title(report))}</h1>{_glance(report)}{_facts(report)}</header>",
+        f"<header><h1>gradscope: {_e(title(report))}</h1>{_glance(report)}{_skipped(report)}{_facts(report)}</header>",
         f'<nav aria-label="sections">{nav}</nav>',
         *sections,
         f"<footer>gradscope {_e(__version__)} · schema {_e(SCHEMA)} · the data behind this page is in report.json"

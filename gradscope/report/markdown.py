@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from .fmt import (TREND_HEADER, decay_text, flow_table, grouped_findings, num, run_facts, shown_depths,
-                  summary_legend, title)
+from .fmt import (TREND_HEADER, decay_text, flow_table, grouped_findings, measured_stage, num, run_facts,
+                  shown_depths, skipped_lines, summary_legend, title)
 
 # CommonMark lets a backslash escape any ASCII punctuation. These can start markup inside a line: emphasis,
 # code, links and images, raw HTML, table cells, strikethrough, entities, GitHub's $math$. (Headings and
@@ -86,6 +86,12 @@ def _flow(report) -> list[str]:
         note += f"; {len(shown)} of {len(table.rows)} blocks shown, evenly spaced"
     if table.note:
         note += f"; {md(table.note)}"
+    # a monitor's norm over a NaN/Inf is undefined (NaN in memory, null on disk): its cell shows "-"
+    if any(r.get("grad_nonfinite") and num(r.get(key[n])) == "-" for n in names for r in report.block_rows(n)):
+        note += "; a NaN or Inf in a block's gradient leaves its norm undefined (-)"
+    steps = {r.get("step") for n in names for r in report.block_rows(n)}
+    if len(steps) == 1 and None not in steps:  # a training report's blocks are one step of its series
+        note += f"; values at training step {steps.pop()}, the last recorded"
     return ["## Gradient flow per block", "", note + ".", "",
             *_table(["depth", "block", *[md(n) for n in names]], rows, right=set(range(2, 2 + len(names)))), ""]
 
@@ -95,15 +101,23 @@ def _series(report) -> list[str]:
     if not glob:
         return []
     first, last = glob[0], glob[-1]
+    stage = measured_stage(report.meta)
     return ["## Training", "",
             f"{len(glob)} recorded steps, {first['step']} to {last['step']}; global gradient L2 norm "
-            f"{num(first.get('grad_l2'))} at the first, {num(last.get('grad_l2'))} at the last.", ""]
+            f"{_global_norm(first)} at the first, {_global_norm(last)} at the last"
+            + (f", measured {md(stage)}." if stage else "."), ""]
+
+
+def _global_norm(row: dict) -> str:
+    """A global row's norm; "non-finite" where a NaN/Inf made it undefined (rather than a bare "-")."""
+    return "non-finite" if row.get("grad_nonfinite") else num(row.get("grad_l2"))
 
 
 def render_markdown(report) -> str:
     """The whole Markdown summary as one string."""
     lines = [f"# gradscope: {md(title(report))}", ""]
     lines += [f"- **{label}**: {md(value)}" for label, value in run_facts(report)]
+    lines += [f"- {md(line)}" for line in skipped_lines(report.meta)]
     lines.append("")
     for part in (_verdicts, _findings, _comparisons, _flow, _series):
         lines += part(report)

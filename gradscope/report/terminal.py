@@ -6,7 +6,7 @@ It reads the :class:`~gradscope.report.Report` only; nothing is recomputed here.
 from __future__ import annotations
 
 from .fmt import (MAX_BLOCK_ROWS, TREND_HEADER, adapter_line, decay_text, flow_table, grouped_findings,
-                  num, shown_depths, summary_legend, title)
+                  num, shown_depths, skipped_lines, summary_legend, title)
 
 _num = num
 
@@ -82,7 +82,7 @@ def render_text(report) -> str:
                   f"{meta.get('device')}, {meta.get('dtype')}, grad_stats {meta.get('backend')})",
                   *([f"model: {adapter}"] if (adapter := adapter_line(meta)) else []),
                   *([f"objective: {meta['objective_note']}"] if meta.get("objective_note") else []),
-                  f"inputs: {meta.get('inputs')}"]
+                  f"inputs: {meta.get('inputs')}", *skipped_lines(meta)]
     parts = [
         *header,
         "",
