@@ -169,7 +169,9 @@ def select_parameters(model: nn.Module, patterns: Optional[Sequence[str]]) -> tu
                 raise UsageError(f"params: {pattern!r} matches only frozen parameters ({frozen_hits[0]}, ...); "
                                  "unfreeze them first or leave the pattern out")
             close = difflib.get_close_matches(pattern, [n for n, _ in trainable], n=3)
-            hint = f"; close matches: {', '.join(close)}" if close else "; see model.named_parameters() for names"
+            # the names as gradscope reads them: a wrapper's prefix (DDP, PEFT, torch.compile) is not part of them
+            examples = ", ".join(n for n, _ in trainable[:3]) + (", ..." if len(trainable) > 3 else "")
+            hint = f"; close matches: {', '.join(close)}" if close else f"; the trainable names are {examples}"
             raise UsageError(f"params: {pattern!r} matches no trainable parameter{hint}")
         chosen.update(hits)
     selected = [(n, p) for n, p in trainable if n in chosen]  # model order, no duplicates

@@ -435,6 +435,10 @@ def test_frozen_and_selected_parameters():
     assert all(close(v, ref[n]) for n, v in zip(monitor.param_names, l2))
     with pytest.raises(UsageError, match="close matches: head.bias"):
         GradientMonitor(net, params=["head.bais"])
+    # under a wrapper the user's own names carry its prefix: the message shows the names patterns match
+    with pytest.raises(UsageError, match=r"'module\.layers\.\*' matches no trainable parameter; the trainable "
+                                         r"names are layers\.0\.0\.weight, layers\.0\.0\.bias, layers\.1\.0\.weight, \.\.\.$"):
+        GradientMonitor(nn.DataParallel(net), params=["module.layers.*"])
     with pytest.raises(UsageError, match="only frozen"):
         GradientMonitor(net, params=["inp.*"])
     with pytest.raises(UsageError, match="no trainable parameters"):
