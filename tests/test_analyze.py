@@ -573,6 +573,9 @@ def test_a_layer_run_again_on_its_own_output_is_a_block_per_run():
     finding = next(f for f in report.findings if f["kind"] == "shared-weights")
     assert finding["block"] == "layer" and "runs 5 times" in finding["message"]
     assert gradscope.Report.from_dict(json.loads(json.dumps(report.to_dict()))).block_rows("pretrained")
+    from gradscope.report.plots import flow_plot
+    assert ("layer runs several times with the same weights: each run (#k) is a block with a dL/dh, and no "
+            "parameter gradient of its own.") in flow_plot(report).caption
 
 
 def test_one_stack_run_on_two_inputs_sums_the_runs_per_block():

@@ -120,16 +120,20 @@ def flow_plot(report) -> Optional[LinePlot]:
     quantity = ("Solid: L2 norm of the block's parameter gradient dL/dθ. Dashed: L2 norm of dL/dh, the gradient "
                 "with respect to the block's output; each has its own panel. " if both else
                 "L2 norm of the block's parameter gradient dL/dθ. ")
-    when = ""
+    notes = ""
     if len(steps) == 1 and None not in steps:
-        when = f" Values at training step {steps.pop()}, the last recorded (the heatmap shows every step)."
+        notes = f" Values at training step {steps.pop()}, the last recorded (the heatmap shows every step)."
+    repeated = sorted({b for s in report.summaries for b in (s.get("repeated_blocks") or {})})
+    if repeated:
+        notes += (f" {', '.join(repeated)} run{'s' if len(repeated) == 1 else ''} several times with the same weights:"
+                 " each run (#k) is a block with a dL/dh, and no parameter gradient of its own.")
     return LinePlot(
         key="flow", title="Gradient flow: gradient L2 norm per block against depth",
         x_label=DEPTH_LABEL, y_label="gradient L2 norm (log scale)",
         lines=lines,
         caption=f"{quantity}Depth 0 (left) is {first}, next to the input; depth {lines[0].x[-1]} (right) is {last}"
                 f"{whose}. A line that falls toward depth 0 is a vanishing gradient; gaps are blocks with no or zero "
-                f"gradient.{when}",
+                f"gradient.{notes}",
     )
 
 
