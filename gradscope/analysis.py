@@ -4,9 +4,9 @@ Per parameter and per block: gradient L2, mean, std, RMS, mean |g|, max |g|, zer
 non-finite count, weight L2, gradient-to-weight ratio; per block also dL/dh
 (the gradient of the loss with respect to the block's output). Depth is the
 block's position in execution order (0 = nearest the input). A block that runs
-several times on its own output (ALBERT's shared layer group) is a block per
-run, ``name#k``: dL/dh is per run, its parameter gradient (the sum over the
-runs) is in the per-parameter rows under ``name``, at no depth.
+several times, each run on the output before it (ALBERT's shared layer group),
+is a block per run, ``name#k``: dL/dh is per run, its parameter gradient (the
+sum over the runs) is in the per-parameter rows under ``name``, at no depth.
 
 The *flow signal* of a variant is its per-block dL/dh L2 norm when every block
 received one, else its per-block parameter-gradient L2. From it:
@@ -29,7 +29,7 @@ Verdicts, first that applies:
 - ``dead``: some block's parameter gradient is exactly zero in at least
   ``DEAD_ZERO_FRAC`` of its entries (dead units or underflow);
 - ``no-depth``: no flow to compare: fewer than two blocks (a model without a
-  numbered stack or a layer run again on its own output), or fewer than two
+  numbered stack or a layer run again on the output before it), or fewer than two
   that received a gradient (blocks without one, frozen or skipped, are
   otherwise left out of the ratio and named);
 - ``vanishing``: ``first_to_last_ratio < VANISHING_RATIO``;
@@ -150,7 +150,8 @@ def block_rows(variant: str, m: Measurement, params: list[dict]) -> list[dict]:
                      if r["numel"] > r["grad_nonfinite"])
         mean, std, rms = _moments(sumsq, total, numel - nonfinite)
         grad_l2 = math.sqrt(sumsq) if with_grad else math.nan
-        weight_l2 = math.sqrt(sum(r["weight_l2"] ** 2 for r in members))
+        # a run of a repeated block has no weights of its own: they are every run's, in the per-parameter rows
+        weight_l2 = math.sqrt(sum(r["weight_l2"] ** 2 for r in members)) if members else math.nan
         rows.append({
             "block": block,
             "depth": depth,
@@ -472,16 +473,21 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
                 "evidence": "blocks are the children of a stack of numbered modules (encoder.layer.7, layer3.2) "
                             "that hold parameters; the per-parameter table still has every gradient",
                 "fix": "nothing to fix in the model: a model that holds no numbered stack, and no layer that runs "
-                       "again on its own output (as ALBERT's shared layer does), has no blocks to compare",
+                       "again on the output before it (as ALBERT's shared layer does), has no blocks to compare",
             })
         else:
             missing = summary.get("blocks_no_grad") or []
+            runs = [b for b in missing if b.partition("#")[0] in (summary.get("repeated_blocks") or {})]
             found.append({
                 "variant": v, "severity": "warning", "kind": "no-depth", "block": None,
                 "message": "fewer than two blocks received a gradient, so the flow cannot be compared across depth",
                 "evidence": f"no gradient at {len(missing)} of {n} blocks: {', '.join(missing[:5])}"
                             + (" ..." if len(missing) > 5 else ""),
-                "fix": "check that the objective reaches every block (frozen or skipped blocks get no gradient)",
+                # a run's weights are every run's: without dL/dh at its output, a run has no gradient of its own
+                "fix": "activation checkpointing that runs the blocks again in the backward pass "
+                       "(use_reentrant=True) hides dL/dh at each run's output: measure without it, or with "
+                       "use_reentrant=False" if runs else
+                       "check that the objective reaches every block (frozen or skipped blocks get no gradient)",
             })
     elif verdict == "vanishing":
         found.append({
@@ -513,8 +519,8 @@ def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dic
     for block, runs in (summary.get("repeated_blocks") or {}).items():
         found.append({
             "variant": v, "severity": "info", "kind": "shared-weights", "block": block,
-            "message": f"{block} runs {runs} times in one forward pass, each run on the last one's output: "
-                       f"each run is a block of its own ({block}#0 nearest the input)",
+            "message": f"{block} runs {runs} times in one forward pass, each run on the output of the block run "
+                       f"before it: each run is a block of its own ({block}#0 nearest the input)",
             "evidence": "its layers share their weights across depth, so its parameter gradient is the sum over "
                         f"the {runs} runs and has no depth; the depth axis is dL/dh at each run's output",
             "fix": "",

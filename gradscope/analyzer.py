@@ -191,6 +191,7 @@ def analyze(
     """
     from torch import nn
 
+    from .measure import depth_axis
     from .models import from_module, load_subject
     from .variants import build_variants, check_applicable, output_probe
 
@@ -211,8 +212,10 @@ def analyze(
     # shallow cuts only what keeps the model's output: checked on the first batch
     probe = output_probe(subject.batches[0], subject.loss_fn, config.seed) if "shallow" in baselines else None
     skipped: dict[str, str] = {}
+    blocks = depth_axis(subject.model, subject.batches[0], subject.loss_fn, config.seed)  # one for every variant
     variants = build_variants(subject.model, subject.make_scratch, baselines, config.what_ifs, config.seed, progress,
-                              probe=probe, shallow_optional=baselines == DEFAULT_BASELINES, skipped=skipped)
+                              probe=probe, shallow_optional=baselines == DEFAULT_BASELINES, skipped=skipped,
+                              blocks=blocks)
     report = run_variants(subject, variants, config.seed, progress, config)
     if skipped:  # a default baseline with nothing to build on: the config says what ran, and why not the rest
         report.meta["config"]["baselines"] = tuple(b for b in baselines if b not in skipped)

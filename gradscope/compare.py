@@ -116,6 +116,14 @@ def _matching_warning(ref_label: str, reference, label: str, report, pairs: list
     return f"{subject}: {'; '.join(how)}"
 
 
+def _kind(meta: dict) -> str:
+    """``training`` for a monitor's report or a comparison of only those, else ``analysis``."""
+    if meta.get("kind") == "comparison":
+        inner = {_kind(r.get("meta") or {}) for r in meta.get("reports") or []}
+        return "training" if inner == {"training"} else "analysis"
+    return "training" if meta.get("kind") == "monitor" else "analysis"
+
+
 def compare_reports(paths: Sequence, labels: Sequence[str] = ()):
     """Load the reports at ``paths`` and combine them into one comparison Report.
 
@@ -133,7 +141,7 @@ def compare_reports(paths: Sequence, labels: Sequence[str] = ()):
         if not report.variants:
             raise UsageError(f"compare: {os.fspath(path)} holds no variants: nothing to compare; give reports "
                              "written by analyze, demo or a training monitor")
-    kinds = ["training" if r.meta.get("kind") == "monitor" else "analysis" for r in reports]
+    kinds = [_kind(r.meta) for r in reports]
     if len(set(kinds)) > 1:  # per-step parameter gradients of a run beside one pass's dL/dh: no common measure
         i = kinds.index("training")
         j = kinds.index("analysis")

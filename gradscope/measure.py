@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -91,12 +92,15 @@ def _measurement_mode(model: nn.Module, params: Sequence[nn.Parameter]):
 class _BlockRecorder:
     """Forward hooks that note execution order and hang a reducing hook on each block's output.
 
-    A block that runs several times in one forward pass, each run taking the
-    previous run's output (ALBERT's shared layer group, a recurrent cell), is
-    *unrolled*: each run is a depth position of its own, named ``block#k``
-    (``#0`` nearest the input). Runs that are not chained so (one encoder
-    applied to two inputs) are summed into one position, as several batches are.
+    A block that runs several times in one forward pass, each run on the output
+    of the block that ran just before it (itself: ALBERT's shared layer group, a
+    recurrent cell; or the other layers of a repeated group), is *unrolled*: each
+    run is a depth position of its own, named ``block#k`` (``#0`` nearest the
+    input). Runs that are not chained so (one encoder applied to two inputs) are
+    summed into one position, as several batches are.
     """
+
+    RECOMPUTED = -1  # the run of a block re-run in the backward pass (reentrant activation checkpointing)
 
     def __init__(self, model: nn.Module, blocks: list[str]):
         self.order: list[tuple[str, int]] = []  # (block, run) in execution order
@@ -104,24 +108,40 @@ class _BlockRecorder:
         self.numel: dict[tuple[str, int], int] = {}
         self.forward_nonfinite: dict[tuple[str, int], list[torch.Tensor]] = {}
         self.runs: dict[str, int] = {}  # runs in the current forward pass
-        self.chained = {b: True for b in blocks}  # every run took the previous run's output
-        self._last_output: dict[str, torch.Tensor] = {}
+        self.chained = {b: True for b in blocks}  # every later run took the output of the block run before it
+        self._previous: Optional[torch.Tensor] = None  # the output of the block run that ended last
+        self._before: dict[str, Optional[torch.Tensor]] = {}  # ... when each running block started
+        self._in_forward = False
         self.backend = "reference"  # of the grad_stats calls in the hooks; none ran when no gradient arrived
-        self.handles = [submodule(model, b).register_forward_hook(self._forward_hook(b), with_kwargs=True)
-                        for b in blocks]
+        self.handles = []
+        for block in blocks:
+            module = submodule(model, block)
+            self.handles.append(module.register_forward_pre_hook(self._pre_hook(block)))
+            self.handles.append(module.register_forward_hook(self._forward_hook(block), with_kwargs=True))
 
     def start_forward(self) -> None:
-        self.runs = {}
-        self._last_output = {}
+        self.runs, self._previous, self._before = {}, None, {}
+        self._in_forward = True
 
     def end_forward(self) -> None:
-        self._last_output = {}  # hold no activation into the backward pass
+        self._previous, self._before = None, {}  # hold no activation into the backward pass
+        self._in_forward = False
+
+    def _pre_hook(self, block: str):
+        def hook(module, args):
+            if self._in_forward:  # blocks nest: what ran before this one is fixed when it starts
+                self._before[block] = self._previous
+
+        return hook
 
     def _forward_hook(self, block: str):
         def hook(module, args, kwargs, output):
+            if not self._in_forward:  # re-run in the backward pass: its output is where dL/dh arrives
+                self._recomputed(block, output)
+                return
             run = self.runs.get(block, 0)
             self.runs[block] = run + 1
-            if run and not _takes(self._last_output.get(block), args, kwargs):
+            if run and not _takes(self._before.pop(block, None), args, kwargs):
                 self.chained[block] = False
             key = (block, run)
             if key not in self.rows:
@@ -130,13 +150,23 @@ class _BlockRecorder:
             hidden = first_tensor(output)
             if hidden is None or not hidden.is_floating_point():
                 return
-            self._last_output[block] = hidden
+            self._previous = hidden
             # A device-side count, read with everything else after the backward pass.
             self.forward_nonfinite[key].append((~torch.isfinite(hidden.detach())).sum())
             if hidden.requires_grad:
                 hidden.register_hook(self._grad_hook(key))
 
         return hook
+
+    def _recomputed(self, block: str, output) -> None:
+        """A block run again in the backward pass (reentrant checkpointing ran it without gradients before):
+        its dL/dh counts toward the block, but not toward any one run of a repeated block."""
+        hidden = first_tensor(output)
+        key = (block, self.RECOMPUTED)
+        self.rows.setdefault(key, [])
+        self.numel.setdefault(key, 0)
+        if hidden is not None and hidden.is_floating_point() and hidden.requires_grad:
+            hidden.register_hook(self._grad_hook(key))
 
     def _grad_hook(self, key: tuple[str, int]):
         def hook(grad: torch.Tensor):
@@ -153,11 +183,20 @@ class _BlockRecorder:
             handle.remove()
 
     def unrolled(self) -> dict[str, int]:
-        """The blocks whose runs are depth positions, with their number of runs in one forward pass."""
+        """The blocks whose runs are depth positions, with their number of runs in one forward pass.
+
+        The outermost blocks that run more than once (those inside them run with them) are unrolled when
+        every one of them is chained: in a siamese encoder the first layer's second run starts afresh, so
+        the second runs of the layers after it, though each takes the output before it, are no deeper.
+        """
         runs: dict[str, int] = {}
         for block, run in self.order:
             runs[block] = max(runs.get(block, 0), run + 1)
-        return {b: n for b, n in runs.items() if n > 1 and self.chained[b]}
+        repeated = [b for b, n in runs.items() if n > 1]
+        outermost = [b for b in repeated if not any(b.startswith(outer + ".") for outer in repeated)]
+        if not all(self.chained[b] for b in outermost):
+            return {}
+        return {b: runs[b] for b in outermost}
 
     def positions(self) -> list[tuple[str, list[tuple[str, int]]]]:
         """The depth axis: (name, the recorded (block, run) keys it sums), in execution order."""
@@ -166,6 +205,8 @@ class _BlockRecorder:
         for block, run in self.order:
             name = f"{block}#{run}" if block in unrolled else block
             merged.setdefault(name, []).append((block, run))
+            if block not in unrolled and run == 0 and (block, self.RECOMPUTED) in self.rows:
+                merged[name].append((block, self.RECOMPUTED))
         return list(merged.items())
 
     def _device(self) -> torch.device:
@@ -197,7 +238,7 @@ class _BlockRecorder:
         device = self._device()
         counts = []
         for _, keys in self.positions():
-            found = [c.to(device) for key in keys for c in self.forward_nonfinite[key]]
+            found = [c.to(device) for key in keys for c in self.forward_nonfinite.get(key, [])]
             counts.append(torch.stack(found).sum() if found else torch.zeros((), dtype=torch.int64, device=device))
         return torch.stack(counts).cpu().tolist() if counts else []
 
@@ -228,21 +269,17 @@ def measure(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn, *, seed: 
             blocks: Optional[list[str]] = None) -> Measurement:
     """Forward and backward over ``batches``; statistics of the gradients of their mean loss.
 
-    ``blocks`` names the modules that make the depth axis (default: :func:`gradscope.blocks.find_blocks`).
-    With fewer than two, the depth axis is the runs of the outermost modules
-    that run several times, chained, in one forward pass (see :func:`repeated_blocks`),
-    where there are any. ``loss_fn(model, batch)`` returns a scalar loss. Raises
+    ``blocks`` names the modules that make the depth axis (default: :func:`depth_axis`
+    on the first batch). ``loss_fn(model, batch)`` returns a scalar loss. Raises
     :class:`GradscopeError` when the model has no trainable parameters or the loss
     is not a scalar that depends on them. A NaN or infinite loss is measured as it is.
     """
     named = trainable_parameters(model)
     params = [p for _, p in named]
-    blocks = find_blocks(model) if blocks is None else blocks
+    blocks = depth_axis(model, batches[0], loss_fn, seed) if blocks is None else blocks
     start = time.perf_counter()
     norm_values: dict[str, int] = {}
     with _measurement_mode(model, params):
-        if len(blocks) < 2:
-            blocks = list(repeated_blocks(model, batches[0], loss_fn, seed)) or blocks
         recorder = _BlockRecorder(model, blocks)
         recorder.handles += [  # removed with the recorder's own hooks
             module.register_forward_pre_hook(_count_norm_values(clean_name(name), norm_values))
@@ -284,29 +321,42 @@ def measure(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn, *, seed: 
     )
 
 
+def depth_axis(model: nn.Module, batch: Any, loss_fn: LossFn, seed: int = 0) -> list[str]:
+    """The blocks that make a model's depth axis: :func:`gradscope.blocks.find_blocks`, or, where that finds
+    fewer than two, the modules :func:`repeated_blocks` finds (ALBERT's shared layer group), if any."""
+    blocks = find_blocks(model)
+    if len(blocks) < 2:
+        blocks = list(repeated_blocks(model, batch, loss_fn, seed)) or blocks
+    return blocks
+
+
 def repeated_blocks(model: nn.Module, batch: Any, loss_fn: LossFn, seed: int = 0) -> dict[str, int]:
-    """The outermost modules that run several times in one forward pass, each run on the last one's output.
+    """The outermost modules that run several times in one forward pass, each run on the output of the one
+    run before it (see :class:`_BlockRecorder`).
 
     A model whose layers share their weights (ALBERT runs one layer group
     ``num_hidden_layers`` times) has no numbered stack, but its depth is the
     runs of that module. One forward pass of ``loss_fn(model, batch)``, without
-    gradients, watches every module with parameters; the result maps each such
-    module's clean name to its number of runs. Modules inside another found one
-    are left out.
+    gradients and in the measurement's modes, watches every module with
+    parameters; the result maps each such module's clean name to its number of
+    runs (the outermost ones: those inside run with them). A forward that cannot
+    run so (a loss that differentiates, as a gradient penalty does) finds none.
     """
-    names = list(dict.fromkeys(clean_name(n) for n, m in model.named_modules() if n and has_parameters(m)))
+    names = list(dict.fromkeys(clean_name(n) for n, m in model.named_modules()
+                               if n and has_parameters(m) and not isinstance(m, torch.jit.ScriptModule)))
     watcher = _BlockRecorder(model, names)
     try:
-        torch.manual_seed(seed)
-        watcher.start_forward()
-        with torch.no_grad():
+        with _measurement_mode(model, []), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # what the forward warns about, the measured pass warns about once
+            torch.manual_seed(seed)
+            watcher.start_forward()
             loss_fn(model, batch)
-        watcher.end_forward()
+            watcher.end_forward()
+    except Exception:  # the measured pass runs the forward again and reports what fails there
+        return {}
     finally:
         watcher.close()
-    repeated = watcher.unrolled()
-    return {name: runs for name, runs in repeated.items()
-            if not any(name.startswith(outer + ".") for outer in repeated)}
+    return watcher.unrolled()
 
 
 def _count_norm_values(name: str, counts: dict[str, int]):

@@ -591,6 +591,7 @@ def build_variants(
     probe: Optional[Callable[[nn.Module], tuple]] = None,
     shallow_optional: bool = True,
     skipped: Optional[dict[str, str]] = None,
+    blocks: Optional[list[str]] = None,
 ):
     """Yield each variant in order (one at a time, so a caller can measure it and let it go).
 
@@ -598,11 +599,13 @@ def build_variants(
     whose cut keeps the model's output; when none can be cut, ``shallow`` is skipped
     with a progress line saying why, noted in ``skipped`` (name -> reason), and the other
     variants still run (or, when not ``shallow_optional``, :class:`ShallowUnavailable` is raised).
+    ``blocks``: the loaded model's depth axis (default: :func:`~gradscope.blocks.find_blocks`); each
+    variant is measured on the blocks of it that it still has.
     """
     check_names(baselines, what_ifs)
     scratch: Optional[nn.Module] = None
     # One depth axis for all: the loaded model's blocks, those a variant still has.
-    blocks = find_blocks(model)
+    blocks = find_blocks(model) if blocks is None else blocks
 
     def kept_blocks(m: nn.Module) -> list[str]:
         names = module_names(m)

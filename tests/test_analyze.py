@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -642,6 +643,94 @@ def test_a_recurrent_cell_is_a_block_per_time_step():
     torch.testing.assert_close(m.act_grad.sumsq.sqrt(), expected, rtol=1e-5, atol=0)
 
 
+def test_a_group_of_layers_run_again_in_turn_is_a_block_per_run_and_shallow_keeps_that_axis():
+    """Two layers run in turn three times (l0 l1 l0 l1 l0 l1, as ALBERT with two layers per group): each run
+    takes the output of the block run before it; the shallow variant is measured on the blocks it still has."""
+    class Group(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(2))
+
+        def forward(self, x, keep=None):
+            for layer in self.layers:
+                x = layer(x)
+                if keep is not None:
+                    x.retain_grad()
+                    keep.append(x)
+            return x
+
+    class Looped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.group = Group()
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x, keep=None):
+            for _ in range(3):
+                x = self.group(x, keep)
+            return self.head(x)
+
+    torch.manual_seed(0)
+    model = Looped()
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(device="cpu"), batch=BATCH, loss_fn=_ce)
+    expected = [f"group.layers.{i}#{k}" for k in range(3) for i in range(2)]
+    assert [b["block"] for b in report.block_rows("pretrained")] == expected
+    outputs: list = []
+    reference = copy.deepcopy(model).double()
+    _ce(lambda x: reference(x, outputs), (BATCH[0].double(), BATCH[1])).backward()
+    for block, h in zip(report.block_rows("pretrained"), outputs):
+        assert block["act_grad_l2"] == pytest.approx(h.grad.norm().item(), rel=1e-5)
+        assert block["params"] == 0 and math.isnan(block["weight_l2"])  # the weights are every run's
+    # shallow cut the group to one layer: its runs are blocks of pretrained's axis, by name
+    assert [b["block"] for b in report.block_rows("shallow")] == [f"group.layers.0#{k}" for k in range(3)]
+    from gradscope.report.terminal import comparison_lines
+    assert "parameter gradient n/a, dL/dh x" in comparison_lines(report)[0]
+
+
+def test_finding_repeated_blocks_never_breaks_a_model_it_cannot_watch():
+    """The pass that looks for repeated blocks runs without gradients and hooks every module: a loss that
+    differentiates (a gradient penalty) or a scripted submodule measures as before, with no repeated block."""
+    class Penalized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(8, 8)
+            self.head = torch.jit.script(nn.Linear(8, 3))
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.body(x)))
+
+    def penalty_loss(model, batch):
+        x = batch[0].clone().requires_grad_(True)
+        out = model(x)
+        (slope,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return nn.functional.cross_entropy(out, batch[1]) + slope.pow(2).mean()
+
+    torch.manual_seed(0)
+    report = gradscope.analyze(Penalized(), gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=penalty_loss)
+    assert report.summary("pretrained")["repeated_blocks"] == {}
+    assert all(r["has_grad"] for r in report.params)
+
+
+def test_a_repeated_block_under_reentrant_checkpointing_says_why_its_runs_have_no_gradient():
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(Recurrent):
+        def forward(self, x, keep=None):
+            for _ in range(self.runs):
+                x = checkpoint(self.layer, x, use_reentrant=True)
+            return self.head(x)
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # checkpoint's note that the first input needs no gradient
+        report = gradscope.analyze(Checkpointed(), gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                                   batch=BATCH, loss_fn=_ce)
+    assert report.summary("pretrained")["verdict"] == "no-depth"
+    finding = next(f for f in report.findings if f["kind"] == "no-depth")
+    assert "use_reentrant=False" in finding["fix"]
+
+
 def test_albert_s_shared_layer_group_gives_a_block_per_layer(tmp_path):
     hm.save_small(tmp_path / "albert", "AlbertForMaskedLM", "AlbertConfig", vocab_size=200, embedding_size=16,
                   hidden_size=32, num_hidden_layers=6, num_attention_heads=2, intermediate_size=64)
@@ -739,9 +828,9 @@ def test_a_model_that_rejects_its_input_is_one_line_but_a_gradscope_bug_keeps_it
     with pytest.raises(GradscopeError, match="variant pretrained: the forward/backward pass failed: .*9 features"):
         gradscope.analyze(Picky(), gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
                           batch=BATCH, loss_fn=_ce)
-    import gradscope.variants as variants
+    import gradscope.measure as measure
 
-    monkeypatch.setattr(variants, "find_blocks", lambda model: ["no_such_block"])  # a bug: a block that is not there
+    monkeypatch.setattr(measure, "find_blocks", lambda model: ["no_such_block"])  # a bug: a block that is not there
     with pytest.raises(AttributeError, match="no module named 'no_such_block'"):  # not "the forward failed"
         gradscope.analyze(Stack(), gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
                           batch=BATCH, loss_fn=_ce)

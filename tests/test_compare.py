@@ -116,6 +116,10 @@ def test_a_training_run_and_an_analysis_are_not_compared(shallow_and_deep, tmp_p
     err = capsys.readouterr().err
     assert f"{tmp_path / 'run'} is a training run's report and {analysis} an analysis" in err
     assert not (tmp_path / "out").exists()
+    # a comparison of training runs is of training runs
+    rf.monitor_report(steps=5).save(tmp_path / "run2", formats="json")
+    compare_reports([tmp_path / "run", tmp_path / "run2"]).save(tmp_path / "runs", formats="json")
+    assert compare_reports([tmp_path / "runs", tmp_path / "run"]).comparisons
     with pytest.raises(Exception, match="^compare: 1 label for 2 reports$"):
         compare_reports([analysis, shallow_and_deep[1]], labels=["one"])
 

@@ -42,7 +42,8 @@ COLUMN_HELP = {  # header tooltips; docs/report-schema.md has every field
     "output_nonfinite": "NaN or Inf entries in the block's output (forward pass)",
     "params_no_grad": "parameters of the block that received no gradient",
     "has_grad": "whether a gradient reached the tensor",
-    "depth": "block depth, 0 = the block nearest the input; - = outside the repeated blocks",
+    "depth": "block depth, 0 = the block nearest the input; - = outside every block, or a weight of a block that "
+             "runs several times (block#k), which is every run's",
     "grad_l2_ratio": "parameter-gradient L2 of a / of b at this block",
     "act_grad_l2_ratio": "dL/dh L2 of a / of b at this block",
 }

@@ -57,6 +57,12 @@ def finding_lines(report) -> list[str]:
     return lines
 
 
+def _ratio(value) -> str:
+    """``x1.23``, or ``n/a`` where no block has the value in both (runs of a repeated block, a monitor's dL/dh)."""
+    shown = _num(value)
+    return "n/a" if shown == "-" else f"x{shown}"
+
+
 def comparison_lines(report) -> list[str]:
     verdict = {s["variant"]: s["verdict"] for s in report.summaries}
     lines = []
@@ -64,8 +70,8 @@ def comparison_lines(report) -> list[str]:
         va, vb = verdict.get(c["a"]), verdict.get(c["b"])
         change = f"; verdict changed: {vb} -> {va}" if va and vb and va != vb else ""
         lines.append(
-            f"{c['a']} / {c['b']}: parameter gradient x{_num(c['grad_l2_ratio_geomean'])}, "
-            f"dL/dh x{_num(c['act_grad_l2_ratio_geomean'])} (geometric mean over {len(c['blocks'])} shared blocks)"
+            f"{c['a']} / {c['b']}: parameter gradient {_ratio(c['grad_l2_ratio_geomean'])}, "
+            f"dL/dh {_ratio(c['act_grad_l2_ratio_geomean'])} (geometric mean over {len(c['blocks'])} shared blocks)"
             + change
         )
     return lines
