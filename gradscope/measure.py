@@ -20,6 +20,7 @@ measuring a user's model leaves it as it was.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 import warnings
@@ -29,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from .blocks import clean_name, find_blocks, has_parameters, named_parameters, submodule
+from .blocks import clean_name, find_blocks, has_parameters, is_norm, named_parameters, submodule
 from .errors import GradscopeError
 from .stats import GradStats, grad_stats
 
@@ -94,10 +95,11 @@ class _BlockRecorder:
 
     A block that runs several times in one forward pass, each run on the output
     of the block that ran just before it (itself: ALBERT's shared layer group, a
-    recurrent cell; or the other layers of a repeated group), is *unrolled*: each
-    run is a depth position of its own, named ``block#k`` (``#0`` nearest the
-    input). Runs that are not chained so (one encoder applied to two inputs) are
-    summed into one position, as several batches are.
+    recurrent cell; or the other layers of a repeated group), or on a value a
+    few operations from it (``norm(h + cell(h))``), is *unrolled*: each run is a
+    depth position of its own, named ``block#k`` (``#0`` nearest the input).
+    Runs that are not chained so (one encoder applied to two inputs) are summed
+    into one position, as several batches are.
     """
 
     RECOMPUTED = -1  # the run of a block re-run in the backward pass (reentrant activation checkpointing)
@@ -243,14 +245,32 @@ class _BlockRecorder:
         return torch.stack(counts).cpu().tolist() if counts else []
 
 
+_GRAPH_NODES = 16  # autograd nodes searched back from an input: a residual add and a norm, not another branch
+
+
 def _takes(previous: Optional[torch.Tensor], args: tuple, kwargs: dict) -> bool:
-    """Whether a call's arguments (or the tuples, lists and dicts among them) hold the tensor ``previous``."""
+    """Whether a call's arguments (or the tuples, lists and dicts among them) are ``previous``, or were
+    computed from it a few operations back (``h + cell(h)``: a residual around the repeated block)."""
     if previous is None:
         return False
+    tensors = []
     for value in (*args, *kwargs.values()):
         items = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
-        if any(item is previous for item in items):
+        tensors += [item for item in items if isinstance(item, torch.Tensor)]
+    if any(t is previous for t in tensors):
+        return True
+    target = previous.grad_fn
+    if target is None:  # no graph (a forward without gradients): only the tensor itself
+        return False
+    queue = collections.deque(t.grad_fn for t in tensors if t.grad_fn is not None)
+    seen: set = set()
+    while queue and len(seen) < _GRAPH_NODES:  # breadth first: the nearest operations before the call
+        node = queue.popleft()
+        if node is target:
             return True
+        if node not in seen:
+            seen.add(node)
+            queue.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
     return False
 
 
@@ -336,17 +356,18 @@ def repeated_blocks(model: nn.Module, batch: Any, loss_fn: LossFn, seed: int = 0
 
     A model whose layers share their weights (ALBERT runs one layer group
     ``num_hidden_layers`` times) has no numbered stack, but its depth is the
-    runs of that module. One forward pass of ``loss_fn(model, batch)``, without
-    gradients and in the measurement's modes, watches every module with
+    runs of that module. One forward pass of ``loss_fn(model, batch)`` in the
+    measurement's modes, with no backward pass, watches every module with
     parameters; the result maps each such module's clean name to its number of
-    runs (the outermost ones: those inside run with them). A forward that cannot
-    run so (a loss that differentiates, as a gradient penalty does) finds none.
+    runs (the outermost ones: those inside run with them). A forward that fails
+    finds none: the measured pass runs it again and says what failed.
     """
-    names = list(dict.fromkeys(clean_name(n) for n, m in model.named_modules()
-                               if n and has_parameters(m) and not isinstance(m, torch.jit.ScriptModule)))
+    # a norm is no block of its own (see gradscope.blocks); a scripted module takes no hooks
+    names = list(dict.fromkeys(clean_name(n) for n, m in model.named_modules() if n and has_parameters(m)
+                               and not is_norm(m) and not isinstance(m, torch.jit.ScriptModule)))
     watcher = _BlockRecorder(model, names)
     try:
-        with _measurement_mode(model, []), torch.no_grad(), warnings.catch_warnings():
+        with _measurement_mode(model, []), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # what the forward warns about, the measured pass warns about once
             torch.manual_seed(seed)
             watcher.start_forward()

@@ -506,19 +506,18 @@ def test_dead_block_is_reported_as_dead():
 
 
 def test_a_model_without_blocks_gets_no_depth_not_healthy(tmp_path):
-    class Shared(nn.Module):  # one layer applied four times, each run on an activation of the last: no depth axis
+    class Named(nn.Module):  # layers with names of their own, each run once: no stack, nothing repeated
         def __init__(self):
             super().__init__()
-            self.layer = nn.Linear(8, 8)
+            self.embed = nn.Linear(8, 8)
+            self.hidden = nn.Linear(8, 8)
             self.head = nn.Linear(8, 3)
 
         def forward(self, x):
-            for _ in range(4):
-                x = torch.sigmoid(self.layer(x))
-            return self.head(x)
+            return self.head(torch.sigmoid(self.hidden(torch.sigmoid(self.embed(x)))))
 
     torch.manual_seed(0)
-    report = gradscope.analyze(Shared(), gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), device="cpu"),
+    report = gradscope.analyze(Named(), gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), device="cpu"),
                                batch=BATCH, loss_fn=_ce)
     for variant in ("pretrained", "scratch"):
         summary = report.summary(variant)
@@ -584,11 +583,13 @@ def test_one_stack_run_on_two_inputs_sums_the_runs_per_block():
     class Siamese(nn.Module):
         def __init__(self):
             super().__init__()
+            self.inp = nn.Linear(8, 8)
             self.stack = Stack()
 
         def forward(self, x, keep=None):
             outs = []
             for half in (x, x.flip(0)):
+                half = self.inp(half)  # the second run's input has a graph, which never reaches the first run
                 for layer in self.stack.layers:
                     half = layer(half)
                     if keep is not None:
@@ -611,6 +612,37 @@ def test_one_stack_run_on_two_inputs_sums_the_runs_per_block():
         both = torch.cat([outputs[i].grad.flatten(), outputs[4 + i].grad.flatten()])
         assert block["act_grad_l2"] == pytest.approx(both.norm().item(), rel=1e-5)
         assert block["act_grad_maxabs"] == pytest.approx(both.abs().max().item(), rel=1e-6)
+
+
+def test_a_residual_around_a_repeated_layer_still_chains_its_runs():
+    """h = norm(h + cell(h)), five times: each run's input is computed from the run before it, a few operations
+    back; the norm is no block of its own. dL/dh is at the cell's output, as for any block."""
+    class ResidualLoop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+            self.norm = nn.LayerNorm(8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x, keep=None):
+            for _ in range(5):
+                out = self.cell(x)
+                if keep is not None:
+                    out.retain_grad()
+                    keep.append(out)
+                x = self.norm(x + out)
+            return self.head(x)
+
+    torch.manual_seed(0)
+    model = ResidualLoop()
+    report = gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=BATCH, loss_fn=_ce)
+    assert [b["block"] for b in report.block_rows("pretrained")] == [f"cell#{k}" for k in range(5)]
+    outputs: list = []
+    reference = copy.deepcopy(model).double()
+    _ce(lambda x: reference(x, outputs), (BATCH[0].double(), BATCH[1])).backward()
+    for block, out in zip(report.block_rows("pretrained"), outputs):
+        assert block["act_grad_l2"] == pytest.approx(out.grad.norm().item(), rel=1e-5)
 
 
 def test_a_recurrent_cell_is_a_block_per_time_step():
