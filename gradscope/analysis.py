@@ -259,6 +259,13 @@ def _extent(ratio: float) -> float:
     return abs(math.log(ratio))
 
 
+def _zero_fraction(params: list[dict], block: str) -> float:
+    """The fraction of exact zeros in the gradient of a block's parameters (0 when none has a gradient)."""
+    rows = [r for r in params if r["block"] == block and r["has_grad"]]
+    numel = sum(r["numel"] for r in rows)
+    return sum(r["grad_zero_frac"] * r["numel"] for r in rows) / numel if numel else 0.0
+
+
 def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dict]) -> dict:
     """The per-variant summary with its verdict (thresholds in the module docstring).
 
@@ -280,6 +287,7 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
     nonfinite = (not math.isfinite(m.loss)) or grad_nonfinite > 0 or any(
         b["act_grad_nonfinite"] or b["output_nonfinite"] for b in blocks)
     dead = [b["block"] for b in blocks if not math.isnan(b["grad_zero_frac"]) and b["grad_zero_frac"] >= DEAD_ZERO_FRAC]
+    dead += [block for block in m.repeated if _zero_fraction(params, block) >= DEAD_ZERO_FRAC]  # weights of all runs
     if nonfinite:
         verdict = "non-finite"
     elif dead:

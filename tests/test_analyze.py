@@ -572,6 +572,15 @@ def test_a_layer_run_again_on_its_own_output_is_a_block_per_run():
     assert row["grad_l2"] == pytest.approx(reference.layer[0].weight.grad.norm().item(), rel=1e-5)
     finding = next(f for f in report.findings if f["kind"] == "shared-weights")
     assert finding["block"] == "layer" and "runs 5 times" in finding["message"]
+    # dead units in the shared layer: its weights' gradient, the sum over the runs, is all zeros
+    dead = Recurrent()
+    dead.layer[1] = nn.ReLU()
+    with torch.no_grad():
+        dead.layer[0].bias.fill_(-100.0)
+    report_dead = gradscope.analyze(dead, gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                                    batch=BATCH, loss_fn=_ce)
+    assert report_dead.summary("pretrained")["verdict"] == "dead"
+    assert report_dead.summary("pretrained")["dead_blocks"] == ["layer"]
     assert gradscope.Report.from_dict(json.loads(json.dumps(report.to_dict()))).block_rows("pretrained")
     from gradscope.report.plots import flow_plot
     assert ("layer runs several times with the same weights: each run (#k) is a block with a dL/dh, and no "
