@@ -191,7 +191,7 @@ def analyze(
     """
     from torch import nn
 
-    from .measure import depth_axis
+    from .measure import depth_axis, repeated_blocks
     from .models import from_module, load_subject
     from .variants import build_variants, check_applicable, output_probe
 
@@ -213,9 +213,13 @@ def analyze(
     probe = output_probe(subject.batches[0], subject.loss_fn, config.seed) if "shallow" in baselines else None
     skipped: dict[str, str] = {}
     blocks = depth_axis(subject.model, subject.batches[0], subject.loss_fn, config.seed)  # one for every variant
+
+    def count_runs(model):  # shallow runs a repeated block fewer times where it has no stack to cut
+        return repeated_blocks(model, subject.batches[0], subject.loss_fn, config.seed)
+
     variants = build_variants(subject.model, subject.make_scratch, baselines, config.what_ifs, config.seed, progress,
                               probe=probe, shallow_optional=baselines == DEFAULT_BASELINES, skipped=skipped,
-                              blocks=blocks)
+                              blocks=blocks, count_runs=count_runs)
     report = run_variants(subject, variants, config.seed, progress, config)
     if skipped:  # a default baseline with nothing to build on: the config says what ran, and why not the rest
         report.meta["config"]["baselines"] = tuple(b for b in baselines if b not in skipped)

@@ -471,17 +471,23 @@ def _cut_problem(probe: Callable[[nn.Module], tuple], shallow: nn.Module, expect
 
 
 def make_shallow(model: nn.Module, keep_fraction: float = 0.5,
-                 probe: Optional[Callable[[nn.Module], tuple]] = None) -> tuple[nn.Module, dict]:
+                 probe: Optional[Callable[[nn.Module], tuple]] = None,
+                 count_runs: Optional[Callable[[nn.Module], dict[str, int]]] = None) -> tuple[nn.Module, dict]:
     """A copy with each block container cut to its first ``ceil(n * keep_fraction)`` blocks (at least 1).
 
     With ``probe`` (see :func:`output_probe`), a container is cut only when the
     model still runs and outputs a prediction of the same shape: a stack that is
     a numbered head (VGG's ``classifier``) or the layers inside one block
     (MobileNet's ``features.2.block``) is left whole, and ``changes["not_cut"]``
-    says why. Raises :class:`ShallowUnavailable` when no container can be cut.
+    says why. A model without a stack whose depth is the runs of one repeated
+    block (ALBERT; ``count_runs`` is :func:`gradscope.measure.repeated_blocks` on
+    a batch) runs it fewer times instead, see :func:`_fewer_runs`. Raises
+    :class:`ShallowUnavailable` when nothing can be cut.
     """
     containers = block_containers(model)
     if not containers or containers == [""]:
+        if count_runs is not None and count_runs(model):
+            return _fewer_runs(model, keep_fraction, probe, count_runs)
         raise ShallowUnavailable("the model has no stack of numbered blocks to shorten")
     expected = None
     if probe is not None:
@@ -515,6 +521,31 @@ def make_shallow(model: nn.Module, keep_fraction: float = 0.5,
     if not_cut:
         changes["not_cut"] = not_cut
     return shallow, changes
+
+
+def _fewer_runs(model: nn.Module, keep_fraction: float, probe: Optional[Callable[[nn.Module], tuple]],
+                count_runs: Callable[[nn.Module], dict[str, int]]) -> tuple[nn.Module, dict]:
+    """A copy whose one repeated block runs ``ceil(runs * keep_fraction)`` times, its weights kept.
+
+    ALBERT runs its shared layer group ``config.num_hidden_layers`` times and reads that number at each
+    forward pass: the copy's config (which its modules share) gets the smaller count. Counting the runs
+    again tells that the model really reads it.
+    """
+    runs = count_runs(model)
+    total = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if len(runs) != 1 or total not in runs.values():
+        raise ShallowUnavailable("the model has no stack of numbered blocks to shorten, and its repeated block "
+                                 "does not run num_hidden_layers times")
+    (block, _), = runs.items()
+    keep = max(1, math.ceil(total * keep_fraction))
+    shallow = copy.deepcopy(model)
+    shallow.config.num_hidden_layers = keep
+    if count_runs(shallow) != {block: keep}:
+        raise ShallowUnavailable(f"{block} runs {total} times, and a smaller num_hidden_layers does not change that")
+    problem = _cut_problem(probe, shallow, probe(model)) if probe is not None else None
+    if problem is not None:
+        raise ShallowUnavailable(f"with {block} run {keep} times, {problem}")
+    return shallow, {"runs_kept": {block: [keep, total]}}
 
 
 # --- building the list --------------------------------------------------------------
@@ -592,6 +623,7 @@ def build_variants(
     shallow_optional: bool = True,
     skipped: Optional[dict[str, str]] = None,
     blocks: Optional[list[str]] = None,
+    count_runs: Optional[Callable[[nn.Module], dict[str, int]]] = None,
 ):
     """Yield each variant in order (one at a time, so a caller can measure it and let it go).
 
@@ -600,7 +632,8 @@ def build_variants(
     with a progress line saying why, noted in ``skipped`` (name -> reason), and the other
     variants still run (or, when not ``shallow_optional``, :class:`ShallowUnavailable` is raised).
     ``blocks``: the loaded model's depth axis (default: :func:`~gradscope.blocks.find_blocks`); each
-    variant is measured on the blocks of it that it still has.
+    variant is measured on the blocks of it that it still has. ``count_runs`` lets ``shallow`` run a
+    repeated block fewer times where there is no stack to cut (see :func:`make_shallow`).
     """
     check_names(baselines, what_ifs)
     scratch: Optional[nn.Module] = None
@@ -627,7 +660,7 @@ def build_variants(
             yield Variant(name, "same architecture, the library's own initialization", m, blocks=kept_blocks(m))
         elif name == "shallow":
             try:
-                shallow, changes = make_shallow(model, probe=probe)
+                shallow, changes = make_shallow(model, probe=probe, count_runs=count_runs)
             except ShallowUnavailable as exc:
                 if not shallow_optional:
                     raise
@@ -635,12 +668,16 @@ def build_variants(
                 if skipped is not None:
                     skipped[name] = exc.reason
                 continue
-            cut = ", ".join(f"{c or 'model'}: {k}/{n}" for c, (k, n) in changes["blocks_kept"].items())
             for container, why in changes.get("not_cut", {}).items():
                 progress(f"shallow: {container} left whole: with it cut, {why}")
-            whole = "".join(f"; {c} left whole" for c in changes.get("not_cut", {}))
-            yield Variant(name, f"the first half of the blocks, pretrained weights kept ({cut}{whole})", shallow,
-                          base="pretrained", changes=changes, blocks=kept_blocks(shallow))
+            if "runs_kept" in changes:
+                cut = ", ".join(f"{b}: {k}/{n} runs" for b, (k, n) in changes["runs_kept"].items())
+                what = f"the first half of the runs of the repeated block, pretrained weights kept ({cut})"
+            else:
+                cut = ", ".join(f"{c or 'model'}: {k}/{n}" for c, (k, n) in changes["blocks_kept"].items())
+                whole = "".join(f"; {c} left whole" for c in changes.get("not_cut", {}))
+                what = f"the first half of the blocks, pretrained weights kept ({cut}{whole})"
+            yield Variant(name, what, shallow, base="pretrained", changes=changes, blocks=kept_blocks(shallow))
     for name in what_ifs:
         progress(f"building variant {name}")
         m = fresh_scratch()

@@ -780,11 +780,16 @@ def test_albert_s_shared_layer_group_gives_a_block_per_layer(tmp_path):
                   intermediate_size=64)
     config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), **SMALL)
     group = "albert.encoder.albert_layer_groups"
-    report = gradscope.analyze(str(tmp_path / "albert"), config)
+    report = gradscope.analyze(str(tmp_path / "albert"), gradscope.AnalyzeConfig(**SMALL))
     for variant in ("pretrained", "scratch"):
         summary = report.summary(variant)
         assert summary["verdict"] in ("healthy", "vanishing", "exploding") and summary["blocks"] == 6
         assert summary["first_block"] == f"{group}.0#0" and summary["last_block"] == f"{group}.0#5"
+    # shallow: no stack to cut, so the shared group runs half as many times, its weights kept
+    shallow = next(v for v in report.variants if v["name"] == "shallow")
+    assert shallow["changes"] == {"runs_kept": {f"{group}.0": [3, 6]}}
+    assert [b["block"] for b in report.block_rows("shallow")] == [f"{group}.0#{k}" for k in range(3)]
+    assert report.summary("shallow")["loss"] != report.summary("pretrained")["loss"]
     # three groups of two layers: each group's two runs are blocks of their own, in execution order
     report = gradscope.analyze(str(tmp_path / "groups"), config)
     assert [b["block"] for b in report.block_rows("pretrained")] == [

@@ -502,6 +502,28 @@ def test_shallow_albert_with_two_hidden_groups_is_a_clean_skip():
         make_shallow(model, probe=probe)
 
 
+def test_shallow_albert_runs_its_shared_group_fewer_times_and_leaves_the_model_alone():
+    from transformers import AlbertConfig, AlbertModel
+
+    from gradscope.measure import repeated_blocks
+
+    torch.manual_seed(0)
+    config = AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=5,
+                          num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    model = AlbertModel(config)
+    ids = torch.randint(0, 50, (2, 8))
+    loss = lambda m, x: m(input_ids=x).last_hidden_state.sum()  # noqa: E731
+    count_runs = lambda m: repeated_blocks(m, ids, loss)  # noqa: E731
+    shallow, changes = make_shallow(model, probe=output_probe(ids, loss), count_runs=count_runs)
+    assert changes == {"runs_kept": {"encoder.albert_layer_groups.0": [3, 5]}}
+    assert count_runs(shallow) == {"encoder.albert_layer_groups.0": 3} and shallow.config.num_hidden_layers == 3
+    assert model.config.num_hidden_layers == 5 and count_runs(model) == {"encoder.albert_layer_groups.0": 5}
+    # a repeated block that does not run num_hidden_layers times (a plain loop): nothing to shorten
+    loop = nn.ModuleDict({"cell": nn.Linear(4, 4)})
+    with pytest.raises(ShallowUnavailable, match="does not run num_hidden_layers times"):
+        make_shallow(loop, count_runs=lambda m: {"cell": 3})
+
+
 def test_output_probe_leaves_modes_and_buffers_as_they_were():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).train()
     model[2].eval()
