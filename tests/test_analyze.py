@@ -583,8 +583,12 @@ def test_a_layer_run_again_on_its_own_output_is_a_block_per_run():
     assert report_dead.summary("pretrained")["dead_blocks"] == ["layer"]
     assert gradscope.Report.from_dict(json.loads(json.dumps(report.to_dict()))).block_rows("pretrained")
     from gradscope.report.plots import flow_plot
+    plot = flow_plot(report)
     assert ("layer runs several times with the same weights: each run (#k) is a block with a dL/dh, and no "
-            "parameter gradient of its own.") in flow_plot(report).caption
+            "parameter gradient of its own.") in plot.caption
+    assert plot.caption.startswith("L2 norm of dL/dh") and all(line.dashed for line in plot.lines)  # no empty panel
+    from gradscope.report.plots import bar_plot
+    assert bar_plot(report) is None  # no |g| per block: the runs have no parameter gradient of their own
 
 
 def test_one_stack_run_on_two_inputs_sums_the_runs_per_block():

@@ -91,6 +91,14 @@ PARAM_PANEL = "parameter gradient dL/dθ"
 ACT_PANEL = "gradient at the block's output dL/dh"
 
 
+def _without_empty_param_lines(lines: list[Line]) -> list[Line]:
+    """The lines to draw: no dL/dθ panel where no block has a parameter gradient of its own (the runs of a
+    repeated block) but dL/dh is there to draw."""
+    if any(line.dashed for line in lines) and all(v is None for line in lines if not line.dashed for v in line.y):
+        return [line for line in lines if line.dashed]
+    return lines
+
+
 def flow_plot(report) -> Optional[LinePlot]:
     """Gradient L2 norm per block against depth: parameter gradient solid, dL/dh dashed, one color per variant."""
     lines = []
@@ -107,6 +115,7 @@ def flow_plot(report) -> Optional[LinePlot]:
         act = [positive(r.get("act_grad_l2")) for r in rows]
         if any(v is not None for v in act):
             lines.append(Line(f"{variant} dL/dh", x, act, i, True, names, variant, ACT_PANEL))
+    lines = _without_empty_param_lines(lines)
     if not lines:
         return None
     first, last = lines[0].point_names[0], lines[0].point_names[-1]
@@ -116,10 +125,14 @@ def flow_plot(report) -> Optional[LinePlot]:
             named.setdefault(x, set()).add(name)
     whose = "" if all(len(n) == 1 for n in named.values()) else (
         f" in {lines[0].series} (other variants have other blocks at some depths)")
-    both = any(line.dashed for line in lines)
-    quantity = ("Solid: L2 norm of the block's parameter gradient dL/dθ. Dashed: L2 norm of dL/dh, the gradient "
-                "with respect to the block's output; each has its own panel. " if both else
-                "L2 norm of the block's parameter gradient dL/dθ. ")
+    solid, dashed = any(not line.dashed for line in lines), any(line.dashed for line in lines)
+    if solid and dashed:
+        quantity = ("Solid: L2 norm of the block's parameter gradient dL/dθ. Dashed: L2 norm of dL/dh, the gradient "
+                    "with respect to the block's output; each has its own panel. ")
+    elif dashed:
+        quantity = "L2 norm of dL/dh, the gradient with respect to the block's output. "
+    else:
+        quantity = "L2 norm of the block's parameter gradient dL/dθ. "
     notes = ""
     if len(steps) == 1 and None not in steps:
         notes = f" Values at training step {steps.pop()}, the last recorded (the heatmap shows every step)."
@@ -142,7 +155,7 @@ def bar_plot(report) -> Optional[BarPlot]:
     panels = []
     for i, variant in enumerate(_variants(report)):
         rows = report.block_rows(variant)
-        if not rows or not any(r.get("grad_maxabs") is not None for r in rows):
+        if not any(positive(r.get("grad_maxabs")) is not None for r in rows):  # NaN in memory, null when saved
             continue
         panels.append(BarPanel(
             variant, [r["depth"] for r in rows], [str(r["block"]) for r in rows],
@@ -176,6 +189,7 @@ def ratio_plot(report) -> Optional[LinePlot]:
         act = [positive(r.get("act_grad_l2_ratio")) for r in rows]
         if any(v is not None for v in act):
             lines.append(Line(f"{pair} dL/dh", x, act, i, True, names, pair, f"{ACT_PANEL}: ratio a / b"))
+    lines = _without_empty_param_lines(lines)
     if not lines:
         return None
     return LinePlot(
