@@ -322,7 +322,7 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
         "params": len(params),
         "params_no_grad": [r["name"] for r in params if not r["has_grad"]],
         "seconds": m.seconds,
-        "repeated_blocks": dict(m.repeated),  # blocks run several times on their own output: runs per forward pass
+        "repeated_blocks": dict(m.repeated),  # blocks run several times, each on the output before it: their runs
         # each stack's ends and ratio, and into_next_ratio: its last block's flow over the next stack's first's
         "stacks": [{"first_block": blocks[r[0]]["block"], "last_block": blocks[r[-1]]["block"], "blocks": len(r),
                     "first_to_last_ratio": ratio,

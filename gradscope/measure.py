@@ -7,7 +7,7 @@ no per-parameter host sync. Hooks on each block (see :mod:`gradscope.blocks`)
 record the execution order and reduce dL/dh, the gradient of the loss with
 respect to the block's output, to its six statistics inside the hook, so no
 activation is kept beyond what autograd itself holds. A block that runs
-several times in one forward pass, each run on the last one's output (a layer
+several times in one forward pass, each run on the output before it (a layer
 whose weights are shared across depth), gives one depth position per run.
 
 The model is measured in eval mode, so that dropout is off (dropout modules,
@@ -99,12 +99,14 @@ class _BlockRecorder:
     few operations from it (``norm(h + cell(h))``), is *unrolled*: each run is a
     depth position of its own, named ``block#k`` (``#0`` nearest the input).
     Runs that are not chained so (one encoder applied to two inputs) are summed
-    into one position, as several batches are.
+    into one position, as several batches are. With ``record`` False only the
+    runs are followed (no statistics: the search of :func:`repeated_blocks`).
     """
 
     RECOMPUTED = -1  # the run of a block re-run in the backward pass (reentrant activation checkpointing)
 
-    def __init__(self, model: nn.Module, blocks: list[str]):
+    def __init__(self, model: nn.Module, blocks: list[str], record: bool = True):
+        self.record = record
         self.order: list[tuple[str, int]] = []  # (block, run) in execution order
         self.rows: dict[tuple[str, int], list[torch.Tensor]] = {}
         self.numel: dict[tuple[str, int], int] = {}
@@ -153,6 +155,8 @@ class _BlockRecorder:
             if hidden is None or not hidden.is_floating_point():
                 return
             self._previous = hidden
+            if not self.record:
+                return
             # A device-side count, read with everything else after the backward pass.
             self.forward_nonfinite[key].append((~torch.isfinite(hidden.detach())).sum())
             if hidden.requires_grad:
@@ -217,11 +221,13 @@ class _BlockRecorder:
                 return rows[0].device
         return torch.device("cpu")
 
-    def result(self) -> GradStats:
-        """dL/dh statistics per position in execution order, copied to the host once."""
+    def result(self) -> tuple[list[str], GradStats, list[int]]:
+        """The depth axis in execution order, dL/dh statistics per position and the non-finite elements
+        of each position's forward output, copied to the host once each."""
         device = self._device()
-        table, present, numel = [], [], []
-        for _, keys in self.positions():
+        names, table, present, numel, nonfinite = [], [], [], [], []
+        for name, keys in self.positions():
+            names.append(name)
             rows = [r.to(device) for key in keys for r in self.rows[key]]
             if rows:
                 stacked = torch.stack(rows)
@@ -233,16 +239,11 @@ class _BlockRecorder:
                 table.append(torch.zeros(6, dtype=torch.float64, device=device))
             present.append(bool(rows))
             numel.append(sum(self.numel[key] for key in keys))
-        host = torch.stack(table).cpu() if table else torch.zeros((0, 6), dtype=torch.float64)
-        return GradStats(table=host, numel_host=tuple(numel), present_host=tuple(present), backend=self.backend)
-
-    def forward_nonfinite_counts(self) -> list[int]:
-        device = self._device()
-        counts = []
-        for _, keys in self.positions():
             found = [c.to(device) for key in keys for c in self.forward_nonfinite.get(key, [])]
-            counts.append(torch.stack(found).sum() if found else torch.zeros((), dtype=torch.int64, device=device))
-        return torch.stack(counts).cpu().tolist() if counts else []
+            nonfinite.append(torch.stack(found).sum() if found else torch.zeros((), dtype=torch.int64, device=device))
+        host = torch.stack(table).cpu() if table else torch.zeros((0, 6), dtype=torch.float64)
+        act_grad = GradStats(table=host, numel_host=tuple(numel), present_host=tuple(present), backend=self.backend)
+        return names, act_grad, torch.stack(nonfinite).cpu().tolist() if nonfinite else []
 
 
 _GRAPH_NODES = 16  # autograd nodes searched back from an input: a residual add and a norm, not another branch
@@ -326,15 +327,16 @@ def measure(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn, *, seed: 
             weight = grad_stats([p.detach() for p in params]).cpu()
         finally:
             recorder.close()
+    positions, act_grad, act_nonfinite = recorder.result()
     return Measurement(
         loss=mean_loss,
         param_names=[n for n, _ in named],
         param_shapes=[list(p.shape) for p in params],
         grad=grad,
         weight=weight,
-        blocks=[name for name, _ in recorder.positions()],
-        act_grad=recorder.result(),
-        act_nonfinite=recorder.forward_nonfinite_counts(),
+        blocks=positions,
+        act_grad=act_grad,
+        act_nonfinite=act_nonfinite,
         seconds=time.perf_counter() - start,
         norm_values=norm_values,
         repeated=recorder.unrolled(),
@@ -365,7 +367,7 @@ def repeated_blocks(model: nn.Module, batch: Any, loss_fn: LossFn, seed: int = 0
     # a norm is no block of its own (see gradscope.blocks); a scripted module takes no hooks
     names = list(dict.fromkeys(clean_name(n) for n, m in model.named_modules() if n and has_parameters(m)
                                and not is_norm(m) and not isinstance(m, torch.jit.ScriptModule)))
-    watcher = _BlockRecorder(model, names)
+    watcher = _BlockRecorder(model, names, record=False)
     try:
         with _measurement_mode(model, []), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # what the forward warns about, the measured pass warns about once

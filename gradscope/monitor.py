@@ -342,18 +342,19 @@ NONFINITE_FIX = ("Check the inputs and the loss for NaN/Inf, lower the learning 
 
 def describe_nonfinite(history: MonitorHistory, t: int) -> str:
     """One message about the non-finite gradient values at step index ``t``."""
-    count = int(history.nonfinite()[t].sum())
-    return (f"gradscope: {count} non-finite gradient value(s) at step {int(history.steps[t])}; "
-            f"{_nonfinite_where(history, t)}. {NONFINITE_FIX}")
+    count, where = _nonfinite_where(history, t)
+    return (f"gradscope: {count} non-finite gradient value(s) at step {int(history.steps[t])}; {where}. "
+            f"{NONFINITE_FIX}")
 
 
-def _nonfinite_where(history: MonitorHistory, t: int) -> str:
-    """Where the non-finite values of step index ``t`` are: the first and the deepest block holding one,
-    parameters outside every block, or why the step cannot tell."""
-    count = int(history.nonfinite()[t].sum())
+def _nonfinite_where(history: MonitorHistory, t: int) -> tuple[int, str]:
+    """How many non-finite values step index ``t`` has, and where: the first and the deepest block holding
+    one, parameters outside every block, or why the step cannot tell."""
+    per_param = history.nonfinite()[t].tolist()
+    count = sum(per_param)
     blocks = history.nonfinite_blocks(t)
-    outside = [history.param_names[i] for i in range(len(history.param_names))
-               if history.param_block[i] < 0 and history.nonfinite()[t, i] > 0]
+    outside = [name for name, block, n in zip(history.param_names, history.param_block.tolist(), per_param)
+               if block < 0 and n > 0]
     order = "execution order" if history.order_known else "registration order: no forward pass seen yet"
     if count == int(history.numel[t].sum()):
         where = ("every gradient value is non-finite, so where it began cannot be read from this step: clipping "
@@ -370,7 +371,7 @@ def _nonfinite_where(history: MonitorHistory, t: int) -> str:
         where = "no block affected"
     if outside:
         where += f"; outside blocks: {', '.join(outside[:3])}" + (" ..." if len(outside) > 3 else "")
-    return where
+    return count, where
 
 
 def nonfinite_findings(history: MonitorHistory, recorded: int) -> list[dict]:
@@ -382,6 +383,7 @@ def nonfinite_findings(history: MonitorHistory, recorded: int) -> list[dict]:
         return []
     first, step = bad[0], int(history.steps[bad[0]])
     blocks = history.nonfinite_blocks(first)
+    count, where = _nonfinite_where(history, first)
     recovered = bad[-1] != len(history) - 1
     of = str(len(history)) if recorded == len(history) else f"the last {len(history)} (of {recorded})"
     return [{
@@ -390,8 +392,7 @@ def nonfinite_findings(history: MonitorHistory, recorded: int) -> list[dict]:
         "message": f"non-finite gradient values at {len(bad)} of {of} recorded step(s), first at step {step}"
                    + (f" in block {blocks[0]}" if blocks else "")
                    + ("" if recovered else "; the last recorded step has them too"),
-        "evidence": f"{int(history.nonfinite()[first].sum())} non-finite value(s) at step {step}; "
-                    f"{_nonfinite_where(history, first)}",
+        "evidence": f"{count} non-finite value(s) at step {step}; {where}",
         "fix": NONFINITE_FIX,
     }]
 

@@ -486,8 +486,9 @@ def make_shallow(model: nn.Module, keep_fraction: float = 0.5,
     """
     containers = block_containers(model)
     if not containers or containers == [""]:
-        if count_runs is not None and count_runs(model):
-            return _fewer_runs(model, keep_fraction, probe, count_runs)
+        runs = count_runs(model) if count_runs is not None else {}
+        if runs:
+            return _fewer_runs(model, runs, keep_fraction, probe, count_runs)
         raise ShallowUnavailable("the model has no stack of numbered blocks to shorten")
     expected = None
     if probe is not None:
@@ -523,15 +524,16 @@ def make_shallow(model: nn.Module, keep_fraction: float = 0.5,
     return shallow, changes
 
 
-def _fewer_runs(model: nn.Module, keep_fraction: float, probe: Optional[Callable[[nn.Module], tuple]],
+def _fewer_runs(model: nn.Module, runs: dict[str, int], keep_fraction: float,
+                probe: Optional[Callable[[nn.Module], tuple]],
                 count_runs: Callable[[nn.Module], dict[str, int]]) -> tuple[nn.Module, dict]:
-    """A copy whose one repeated block runs ``ceil(runs * keep_fraction)`` times, its weights kept.
+    """A copy whose one repeated block (``runs``: the model's, as ``count_runs`` gives them) runs
+    ``ceil(runs * keep_fraction)`` times, its weights kept.
 
     ALBERT runs its shared layer group ``config.num_hidden_layers`` times and reads that number at each
-    forward pass: the copy's config (which its modules share) gets the smaller count. Counting the runs
-    again tells that the model really reads it.
+    forward pass: the copy's config (which its modules share) gets the smaller count. Counting the copy's
+    runs tells that the model really reads it.
     """
-    runs = count_runs(model)
     total = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if len(runs) != 1 or total not in runs.values():
         raise ShallowUnavailable("the model has no stack of numbered blocks to shorten, and its repeated block "

@@ -67,6 +67,7 @@ from .inputs import (
     random_labels,
     random_targets,
     random_token_ids,
+    refuse_image_options,
     refuse_text_options,
     synthetic_images,
     texts_for,
@@ -640,9 +641,7 @@ def _targets(task: str, ids: torch.Tensor, special: torch.Tensor, mask_id: Optio
 
 
 def _text_batches(spec: str, hf_config, task: str, config, progress) -> tuple[list[dict], str]:
-    if config.images or config.image_size:
-        flag = "--images" if config.images else "--image-size"
-        raise UsageError(f"{flag} is for vision models; this is a text model (use --text, --seq-len)")
+    refuse_image_options(config)
     n = config.batch_size * config.batches
     seq_len = _sequence_length(hf_config, config.seq_len, progress)
     ids, special, mask_id, inputs = _token_ids(spec, hf_config, config, n, seq_len, progress)

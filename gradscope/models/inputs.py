@@ -161,9 +161,18 @@ def unknown_fraction(ids: torch.Tensor, special: torch.Tensor, unk_id) -> float:
 
 def refuse_text_options(config) -> None:
     """An image model would ignore ``--text`` and ``--seq-len``: a usage error, not a silent default."""
-    for flag, value in (("--text", config.text), ("--seq-len", config.seq_len)):
-        if value is not None:
-            raise UsageError(f"{flag} is for text models; this is an image classifier (use --images, --image-size)")
+    _refuse(config, ("text", "seq_len"), "text models; this is an image classifier (use --images, --image-size)")
+
+
+def refuse_image_options(config) -> None:
+    """A text model would ignore ``--images`` and ``--image-size``: a usage error, not a silent default."""
+    _refuse(config, ("images", "image_size"), "vision models; this is a text model (use --text, --seq-len)")
+
+
+def _refuse(config, options: tuple[str, ...], what: str) -> None:
+    for option in options:
+        if getattr(config, option) is not None:
+            raise UsageError(f"--{option.replace('_', '-')} is for {what}")
 
 
 def texts_for(text_file: Optional[str]) -> tuple[list[str], str]:
