@@ -342,14 +342,15 @@ NONFINITE_FIX = ("Check the inputs and the loss for NaN/Inf, lower the learning 
 
 def describe_nonfinite(history: MonitorHistory, t: int) -> str:
     """One message about the non-finite gradient values at step index ``t``."""
-    count, where = _nonfinite_where(history, t)
+    count, where, _ = _nonfinite_where(history, t)
     return (f"gradscope: {count} non-finite gradient value(s) at step {int(history.steps[t])}; {where}. "
             f"{NONFINITE_FIX}")
 
 
-def _nonfinite_where(history: MonitorHistory, t: int) -> tuple[int, str]:
-    """How many non-finite values step index ``t`` has, and where: the first and the deepest block holding
-    one, parameters outside every block, or why the step cannot tell."""
+def _nonfinite_where(history: MonitorHistory, t: int) -> tuple[int, str, Optional[str]]:
+    """How many non-finite values step index ``t`` has; where, in words: the first and the deepest block
+    holding one, parameters outside every block, or why the step cannot tell; and the first block, None
+    where no block holds one or the step cannot tell."""
     per_param = history.nonfinite()[t].tolist()
     count = sum(per_param)
     blocks = history.nonfinite_blocks(t)
@@ -361,7 +362,7 @@ def _nonfinite_where(history: MonitorHistory, t: int) -> tuple[int, str]:
                  "with a non-finite total norm multiplies every gradient by NaN (torch's clip_grad_norm_, and the "
                  "Hugging Face Trainer's clipping and grad_norm); record before clipping (monitor.step() or "
                  "monitor.clip_grad_norm_ in your loop) to see the blocks it entered by")
-        outside = []
+        outside, blocks = [], []
     elif blocks:
         where = f"first block ({order}): {blocks[0]}"
         if len(blocks) > 1:
@@ -371,7 +372,7 @@ def _nonfinite_where(history: MonitorHistory, t: int) -> tuple[int, str]:
         where = "no block affected"
     if outside:
         where += f"; outside blocks: {', '.join(outside[:3])}" + (" ..." if len(outside) > 3 else "")
-    return count, where
+    return count, where, (blocks[0] if blocks else None)
 
 
 def nonfinite_findings(history: MonitorHistory, recorded: int) -> list[dict]:
@@ -382,15 +383,14 @@ def nonfinite_findings(history: MonitorHistory, recorded: int) -> list[dict]:
     if not bad:
         return []
     first, step = bad[0], int(history.steps[bad[0]])
-    blocks = history.nonfinite_blocks(first)
-    count, where = _nonfinite_where(history, first)
+    count, where, block = _nonfinite_where(history, first)
     recovered = bad[-1] != len(history) - 1
     of = str(len(history)) if recorded == len(history) else f"the last {len(history)} (of {recorded})"
     return [{
         "variant": "training", "severity": "warning" if recovered else "error", "kind": "non-finite",
-        "block": blocks[0] if blocks else None,
+        "block": block,
         "message": f"non-finite gradient values at {len(bad)} of {of} recorded step(s), first at step {step}"
-                   + (f" in block {blocks[0]}" if blocks else "")
+                   + (f" in block {block}" if block else "")
                    + ("" if recovered else "; the last recorded step has them too"),
         "evidence": f"{count} non-finite value(s) at step {step}; {where}",
         "fix": NONFINITE_FIX,

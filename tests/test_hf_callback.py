@@ -140,23 +140,62 @@ def _nan_at_step(model, step: int) -> None:
     weight.register_hook(lambda g: (calls.append(1), g * math.nan if len(calls) == step else g)[1])
 
 
+def _own_clip(trainer, *, spreads: bool) -> list:
+    """Replace the clip through which the Trainer computes its ``grad_norm`` by one written here, so the test
+    does not depend on what the installed accelerate does with a non-finite total norm. ``spreads``: scale
+    every gradient by ``min(max_norm / total, 1)`` as torch's ``clip_grad_norm_`` does, which is NaN when the
+    total is (every gradient turns NaN); else only measure, leaving the NaN where it was born. Returns the list
+    of bounds the Trainer asked for, to check it went through here."""
+    bounds = []
+
+    def clip_grad_norm_(parameters, max_norm, norm_type=2):
+        bounds.append(max_norm)
+        grads = [p.grad for p in parameters if p.grad is not None]
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if spreads:
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            for g in grads:
+                g.mul_(coef)
+        return total
+
+    trainer.accelerator.clip_grad_norm_ = clip_grad_norm_
+    return bounds
+
+
+# What gradscope says of a NaN born in one weight at step 3, by what the clip before the record did with it.
+NAN_MESSAGES = {
+    # a clip that spreads: the origin cannot be read from this step, instead of naming every block
+    "spreading clip": r"step 3; every gradient value is non-finite, so where it began cannot be read",
+    # a clip that leaves it in place: exactly that weight's values, and the block holding it
+    "clip in place": r"^gradscope: 512 non-finite gradient value\(s\) at step 3; first block \(execution order\): "
+                     r"bert\.encoder\.layer\.1\. ",
+}
+
+
+@pytest.mark.parametrize("clip", list(NAN_MESSAGES))
 @pytest.mark.parametrize("install", ["add_gradscope_callback", "callbacks argument"])
-def test_a_run_stopped_by_an_error_keeps_its_report_and_lets_the_model_go(tmp_path, install):
+def test_a_run_stopped_by_an_error_keeps_its_report_and_lets_the_model_go(tmp_path, install, clip):
     trainer = tiny_trainer(tmp_path, steps=4)
     _nan_at_step(trainer.model, 3)
+    bounds = _own_clip(trainer, spreads=clip == "spreading clip")
     options = dict(report_dir=tmp_path / "report", on_nonfinite="raise")
     if install == "add_gradscope_callback":
         add_gradscope_callback(trainer, **options)
     else:
         trainer.add_callback(GradscopeCallback(**options))
-    # The Trainer's grad_norm (clip_grad_norm_ with an infinite bound) multiplies every gradient by the NaN total:
-    # the message says the origin cannot be read from this step, instead of naming every block.
-    with pytest.raises(GradscopeError, match="step 3; every gradient value is non-finite"):
+    with pytest.raises(GradscopeError, match=NAN_MESSAGES[clip]):
         trainer.train()
+    assert bounds == [math.inf] * 3  # the Trainer's grad_norm went through the clip above, once per step
     if install == "add_gradscope_callback":  # its trainer.train wrapper saw the error
         report = Report.load(tmp_path / "report")
         assert sorted({r["step"] for r in report.series}) == [1, 2, 3]
         assert report.meta["stopped_by"].startswith("GradscopeError: ")
+        finding = next(f for f in report.findings if f["kind"] == "non-finite")
+        if clip == "clip in place":
+            assert finding["block"] == "bert.encoder.layer.1" and finding["evidence"].startswith("512 non-finite")
+        else:
+            assert finding["block"] is None and "where it began cannot be read" in finding["evidence"]
+            assert " in block " not in finding["message"]  # every block holds NaN: none is named as the first
     else:  # no Trainer event tells a callback of the error: no report, but the next run is not refused
         assert not (tmp_path / "report").exists()
     again = tiny_trainer(tmp_path, steps=2)

@@ -408,6 +408,24 @@ def test_a_report_with_nonfinite_steps_has_a_finding_naming_the_first_step_and_b
     assert f"- **{severity}** (training): non-finite gradient values at" in render_markdown(report)
 
 
+def test_a_step_whose_every_value_is_nonfinite_names_no_block_in_its_finding():
+    net = make()
+    with GradientMonitor(net, on_nonfinite="ignore") as monitor:
+        backward(net, 1)
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        for g in grads:  # what a clip with a NaN total norm does: every gradient times NaN
+            g.mul_(math.nan)
+        monitor.step()
+        report = monitor.report()
+    (finding,) = report.findings
+    total = sum(g.numel() for g in grads)
+    assert finding["block"] is None
+    assert finding["message"] == "non-finite gradient values at 1 of 1 recorded step(s), first at step 1; " \
+                                 "the last recorded step has them too"
+    assert finding["evidence"].startswith(f"{total} non-finite value(s) at step 1; every gradient value is "
+                                          "non-finite, so where it began cannot be read from this step")
+
+
 def test_ignore_records_without_warning():
     net = make()
     _nan_grad_at(net, 0)
