@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .errors import EXIT_OK, GradscopeError
+from .errors import EXIT_OK, GradscopeError, did_you_mean
 
 DEBUG_ENV = "GRADSCOPE_DEBUG"
 
@@ -26,6 +26,24 @@ def _debug() -> bool:
 
 
 # --- gradscope info ---------------------------------------------------------------
+
+
+# Packages gradscope's extras bring, whose versions bear on what it measures or loads (``gradscope info``).
+OPTIONAL_PACKAGES = ("numpy", "transformers", "accelerate", "safetensors", "peft", "torchvision", "matplotlib",
+                     "tensorboard", "lightning")
+
+
+def package_versions(names: Sequence[str] = OPTIONAL_PACKAGES) -> dict:
+    """Installed version of each package, None where it is not installed (read from metadata, not imported)."""
+    from importlib import metadata
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def collect_info() -> dict:
@@ -51,6 +69,7 @@ def collect_info() -> dict:
         "cpu_simd": torch.ops.gradscope.cpu_simd() if status.cpu else None,
         "build": status.build_info,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda_visible else [],
+        "packages": package_versions(),
     }
     return info
 
@@ -82,6 +101,8 @@ def _print_info(info: dict) -> None:
     else:
         rows.append(("built for", "no build record (extension not built)"))
     rows.append(("GPUs", ", ".join(info["gpus"]) or "none visible"))
+    installed = [f"{name} {version}" for name, version in info["packages"].items() if version]
+    rows.append(("packages", ", ".join(installed) or "none of the optional ones"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -140,13 +161,14 @@ def _finish(report, args, progress) -> int:
     """Print the summary on stdout and write the report when --out is given."""
     import shlex
 
-    from .report.terminal import render_text
+    from .report.terminal import render_text, terminal_width
 
     report.meta["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
     entry = os.path.basename(sys.argv[0]) if sys.argv else ""
     if entry in ("gradscope", "__main__.py"):  # run as the command, not from Python with main([...])
         report.meta["command"] = shlex.join(["gradscope", *sys.argv[1:]])
-    print(render_text(report), end="", flush=True)  # first: a failed write still leaves the results on screen
+    # first: a failed write still leaves the results on screen
+    print(render_text(report, terminal_width()), end="", flush=True)
     if args.out:
         written = report.save(args.out, args.format, force=args.force)
         progress("wrote " + ", ".join(str(p) for p in written))
@@ -284,8 +306,40 @@ def _add_compare(sub) -> None:
 # --- entry point --------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors name the close match of a mistyped command, option or choice.
+
+    An option no command knows is reported by the command's own parser, with its usage: argparse would
+    report it at the top level, whose usage says nothing of the command's options.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # the top level's, set by build_parser
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self.commands.get(getattr(namespace, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(parser._named(a) for a in extras)}")
+        return namespace
+
+    def _named(self, argument: str) -> str:
+        """An argument as typed, with the option it may be a typo of (``--ofline`` -> ``--offline``)."""
+        if not argument.startswith("-"):
+            return argument
+        options = [o for action in self._actions for o in action.option_strings]
+        return argument + did_you_mean(argument.split("=", 1)[0], options)
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(action, f"invalid choice: {value}{did_you_mean(str(value), choices)}; "
+                                                 f"choose from {', '.join(choices)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradscope",
         description="Gradient-flow analysis for PyTorch models.",
         epilog=f"Set {DEBUG_ENV}=1 to see tracebacks.",
@@ -296,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_demo(sub)
     _add_compare(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 

@@ -14,7 +14,7 @@ import torch
 import gradscope
 from gradscope import GradientMonitor
 
-pytest.importorskip("transformers", reason="transformers is optional; install gradscope[hf] to test the loaders")
+pytest.importorskip("transformers", reason="transformers is optional; install torch-gradscope[hf] to test the loaders")
 
 
 def test_analyze_on_cuda_matches_the_cpu(fused_cuda, tmp_path):

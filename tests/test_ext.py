@@ -125,4 +125,27 @@ def test_cli_info_text_and_json():
     )
     info = json.loads(result.stdout)
     assert info["torch"] == torch.__version__
+    from importlib import metadata
+
+    assert info["packages"]["numpy"] == metadata.version("numpy")  # installed: its version, read from metadata
+    assert info["packages"]["lightning"] == _installed_version("lightning")
+    text = subprocess.run([sys.executable, "-m", "gradscope", "info"], capture_output=True, text=True, timeout=120)
+    packages = next(line for line in text.stdout.splitlines() if line.startswith("packages"))
+    assert f"numpy {metadata.version('numpy')}" in packages
     assert info["backend"]["cpu"] == ("fused" if _ext.STATUS.cpu else "reference")
+
+
+def _installed_version(name: str):
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def test_info_names_a_package_that_is_not_installed_as_none():
+    from gradscope.cli import package_versions
+
+    assert package_versions(("numpy", "no-such-package-gradscope-tests")) == {
+        "numpy": _installed_version("numpy"), "no-such-package-gradscope-tests": None}

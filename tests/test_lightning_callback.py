@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-pl = pytest.importorskip("lightning.pytorch", reason="lightning is not installed (pip install gradscope[lightning])")
+pl = pytest.importorskip("lightning.pytorch", reason="lightning is not installed (pip install torch-gradscope[lightning])")
 
 from gradscope.integrations.lightning import GradscopeLightningCallback  # noqa: E402
 from gradscope.report import Report  # noqa: E402

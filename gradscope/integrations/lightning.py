@@ -14,7 +14,7 @@ optimizer steps (the monitor's buffer is read only then), from the global-zero
 process under DDP. ``report_dir`` writes a report when fitting ends, or stops
 with an error (then of the steps before it).
 
-Install with ``pip install gradscope[lightning]``.
+Install with ``pip install torch-gradscope[lightning]``.
 """
 
 from __future__ import annotations

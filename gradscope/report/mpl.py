@@ -4,7 +4,7 @@ The same information as :mod:`.svg` from the same specs: one stacked panel per
 ``Line.panel`` sharing the x axis, the SVG's color and marker shape per series,
 red marks at flagged steps, and red non-finite heatmap cells with a key.
 
-matplotlib is the optional extra ``plots`` (``pip install gradscope[plots]``);
+matplotlib is the optional extra ``plots`` (``pip install torch-gradscope[plots]``);
 it is imported only here, when a PNG is asked for.
 """
 
@@ -14,12 +14,12 @@ import bisect
 import io
 import math
 
-from .plots import BarPlot, Heatmap, LinePlot
-from .svg import (HEATMAP_KEY, MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, color, linear_ticks,
-                  log_range, tick_text)
+from .plots import NONFINITE_NOTE, BarPlot, Heatmap, LinePlot
+from .svg import (HEATMAP_KEY, MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, bar_range, color,
+                  decade_ticks, linear_ticks, log_range, marker_kind, tick_text)
 
 DPI = 150
-SHAPES = ("o", "s", "^", "D", "v", "o")  # svg.marker's six shapes in its order; the sixth is drawn open (a ring)
+SHAPES = ("o", "s", "^", "D", "v", "o")  # svg.marker's six shapes by marker_kind; the sixth is drawn open (a ring)
 MARK_LABEL = "NaN or Inf in the gradients at that step"
 NO_MATPLOTLIB = ("--format png needs matplotlib, which is not installed: pip install matplotlib "
                  "(gradscope's [plots] extra), or use --format svg, which needs nothing")
@@ -42,7 +42,7 @@ def _nan(values):
 
 def marker_style(index: int) -> dict:
     """Line2D keywords for series ``index``'s marker: the shape svg.marker gives the same index."""
-    kind = index % len(SHAPES)
+    kind = marker_kind(index)
     return {"marker": SHAPES[kind], "markersize": 4, "markerfacecolor": "white" if kind == 5 else color(index)}
 
 
@@ -103,10 +103,20 @@ def _bars(Figure, spec: BarPlot):
     n = len(spec.panels)
     fig = Figure(figsize=(9, 1.9 * n + 1), dpi=DPI, layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    decades = bar_range([v for p in spec.panels for v in p.back + p.front])
+    floor = 10.0 ** decades[0]
     for ax, panel in zip(axes, spec.panels):
-        ax.bar(panel.x, _nan(panel.back), width=0.8, color=color(panel.color), alpha=0.3, label=spec.back_label)
-        ax.bar(panel.x, _nan(panel.front), width=0.8, color=color(panel.color), label=spec.front_label)
+        # bars rise from the floor, which is below every value (as in the SVG): a tiny value is never a zero
+        for values, alpha, label in ((panel.back, 0.3, spec.back_label), (panel.front, 1.0, spec.front_label)):
+            heights = [math.nan if v is None else v - floor for v in values]
+            ax.bar(panel.x, heights, width=0.8, bottom=floor, color=color(panel.color), alpha=alpha, label=label)
+        for x, note in zip(panel.x, panel.at_floor):
+            if note:  # a zero, or a NaN, stands on the floor
+                ax.annotate(note, (x, floor), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                            fontsize=7, color=NONFINITE if note == NONFINITE_NOTE else "#333")
         ax.set_yscale("log")
+        ax.set_ylim(floor, 10.0 ** decades[1])  # whole decades labelled at both ends, as in the SVG
+        ax.set_yticks([10.0 ** d for d in decade_ticks(*decades)])
         ax.set_title(panel.label, fontsize=9, loc="left")
         ax.grid(True, axis="y", color="#e3e3e3")
     axes[0].legend(fontsize=7, loc="upper right")
