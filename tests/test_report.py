@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -527,6 +528,155 @@ def test_hostile_variant_names_are_text_in_glance_legends_and_tables():
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;relu" in page
     assert "&lt;b&gt;x&lt;/b&gt;relu" in re.search(r'<p class="glance">(.*?)</p>', page).group(1)
     assert "&lt;b&gt;x&lt;/b&gt;relu" in "".join(_legend_labels(_svg(report, "flow")))
+
+
+# --- colors and scales -------------------------------------------------------------------------
+
+_HEX = r"#[0-9a-f]{6}"
+
+
+def _series_colors(svg_text: str) -> dict[str, set]:
+    """Series name -> the colors its legend sample and its drawn lines have in one line plot's SVG."""
+    seen: dict[str, set] = {}
+    for stroke, label in re.findall(rf'<g class="legend-item" data-series="\d+"><line [^>]*stroke="({_HEX})".*?'
+                                    r"<text[^>]*>([^<]*)</text></g>", svg_text):
+        seen.setdefault(unescape(label), set()).add(stroke)
+    for label, stroke in re.findall(rf'<g class="series" data-series="\d+"><title>([^<]*)</title><path [^>]*'
+                                    rf'stroke="({_HEX})"', svg_text):
+        series = unescape(label).rsplit(" ", 1)[0]  # "sigmoid dL/dθ" is sigmoid's line
+        seen.setdefault(series, set()).add(stroke)
+    return seen
+
+
+def _bar_colors(svg_text: str) -> dict[str, set]:
+    """Panel (variant) -> the fills of its bars in the |g| bar chart's SVG."""
+    chunks = re.split(r'<text x="[\d.]+" y="[\d.]+" font-size="12" font-weight="600">([^<]*)</text>', svg_text)
+    return {unescape(label): set(re.findall(rf'<rect [^>]*fill="({_HEX})"', body))
+            for label, body in zip(chunks[1::2], chunks[2::2])}
+
+
+def _swatch_colors(section: str) -> dict[str, set]:
+    """Row name -> the color of the swatch (an inline SVG marker) before it, in one table of the page."""
+    return {unescape(name).strip(): set(re.findall(rf'"({_HEX})"', mark))
+            for mark, name in re.findall(r'<td>(<svg class="swatch".*?</svg>)([^<]*)</td>', section)}
+
+
+def test_a_variant_keeps_its_color_in_every_plot_and_table_and_a_pair_takes_its_first_variants(demo_report):
+    page = html_module.render_page(demo_report)
+    drawn = {key: re.search(rf'<svg [^>]*id="plot-{key}".*?</svg><figcaption>', page, re.S).group(0)
+             for key in ("flow", "ratios", "blocks")}
+    section = {key: re.search(rf'<section id="{key}">.*?</section>', page, re.S).group(0)
+               for key in ("verdicts", "comparisons")}
+    names = demo_report.variant_names
+    flow = _series_colors(drawn["flow"])
+    assert sorted(flow) == sorted(names) and all(len(c) == 1 for c in flow.values())  # legend and lines agree
+    variant_color = {name: next(iter(c)) for name, c in flow.items()}
+    assert len(set(variant_color.values())) == len(names)
+    # a pair a / b is drawn in a's color: tanh / sigmoid, relu / sigmoid, relu-he / relu each have another a
+    pair_color = {f"{c['a']} / {c['b']}": {variant_color[c["a"]]} for c in demo_report.comparisons}
+    assert len(pair_color) == 3
+    assert _series_colors(drawn["ratios"]) == pair_color
+    own = {name: {color} for name, color in variant_color.items()}
+    assert _bar_colors(drawn["blocks"]) == own
+    assert _swatch_colors(section["verdicts"]) == own
+    assert _swatch_colors(section["comparisons"]) == pair_color
+    # the standalone SVG files are the same drawings
+    for key in ("flow", "ratios", "blocks"):
+        parse = _bar_colors if key == "blocks" else _series_colors
+        assert parse(_svg(demo_report, key)) == parse(drawn[key])
+
+
+def test_each_pair_gets_a_color_of_its_own_taken_from_its_variants_where_free():
+    from gradscope.report.plots import colors
+
+    report = Report(variants=[{"name": n} for n in ("pretrained", "scratch", "shallow", "sigmoid")],
+                    comparisons=[{"a": a, "b": b} for a, b in (("pretrained", "scratch"), ("pretrained", "shallow"),
+                                                               ("sigmoid", "scratch"), ("shallow", "sigmoid"))])
+    palette = colors(report)
+    assert palette.variants == {"pretrained": 0, "scratch": 1, "shallow": 2, "sigmoid": 3}
+    # a's color; b's where an earlier pair has a's; where both are taken, one that no variant has
+    assert palette.pairs == {("pretrained", "scratch"): 0, ("pretrained", "shallow"): 2, ("sigmoid", "scratch"): 3,
+                             ("shallow", "sigmoid"): 4}
+    assert palette.spare() == 5
+
+
+def test_png_plots_give_a_variant_and_its_pairs_the_svgs_color(demo_report):
+    pytest.importorskip("matplotlib", reason="png needs the optional matplotlib")
+    from matplotlib.colors import to_hex
+
+    def legend_colors(key: str) -> dict[str, str]:
+        (legend,) = _png_figure(_plot_spec(demo_report, key)).legends
+        return {t.get_text(): to_hex(h.get_color()) for t, h in zip(legend.get_texts(), legend.legend_handles)}
+
+    flow, ratios = legend_colors("flow"), legend_colors("ratios")
+    assert flow == {name: colors.pop() for name, colors in _series_colors(_svg(demo_report, "flow")).items()}
+    assert ratios == {f"{c['a']} / {c['b']}": flow[c["a"]] for c in demo_report.comparisons}
+    bars = _png_figure(_plot_spec(demo_report, "blocks"))
+    for ax in bars.axes:
+        fills = {to_hex(p.get_facecolor(), keep_alpha=False) for p in ax.patches}
+        assert fills == {flow[ax.get_title(loc="left")]}
+
+
+def test_palette_colors_are_pairwise_distinguishable():
+    import color_reference as cr
+    from gradscope.report.svg import (NONFINITE, PALETTE, PALETTE_MIN_DELTA_E, PALETTE_MIN_DELTA_E_FROM_NONFINITE,
+                                      marker_kind)
+
+    for lab1, lab2, expected in cr.SHARMA_PAIRS:  # the yardstick first, against the published test data
+        assert cr.ciede2000(lab1, lab2) == pytest.approx(expected, abs=1e-4)
+    assert len(PALETTE) >= 12 and PALETTE_MIN_DELTA_E >= 20 and len(set(PALETTE)) == len(PALETTE)
+    closest = min((cr.delta_e(a, b), a, b) for i, a in enumerate(PALETTE) for b in PALETTE[i + 1:] + ("#ffffff",))
+    assert closest[0] >= PALETTE_MIN_DELTA_E, closest
+    assert min(cr.delta_e(c, NONFINITE) for c in PALETTE) >= PALETTE_MIN_DELTA_E_FROM_NONFINITE
+    # past the palette, the marker shape tells series apart: no two of the first 72 share color and shape
+    n = len(PALETTE) * 6
+    assert len({(PALETTE[i % len(PALETTE)], marker_kind(i)) for i in range(n)}) == n
+
+
+def _report_with_a_zero_a_tiny_and_a_nan_block():
+    report = rf.synthetic_report(layers=6, tensors_per_layer=1, variants=("pretrained", "scratch", "dead"))
+    for r in report.block_rows("dead"):  # every gradient all zero
+        r.update(grad_maxabs=0.0, grad_meanabs=0.0, grad_zero_frac=1.0)
+    rows = report.block_rows("scratch")
+    rows[0].update(grad_maxabs=0.0, grad_meanabs=0.0, grad_zero_frac=1.0)  # an all-zero gradient
+    rows[1].update(grad_maxabs=1e-12, grad_meanabs=1e-13)  # the smallest value, on a whole decade
+    rows[2].update(grad_maxabs=math.nan, grad_meanabs=math.nan, grad_nonfinite=3)
+    rows[3].update(grad_maxabs=math.nan, grad_meanabs=math.nan)  # no gradient at all
+    return report
+
+
+def test_bars_reach_down_to_the_smallest_value_and_a_zero_is_marked_unlike_a_tiny_value():
+    from gradscope.report.svg import MIN_BAR_PX, NONFINITE
+
+    report = _report_with_a_zero_a_tiny_and_a_nan_block()
+    blocks = _svg(report, "blocks")
+    scratch, dead = blocks.split(">scratch</text>")[1].split(">dead</text>")
+    groups = {unescape(title).split(":")[0]: body for title, body in
+              re.findall(r"<g><title>([^<]*)</title>(.*?)</g>", scratch)}
+    heights = [float(h) for h in re.findall(r'<rect [^>]*height="([\d.]+)" fill="#', groups["model.layers.1"])]
+    assert len(heights) == 2 and min(heights) >= MIN_BAR_PX  # 1e-13 stands above the floor
+    assert re.fullmatch(r'<text class="floor-note" [^>]*fill="#333">0</text>', groups["model.layers.0"])
+    assert re.fullmatch(rf'<text class="floor-note" [^>]*fill="{NONFINITE}">NaN</text>', groups["model.layers.2"])
+    assert "model.layers.3" not in groups  # no gradient: nothing drawn, as before
+    assert dead.count('<text class="floor-note"') == 6 and not re.search(rf'<rect [^>]*fill="{_HEX}"', dead)
+    caption = _plot_spec(report, "blocks").caption
+    assert '"0" at the foot of a panel: 7 block(s) whose gradient is exactly zero' in caption
+    assert '"NaN": 1 block(s) with a NaN or Inf in the gradient' in caption
+    assert "gradient exactly zero" in unescape(blocks)  # the zero's tooltip says what it is
+
+
+def test_png_bars_reach_down_to_the_smallest_value_and_mark_a_zero():
+    pytest.importorskip("matplotlib", reason="png needs the optional matplotlib")
+    report = _report_with_a_zero_a_tiny_and_a_nan_block()
+    fig = _png_figure(_plot_spec(report, "blocks"))
+    ax = fig.axes[1]
+    assert ax.get_title(loc="left") == "scratch"
+    floor, _ = ax.get_ylim()
+    assert floor <= 1e-13 / 2  # a factor of two at least: the smallest bar has a height
+    tops = [p.get_y() + p.get_height() for p in ax.patches if math.isfinite(p.get_height())]
+    assert min(tops) == pytest.approx(1e-13) and all(p.get_y() == floor for p in ax.patches)
+    notes = {(t.get_text(), t.xy[0]) for t in ax.texts}
+    assert notes == {("0", 0), ("NaN", 2)}
 
 
 # --- writing ---------------------------------------------------------------------------------

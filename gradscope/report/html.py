@@ -117,12 +117,12 @@ def _verdict(v) -> str:
 def _summaries(report) -> str:
     if not report.summaries:
         return ""
-    index = {n: i for i, n in enumerate(report.variant_names)}
+    index = plots.colors(report).variants
     described = {v["name"]: v.get("description", "") for v in report.variants}
     rows = []
     for s in report.summaries:
         decay = s.get("decay") or {}
-        swatch = f'<span class="swatch" aria-hidden="true" data-color="{index.get(s["variant"], 0)}"></span>'
+        swatch = svg.swatch(index[s["variant"]]) if s["variant"] in index else ""
         rows.append(
             f"<tr><td>{swatch}{_e(s['variant'])}</td><td class=\"wrap\">{_e(described.get(s['variant'], ''))}</td>"
             f"<td>{_verdict(s['verdict'])}</td><td class=\"n\">{num(s.get('loss'), '.4g')}</td>"
@@ -216,6 +216,7 @@ def _comparisons(report) -> str:
     if not report.comparisons:
         return ""
     verdict = {s["variant"]: s["verdict"] for s in report.summaries}
+    pair_colors = plots.colors(report).pairs
     rows = []
     for c in report.comparisons:
         va, vb = verdict.get(c["a"]), verdict.get(c["b"])
@@ -223,7 +224,8 @@ def _comparisons(report) -> str:
         change = "-" if va is None or vb is None else (
             f"{_verdict(vb)} → {_verdict(va)}" if changed else f"{_verdict(va)} (unchanged)")
         row_class = ' class="changed"' if changed else ""
-        rows.append(f'<tr{row_class}><td>{_e(c["a"])} / {_e(c["b"])}</td>'
+        swatch = svg.swatch(pair_colors[(c["a"], c["b"])])  # the pair's line in the ratio plot
+        rows.append(f'<tr{row_class}><td>{swatch}{_e(c["a"])} / {_e(c["b"])}</td>'
                     f"<td class=\"n\">{num(c.get('grad_l2_ratio_geomean'))}</td>"
                     f"<td class=\"n\">{num(c.get('act_grad_l2_ratio_geomean'))}</td>"
                     f"<td class=\"n\">{len(c.get('blocks') or [])}</td><td>{change}</td></tr>")
@@ -267,16 +269,11 @@ def _tables(report) -> str:
     return "".join(parts)
 
 
-def _swatch_css(report) -> str:
-    return "".join(f'.swatch[data-color="{i}"] {{ background: {svg.color(i)}; }}\n'
-                   for i in range(max(len(report.variant_names), 1)))
-
-
 def render_page(report) -> str:
     """The whole page as one string."""
     from . import SCHEMA
 
-    css = (_ASSETS / "page.css").read_text(encoding="utf-8") + _swatch_css(report)
+    css = (_ASSETS / "page.css").read_text(encoding="utf-8")
     js = (_ASSETS / "page.js").read_text(encoding="utf-8")
     policy = (f"default-src 'none'; img-src data:; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
               "base-uri 'none'; form-action 'none'")

@@ -2,11 +2,15 @@
 
 A plot spec picks columns of the report and names the axes; it computes
 nothing. Values that a log axis cannot show (zero, missing, non-finite) stay
-in the spec as ``None`` and each drawer leaves a gap there.
+in the spec as ``None`` and each drawer leaves a gap there; the |g| bars also
+say why (``BarPanel.at_floor``), and the drawers mark a zero or a NaN at the
+axis floor, so that it is not read as a tiny value or as no gradient. Each
+series' color comes from :func:`colors`, once per report.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -19,7 +23,7 @@ class Line:
     label: str
     x: list[float]
     y: list[Optional[float]]
-    color: int  # index into the drawer's palette (and marker shapes): one per variant or pair
+    color: int  # index into the drawer's palette (and marker shapes): the variant's or pair's, from colors()
     dashed: bool = False
     point_names: list[str] = field(default_factory=list)  # what a point is, for tooltips
     series: str = ""  # the variant or pair: the legend names each series once (default: the label)
@@ -46,6 +50,7 @@ class BarPanel:
     back: list[Optional[float]]  # the taller bar drawn first (max |g|)
     front: list[Optional[float]]  # drawn over it (mean |g|)
     color: int
+    at_floor: list[str] = field(default_factory=list)  # per block, marked at the axis floor: ZERO, NONFINITE_NOTE, ""
 
 
 @dataclass
@@ -86,6 +91,40 @@ def _variants(report) -> list[str]:
     return names or sorted({b.get("variant") for b in report.blocks if b.get("variant")})
 
 
+@dataclass(frozen=True)
+class Colors:
+    """The palette index (color and marker shape) of every series of one report, fixed once for the whole report:
+    a variant keeps its color in the flow plot, the |g| bars and the page's tables, whichever variants a plot
+    leaves out.
+
+    ``variants``: by position in the report. ``pairs``: a comparison a / b takes a's color, so that the
+    ``sigmoid / scratch`` ratio is drawn in sigmoid's; where an earlier pair took a's (``pretrained / scratch``,
+    then ``pretrained / shallow``), b's; where both are taken, an index no variant has.
+    """
+
+    variants: dict[str, int]
+    pairs: dict[tuple[str, str], int]
+
+    def spare(self, k: int = 0) -> int:
+        """The k-th index (from 0) that no variant and no pair has: for a series that is neither."""
+        taken = set(self.variants.values()) | set(self.pairs.values())
+        return next(itertools.islice((i for i in itertools.count() if i not in taken), k, None))
+
+
+def colors(report) -> Colors:
+    """Each variant's and each comparison pair's palette index in ``report`` (see :class:`Colors`)."""
+    variants = {name: i for i, name in enumerate(_variants(report))}
+    pairs: dict[tuple[str, str], int] = {}
+    fresh = itertools.count(len(variants))
+    for c in report.comparisons:
+        pair = (c["a"], c["b"])
+        if pair in pairs:
+            continue
+        free = [variants[v] for v in pair if v in variants and variants[v] not in pairs.values()]
+        pairs[pair] = free[0] if free else next(fresh)
+    return Colors(variants, pairs)
+
+
 DEPTH_LABEL = "block depth: 0 = the block nearest the input (left), output side on the right"
 PARAM_PANEL = "parameter gradient dL/dθ"
 ACT_PANEL = "gradient at the block's output dL/dh"
@@ -103,7 +142,7 @@ def flow_plot(report) -> Optional[LinePlot]:
     """Gradient L2 norm per block against depth: parameter gradient solid, dL/dh dashed, one color per variant."""
     lines = []
     steps = set()
-    for i, variant in enumerate(_variants(report)):
+    for variant, i in colors(report).variants.items():
         rows = report.block_rows(variant)
         if not rows:
             continue
@@ -150,21 +189,44 @@ def flow_plot(report) -> Optional[LinePlot]:
     )
 
 
+ZERO = "0"  # at the floor of the |g| bars: the block's gradient is exactly zero (a log axis has no place for it)
+NONFINITE_NOTE = "NaN"  # there: a NaN or Inf in the block's gradient
+FLOOR_NOTES = {ZERO: "gradient exactly zero", NONFINITE_NOTE: "NaN or Inf in the gradient"}  # note: its meaning
+
+
+def _at_floor(row: dict) -> str:
+    """The note a block gets at the foot of its panel: a NaN or Inf in its gradient, or a gradient exactly zero
+    (no bar on a log axis, unlike a tiny value); "" for neither."""
+    if row.get("grad_nonfinite"):
+        return NONFINITE_NOTE
+    if row.get("grad_maxabs") == 0:
+        return ZERO
+    return ""
+
+
 def bar_plot(report) -> Optional[BarPlot]:
     """Mean and max |g| per block, one panel per variant (the view people draw by hand with plot_grad_flow)."""
     panels = []
-    for i, variant in enumerate(_variants(report)):
+    for variant, i in colors(report).variants.items():
         rows = report.block_rows(variant)
-        if not any(positive(r.get("grad_maxabs")) is not None for r in rows):  # NaN in memory, null when saved
+        at_floor = [_at_floor(r) for r in rows]
+        maxabs = [positive(r.get("grad_maxabs")) for r in rows]  # NaN in memory, null when saved
+        if all(v is None for v in maxabs) and not any(at_floor):  # nothing to draw or mark
             continue
-        panels.append(BarPanel(
-            variant, [r["depth"] for r in rows], [str(r["block"]) for r in rows],
-            [positive(r.get("grad_maxabs")) for r in rows], [positive(r.get("grad_meanabs")) for r in rows], i))
-    if not panels:
+        panels.append(BarPanel(variant, [r["depth"] for r in rows], [str(r["block"]) for r in rows], maxabs,
+                               [positive(r.get("grad_meanabs")) for r in rows], i, at_floor))
+    if all(v is None for p in panels for v in p.back):  # no scale to draw on
         return None
     has_mean = any(v is not None for p in panels for v in p.front)
     caption = "Light bars: the largest absolute gradient entry in the block" + (
         "; dark bars: the mean absolute entry." if has_mean else " (this report has no mean |g|).")
+    caption += " The axis reaches below the smallest value, so every positive value has a bar."
+    notes = [n for p in panels for n in p.at_floor]
+    if ZERO in notes:
+        caption += (f' "{ZERO}" at the foot of a panel: {notes.count(ZERO)} block(s) whose gradient is exactly zero, '
+                    "which a log axis cannot draw.")
+    if NONFINITE_NOTE in notes:
+        caption += f' "{NONFINITE_NOTE}": {notes.count(NONFINITE_NOTE)} block(s) with a NaN or Inf in the gradient.'
     if len(panels) > 1:
         caption += " One y scale for all panels, so heights compare across variants."
     return BarPlot(
@@ -177,10 +239,12 @@ def bar_plot(report) -> Optional[BarPlot]:
 def ratio_plot(report) -> Optional[LinePlot]:
     """Per-block ratios a/b of each comparison: parameter gradient solid, dL/dh dashed."""
     lines = []
-    for i, c in enumerate(report.comparisons):
+    pair_colors = colors(report).pairs
+    for c in report.comparisons:
         rows = c.get("blocks") or []
         if not rows:
             continue
+        i = pair_colors[(c["a"], c["b"])]
         x = [r["depth"] for r in rows]
         names = [str(r["block"]) for r in rows]
         pair = f"{c['a']} / {c['b']}"
@@ -196,8 +260,8 @@ def ratio_plot(report) -> Optional[LinePlot]:
         key="ratios", title="Per-block gradient ratio between variants",
         x_label=f"{DEPTH_LABEL}; depths of a",
         y_label="gradient L2 ratio a / b (log scale)", lines=lines, reference_y=1.0,
-        caption="Each line is one pair a / b. Above the dotted line at 1, a (the first named) gets the larger "
-                "gradient at that block; 10 means ten times larger.",
+        caption="Each line is one pair a / b, in a's color (b's where a's is another pair's). Above the dotted "
+                "line at 1, a (the first named) gets the larger gradient at that block; 10 means ten times larger.",
     )
 
 
@@ -253,10 +317,14 @@ def global_norm_plot(report) -> Optional[LinePlot]:
     if not rows:
         return None
     x = [r["step"] for r in rows]
-    lines = [Line("global dL/dθ", x, [positive(r.get("grad_l2")) for r in rows], 0)]
+    palette = colors(report)
+    # the monitored model's color where it is the report's one variant; after clipping, one that no variant has
+    spare = (palette.spare(k) for k in itertools.count())
+    overall = next(iter(palette.variants.values())) if len(palette.variants) == 1 else next(spare)
+    lines = [Line("global dL/dθ", x, [positive(r.get("grad_l2")) for r in rows], overall)]
     clipped = [positive(r.get("grad_l2_post_clip")) for r in rows]
     if any(v is not None for v in clipped):
-        lines.append(Line("after clipping", x, clipped, 1, True))
+        lines.append(Line("after clipping", x, clipped, next(spare), True))
     flagged = {r["step"]: r.get("grad_nonfinite") for r in rows if r.get("grad_nonfinite")}
     marks = [(step, f"step {step}: {count} non-finite gradient value(s)") for step, count in flagged.items()]
     caption = "The L2 norm of all monitored parameter gradients together, at each recorded step."

@@ -16,11 +16,18 @@ from html import escape
 from typing import Optional
 
 from .fmt import num
-from .plots import BarPlot, Heatmap, LinePlot
+from .plots import FLOOR_NOTES, NONFINITE_NOTE, BarPlot, Heatmap, LinePlot
 
-# Okabe-Ito, then Tableau: distinguishable, also for most color-blind readers.
-PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#8c564b",
-           "#7f7f7f", "#bcbd22")
+# One color per series (variant, comparison pair) of a report. The rule, tested: any two entries, and each entry
+# and the white background, are at least PALETTE_MIN_DELTA_E apart in CIEDE2000 (sRGB, D65; 2.3 is a just-noticeable
+# difference; the closest pairs here, vermillion and orange, blue and sky blue, are about 22), and each entry is at
+# least PALETTE_MIN_DELTA_E_FROM_NONFINITE from the red that marks NaN/Inf. Okabe-Ito's seven first (its yellow
+# left out: too light on white), which most color-blind readers tell apart too, then purple, olive, maroon, grey
+# and brown. Past twelve series the colors repeat, and the marker shape (marker_kind) tells those apart.
+PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000", "#7700aa",
+           "#889900", "#773344", "#7f7f7f", "#773300")
+PALETTE_MIN_DELTA_E = 20.0
+PALETTE_MIN_DELTA_E_FROM_NONFINITE = 15.0
 VIRIDIS = ("#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70",
            "#7ad151", "#bddf26", "#fde725")
 MISSING = "#d9d9d9"
@@ -32,7 +39,17 @@ MARKERS_UP_TO = 60  # points per line that get a marker with a tooltip; denser l
 
 
 def color(i: int) -> str:
+    """The color of series ``i`` (an index that :mod:`.plots` gives each variant once per report)."""
     return PALETTE[i % len(PALETTE)]
+
+
+MARKER_KINDS = 6  # circle, square, triangle, diamond, inverted triangle, ring
+
+
+def marker_kind(i: int) -> int:
+    """The marker shape of series ``i``: shifted by one each time the colors wrap around, so that no two of
+    the first ``len(PALETTE) * MARKER_KINDS`` series share both color and shape."""
+    return (i + i // len(PALETTE)) % MARKER_KINDS
 
 
 def _e(text) -> str:
@@ -50,17 +67,25 @@ def _decade_step(lo: int, hi: int) -> int:
     return max(1, math.ceil((hi - lo) / 8))
 
 
-def log_range(values) -> Optional[tuple[int, int]]:
+def log_range(values, floor_margin: float = 0.0) -> Optional[tuple[int, int]]:
     """Whole decades (lo, hi) covering the positive values, None when there are none; widened downward so
-    that labelled decades fall on both ends of the axis."""
+    that labelled decades fall on both ends of the axis, and so that the smallest value is at least
+    ``floor_margin`` decades above the floor."""
     logs = [math.log10(v) for v in values if v is not None]
     if not logs:
         return None
-    lo, hi = math.floor(min(logs)), math.ceil(max(logs))
+    lo, hi = math.floor(min(logs) - floor_margin), math.ceil(max(logs))
     if hi == lo:
         hi += 1
     step = _decade_step(lo, hi)
     return hi - step * math.ceil((hi - lo) / step), hi
+
+
+def bar_range(values) -> Optional[tuple[int, int]]:
+    """:func:`log_range` for bars, which rise from the axis floor: the floor is at least a factor of two below the
+    smallest value, so that the smallest bar has a height and is never taken for a zero (a zero has no bar; the
+    drawers mark it at the floor)."""
+    return log_range(values, floor_margin=math.log10(2))
 
 
 def decade_ticks(lo: int, hi: int) -> list[int]:
@@ -158,12 +183,12 @@ def _no_data(width: float, height: float, message: str) -> str:
             f"{_e(message)}</text>")
 
 
-def marker(shape: int, x: float, y: float, fill: str, tip: str = "") -> str:
-    """One of six point shapes (circle, square, triangle, diamond, inverted triangle, ring): with the color,
-    they tell apart more series than colors alone, also in grey print."""
+def marker(index: int, x: float, y: float, fill: str, tip: str = "") -> str:
+    """Series ``index``'s point shape (:func:`marker_kind`: circle, square, triangle, diamond, inverted triangle,
+    ring): with the color, they tell apart more series than colors alone, also in grey print."""
     r = 3.2
     title = f"<title>{tip}</title>" if tip else ""
-    kind = shape % 6
+    kind = marker_kind(index)
     if kind == 0:
         return f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{r - 0.4:.1f}" fill="{fill}">{title}</circle>'
     if kind == 5:
@@ -175,6 +200,12 @@ def marker(shape: int, x: float, y: float, fill: str, tip: str = "") -> str:
               4: ((0, r + 0.8), (r + 0.6, -r + 0.2), (-r - 0.6, -r + 0.2))}[kind]
     d = " ".join(f"{_f(x + dx)},{_f(y + dy)}" for dx, dy in points)
     return f'<polygon points="{d}" fill="{fill}">{title}</polygon>'
+
+
+def swatch(index: int) -> str:
+    """Series ``index``'s color and marker shape as a small inline SVG, for a table row that names the series."""
+    return (f'<svg class="swatch" aria-hidden="true" viewBox="1 1 8 8" width="10" height="10">'
+            f"{marker(index, 5, 5, color(index))}</svg>")
 
 
 def _sample(x: float, y: float, index: int, dashed: bool, with_marker: bool) -> list[str]:
@@ -313,13 +344,23 @@ def _marks(marks: list[tuple[float, str]], lx: "_LinX", top: float) -> list[str]
 # --- bar charts -----------------------------------------------------------------------
 
 
+MIN_BAR_PX = 1.5  # the least height of a drawn bar: a value many decades below the others is still seen
+
+
+def _floor_note(cx: float, bottom: float, note: str) -> str:
+    """A block's note (plots.ZERO or plots.NONFINITE_NOTE), standing on the axis floor at the block's bars."""
+    fill = NONFINITE if note == NONFINITE_NOTE else "#333"
+    return (f'<text class="floor-note" x="{_f(cx)}" y="{_f(bottom - 3)}" text-anchor="middle" font-size="10" '
+            f'font-weight="600" fill="{fill}">{_e(note)}</text>')
+
+
 def bar_plot(spec: BarPlot) -> str:
     panel_h, gap = (150.0 if len(spec.panels) <= 4 else 110.0), 34.0
     left, right, top = 78.0, WIDTH - 24.0, 64.0
     last_bottom = top + 14 + (len(spec.panels) - 1) * (panel_h + gap) + panel_h
     height = last_bottom + 52
     out = _open(WIDTH, height, spec.title, spec.key)
-    decades = log_range([v for p in spec.panels for v in p.back + p.front])
+    decades = bar_range([v for p in spec.panels for v in p.back + p.front])
     if decades is None:
         return "\n".join(out + [_no_data(WIDTH, height, "no positive values to draw on a log scale"), "</svg>"])
     x_lo, x_hi = min(x for p in spec.panels for x in p.x), max(x for p in spec.panels for x in p.x)
@@ -340,15 +381,19 @@ def bar_plot(spec: BarPlot) -> str:
                    f"{_e(panel.label)}</text>")
         out += ly.draw(left, right)
         bar_w = max(0.6, (lx(1) - lx(0)) * 0.8)
-        for x, name, back, front in zip(panel.x, panel.names, panel.back, panel.front):
+        notes = panel.at_floor or [""] * len(panel.x)
+        for x, name, back, front, note in zip(panel.x, panel.names, panel.back, panel.front, notes):
             cx = lx(x) - bar_w / 2
-            tip = f"{_e(name)}: {_e(spec.back_label)} {num(back)}, {_e(spec.front_label)} {num(front)}"
+            tip = f"{_e(name)}: {_e(spec.back_label)} {num(back)}, {_e(spec.front_label)} {num(front)}" + (
+                f" ({FLOOR_NOTES[note]})" if note else "")
             bars = []
             for value, opacity in ((back, ' fill-opacity="0.3"'), (front, "")):
                 if value is not None:
-                    y = ly(value)
+                    y = min(ly(value), p_bottom - MIN_BAR_PX)  # the axis is below every value; this is for pixels
                     bars.append(f'<rect x="{_f(cx)}" y="{_f(y)}" width="{_f(bar_w)}" height="{_f(p_bottom - y)}" '
                                 f'fill="{fill}"{opacity}/>')
+            if note:
+                bars.append(_floor_note(lx(x), p_bottom, note))
             if bars:
                 out.append(f"<g><title>{tip}</title>{''.join(bars)}</g>")
         out.append(f'<rect x="{_f(left)}" y="{_f(p_top)}" width="{_f(right - left)}" height="{panel_h}" '
