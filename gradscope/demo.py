@@ -116,12 +116,12 @@ def demo(*, depth: int = DEPTH, width: int = WIDTH, batch_size: int = BATCH_SIZE
          progress: Optional[Callable[[str], None]] = None):
     """Run the demo family and return its :class:`~gradscope.report.Report`."""
     from .analyzer import run_variants
-    from .errors import UsageError
+    from .errors import UsageError, did_you_mean
 
     progress = progress or (lambda message: None)
     if depth < 2 or width < 1 or batch_size < 2:
         raise UsageError("demo: --depth must be at least 2, --width at least 1, --batch-size at least 2")
-    unknown = [v for v in variants if v not in DEMO_VARIANTS]
+    unknown = [v + did_you_mean(v, DEMO_VARIANTS) for v in variants if v not in DEMO_VARIANTS]
     if unknown:
         raise UsageError(f"demo: unknown variant {', '.join(unknown)}; choose from {', '.join(DEMO_VARIANTS)}")
     dev = resolve_device(device)

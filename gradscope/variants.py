@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from .blocks import block_containers, find_blocks, is_norm, module_names
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 
 BASELINES = ("pretrained", "scratch", "shallow")
 WHAT_IFS = ("sigmoid", "tanh", "no-norm", "no-residual", "xavier", "he")
@@ -591,7 +591,7 @@ assert set(_SURGERY) == set(WHAT_IFS)
 def check_names(baselines: tuple[str, ...], what_ifs: tuple[str, ...]) -> None:
     """Raise UsageError naming any unknown variant."""
     for given, known, flag in ((baselines, BASELINES, "--baselines"), (what_ifs, WHAT_IFS, "--what-if")):
-        unknown = [n for n in given if n not in known]
+        unknown = [n + did_you_mean(n, known) for n in given if n not in known]
         if unknown:
             raise UsageError(f"{flag}: unknown variant {', '.join(unknown)}; choose from {', '.join(known)}")
     if not baselines and not what_ifs:

@@ -925,8 +925,14 @@ def test_images_for_a_hf_classifier_go_through_its_image_processor(tmp_path):
 
 
 def test_options_for_the_other_kind_of_model_are_usage_errors_not_ignored(tiny_bert, tmp_path):
+    images = tmp_path / "images"  # inputs that exist: the model's kind is what is wrong
+    images.mkdir()
+    torchvision = pytest.importorskip("torchvision")
+    torchvision.io.write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(images / "a.png"))
+    text = tmp_path / "text.txt"
+    text.write_text("some words to read\n")
     with pytest.raises(UsageError, match="--images is for vision models"):
-        gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(images=str(tmp_path), **SMALL))
+        gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(images=str(images), **SMALL))
     with pytest.raises(UsageError, match="--image-size is for vision models; this is a text model"):
         gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(image_size=64, **SMALL))
     resnet = hm.save_tiny_hf_resnet(tmp_path / "resnet")
@@ -934,7 +940,7 @@ def test_options_for_the_other_kind_of_model_are_usage_errors_not_ignored(tiny_b
         gradscope.analyze(str(resnet), gradscope.AnalyzeConfig(seq_len=16, device="cpu"))
     checkpoint = hm.save_resnet18_checkpoint(tmp_path / "resnet18.safetensors")
     with pytest.raises(UsageError, match="--text is for text models"):
-        gradscope.analyze(str(checkpoint), gradscope.AnalyzeConfig(arch="resnet18", text=str(tmp_path), device="cpu"))
+        gradscope.analyze(str(checkpoint), gradscope.AnalyzeConfig(arch="resnet18", text=str(text), device="cpu"))
 
 
 def _summary_for(flow: list[float]) -> dict:

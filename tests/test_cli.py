@@ -102,6 +102,73 @@ def test_bad_usage_exits_2_with_a_message(tiny_bert, tmp_path, capsys, extra, me
     assert not out.exists()  # nothing half-written
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--what-if", "sigmoid,no_norm"], "--what-if: unknown variant no_norm (did you mean no-norm?); choose from "
+                                           "sigmoid, tanh, no-norm, no-residual, xavier, he"),
+        (["--baselines", "pretrain,scratch"], "--baselines: unknown variant pretrain (did you mean pretrained?); "
+                                              "choose from pretrained, scratch, shallow"),
+        (["--format", "json,htm"], "--format htm: unknown format (did you mean html?); choose from json, csv, md, "
+                                   "html, svg, png"),
+        (["--what-if", "swish"], "--what-if: unknown variant swish; choose from sigmoid, tanh, no-norm, no-residual, "
+                                 "xavier, he"),  # nothing close: no guess
+    ],
+)
+def test_a_mistyped_name_gets_its_close_match(tmp_path, capsys, extra, message):
+    assert main(["analyze", "some-model", "--out", str(tmp_path / "out"), *extra]) == 2  # refused before loading
+    assert capsys.readouterr().err == f"gradscope: error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    "argv, usage, error",
+    [
+        (["analyze", "m", "--ofline"], "usage: gradscope analyze [-h]",
+         "gradscope analyze: error: unrecognized arguments: --ofline (did you mean --offline?)"),
+        (["analyze", "--what_if=he", "m", "extra"], "usage: gradscope analyze [-h]",
+         "gradscope analyze: error: unrecognized arguments: --what_if=he (did you mean --what-if?) extra"),
+        (["demo", "--deph", "3"], "usage: gradscope demo [-h]",
+         "gradscope demo: error: unrecognized arguments: --deph (did you mean --depth?) 3"),
+        (["analyse", "m"], "usage: gradscope [-h]",
+         "gradscope: error: argument COMMAND: invalid choice: analyse (did you mean analyze?); choose from info, "
+         "analyze, demo, compare"),
+    ],
+)
+def test_a_mistyped_option_or_command_gets_the_command_s_usage_and_a_close_match(capsys, argv, usage, error):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and err.splitlines()[-1] == error
+
+
+def test_input_files_are_checked_before_the_model_loads(tiny_bert, tmp_path, capsys):
+    missing, images = tmp_path / "missing.txt", tmp_path / "photos"
+    for extra, message in [
+        (["--text", str(missing)], f"--text {missing}: cannot read it (No such file or directory); give a UTF-8 "
+                                   "text file"),
+        (["--text", str(tmp_path)], f"--text {tmp_path}: cannot read it (Is a directory); give a UTF-8 text file"),
+        (["--images", str(images)], f"--images {images}: no such directory; give a directory of JPEG or PNG files"),
+    ]:
+        assert main(["analyze", str(tiny_bert), *FAST, "--out", "", *extra]) == 2
+        assert capsys.readouterr().err == f"gradscope: error: {message}\n"  # no progress: nothing was loaded
+    images.mkdir()
+    (images / "notes.txt").write_text("not an image")
+    checkpoint = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
+    assert main(["analyze", str(checkpoint), "--arch", "resnet18", "--images", str(images), "--out", ""]) == 2
+    assert capsys.readouterr().err == f"gradscope: error: --images {images}: no .jpg, .jpeg or .png files in it\n"
+
+
+def test_a_text_file_given_as_the_model_says_what_it_is_and_exits_3(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Gradients flow backwards through every layer.\n")
+    assert main(["analyze", str(notes), "--out", ""]) == 3
+    assert capsys.readouterr().err == (
+        f"gradscope: error: {notes} is not a model: it looks like a text file, not a checkpoint (neither safetensors "
+        "nor a torch.save archive); give a Hugging Face model directory or hub id, a torchvision model name, or a "
+        ".safetensors/.pt checkpoint with --arch\n")
+
+
 def test_unwritable_output_directory_exits_2_before_running(tiny_bert, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

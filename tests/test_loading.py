@@ -401,6 +401,63 @@ def test_a_trainer_output_dir_and_a_folder_without_weights_say_what_to_pass(tmp_
     _one_clean_line(str(info.value))
 
 
+def _zip_archive() -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("photo.jpg", b"not a checkpoint")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("notes.txt", "Gradients flow backwards.\nThrough every layer: é, ü.\n".encode(),
+     "it looks like a text file, not a checkpoint (neither safetensors nor a torch.save archive)"),
+    ("weights.pt", b"hello\nworld\n", "it looks like a text file, not a checkpoint (neither safetensors nor a "
+                                       "torch.save archive)"),  # the bytes say what a file is, not its name
+    ("weights.bin", b"", "it is empty (0 bytes)"),
+    ("weights.zip", _zip_archive(), "it is a zip archive, but not one torch.save wrote"),
+    ("model.onnx", bytes(range(256)), "its first bytes are neither safetensors nor a torch.save archive"),
+], ids=["text", "text-named-pt", "empty", "zip", "binary"])
+def test_a_file_that_is_no_model_says_what_it_is_and_what_to_give(tmp_path, name, content, says):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError) as info:
+        gradscope.analyze(str(path), gradscope.AnalyzeConfig(device="cpu"))
+    assert str(info.value) == (f"{path} is not a model: {says}; give a Hugging Face model directory or hub id, a "
+                               "torchvision model name, or a .safetensors/.pt checkpoint with --arch")
+
+
+def test_a_file_of_a_hugging_face_directory_says_to_give_the_directory(tmp_path):
+    directory = hm.save_tiny_bert(tmp_path / "bert")
+    with pytest.raises(ModelLoadError) as info:
+        gradscope.analyze(str(directory / "config.json"), gradscope.AnalyzeConfig(device="cpu"))
+    assert str(info.value) == (f"{directory / 'config.json'} is not a model: it looks like a text file, not a "
+                               "checkpoint (neither safetensors nor a torch.save archive); give the directory it is "
+                               f"in: gradscope analyze {directory}")
+
+
+def _save_safetensors(path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(path))
+
+
+@pytest.mark.parametrize("save, what", [
+    (lambda path: torch.save({"w": torch.zeros(2)}, path), "torch.save"),
+    (lambda path: torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False), "torch.save"),
+    (_save_safetensors, "safetensors"),
+], ids=["torch-zip", "torch-legacy-pickle", "safetensors"])
+def test_a_checkpoint_without_arch_is_named_by_its_format(tmp_path, save, what):
+    path = tmp_path / "weights"  # no suffix: the format is read from the file
+    save(path)
+    with pytest.raises(UsageError) as info:
+        gradscope.analyze(str(path), gradscope.AnalyzeConfig(device="cpu"))
+    assert str(info.value) == (f"{path} is a {what} checkpoint file: name its architecture with --arch (e.g. --arch "
+                               "resnet50), or give the directory a Hugging Face model was saved to")
+
+
 def test_arch_with_a_hf_directory_says_to_leave_it_out(tmp_path):
     with pytest.raises(UsageError, match="--arch is for a checkpoint file, and .* is a directory; leave out --arch"):
         gradscope.analyze(str(tmp_path), gradscope.AnalyzeConfig(arch="resnet18", device="cpu"))

@@ -4,6 +4,8 @@
 
 - a directory: a Hugging Face model saved with ``save_pretrained`` (:mod:`.hf`);
 - a torchvision model name such as ``resnet50``, or a checkpoint file with ``arch`` (:mod:`.vision`);
+- a file without ``arch``: a :class:`UsageError` for a checkpoint, else a :class:`ModelLoadError` saying what the
+  file looks like (:func:`file_format`);
 - a path that does not exist (see :func:`is_local_path`): a :class:`ModelLoadError`, never a hub lookup;
 - anything else: a Hugging Face hub id, fetched (or read from the local cache) by transformers (:mod:`.hf`);
 - from Python, any ``nn.Module`` with a batch and a loss function (:func:`from_module`).
@@ -20,7 +22,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import GradscopeError, ModelLoadError, UsageError
+from .inputs import check_input_paths
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -139,10 +142,65 @@ def is_local_path(spec: str) -> bool:
             or Path(spec).suffix in CHECKPOINT_SUFFIXES)
 
 
+_SNIFF_BYTES = 4096
+
+
+def file_format(path: Path) -> str:
+    """What a file holds, read from its first bytes, not its name: ``safetensors``, ``torch`` (a torch.save zip
+    archive, or a pickle as torch.save wrote before 1.6), ``empty``, ``text`` (UTF-8 without NUL bytes),
+    ``zip`` (an archive torch.save did not write) or ``binary`` (anything else)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if not head:
+        return "empty"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    if head.startswith(b"PK\x03\x04"):  # a zip archive; torch.save's first entry is <name>/data.pkl
+        name_length = int.from_bytes(head[26:28], "little")
+        return "torch" if head[30:30 + name_length].endswith(b"data.pkl") else "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch"  # a pickle's protocol opcode
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text"
+        except UnicodeDecodeError as exc:
+            if len(head) == _SNIFF_BYTES and exc.start >= len(head) - 3:  # a character cut by the read
+                return "text"
+    return "binary"
+
+
+_NOT_A_CHECKPOINT = {
+    "empty": "it is empty (0 bytes)",
+    "text": "it looks like a text file, not a checkpoint (neither safetensors nor a torch.save archive)",
+    "zip": "it is a zip archive, but not one torch.save wrote",
+    "binary": "its first bytes are neither safetensors nor a torch.save archive",
+}
+
+
+def _file_without_arch(spec: str, path: Path) -> GradscopeError:
+    """Why a file named without --arch cannot be measured as it is: a checkpoint needs its architecture
+    (a usage error); anything else is no model (a load error), said with what the file looks like."""
+    try:
+        kind = file_format(path)
+    except OSError as exc:
+        return ModelLoadError(f"cannot read {spec}: {exc.strerror or exc}")
+    if kind in ("safetensors", "torch"):
+        what = "safetensors" if kind == "safetensors" else "torch.save"
+        return UsageError(f"{spec} is a {what} checkpoint file: name its architecture with --arch "
+                          "(e.g. --arch resnet50), or give the directory a Hugging Face model was saved to")
+    if (path.parent / "config.json").is_file():  # a file of a Hugging Face model's directory
+        fix = f"give the directory it is in: gradscope analyze {path.parent}"
+    else:
+        fix = ("give a Hugging Face model directory or hub id, a torchvision model name, or a .safetensors/.pt "
+               "checkpoint with --arch")
+    return ModelLoadError(f"{spec} is not a model: {_NOT_A_CHECKPOINT[kind]}; {fix}")
+
+
 def load_subject(spec: str, config, progress: Callable[[str], None]) -> Subject:
     """Load the model ``spec`` names (see module docstring) with its inputs and objective."""
-    from ..errors import ModelLoadError
-
+    check_input_paths(config.text, config.images)  # in seconds, not after a model took a minute to load
     if spec.startswith("~"):
         spec = os.path.expanduser(spec)
     path = Path(spec)
@@ -155,10 +213,7 @@ def load_subject(spec: str, config, progress: Callable[[str], None]) -> Subject:
 
         return load_hf(spec, config, progress, local=True)
     if path.is_file():
-        raise UsageError(
-            f"{spec} is a checkpoint file: name its architecture with --arch (e.g. --arch resnet50), "
-            "or give the directory a Hugging Face model was saved to"
-        )
+        raise _file_without_arch(spec, path)
     if is_local_path(spec):
         raise ModelLoadError(f"no such file or directory: {spec}")
     if "/" not in spec:

@@ -31,12 +31,23 @@ def builtin_corpus() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
+def check_input_paths(text_file: Optional[str], image_directory: Optional[str]) -> None:
+    """Refuse, before a model is loaded, a text file that cannot be read or has no text, and a directory that
+    is none or holds no image: what they hold is read later, by the model's own tokenizer or preprocessing."""
+    if text_file is not None:
+        read_text_file(text_file)
+    if image_directory is not None:
+        image_paths(image_directory)
+
+
 def read_text_file(path: str) -> list[str]:
     """Non-empty lines of a UTF-8 text file; UsageError if it cannot be read or has no text."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--text {path}: cannot read it ({exc.__class__.__name__}: {exc}); give a UTF-8 text file")
+    except OSError as exc:
+        raise UsageError(f"--text {path}: cannot read it ({exc.strerror or exc}); give a UTF-8 text file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--text {path}: cannot read it ({exc}); give a UTF-8 text file") from None
     lines = [line.strip() for line in lines if line.strip()]
     if not lines:
         raise UsageError(f"--text {path}: the file has no text; give a file with at least one line")
@@ -95,14 +106,25 @@ def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_id: int, se
     return masked, labels
 
 
-def image_files(directory: str, n: int) -> list[Path]:
-    """The first ``n`` JPEG/PNG files of a directory in name order (repeated if there are fewer)."""
+def image_paths(directory: str) -> list[Path]:
+    """The JPEG/PNG files of a directory in name order; UsageError if it is no directory or holds none."""
     root = Path(directory)
     if not root.is_dir():
-        raise UsageError(f"--images {directory}: not a directory; give a directory of JPEG or PNG files")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        problem = "not a directory" if root.exists() else "no such directory"
+        raise UsageError(f"--images {directory}: {problem}; give a directory of JPEG or PNG files")
+    try:
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise UsageError(f"--images {directory}: cannot list it ({exc.strerror or exc}); "
+                         "give a directory of JPEG or PNG files") from None
     if not files:
         raise UsageError(f"--images {directory}: no .jpg, .jpeg or .png files in it")
+    return files
+
+
+def image_files(directory: str, n: int) -> list[Path]:
+    """The first ``n`` JPEG/PNG files of a directory in name order (repeated if there are fewer)."""
+    files = image_paths(directory)
     return [files[i % len(files)] for i in range(n)]
 
 

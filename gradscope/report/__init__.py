@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ..errors import GradscopeError, UsageError
+from ..errors import GradscopeError, UsageError, did_you_mean
 
 SCHEMA = "gradscope.report/1"
 JSON_NAME = "report.json"
@@ -315,7 +315,8 @@ def check_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
         raise UsageError("--format: give at least one format, e.g. --format json")
     for name in names:
         if name not in RENDERERS:
-            raise UsageError(f"--format {name}: unknown format; choose from {', '.join(RENDERERS)}")
+            raise UsageError(f"--format {name}: unknown format{did_you_mean(name, RENDERERS)}; "
+                             f"choose from {', '.join(RENDERERS)}")
     if "png" in names:
         import importlib.util
 
