@@ -32,8 +32,18 @@ backward (the optimizer hook does exactly that).
 coefficient as torch (``max_norm / (total + 1e-6)``, at most 1) computed from
 the statistics it just took (no second pass over the gradients), returns the
 pre-clip total norm, and records both the pre-clip and the post-clip global
-norm. The per-step statistics are pre-clip. With the optimizer hook and torch's
-own clipping, the hook sees (and records) post-clip gradients.
+norm, and the clip level (``max_norm``). The per-step statistics are pre-clip.
+Where something else clips (torch's ``clip_grad_norm_``, a trainer), call
+``step()`` before the clip and :meth:`GradientMonitor.note_clip` after it: the
+same three records. With the optimizer hook and torch's own clipping, the hook
+sees (and records) post-clip gradients.
+
+**Spikes.** The report has a finding for each spike of the pre-clip global
+norm: a recorded step above ``SPIKE_FACTOR`` (5) times the median of the
+``SPIKE_WINDOW`` (20) finite recorded steps before it, judged once there are
+``SPIKE_MIN_HISTORY`` (10) of them; it names the block with the largest share of
+that step's sum of squares. It is computed from the host history when the
+report is made: no per-step cost.
 
 **Mixed precision (``torch.amp.GradScaler``).** Either call ``monitor.step()``
 after ``scaler.unscale_(optimizer)`` (recommended; it also sees the steps the
@@ -47,7 +57,19 @@ optimizer hook, steps the scaler skips (inf/NaN found) never reach the hook.
 **Non-finite gradients.** ``on_nonfinite="warn"`` warns at the next flush,
 ``"raise"`` raises :class:`~gradscope.errors.GradscopeError` at the step itself
 (one host sync per monitored step: that is the price of stopping before the
-optimizer applies NaN), ``"ignore"`` only records. The message names the blocks
+optimizer applies NaN), ``"ignore"`` only records. ``"skip"`` (same sync)
+skips the optimizer step of a step with non-finite values and training goes on:
+the monitor sets every trainable gradient to ``None`` (as ``zero_grad()``
+does), and torch's optimizers leave a parameter without a gradient untouched,
+so the weights **and the optimizer state** (Adam's moments and step count,
+weight decay) stay as they were; zeroing the gradients in place would not do
+that (Adam would still decay its moments and count the step). The step number
+is kept in :attr:`GradientMonitor.skipped_steps` and the report's finding names
+it with the first block. It needs every optimizer to skip a parameter without a
+gradient (all of ``torch.optim`` do), checks only the steps ``every`` samples
+(keep ``every=1`` for it), and is refused under DDP and FSDP, where every process would have to agree. With ``scaler=``
+and still-scaled gradients the GradScaler skips such a step itself, so the
+gradients are left for it. The message names the blocks
 with non-finite values in execution order, the first of them, and the deepest:
 non-finite values born in the backward pass enter at the deepest block and flow
 toward the input.
@@ -78,7 +100,7 @@ from .blocks import block_of, find_blocks, named_parameters, submodule, unwrap
 from .errors import GradscopeError, UsageError
 from .stats import grad_stats
 
-ON_NONFINITE = ("warn", "raise", "ignore")
+ON_NONFINITE = ("warn", "raise", "skip", "ignore")
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s epsilon, so the coefficient is the same
 _SUMSQ, _SUM, _SUMABS, _MAXABS, _NONFINITE, _ZEROS = range(len(STAT_NAMES))
 
@@ -93,7 +115,7 @@ class MonitorConfig:
     - ``every``: record optimizer steps whose number (1-based) is a multiple of it;
     - ``params``: ``None`` for every trainable parameter, or names and ``fnmatch``
       patterns (``"encoder.layer.*.attention.*"``);
-    - ``on_nonfinite``: ``"warn"``, ``"raise"`` or ``"ignore"`` (module docstring);
+    - ``on_nonfinite``: ``"warn"``, ``"raise"``, ``"skip"`` or ``"ignore"`` (module docstring);
     - ``flush_every``: recorded steps held on the device between host copies;
     - ``distributed``: ``"auto"``, ``"none"``, ``"replicated"`` (DDP) or ``"sharded"`` (FSDP, DTensor);
     - ``backend``: ``grad_stats`` backend (``"auto"``, ``"fused"``, ``"reference"``);
@@ -137,6 +159,29 @@ class MonitorConfig:
 
 
 NamedParams = list[tuple[str, nn.Parameter]]
+
+
+class _Registrations:
+    """Counts parameters and submodules registered on any module of the process (torch's global hooks,
+    installed with the first monitor). A monitor compares the count with the one it last saw: a model can
+    only gain a parameter through such a registration, so the common step never walks the model."""
+
+    count = 0
+    _installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls._installed:
+            return
+        from torch.nn.modules import module
+
+        module.register_module_parameter_registration_hook(cls._seen)
+        module.register_module_module_registration_hook(cls._seen)
+        cls._installed = True
+
+    @classmethod
+    def _seen(cls, *args) -> None:
+        cls.count += 1
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -229,7 +274,8 @@ class MonitorHistory:
     table: torch.Tensor  # [T, N, 6] float64, columns STAT_NAMES
     numel: torch.Tensor  # [T, N] int64, elements counted (0 without a gradient)
     present: torch.Tensor  # [T, N] bool
-    post_clip_l2: torch.Tensor  # [T] float64, global norm after monitor.clip_grad_norm_; NaN where not clipped
+    post_clip_l2: torch.Tensor  # [T] float64, global norm after the step's clipping; NaN where not clipped
+    clip_max_norm: torch.Tensor  # [T] float64, the clipping's max_norm; NaN where not clipped
     blocks: tuple[str, ...]  # execution order
     param_block: torch.Tensor  # [N] int64 index into blocks, -1 outside every block
     order_known: bool  # False: no forward pass was seen, blocks are in registration order
@@ -289,7 +335,8 @@ class MonitorHistory:
         var = (_nan_div(table[..., _SUMSQ], finite.to(torch.float64)) - mean ** 2).clamp_min(0)
         l2 = self.block_l2()
         block_counts = torch.bincount(self.param_block[self.param_block >= 0], minlength=len(self.blocks)).tolist()
-        glob, post, nonfinite = self.global_l2().tolist(), self.post_clip_l2.tolist(), self.nonfinite().sum(-1).tolist()
+        glob, nonfinite = self.global_l2().tolist(), self.nonfinite().sum(-1).tolist()
+        post, max_norm = self.post_clip_l2.tolist(), self.clip_max_norm.tolist()
         cols = {name: t.tolist() for name, t in (
             ("l2", l2), ("mean", mean), ("std", var.sqrt()), ("maxabs", table[..., _MAXABS]),
             ("nonfinite", table[..., _NONFINITE].round().to(torch.int64)), ("zeros", table[..., _ZEROS]),
@@ -309,14 +356,15 @@ class MonitorHistory:
                     "grad_nonfinite": cols["nonfinite"][t][b],
                     "params_no_grad": block_counts[b] - cols["with_grad"][t][b],
                 })
-            out.append({"step": step, "block": None, "depth": None, "grad_l2": glob[t],
-                        "grad_l2_post_clip": post[t], "grad_nonfinite": nonfinite[t]})
+            out.append({"step": step, "block": None, "depth": None, "grad_l2": glob[t],  # pre-clip
+                        "grad_l2_post_clip": post[t], "clip_max_norm": max_norm[t], "grad_nonfinite": nonfinite[t]})
         return out
 
     def select(self, index) -> "MonitorHistory":
         """The steps in ``index`` (a slice, or an int64 tensor of positions, over recorded steps)."""
         return replace(self, steps=self.steps[index], table=self.table[index], numel=self.numel[index],
-                       present=self.present[index], post_clip_l2=self.post_clip_l2[index])
+                       present=self.present[index], post_clip_l2=self.post_clip_l2[index],
+                       clip_max_norm=self.clip_max_norm[index])
 
 
 MAX_SERIES_STEPS = 2000  # steps a monitor report's time series keeps by default
@@ -375,26 +423,81 @@ def _nonfinite_where(history: MonitorHistory, t: int) -> tuple[int, str, Optiona
     return count, where, (blocks[0] if blocks else None)
 
 
-def nonfinite_findings(history: MonitorHistory, recorded: int) -> list[dict]:
+def nonfinite_findings(history: MonitorHistory, recorded: int, skipped: Sequence[int] = ()) -> list[dict]:
     """The report's finding about the steps with non-finite gradient values (none without any), shaped as
-    ``analyze``'s: it names the first such step and the first block affected there. An error when the last
-    step still has them (the run did not recover), else a warning (e.g. overflows a GradScaler skipped)."""
+    ``analyze``'s: it names the first such step and the first block affected there, and the optimizer steps
+    ``on_nonfinite="skip"`` skipped (``skipped``). An error when the last step still has them and was not
+    skipped (the run did not recover), else a warning (e.g. overflows a GradScaler skipped)."""
     bad = (history.nonfinite().sum(-1) > 0).nonzero().flatten().tolist()
     if not bad:
         return []
+    skipped = sorted(set(skipped))
     first, step = bad[0], int(history.steps[bad[0]])
     count, where, block = _nonfinite_where(history, first)
-    recovered = bad[-1] != len(history) - 1
+    recovered = bad[-1] != len(history) - 1 or int(history.steps[-1]) in skipped
+    shown = ", ".join(str(s) for s in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
     of = str(len(history)) if recorded == len(history) else f"the last {len(history)} (of {recorded})"
     return [{
         "variant": "training", "severity": "warning" if recovered else "error", "kind": "non-finite",
         "block": block,
         "message": f"non-finite gradient values at {len(bad)} of {of} recorded step(s), first at step {step}"
                    + (f" in block {block}" if block else "")
-                   + ("" if recovered else "; the last recorded step has them too"),
+                   + ("" if recovered else "; the last recorded step has them too")
+                   + (f"; the optimizer step was skipped at {len(skipped)} step(s): {shown}" if skipped else ""),
         "evidence": f"{count} non-finite value(s) at step {step}; {where}",
         "fix": NONFINITE_FIX,
     }]
+
+
+# A spike: a recorded step whose pre-clip global norm exceeds SPIKE_FACTOR times the median of the
+# SPIKE_WINDOW finite global norms recorded before it, judged once SPIKE_MIN_HISTORY of them exist.
+SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN_HISTORY = 5.0, 20, 10
+SPIKE_FINDINGS_MAX = 20  # findings for the first spikes; the last of them counts the rest
+
+
+def spike_steps(history: MonitorHistory) -> list[tuple[int, float, float, int]]:
+    """(step index, global norm, running median, steps the median is of) of each spike of the pre-clip
+    global norm (rule above)."""
+    spikes, window = [], []
+    for t, value in enumerate(history.global_l2().tolist()):
+        if not math.isfinite(value):
+            continue  # non-finite steps have findings of their own and no place in the baseline
+        if len(window) >= SPIKE_MIN_HISTORY:
+            ordered = sorted(window)
+            median = (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2
+            if value > SPIKE_FACTOR * median:
+                spikes.append((t, value, median, len(window)))
+        window = (window + [value])[-SPIKE_WINDOW:]
+    return spikes
+
+
+def spike_findings(history: MonitorHistory) -> list[dict]:
+    """One warning per spike of the pre-clip global gradient norm, naming its step and the block with the
+    largest share of that step's sum of squares (computed from the host history: no per-step cost)."""
+    spikes = spike_steps(history)
+    if not spikes:
+        return []
+    table, _, _ = history.block_table()
+    findings = []
+    for t, value, median, count in spikes[:SPIKE_FINDINGS_MAX]:
+        sumsq = table[t, :, _SUMSQ]
+        total = float(history.table[t, :, _SUMSQ].sum())
+        block = history.blocks[int(sumsq.argmax())] if len(history.blocks) else None
+        share = float(sumsq.max()) / total if block is not None and total > 0 else math.nan
+        step = int(history.steps[t])
+        findings.append({
+            "variant": "training", "severity": "warning", "kind": "grad-spike", "block": block,
+            "message": f"gradient norm spike at step {step}: {value:.3g}, {value / median:.1f}x the running median"
+                       + (f"; block {block} carried {share:.0%} of it" if block is not None else ""),
+            "evidence": f"pre-clip global L2 {value:.4g} > {SPIKE_FACTOR:g} x {median:.4g}, the median of the "
+                        f"{count} finite recorded steps before it (rule: > {SPIKE_FACTOR:g}x the median of up to "
+                        f"{SPIKE_WINDOW} earlier steps, from the {SPIKE_MIN_HISTORY + 1}th finite step on)",
+            "fix": "Look at the batch of that step and at the block named; lower the learning rate or use warmup "
+                   "if spikes recur; clipping (max_norm) bounds the update but not the cause",
+        })
+    if len(spikes) > SPIKE_FINDINGS_MAX:
+        findings[-1]["evidence"] += f"; {len(spikes) - SPIKE_FINDINGS_MAX} later spike(s) not listed"
+    return findings
 
 
 def attached_monitor(model: nn.Module) -> Optional["GradientMonitor"]:
@@ -423,7 +526,7 @@ def _check_scaler(scaler) -> None:
 def _widen(chunk: tuple, source: list[int]) -> tuple:
     """A host history chunk re-indexed to new parameter rows: row j is old row ``source[j]``, or a
     row without a gradient where ``source[j]`` is -1."""
-    steps, table, numel, present, post = chunk
+    steps, table, numel, present, post, max_norm = chunk
     index = torch.tensor(source, dtype=torch.int64)
     known = index >= 0
     new_table = table.new_zeros((table.shape[0], len(source), table.shape[2]))
@@ -432,7 +535,7 @@ def _widen(chunk: tuple, source: list[int]) -> tuple:
     new_table[:, known] = table[:, index[known]]
     new_numel[:, known] = numel[:, index[known]]
     new_present[:, known] = present[:, index[known]]
-    return steps, new_table, new_numel, new_present, post
+    return steps, new_table, new_numel, new_present, post, max_norm
 
 
 class GradientMonitor:
@@ -476,10 +579,16 @@ class GradientMonitor:
         self._params = [p for _, p in named]
         frozen = set(frozen)
         self._frozen = {n: p for n, p in named_parameters(model) if n in frozen}  # may be unfrozen later
+        _Registrations.install()
+        self._registrations = _Registrations.count  # a parameter added to the model later joins at its next step
+        self._left_out = {n for n, p in named_parameters(model) if p.requires_grad} - set(self.param_names)
         self._registered_blocks = find_blocks(model)
         self._order = _ExecutionOrder(model, self._registered_blocks)
         self.mode = dist_utils.resolve_mode(model, self.config.distributed)
         self._fsdp1 = dist_utils.fsdp1_counted(model) if self.mode == "sharded" else {}
+        if self.config.on_nonfinite == "skip" and self.mode != "none":
+            raise UsageError(f'on_nonfinite="skip" needs every process to skip the same steps, which the '
+                             f'monitor cannot promise in {self.mode} mode; use "raise", or a GradScaler')
         self.active = not (self.mode == "replicated" and dist_utils.rank() != 0)
         self._scaler = scaler
         self._optimizer: Optional[torch.optim.Optimizer] = None
@@ -491,9 +600,11 @@ class GradientMonitor:
         # [flush_every, N * 6 + 1] float64 on the gradients' device: each row is one step's [N, 6] table
         # followed by its post-clip norm, so a flush is one device-to-host copy.
         self._buffer: Optional[torch.Tensor] = None
-        self._pending: list[tuple[int, list[bool], list[int], bool]] = []  # (step, present, local numel, clipped)
+        # (step, present, local numel, the clipping's max_norm: NaN where the step was not clipped)
+        self._pending: list[tuple[int, list[bool], list[int], float]] = []
         self._chunks: list[tuple] = []  # host history, one tuple of tensors per flush
         self._steps_recorded = 0  # steps that reached the host history, keep_last's dropped ones included
+        self.skipped_steps: list[int] = []  # optimizer steps on_nonfinite="skip" skipped
         self._sinks: list[Callable[[MonitorHistory], None]] = []
         self._record_hooks: list[Callable[["GradientMonitor", int], None]] = []
         self._closed = False
@@ -554,7 +665,7 @@ class GradientMonitor:
         return self._optimizer_step(step)
 
     def _optimizer_step(self, step: Optional[int]) -> bool:
-        self._pick_up_unfrozen()
+        self._pick_up_joining()
         scaled = self._still_scaled()  # before counting: a refused step is not a step
         self._step_count += 1
         number = self._step_count if step is None else int(step)
@@ -592,7 +703,7 @@ class GradientMonitor:
             if recorded:
                 total64 = total.to(device=self._device, dtype=torch.float64)
                 coef = (max_norm / (total64 + CLIP_EPS)).clamp(max=1.0)
-                self._mark_clipped((self._monitored_total() if subset else total64) * coef)
+                self._mark_clipped(max_norm, (self._monitored_total() if subset else total64) * coef)
             return total
         total = self._monitored_total()
         coef = (max_norm / (total + CLIP_EPS)).clamp(max=1.0)
@@ -602,7 +713,7 @@ class GradientMonitor:
                 groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
         for (device, dtype), grads in groups.items():
             torch._foreach_mul_(grads, coef.to(device=device, dtype=dtype if dtype == torch.float64 else torch.float32))
-        self._mark_clipped(total * coef)
+        self._mark_clipped(max_norm, total * coef)
         dtypes = [dtype for _, dtype in groups]
         return total.to(functools.reduce(torch.promote_types, dtypes) if dtypes else torch.float32)  # as torch's
 
@@ -612,11 +723,23 @@ class GradientMonitor:
         total = table[:, _SUMSQ].sum().sqrt()
         return torch.where(table[:, _NONFINITE].sum() > 0, torch.full_like(total, math.nan), total)
 
-    def _mark_clipped(self, post_clip_l2: torch.Tensor) -> None:
+    def note_clip(self, max_norm: float, total_norm: Optional[torch.Tensor] = None) -> None:
+        """Note that the step just recorded was then clipped elsewhere (a trainer's own clipping) to
+        ``max_norm``, its pre-clip total norm being ``total_norm`` (what torch's ``clip_grad_norm_`` returns;
+        ``None``: the monitored gradients' norm, right where the clip covers exactly them): the post-clip
+        global norm is derived on the device with torch's coefficient, without a sync. Call it only after a
+        :meth:`step` that returned True, before the next flush; nothing is noted when no step is pending."""
+        if not self._pending:
+            return
+        total = self._monitored_total() if total_norm is None else total_norm
+        total = torch.as_tensor(total).to(device=self._device, dtype=torch.float64)
+        self._mark_clipped(max_norm, total * (max_norm / (total + CLIP_EPS)).clamp(max=1.0))
+
+    def _mark_clipped(self, max_norm: float, post_clip_l2: torch.Tensor) -> None:
         slot = len(self._pending) - 1
         self._buffer[slot, -1] = post_clip_l2.to(self._device)
         step, present, numel, _ = self._pending[slot]
-        self._pending[slot] = (step, present, numel, True)
+        self._pending[slot] = (step, present, numel, float(max_norm))
 
     # --- recording -----------------------------------------------------------------
 
@@ -631,18 +754,31 @@ class GradientMonitor:
             self.flush()
             self._device, self._buffer = device, None
 
-    def _pick_up_unfrozen(self) -> None:
-        """Parameters unfrozen since the monitor was made join it (matching ``params``, if given): their
-        earlier steps read as "no gradient". Costs one ``requires_grad`` read per frozen parameter."""
+    def _pick_up_joining(self) -> None:
+        """Parameters unfrozen, or added to the model, since the monitor was made join it (those ``params``
+        selects, if given): their earlier steps read as "no gradient". Costs one ``requires_grad`` read per
+        frozen parameter, and a walk over the model's parameters only after a parameter or module was
+        registered somewhere."""
         unfrozen = [n for n, p in self._frozen.items() if p.requires_grad]
-        if not unfrozen:
+        added: list[str] = []
+        if _Registrations.count != self._registrations:
+            self._registrations = _Registrations.count
+            known = set(self.param_names) | set(self._frozen) | self._left_out
+            for name, p in named_parameters(self.model):
+                if name not in known:
+                    if p.requires_grad:
+                        added.append(name)
+                    else:
+                        self._frozen[name] = p
+        if not unfrozen and not added:
             return
         patterns = self.config.params
-        joining = {n for n in unfrozen if patterns is None or any(_matches(n, pat) for pat in patterns)}
+        joining = {n for n in (*unfrozen, *added) if patterns is None or any(_matches(n, pat) for pat in patterns)}
         if joining:
             self.flush()  # the buffered steps keep the old rows; if it raises, nothing has changed yet
         for name in unfrozen:
             del self._frozen[name]
+        self._left_out |= {n for n in (*unfrozen, *added) if n not in joining}
         if not joining:
             return
         monitored = set(self.param_names) | joining
@@ -700,13 +836,28 @@ class GradientMonitor:
             self._buffer = torch.empty(shape, dtype=torch.float64, device=self._device)
         slot = len(self._pending)
         self._slot_table(slot).copy_(table)
-        self._pending.append((step, present, numel, False))
+        self._pending.append((step, present, numel, math.nan))
         for hook in self._record_hooks:
             hook(self, step)
-        if self.config.on_nonfinite == "raise" and self.mode != "sharded" and bool(table[:, _NONFINITE].any()):
+        stops = self.config.on_nonfinite in ("raise", "skip") and self.mode != "sharded"
+        if stops and bool(table[:, _NONFINITE].any()):  # the one host sync, paid only when asked for
+            if self.config.on_nonfinite == "skip":
+                self._skip(step, scaled)
+                return
             self.flush(check=False)
             history = self._history()
             raise GradscopeError(describe_nonfinite(history, len(history) - 1))
+
+    def _skip(self, step: int, scaled: bool) -> None:
+        """Make the coming optimizer step a no-op: no gradient, no update (module docstring)."""
+        self.skipped_steps.append(step)
+        if scaled:
+            return  # the GradScaler finds the same non-finite values and skips the step; it needs the gradients
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self._optimizer is not None:
+            params += [p for group in self._optimizer.param_groups for p in group["params"]]
+        for p in params:
+            p.grad = None
 
     def _slot_table(self, slot: int) -> torch.Tensor:
         return self._buffer[slot, :-1].view(len(self._params), len(STAT_NAMES))
@@ -731,10 +882,10 @@ class GradientMonitor:
         else:  # one device-to-host copy; copy=True because on CPU .cpu() would alias the reused buffer
             host = rows.to("cpu", copy=True)
             table, post_col = host[:, :-1].reshape(shape), host[:, -1]
-        clipped = torch.tensor([c for _, _, _, c in self._pending], dtype=torch.bool)
-        post = torch.where(clipped, post_col, torch.tensor(math.nan, dtype=torch.float64))
+        max_norm = torch.tensor([c for _, _, _, c in self._pending], dtype=torch.float64)
+        post = torch.where(max_norm.isnan(), torch.tensor(math.nan, dtype=torch.float64), post_col)
         steps = torch.tensor([s for s, _, _, _ in self._pending], dtype=torch.int64)
-        self._chunks.append((steps, table, numel, present, post))
+        self._chunks.append((steps, table, numel, present, post, max_norm))
         self._steps_recorded += count
         self._pending = []
         new = self._history(last_chunk=True)
@@ -742,8 +893,10 @@ class GradientMonitor:
             bad = (new.nonfinite().sum(-1) > 0).nonzero().flatten().tolist()
             if bad and self.config.on_nonfinite == "raise":
                 raise GradscopeError(describe_nonfinite(new, bad[0]))
+            skipped = set(self.skipped_steps)
             for t in bad:
-                warnings.warn(describe_nonfinite(new, t), RuntimeWarning, stacklevel=3)
+                note = " The optimizer step was skipped." if int(new.steps[t]) in skipped else ""
+                warnings.warn(describe_nonfinite(new, t) + note, RuntimeWarning, stacklevel=3)
         for sink in self._sinks:
             sink(new)
         self._trim()
@@ -754,7 +907,7 @@ class GradientMonitor:
         keep = self.config.keep_last
         if keep is None or sum(len(c[0]) for c in self._chunks) <= keep:
             return
-        self._chunks = [tuple(torch.cat([c[i] for c in self._chunks])[-keep:] for i in range(5))]
+        self._chunks = [tuple(torch.cat(column)[-keep:] for column in zip(*self._chunks))]
 
     def _check_parameters(self) -> None:
         current = dict(named_parameters(self.model))
@@ -769,7 +922,7 @@ class GradientMonitor:
 
     def _history(self, last_chunk: bool = False) -> MonitorHistory:
         if len(self._chunks) > 1 and not last_chunk:  # consolidate once, so later reads do not concatenate again
-            self._chunks = [tuple(torch.cat([c[i] for c in self._chunks]) for i in range(5))]
+            self._chunks = [tuple(torch.cat(column) for column in zip(*self._chunks))]
         chunks = self._chunks[-1:] if last_chunk else self._chunks
         order = self._order.order()
         held = {block_of(n, order) for n in self.param_names}
@@ -787,6 +940,7 @@ class GradientMonitor:
             numel=numel,
             present=present,
             post_clip_l2=cat(4, torch.zeros(0, dtype=torch.float64)),
+            clip_max_norm=cat(5, torch.zeros(0, dtype=torch.float64)),
             blocks=tuple(blocks),
             param_block=torch.tensor(param_block, dtype=torch.int64),
             order_known=self._order.known,
@@ -815,8 +969,9 @@ class GradientMonitor:
     def latest(self) -> dict:
         """The last recorded step as plain numbers.
 
-        Keys: ``step``, ``global`` (L2 of all monitored gradients), ``post_clip``
-        (NaN unless :meth:`clip_grad_norm_` clipped it), ``nonfinite``, ``blocks`` ({block: L2}).
+        Keys: ``step``, ``global`` (L2 of all monitored gradients, before any clipping), ``post_clip`` and
+        ``clip_max_norm`` (NaN unless the step was clipped: :meth:`clip_grad_norm_` or :meth:`note_clip`),
+        ``nonfinite``, ``blocks`` ({block: L2, before any clipping}).
         """
         self.flush()
         if not self._chunks:
@@ -826,6 +981,7 @@ class GradientMonitor:
             "step": int(last.steps[0]),
             "global": float(last.global_l2()[0]),
             "post_clip": float(last.post_clip_l2[0]),
+            "clip_max_norm": float(last.clip_max_norm[0]),
             "nonfinite": int(last.nonfinite().sum()),
             "blocks": dict(zip(last.blocks, last.block_l2()[0].tolist())),
         }
@@ -867,7 +1023,8 @@ class GradientMonitor:
                 "execution" if history.order_known else "registration",
                 "frozen_params": len(self.frozen), **(meta or {})}
         return Report(meta=info, variants=[{"name": "training", "description": "gradients during training"}],
-                      findings=nonfinite_findings(history, self._steps_recorded), blocks=blocks, params=params,
+                      findings=nonfinite_findings(history, self._steps_recorded, self.skipped_steps)
+                      + spike_findings(history), blocks=blocks, params=params,
                       series=rows)
 
     # --- outputs -------------------------------------------------------------------
@@ -877,18 +1034,28 @@ class GradientMonitor:
         self._sinks.append(sink)
 
     def log_to(self, writer, *, histograms: bool = False, prefix: str = "gradscope") -> None:
-        """Write per-block and global gradient norms to a TensorBoard ``SummaryWriter`` at each flush.
+        """Write per-block and global gradient norms at each flush to ``writer``: a TensorBoard
+        ``SummaryWriter`` (anything with ``add_scalar``), or any callable ``writer(step, {key: value})``,
+        called once per recorded step (keys: :mod:`gradscope.integrations.tensorboard`)::
 
-        ``histograms=True`` also writes one histogram per block at each recorded
-        step; it copies those gradients to the host, so it costs what any
-        histogram costs.
+            monitor.log_to(lambda step, d: wandb.log(d, step=step))
+
+        ``histograms=True`` (SummaryWriter only) also writes one histogram per
+        block at each recorded step; it copies those gradients to the host, so
+        it costs what any histogram costs.
         """
-        from .integrations.tensorboard import TensorBoardSink
+        from .integrations.tensorboard import CallableSink, TensorBoardSink
 
+        writes_scalars = hasattr(writer, "add_scalar")
+        if not writes_scalars and not callable(writer):
+            raise UsageError(f"log_to needs a SummaryWriter (with add_scalar) or a callable (step, dict); "
+                             f"got {type(writer).__name__}")
+        if histograms and not hasattr(writer, "add_histogram"):
+            raise UsageError("histograms=True needs a writer with add_histogram (a TensorBoard SummaryWriter)")
         if histograms and self.mode == "sharded":
             raise UsageError("histograms of sharded gradients would show one rank's shards only; "
                              "use log_to(writer) without histograms under FSDP")
-        sink = TensorBoardSink(writer, prefix=prefix)
+        sink = TensorBoardSink(writer, prefix=prefix) if writes_scalars else CallableSink(writer, prefix=prefix)
         self.add_sink(sink)
         if histograms:
             self._record_hooks.append(sink.write_histograms)

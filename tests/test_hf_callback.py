@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -80,17 +81,100 @@ def test_global_norm_equals_trainer_grad_norm_and_blocks_match_float64(tmp_path,
     assert {r["step"] for r in report.series} == {1, 2, 3}
 
 
-def test_with_clipping_the_keys_say_after_clip(tmp_path):
+class ReferenceClip:
+    """Wraps the trainer's ``accelerator.clip_grad_norm_`` before training: float64 norms of the gradients the
+    clip receives (pre-clip), per step, and what it returns."""
+
+    def __init__(self, trainer):
+        self.steps: dict[int, dict] = {}
+        self.trainer = trainer
+        original = trainer.accelerator.clip_grad_norm_
+
+        def clip_grad_norm_(parameters, max_norm, *args, **kwargs):
+            parameters = list(parameters)
+            named = {id(p): n for n, p in trainer.model.named_parameters()}
+            grads = [(named[id(p)], p.grad.double().reshape(-1)) for p in parameters if p.grad is not None]
+            norm = lambda gs: torch.linalg.vector_norm(torch.cat(gs)).item()  # noqa: E731
+            row = {"global": norm([g for _, g in grads])}
+            row.update({b: norm([g for n, g in grads if n.startswith(b + ".")]) for b in LAYERS})
+            self.steps[trainer.state.global_step + 1] = row
+            return original(parameters, max_norm, *args, **kwargs)
+
+        trainer.accelerator.clip_grad_norm_ = clip_grad_norm_
+        self.wrapped = clip_grad_norm_
+
+
+def test_with_clipping_the_main_series_is_pre_clip_and_the_post_clip_global_is_kept(tmp_path):
+    trainer = tiny_trainer(tmp_path, max_grad_norm=0.05, steps=3)
+    pre = ReferenceClip(trainer)
+    add_gradscope_callback(trainer, report_dir=tmp_path / "report")
+    post = Reference()  # at on_pre_optimizer_step: after the clip
+    trainer.add_callback(post)
+    trainer.train()
+    rows = logged(trainer)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert not any(k.startswith(("gradscope/no_clip", "gradscope/after_clip")) for k in row)
+        ref = pre.steps[row["step"]]
+        assert ref["global"] > 0.05  # every step was clipped
+        assert math.isclose(row["gradscope/pre_clip/grad_norm"], ref["global"], rel_tol=1e-6)
+        assert math.isclose(row["gradscope/pre_clip/grad_norm"], row["grad_norm"], rel_tol=1e-5)  # the Trainer's
+        for block in LAYERS:
+            assert math.isclose(row[f"gradscope/pre_clip/grad_norm/{block}"], ref[block], rel_tol=1e-6)
+        assert math.isclose(row["gradscope/post_clip/grad_norm"], post.steps[row["step"]]["global"], rel_tol=1e-6)
+    assert trainer.accelerator.clip_grad_norm_ is pre.wrapped  # ours is gone, the one set before is back
+    report = Report.load(tmp_path / "report")
+    assert report.meta["clip_stage"] == "pre_clip"
+    glob = sorted((r for r in report.series if r["block"] is None), key=lambda r: r["step"])
+    assert [r["clip_max_norm"] for r in glob] == [0.05] * 3
+    assert all(math.isclose(r["grad_l2"], pre.steps[r["step"]]["global"], rel_tol=1e-6) for r in glob)
+    assert all(math.isclose(r["grad_l2_post_clip"], post.steps[r["step"]]["global"], rel_tol=1e-6) for r in glob)
+
+
+def test_a_callback_that_never_sees_its_trainer_says_its_values_are_after_the_clip(tmp_path):
     trainer = tiny_trainer(tmp_path, max_grad_norm=0.05, steps=2)
-    add_gradscope_callback(trainer)
+    trainer.add_callback(GradscopeCallback())
     reference = Reference()
     trainer.add_callback(reference)
-    trainer.train()
+    with pytest.warns(RuntimeWarning, match="after the Trainer's clipping.*add_gradscope_callback"):
+        trainer.train()
     for row in logged(trainer):
-        assert "gradscope/no_clip/grad_norm" not in row
+        assert "gradscope/pre_clip/grad_norm" not in row
         after = row["gradscope/after_clip/grad_norm"]
-        assert row["grad_norm"] > 0.05 >= after * (1 - 1e-6)  # the Trainer logs the pre-clip norm
+        assert row["grad_norm"] > 0.05 >= after * (1 - 1e-6)
         assert math.isclose(after, reference.steps[row["step"]]["global"], rel_tol=1e-6)
+
+
+class Snapshots(transformers.TrainerCallback):
+    """The weights and the optimizer's state after each optimizer step."""
+
+    def __init__(self):
+        self.steps: dict[int, tuple[dict, dict]] = {}
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.steps[state.global_step] = (weights, copy.deepcopy(optimizer.state_dict()["state"]))
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 0.05])
+def test_skip_leaves_the_weights_and_adam_state_of_a_nonfinite_step_as_they_were(tmp_path, max_grad_norm):
+    trainer = tiny_trainer(tmp_path, max_grad_norm=max_grad_norm, steps=3)
+    _nan_at_step(trainer.model, 2)
+    callback = add_gradscope_callback(trainer, on_nonfinite="skip", report_dir=tmp_path / "report")
+    snapshots = Snapshots()
+    trainer.add_callback(snapshots)
+    with pytest.warns(RuntimeWarning, match="at step 2; first block .*bert.encoder.layer.1.*step was skipped"):
+        trainer.train()
+    (w1, s1), (w2, s2), (w3, s3) = (snapshots.steps[k] for k in (1, 2, 3))
+    assert all(torch.equal(w1[n], w2[n]) for n in w1)  # step 2 changed no weight ...
+    assert all(torch.equal(s1[i][k], s2[i][k]) for i in s1 for k in s1[i])  # ... and no moment, no step count
+    changed = [n for n in w2 if not torch.equal(w2[n], w3[n])]
+    assert changed and all(torch.isfinite(w).all() for w in w3.values())  # step 3 trained on
+    assert callback.monitor is None
+    report = Report.load(tmp_path / "report")
+    [finding] = [f for f in report.findings if f["kind"] == "non-finite"]
+    assert finding["block"] == "bert.encoder.layer.1" and finding["severity"] == "warning"
+    assert finding["message"].endswith("; the optimizer step was skipped at 1 step(s): 2")
 
 
 def test_plain_callbacks_argument_warns_when_report_to_would_miss_values(tmp_path):

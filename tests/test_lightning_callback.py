@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -103,3 +104,73 @@ def test_a_fit_stopped_by_an_error_keeps_its_report_and_lets_the_model_go(tmp_pa
     module.__class__ = Module  # fixed: the same model fits again under a new callback
     _fit(module, tmp_path, report_dir=tmp_path / "again")
     assert sorted({r["step"] for r in Report.load(tmp_path / "again").series}) == [1, 2, 3]
+
+
+class ClipReference(Module):
+    """Also the float64 global norm after Lightning's clip, read when the step's batch ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.post: dict[int, float] = {}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        grads = [p.grad.double().reshape(-1) for p in self.parameters() if p.grad is not None]
+        if grads and self.trainer.global_step not in self.post:
+            self.post[self.trainer.global_step] = torch.linalg.vector_norm(torch.cat(grads)).item()
+
+
+def test_a_clip_by_norm_is_noted_post_clip_global_and_clip_level(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(24, 4, generator=g), torch.randn(24, 1, generator=g))
+    module, logger = ClipReference(), Collect()
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=logger, log_every_n_steps=1,
+                         gradient_clip_val=0.01, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[GradscopeLightningCallback(report_dir=tmp_path / "report")])
+    own_clip = trainer.precision_plugin.clip_gradients
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    assert trainer.precision_plugin.clip_gradients == own_clip  # the wrapper is gone
+    values = [m for m in logger.metrics.values() if "gradscope/post_clip/grad_norm" in m]
+    assert len(values) == 3
+    for step, logged in enumerate(values, start=1):
+        assert logged["gradscope/pre_clip/grad_norm"] > 0.01  # clipped
+        assert math.isclose(logged["gradscope/pre_clip/grad_norm"], module.reference[step]["global"], rel_tol=1e-6)
+        assert math.isclose(logged["gradscope/post_clip/grad_norm"], module.post[step], rel_tol=1e-6)
+    report = Report.load(tmp_path / "report")
+    glob = sorted((r for r in report.series if r["block"] is None), key=lambda r: r["step"])
+    assert [r["clip_max_norm"] for r in glob] == [0.01] * 3
+    assert all(math.isclose(r["grad_l2_post_clip"], module.post[r["step"]], rel_tol=1e-6) for r in glob)
+
+
+class NanAtStepTwo(Module):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    def on_before_optimizer_step(self, optimizer):
+        pass  # no reference here: the skipped step's gradients are gone
+
+    def on_after_backward(self):
+        if self.trainer.global_step == 1:
+            self.layers[1].weight.grad[0, 0] = math.nan
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.snapshots = getattr(self, "snapshots", {})
+        optimizer = self.trainer.optimizers[0]
+        self.snapshots[self.trainer.global_step] = (
+            {n: p.detach().clone() for n, p in self.named_parameters()},
+            copy.deepcopy(optimizer.state_dict()["state"]))
+
+
+def test_skip_leaves_the_weights_and_adam_state_of_a_nonfinite_step_as_they_were(tmp_path):
+    module = NanAtStepTwo()
+    with pytest.warns(RuntimeWarning, match="at step 2; first block .*layers.1.*step was skipped"):
+        _fit(module, tmp_path, report_dir=tmp_path / "report", on_nonfinite="skip")
+    (w1, s1), (w2, s2) = module.snapshots[1], module.snapshots[2]  # after steps 1 and 2
+    assert all(torch.equal(w1[n], w2[n]) for n in w1)
+    assert all(torch.equal(s1[i][k], s2[i][k]) for i in s1 for k in s1[i])
+    after = dict(module.named_parameters())
+    assert any(not torch.equal(w2[n], after[n]) for n in w2)  # step 3 trained on
+    assert all(torch.isfinite(p).all() for p in after.values())
+    report = Report.load(tmp_path / "report")
+    [finding] = [f for f in report.findings if f["kind"] == "non-finite"]
+    assert finding["block"] == "layers.1" and finding["message"].endswith("skipped at 1 step(s): 2")

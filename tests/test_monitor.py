@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -690,6 +691,65 @@ def test_parameters_unfrozen_later_join_and_are_clipped():
     assert close(history.param_l2()[1, 0].item(), torch.linalg.vector_norm(twin.inp.weight.grad.double()).item()
                  / (0.05 / (torch_total.item() + 1e-6)))
     assert close(history.global_l2()[1].item(), pre)
+
+
+class WithExtra(Net):
+    """Net, and a layer added after the monitor was made (a new head, a LoRA-style branch) when it exists."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out + self.extra(x).sum(-1, keepdim=True) if hasattr(self, "extra") else out
+
+
+@pytest.mark.parametrize("where", ["module", "parameter"])
+def test_parameters_added_to_the_model_later_join_and_are_clipped_as_torch_would(where):
+    torch.manual_seed(0)
+    net = WithExtra()
+    twin = copy.deepcopy(net)
+    with GradientMonitor(net) as monitor:
+        backward(net, 0)
+        monitor.step()
+        net.zero_grad()
+        for m in (net, twin):  # the same new weights in both
+            torch.manual_seed(1)
+            if where == "module":
+                m.extra = nn.Linear(4, 3)  # a submodule registered after the monitor
+            else:
+                m.layers[0][0].register_parameter("scale", nn.Parameter(torch.ones(1)))
+                m.layers[0][0].register_forward_hook(lambda mod, args, out: out * mod.scale)
+            backward(m, 1)
+        torch_total = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.05)
+        total = monitor.clip_grad_norm_(0.05)
+        history = monitor.history
+    new = ["extra.weight", "extra.bias"] if where == "module" else ["layers.0.0.scale"]
+    assert set(new) <= set(history.param_names)
+    assert math.isclose(total.item(), torch_total.item(), rel_tol=1e-6)
+    for p, q in zip(net.parameters(), twin.parameters()):  # the new ones were clipped too
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
+    column = [history.param_names.index(n) for n in new]
+    assert not history.present[0, column].any() and history.present[1, column].all()  # step 1: not there yet
+
+
+def test_a_step_with_no_new_parameter_does_not_walk_the_model(monkeypatch):
+    import gradscope.monitor as monitor_module
+
+    net = make()
+    with GradientMonitor(net) as monitor:
+        walks = []
+        real = monitor_module.named_parameters
+        monkeypatch.setattr(monitor_module, "named_parameters", lambda m: walks.append(1) or real(m))
+        for seed in range(3):
+            backward(net, seed)
+            monitor.step()
+        assert walks == []
+        net.extra = nn.Linear(2, 2)  # a registration: the next step looks
+        backward(net, 3)
+        monitor.step()
+        looked = len(walks)
+        backward(net, 4)
+        monitor.step()  # and the one after it does not look again
+        assert looked > 0 and len(walks) == looked
 
 
 def test_unfrozen_parameters_outside_params_stay_out():

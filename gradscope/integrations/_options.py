@@ -39,12 +39,12 @@ class MonitorCallbackOptions:
         self.prefix = prefix
         self.monitor: GradientMonitor | None = None
 
-    def make_monitor(self, model: nn.Module) -> GradientMonitor:
+    def make_monitor(self, model: nn.Module, scaler=None) -> GradientMonitor:
         previous = attached_monitor(model)
         if previous in _MADE_BY_CALLBACKS:
             # A callback's run that stopped before its end event (an error the callback never saw).
             previous.close(flush=False)
-        monitor = GradientMonitor(model, config=self.config)
+        monitor = GradientMonitor(model, scaler=scaler, config=self.config)
         _MADE_BY_CALLBACKS.add(monitor)
         return monitor
 

@@ -6,16 +6,33 @@
     add_gradscope_callback(trainer, report_dir="gradscope-report")   # also any GradientMonitor option: every=10, ...
     trainer.train()
 
-The callback records at ``on_pre_optimizer_step``: once per optimizer step
-(after all micro-batches of gradient accumulation), on unscaled gradients, and
-**after** the Trainer's clipping. Its log keys say which:
+The callback records once per optimizer step (after all micro-batches of
+gradient accumulation), on unscaled gradients, **before** the Trainer's
+clipping: when ``max_grad_norm > 0``, :func:`add_gradscope_callback` wraps the
+trainer's ``accelerator.clip_grad_norm_`` for the run (restored when training
+ends) and records when it is called; otherwise it records at
+``on_pre_optimizer_step``. The log keys say which values are which:
 
 - ``gradscope/no_clip/grad_norm`` and ``gradscope/no_clip/grad_norm/<block>``
-  when ``max_grad_norm`` is 0 (then the global value equals the Trainer's own
-  ``grad_norm``);
-- ``gradscope/after_clip/...`` when ``max_grad_norm > 0`` (the Trainer's
-  ``grad_norm`` is the pre-clip value);
+  when ``max_grad_norm`` is 0;
+- ``gradscope/pre_clip/grad_norm`` and ``gradscope/pre_clip/grad_norm/<block>``
+  when ``max_grad_norm > 0``: before the clip, the main series; with
+  ``gradscope/post_clip/grad_norm``, the global norm after it;
+- ``gradscope/after_clip/grad_norm`` and ``gradscope/after_clip/grad_norm/<block>``
+  only where the clip could not be read before it (a ``GradscopeCallback``
+  passed in ``callbacks=[...]``, which never sees the trainer; or a clipping
+  path that does not go through ``accelerator.clip_grad_norm_``): a warning
+  says so;
 - ``gradscope/nonfinite``: non-finite gradient values in the step.
+
+Either way the global pre-clip (or unclipped) value equals the Trainer's own
+``grad_norm``.
+
+``on_nonfinite="skip"`` drops the gradients of a step with non-finite values
+before the clip and the optimizer step, so the optimizer step changes neither
+the weights nor the optimizer's state (see :mod:`gradscope.monitor`); the
+learning-rate schedule still advances, and the Trainer logs ``grad_norm`` 0
+(with clipping) or NaN (without) for that step.
 
 The values are those of the step being logged (as the Trainer's ``grad_norm``).
 They are added to the ``logs`` dict and to ``state.log_history``; the
@@ -26,16 +43,17 @@ every process computes on its shards and the main process logs. ``report_dir``
 writes a report at the end of training and, with :func:`add_gradscope_callback`,
 when training stops with an error.
 
-Mixed precision: the Trainer unscales fp16 gradients when it computes its
-``grad_norm`` (always, in the transformers versions that log it with clipping
-off), before this event, so the numbers are of unscaled gradients.
+Mixed precision: the Trainer unscales fp16 gradients inside
+``accelerator.clip_grad_norm_``; the monitor is given the accelerator's
+GradScaler, so statistics read before that divide by the scale on the device
+(exact: a power of two), and those read after it do not.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 from transformers import TrainerCallback
 
@@ -51,18 +69,30 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
         super().__init__(report_dir=report_dir, prefix=prefix, **options)
         self.stage = "no_clip"
         self.installed_first = False
+        self.trainer = None  # set by add_gradscope_callback: its clipping is read before it clips
         self._logged_step: Optional[int] = None
         self._main = True
+        self._unwrap_clip: Optional[Callable[[], None]] = None
+        self._recorded_by_clip = False
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not hasattr(TrainerCallback, "on_pre_optimizer_step"):
             raise GradscopeError("this transformers version has no on_pre_optimizer_step callback event, which "
                                  "GradscopeCallback records from; upgrade transformers (pip install -U transformers)")
+        self._restore_clip()
         if self.monitor is not None:  # a second trainer.train() after one that did not end
             self.monitor.close(flush=False)
             self.monitor = None
         self._main = state.is_world_process_zero
-        self.stage = "after_clip" if args.max_grad_norm and args.max_grad_norm > 0 else "no_clip"
+        accelerator = getattr(self.trainer, "accelerator", None)
+        clipping = bool(args.max_grad_norm and args.max_grad_norm > 0)
+        self.stage = "no_clip" if not clipping else "pre_clip" if accelerator is not None else "after_clip"
+        if self.stage == "after_clip" and self._main:
+            import warnings
+
+            warnings.warn("GradscopeCallback without its trainer reads the gradients after the Trainer's clipping "
+                          "(keys gradscope/after_clip/...); use gradscope.integrations.add_gradscope_callback"
+                          "(trainer) for the pre-clip norms", RuntimeWarning, stacklevel=2)
         if args.report_to and not self.installed_first and self._main:
             import warnings
 
@@ -71,19 +101,66 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
                           "(trainer) to run it first", RuntimeWarning, stacklevel=2)
         sharded = dist_utils.is_sharded(model)
         if self._main or sharded:
-            self.monitor = self.make_monitor(model)
+            self.monitor = self.make_monitor(model, scaler=getattr(accelerator, "scaler", None))
+            if self.stage == "pre_clip":
+                self._wrap_clip(accelerator, state)
         self._logged_step = None
+        self._recorded_by_clip = False
+
+    def _wrap_clip(self, accelerator, state) -> None:
+        """Record each step when the Trainer calls ``accelerator.clip_grad_norm_``, before it clips, and note
+        the clip; ``self._unwrap_clip`` puts the accelerator's own method back."""
+        original = accelerator.clip_grad_norm_
+        own = vars(accelerator).get("clip_grad_norm_")  # an instance attribute set before ours, if any
+
+        @functools.wraps(original)
+        def clip_grad_norm_(parameters, max_norm, *args, **kwargs):
+            self._recorded_by_clip = True
+            recorded = self._record(state)
+            total = original(parameters, max_norm, *args, **kwargs)
+            if recorded and total is not None and math.isfinite(max_norm):
+                self.monitor.note_clip(max_norm, total)
+            return total
+
+        accelerator.clip_grad_norm_ = clip_grad_norm_
+
+        def unwrap() -> None:
+            if own is None:
+                del accelerator.clip_grad_norm_
+            else:
+                accelerator.clip_grad_norm_ = own
+
+        self._unwrap_clip = unwrap
+
+    def _record(self, state) -> bool:
+        return self.monitor.step(step=state.global_step + 1)  # global_step counts this step after the update
+
+    def _restore_clip(self) -> None:
+        if self._unwrap_clip is not None:
+            self._unwrap_clip()
+            self._unwrap_clip = None
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.monitor is not None:
-            self.monitor.step(step=state.global_step + 1)  # global_step counts this step after the update
+        if self.monitor is None:
+            return
+        if self._recorded_by_clip:  # the clip wrapper took this step
+            self._recorded_by_clip = False
+            return
+        if self.stage == "pre_clip":  # the Trainer clipped some other way: these gradients are after it
+            import warnings
+
+            warnings.warn("the Trainer clipped without accelerator.clip_grad_norm_, so gradscope reads the gradients "
+                          "after the clip (keys gradscope/after_clip/...)", RuntimeWarning, stacklevel=2)
+            self.stage = "after_clip"
+        self._record(state)
 
     def values(self, latest: Optional[dict] = None) -> dict[str, float]:
-        """A recorded step (default: the last, flushing the monitor) as log entries."""
+        """A recorded step (default: the last, flushing the monitor) as log entries (keys: module docstring)."""
         latest = latest or self.monitor.latest()
         base = f"{self.prefix}/{self.stage}"
-        global_l2 = latest["post_clip"] if not math.isnan(latest["post_clip"]) else latest["global"]
-        out = {f"{base}/grad_norm": global_l2, f"{self.prefix}/nonfinite": float(latest["nonfinite"])}
+        out = {f"{base}/grad_norm": latest["global"], f"{self.prefix}/nonfinite": float(latest["nonfinite"])}
+        if self.stage == "pre_clip":
+            out[f"{self.prefix}/post_clip/grad_norm"] = latest["post_clip"]
         for block, value in latest["blocks"].items():
             out[f"{base}/grad_norm/{block}"] = value
         return out
@@ -106,10 +183,12 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
             state.log_history[-1].update(values)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._restore_clip()
         self.finish(self._meta(args, state), write=self._main)
 
     def stopped(self, args, state, error: BaseException) -> None:
         """Training stopped with ``error`` (the Trainer has no event for it): the report of the steps so far."""
+        self._restore_clip()
         self.finish(self._meta(args, state), write=self._main, error=error)
 
     def _meta(self, args, state) -> dict:
@@ -127,6 +206,7 @@ def add_gradscope_callback(trainer, **options) -> GradscopeCallback:
     """
     callback = GradscopeCallback(**options)
     callback.installed_first = True
+    callback.trainer = trainer
     trainer.callback_handler.callbacks.insert(0, callback)
     train = trainer.train
 
@@ -135,6 +215,7 @@ def add_gradscope_callback(trainer, **options) -> GradscopeCallback:
         try:
             return train(*args, **kwargs)
         except BaseException as error:
+            callback._restore_clip()
             if callback.monitor is not None:
                 callback.stopped(trainer.args, trainer.state, error)
             raise

@@ -7,17 +7,30 @@
 
 Lightning calls ``on_before_optimizer_step`` once per optimizer step (after all
 ``accumulate_grad_batches`` micro-batches), after AMP unscaling and **before**
-its own gradient clipping, so these numbers are pre-clip and unscaled; the keys
-say so (``gradscope/pre_clip/grad_norm`` and ``gradscope/pre_clip/grad_norm/<block>``).
-They are logged with ``pl_module.log_dict`` every ``trainer.log_every_n_steps``
-optimizer steps (the monitor's buffer is read only then), from the global-zero
-process under DDP. ``report_dir`` writes a report when fitting ends, or stops
-with an error (then of the steps before it).
+its own gradient clipping, so the recorded numbers are pre-clip and unscaled;
+the keys say so (``gradscope/pre_clip/grad_norm`` and
+``gradscope/pre_clip/grad_norm/<block>``). When Lightning clips by norm
+(``gradient_clip_val``, through the precision plugin's ``clip_gradients``, which
+``configure_gradient_clipping`` overrides also reach), the callback notes the
+clip: ``gradscope/post_clip/grad_norm`` is the global norm after it (derived
+with torch's coefficient from the monitored gradients, so exact when they are
+every clipped parameter: the default ``params=None`` with one optimizer), and
+the report carries the clip level. Values are logged with ``pl_module.log_dict``
+at the end of every ``trainer.log_every_n_steps``-th optimizer step (the
+monitor's buffer is read only then), from the global-zero process under DDP.
+``on_nonfinite="skip"`` drops the gradients of a step with non-finite values
+before the clip, so the optimizer step leaves the weights and the optimizer
+state as they were (see :mod:`gradscope.monitor`). ``report_dir`` writes a
+report when fitting ends, or stops with an error (then of the steps before it).
 
 Install with ``pip install torch-gradscope[lightning]``.
 """
 
 from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional
 
 from lightning.pytorch import Callback
 
@@ -31,32 +44,77 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
     Options: see :class:`~gradscope.integrations._options.MonitorCallbackOptions`.
     """
 
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._recorded_step: Optional[int] = None  # the optimizer step just recorded, until it is logged
+        self._unwrap_clip: Optional[Callable[[], None]] = None
+
     def on_fit_start(self, trainer, pl_module) -> None:
+        self._restore_clip()
         if self.monitor is not None:
             self.monitor.close(flush=False)  # of an earlier fit that did not end
         sharded = dist_utils.is_sharded(pl_module)
         self.monitor = None
+        self._recorded_step = None
         if trainer.is_global_zero or sharded:
             self.monitor = self.make_monitor(pl_module)
+            self._wrap_clip(trainer.precision_plugin)
+
+    def _wrap_clip(self, plugin) -> None:
+        """Note each clip by norm of a recorded step; ``self._unwrap_clip`` puts the plugin's method back."""
+        original = plugin.clip_gradients
+        own = vars(plugin).get("clip_gradients")
+
+        @functools.wraps(original)
+        def clip_gradients(optimizer, clip_val=0.0, gradient_clip_algorithm=None, *args, **kwargs):
+            result = original(optimizer, clip_val, gradient_clip_algorithm, *args, **kwargs)
+            by_norm = gradient_clip_algorithm is None or str(getattr(gradient_clip_algorithm, "value",
+                                                                     gradient_clip_algorithm)).lower() == "norm"
+            if self._recorded_step is not None and by_norm and clip_val and math.isfinite(clip_val) and clip_val > 0:
+                self.monitor.note_clip(float(clip_val))
+            return result
+
+        plugin.clip_gradients = clip_gradients
+
+        def unwrap() -> None:
+            if own is None:
+                del plugin.clip_gradients
+            else:
+                plugin.clip_gradients = own
+
+        self._unwrap_clip = unwrap
+
+    def _restore_clip(self) -> None:
+        if self._unwrap_clip is not None:
+            self._unwrap_clip()
+            self._unwrap_clip = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.monitor is None:
             return
         step = trainer.global_step + 1
-        if not self.monitor.step(step=step) or step % max(1, trainer.log_every_n_steps):
+        self._recorded_step = step if self.monitor.step(step=step) else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, self._recorded_step = self._recorded_step, None
+        if self.monitor is None or step is None or step % max(1, trainer.log_every_n_steps):
             return
-        self.monitor.flush()
+        self.monitor.flush()  # after the clip, so the post-clip norm is in; a collective in sharded mode
         if trainer.is_global_zero:
             latest = self.monitor.latest()
             base = f"{self.prefix}/pre_clip"
             values = {f"{base}/grad_norm": latest["global"], f"{self.prefix}/nonfinite": float(latest["nonfinite"])}
+            if not math.isnan(latest["post_clip"]):
+                values[f"{self.prefix}/post_clip/grad_norm"] = latest["post_clip"]
             values.update({f"{base}/grad_norm/{b}": v for b, v in latest["blocks"].items()})
             pl_module.log_dict(values, on_step=True, on_epoch=False)
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        self._restore_clip()
         self.finish(self._meta(trainer), write=trainer.is_global_zero)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_clip()
         self.finish(self._meta(trainer), write=trainer.is_global_zero, error=exception)
 
     @staticmethod

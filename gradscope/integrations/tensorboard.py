@@ -1,21 +1,63 @@
-"""TensorBoard without a trainer: ``monitor.log_to(SummaryWriter(...))``.
+"""Logging sinks without a trainer: ``monitor.log_to(SummaryWriter(...))`` or ``monitor.log_to(callable)``.
 
 Scalars, written at each flush for every recorded step:
 
-- ``{prefix}/grad_norm/global``: L2 norm of all monitored gradients (pre-clip);
-- ``{prefix}/grad_norm_post_clip/global``: on steps recorded by ``monitor.clip_grad_norm_``;
-- ``{prefix}/grad_norm/{block}``: per block (execution order; blocks as :mod:`gradscope.blocks` defines them);
+- ``{prefix}/grad_norm/global``: L2 norm of all monitored gradients, before any clipping;
+- ``{prefix}/grad_norm/{block}``: per block, before any clipping (execution order; blocks as
+  :mod:`gradscope.blocks` defines them); a block without gradients at a step is left out;
+- ``{prefix}/grad_norm_post_clip/global`` and ``{prefix}/clip_max_norm``: on clipped steps
+  (``monitor.clip_grad_norm_``, or a trainer's clipping noted with ``monitor.note_clip``);
 - ``{prefix}/nonfinite/global``: non-finite gradient values.
 
-Histograms (on request): ``{prefix}/grad/{block}`` at each recorded step.
-Any object with ``add_scalar`` (and ``add_histogram``) works as the writer.
+A ``SummaryWriter``-like object (anything with ``add_scalar``) gets one ``add_scalar`` per value; any other
+callable is called once per recorded step as ``sink(step, {key: value})``, which fits the usual trackers::
+
+    monitor.log_to(lambda step, d: wandb.log(d, step=step))
+    monitor.log_to(lambda step, d: mlflow.log_metrics(d, step=step))
+    monitor.log_to(lambda step, d: accelerator.log(d, step=step))
+
+Histograms (SummaryWriter only, on request): ``{prefix}/grad/{block}`` at each recorded step.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterator
 
 import torch
+
+
+def scalars(history, prefix: str = "gradscope") -> Iterator[tuple[int, dict[str, float]]]:
+    """``(step, {key: value})`` for each step of ``history`` (a :class:`~gradscope.monitor.MonitorHistory`),
+    with the keys of the module docstring; NaN values (a block without gradients, an unclipped step) are left out."""
+    block_l2 = history.block_l2().tolist()
+    glob = history.global_l2().tolist()
+    post = history.post_clip_l2.tolist()
+    max_norm = history.clip_max_norm.tolist()
+    nonfinite = history.nonfinite().sum(-1).tolist()
+    p = prefix
+    for t, step in enumerate(history.steps.tolist()):
+        values = {f"{p}/grad_norm/global": glob[t]}
+        if not math.isnan(max_norm[t]):
+            values[f"{p}/grad_norm_post_clip/global"] = post[t]
+            values[f"{p}/clip_max_norm"] = max_norm[t]
+        values[f"{p}/nonfinite/global"] = float(nonfinite[t])
+        for block, value in zip(history.blocks, block_l2[t]):
+            if not math.isnan(value):  # a block without gradients has no norm, not a zero one
+                values[f"{p}/grad_norm/{block}"] = value
+        yield step, values
+
+
+class CallableSink:
+    """Calls ``log(step, {key: value})`` for each of a monitor's new steps."""
+
+    def __init__(self, log: Callable[[int, dict], object], prefix: str = "gradscope"):
+        self.log = log
+        self.prefix = prefix
+
+    def __call__(self, history) -> None:
+        for step, values in scalars(history, self.prefix):
+            self.log(step, values)
 
 
 class TensorBoardSink:
@@ -26,19 +68,9 @@ class TensorBoardSink:
         self.prefix = prefix
 
     def __call__(self, history) -> None:
-        block_l2 = history.block_l2().tolist()
-        glob = history.global_l2().tolist()
-        post = history.post_clip_l2.tolist()
-        nonfinite = history.nonfinite().sum(-1).tolist()
-        p = self.prefix
-        for t, step in enumerate(history.steps.tolist()):
-            self.writer.add_scalar(f"{p}/grad_norm/global", glob[t], step)
-            if not math.isnan(post[t]):
-                self.writer.add_scalar(f"{p}/grad_norm_post_clip/global", post[t], step)
-            self.writer.add_scalar(f"{p}/nonfinite/global", nonfinite[t], step)
-            for block, value in zip(history.blocks, block_l2[t]):
-                if not math.isnan(value):  # a block without gradients has no norm, not a zero one
-                    self.writer.add_scalar(f"{p}/grad_norm/{block}", value, step)
+        for step, values in scalars(history, self.prefix):
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
 
     def write_histograms(self, monitor, step: int) -> None:
         """One histogram per block of the current gradients (copies them to the host)."""
