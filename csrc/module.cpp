@@ -8,8 +8,8 @@
 // takes. The fast entry reads the list once, in C++, and calls the op through
 // the dispatcher (so CPU, CUDA, profiling and dispatch modes behave exactly as
 // for torch.ops.gradscope.grad_stats). Anything unusual (None, sparse, other
-// dtypes, several devices, tensor subclasses) is handed back to the Python
-// path, which owns the error messages.
+// dtypes, several devices, tensor subclasses, expanded views) is handed back
+// to the Python path, which owns the error messages.
 #include <Python.h>
 
 #include <ATen/core/Tensor.h>
@@ -27,6 +27,20 @@ namespace {
 
 bool is_float_dtype(at::ScalarType st) {
   return st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble;
+}
+
+// An expanded view (stride 0 along a dimension of size > 1) repeats elements:
+// the Python path reads the tensor it repeats instead of copying it whole.
+bool is_expanded(const at::Tensor& t) {
+  if (t.is_non_overlapping_and_dense()) {
+    return false;
+  }
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.stride(d) == 0 && t.size(d) > 1) {
+      return true;
+    }
+  }
+  return false;
 }
 
 // The tensors of Python objects, borrowed: no reference count changes (on a
@@ -82,7 +96,7 @@ PyObject* dense_grad_stats(PyObject* /*self*/, PyObject* args) {
       Py_RETURN_NONE;  // None, a subclass, or not a tensor
     }
     const at::Tensor& t = THPVariable_Unpack(obj);
-    if (t.layout() != at::kStrided || !is_float_dtype(t.scalar_type())) {
+    if (t.layout() != at::kStrided || !is_float_dtype(t.scalar_type()) || is_expanded(t)) {
       Py_RETURN_NONE;
     }
     if (i == 0) {

@@ -7,10 +7,19 @@ neither transformers, torchvision nor matplotlib.
 
 from __future__ import annotations
 
-from . import _ext  # noqa: F401  (finds the compiled op at import, as documented)
-from ._lazy import lazy_attributes
-from ._reference import STAT_NAMES
-from .stats import GradStats, grad_stats
+import os as _os
+import sys as _sys
+
+try:  # the heavy part (torch): Ctrl-C here, as the command starts, is answered as at any other moment
+    from . import _ext  # noqa: F401  (finds the compiled op at import, as documented)
+    from ._lazy import lazy_attributes
+    from ._reference import STAT_NAMES
+    from .stats import GradStats, grad_stats
+except KeyboardInterrupt:
+    if _os.path.basename(_sys.argv[0]) != "gradscope":  # imported by a program: its interrupt to handle
+        raise
+    print("gradscope: interrupted", file=_sys.stderr)
+    raise SystemExit(130) from None
 
 __version__ = "0.1.0"
 

@@ -9,10 +9,15 @@ line on stderr and an exit code; ``GRADSCOPE_DEBUG=1`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
+import signal
+import warnings
 import sys
+import threading
 from typing import Optional, Sequence
 
 from . import __version__
@@ -23,6 +28,27 @@ DEBUG_ENV = "GRADSCOPE_DEBUG"
 
 def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# Control characters (C0 but newline and tab, DEL, C1) and the bidirectional overrides that reorder a line:
+# a model's config, a checkpoint's names or a report.json could otherwise clear the screen, set the terminal's
+# title or print lines that look like gradscope's own.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every character that would act on a terminal written as its visible escape (``\\x1b``)."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def say(text: str, stream=None, **kwargs) -> None:
+    """Print to the terminal (stdout by default): every line the command prints goes through here."""
+    print(terminal_safe(text), file=stream or sys.stdout, **kwargs)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning while a command runs: one line, control characters neutralized."""
+    say(f"gradscope: warning: {message}", file or sys.stderr)
 
 
 # --- gradscope info ---------------------------------------------------------------
@@ -105,13 +131,13 @@ def _print_info(info: dict) -> None:
     rows.append(("packages", ", ".join(installed) or "none of the optional ones"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+        say(f"{key:<{width}}  {value}")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     info = collect_info()
     if args.json:
-        print(json.dumps(info, indent=2))
+        say(json.dumps(info, indent=2))
     else:
         _print_info(info)
     return EXIT_OK
@@ -133,7 +159,7 @@ def _progress_printer():
     started = time.perf_counter()
 
     def progress(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+        say(f"[{time.perf_counter() - started:6.1f}s] {message}", sys.stderr, flush=True)
 
     return progress
 
@@ -168,7 +194,7 @@ def _finish(report, args, progress) -> int:
     if entry in ("gradscope", "__main__.py"):  # run as the command, not from Python with main([...])
         report.meta["command"] = shlex.join(["gradscope", *sys.argv[1:]])
     # first: a failed write still leaves the results on screen
-    print(render_text(report, terminal_width()), end="", flush=True)
+    say(render_text(report, terminal_width()), end="", flush=True)
     if args.out:
         written = report.save(args.out, args.format, force=args.force)
         progress("wrote " + ", ".join(str(p) for p in written))
@@ -252,8 +278,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         check_output(args.out, args.format, force=args.force)
     progress = _progress_printer()
     report = demo(depth=args.depth, width=args.width, batch_size=args.batch_size, seed=args.seed,
-                  device=args.device, progress=progress)
+                  device=args.device, train_steps=args.train, progress=progress)
     return _finish(report, args, progress)
+
+
+def _training_steps(text: str) -> int:
+    """argparse type for demo --train: a number of steps, at least 1."""
+    try:
+        steps = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps") from None
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give at least 1 step")
+    return steps
 
 
 def _add_demo(sub) -> None:
@@ -267,6 +304,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--depth", type=int, default=DEPTH, help=f"blocks (default {DEPTH})")
     p.add_argument("--width", type=int, default=WIDTH, help=f"units per block (default {WIDTH})")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"samples (default {BATCH_SIZE})")
+    p.add_argument("--train", type=_training_steps, default=0, metavar="STEPS",
+                   help="then train each variant for STEPS steps with SGD and with Adam on a fixed teacher task, "
+                        "and report its loss curve and how far its first and last block moved (default: no training)")
     _add_output_flags(p, default_out=None)
     p.set_defaults(func=_cmd_demo)
 
@@ -281,7 +321,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     labels = tuple(n.strip() for n in args.labels.split(",") if n.strip()) if args.labels else ()
     report = compare_reports(args.reports, labels=labels)  # repeated labels stay: compare numbers them
     for warning in report.meta.get("warnings", []):
-        print(f"gradscope: warning: {warning}", file=sys.stderr)
+        say(f"gradscope: warning: {warning}", sys.stderr)
     progress(f"compared {len(args.reports)} reports: {len(report.comparisons)} pairs of variants")
     return _finish(report, args, progress)
 
@@ -364,21 +404,59 @@ def unexpected_error_lines(exc: BaseException) -> list[str]:
             f"gradscope: this was not expected; rerun with {DEBUG_ENV}=1 to see the traceback"]
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that what is under way is undone as for Ctrl-C."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)  # imports the commands' modules: Ctrl-C can come here too
+    except KeyboardInterrupt:
+        if _debug():
+            raise
+        say("gradscope: interrupted", sys.stderr)
+        return 130
+    with _sigterm_as_exception(), warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    """SIGTERM raises :class:`Terminated` while a command runs (main thread only); the old handler after."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; known errors become one line and an exit code."""
     try:
         return args.func(args)
     except GradscopeError as exc:
         if _debug():
             raise
-        print(f"gradscope: error: {exc}", file=sys.stderr)
+        say(f"gradscope: error: {exc}", sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         if _debug():
             raise
         print("gradscope: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        if _debug():
+            raise
+        print("gradscope: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, what a shell reports for a tool ended by it
     except BrokenPipeError:  # the reader left (`gradscope demo | head`): stop quietly, as other tools do
         try:  # so the exit flush cannot fail again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -388,7 +466,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # last resort: one line, not a traceback, for what the cases above do not know
         if _debug():
             raise
-        print("\n".join(unexpected_error_lines(exc)), file=sys.stderr)
+        say("\n".join(unexpected_error_lines(exc)), sys.stderr)
         return 1
 
 

@@ -13,6 +13,7 @@ waits for the device. Call ``stats.cpu()`` once to bring them all to the host.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Optional, Sequence
@@ -188,6 +189,23 @@ def _unusual_item(i: int, t):
     return values, t.numel() - values.numel()
 
 
+def _repeated(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """An expanded view (stride 0 along a dimension longer than 1) as the tensor it repeats, read without
+    materializing it, and how many times it repeats each element; any other tensor as it is, once."""
+    if t.is_contiguous():  # a cached flag: the common case costs nothing more
+        return t, 1
+    shape, strides = t.shape, t.stride()
+    expanded = [d for d in range(t.dim()) if strides[d] == 0 and shape[d] > 1]
+    if not expanded:
+        return t, 1
+    repeat = math.prod(shape[d] for d in expanded)
+    return t[tuple(0 if d in expanded else slice(None) for d in range(t.dim()))], repeat
+
+
+# The columns that count every element, which an element repeated k times contributes to k times.
+_PER_ELEMENT = [_COL[name] for name in ("sumsq", "sum", "sumabs", "nonfinite", "zeros")]
+
+
 def _to_device(values: Sequence, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return _host_to(torch.tensor(values, dtype=dtype), device)
 
@@ -255,6 +273,7 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
     dense: list[Optional[torch.Tensor]] = [None] * len(items)
     numel = [0] * len(items)
     implicit_zeros: dict[int, int] = {}
+    repeats: dict[int, int] = {}  # expanded views: read once, counted as often as they repeat
     out_device: Optional[torch.device] = None
     one_dense_group = True  # one device, no None: the op's result is the table as it is
     for i, t in enumerate(items):
@@ -263,6 +282,9 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
             continue
         if isinstance(t, torch.Tensor) and t.layout is torch.strided and t.dtype in FLOAT_DTYPES:
             numel[i] = t.numel()  # the fast path: a dense float tensor
+            t, repeat = _repeated(t)
+            if repeat > 1:
+                repeats[i] = repeat
         else:
             t, zeros = _unusual_item(i, t)
             numel[i] = t.numel() + zeros
@@ -292,6 +314,9 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
             # A device-to-host copy must block: the host reads the rows next.
             rows = rows.to(out_device, non_blocking=out_device.type == "cuda")
             table.index_copy_(0, _to_device(index, torch.int64, out_device), rows)
+    if repeats:
+        factor = _to_device([repeats.get(i, 1) for i in range(len(items))], torch.float64, out_device)
+        table[:, _PER_ELEMENT] *= factor[:, None]
     if implicit_zeros:
         zeros = [implicit_zeros.get(i, 0) for i in range(len(items))]
         table[:, _COL["zeros"]] += _to_device(zeros, torch.float64, out_device)

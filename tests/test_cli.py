@@ -147,11 +147,21 @@ def test_input_files_are_checked_before_the_model_loads(tiny_bert, tmp_path, cap
     for extra, message in [
         (["--text", str(missing)], f"--text {missing}: cannot read it (No such file or directory); give a UTF-8 "
                                    "text file"),
-        (["--text", str(tmp_path)], f"--text {tmp_path}: cannot read it (Is a directory); give a UTF-8 text file"),
+        (["--text", str(tmp_path)], f"--text {tmp_path} is a directory; give a file"),
+        (["--text", "/dev/zero"], "--text /dev/zero is not a regular file (a device, a pipe or a socket); give a file"),
         (["--images", str(images)], f"--images {images}: no such directory; give a directory of JPEG or PNG files"),
     ]:
         assert main(["analyze", str(tiny_bert), *FAST, "--out", "", *extra]) == 2
         assert capsys.readouterr().err == f"gradscope: error: {message}\n"  # no progress: nothing was loaded
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 300_000)  # 1.5 MB
+    os.environ["GRADSCOPE_MAX_TEXT_MB"] = "1"
+    try:
+        assert main(["analyze", str(tiny_bert), *FAST, "--out", "", "--text", str(big)]) == 2
+    finally:
+        del os.environ["GRADSCOPE_MAX_TEXT_MB"]
+    assert capsys.readouterr().err == (f"gradscope: error: --text {big} is larger than 1 MiB, gradscope's bound for "
+                                       "it; set GRADSCOPE_MAX_TEXT_MB to a larger number of MiB to read it\n")
     images.mkdir()
     (images / "notes.txt").write_text("not an image")
     checkpoint = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
@@ -388,3 +398,15 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert err == ""
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "1000000000", "--batch-size 1000000000: gradscope allows at most 4096 samples per batch"),
+    ("--batches", "1000000000", "--batches 1000000000: gradscope allows at most 1024 batches"),
+    ("--seq-len", "100000000", "--seq-len 100000000: gradscope allows at most 65536 tokens per sequence"),
+    ("--image-size", "100000", "--image-size 100000: gradscope allows at most 4096 pixels per image side"),
+])
+def test_sizes_past_their_bound_are_refused_before_any_work(tmp_path, capsys, option, value, message):
+    assert main(["analyze", str(tmp_path / "no-model-needed"), option, value, "--out", ""]) == 2
+    assert capsys.readouterr().err == (f"gradscope: error: {message}; set GRADSCOPE_NO_SIZE_BOUNDS=1 if you really "
+                                       "need more\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -230,3 +231,106 @@ def test_the_same_model_compares_without_a_warning(shallow_and_deep, tmp_path, c
     deep = compare_reports([a, shallow_and_deep[1]])
     assert deep.meta["warnings"] == ["depth12 and depth3 are different models (demo MLP, 12 blocks of width 8; demo "
                                      "MLP, 3 blocks of width 8): blocks are matched by name, only those both have"]
+
+
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\rgradscope: all clear\u202e"  # clear screen, set title, overwrite the line, reorder
+
+
+def test_names_from_a_report_reach_the_terminal_with_control_characters_shown_not_acted_on(
+        shallow_and_deep, tmp_path, capsys):
+    a, b = shallow_and_deep
+    data = json.loads((a / "report.json").read_text())
+    data["meta"]["model"] = "evil" + ESCAPES
+    hostile = tmp_path / "hostile" / "report.json"
+    hostile.parent.mkdir()
+    hostile.write_text(json.dumps(data).replace('"tanh"', json.dumps("tanh" + ESCAPES)))  # a variant's name
+    assert main(["compare", str(hostile), str(b), "--labels", "x\x1b[31m,y", "--out", str(tmp_path / "cmp")]) == 0
+    captured = capsys.readouterr()
+    for stream in (captured.out, captured.err):
+        assert not any(ch in stream for ch in "\x1b\x07\r\u202e")
+    assert "evil\\x1b[2J\\x1b]0;owned\\x07\\rgradscope: all clear\\u202e" in captured.out + captured.err
+    assert "x\\x1b[31m" in captured.out
+
+
+def test_an_error_naming_a_path_with_control_characters_shows_them_escaped(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "missing\x1b[2J"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "missing\\x1b[2J" in err
+
+
+def test_labels_and_directory_names_reach_the_markdown_escaped(shallow_and_deep, tmp_path):
+    a, b = shallow_and_deep
+    dirs = [tmp_path / rf.HOSTILE, tmp_path / "run*_[x](http:evil)"]  # labels default to the directory names
+    for d in dirs:
+        d.mkdir()
+        (d / "report.json").write_bytes((b / "report.json").read_bytes())
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), *map(str, dirs), "--out", str(out), "--format", "md"]) == 0
+    markdown = (out / "report.md").read_text()
+    assert not re.search(r"(?<!\\)<img", markdown)  # only as \<img: text, not an element
+    assert "- **report \\<img src=x onerror=alert(1)\\>**:" in markdown
+    assert "[x](http:evil)" not in markdown and "run\\*\\_\\[x\\](http:evil)" in markdown
+    assert main(["compare", str(a), str(b), "--labels", f"{rf.HOSTILE},b", "--out", str(out), "--format", "md",
+                 "--force"]) == 0
+    assert not re.search(r"(?<!\\)<img", (out / "report.md").read_text())
+
+
+def test_a_report_that_is_a_device_huge_or_nested_too_deeply_is_refused_in_one_line(shallow_and_deep, tmp_path,
+                                                                                   capsys, monkeypatch):
+    a, _ = shallow_and_deep
+    assert main(["compare", str(a), "/dev/zero"]) == 2  # read forever, once
+    assert capsys.readouterr().err.strip() == ("gradscope: error: report /dev/zero is not a regular file (a device, "
+                                               "a pipe or a socket); give a file")
+    monkeypatch.setenv("GRADSCOPE_MAX_REPORT_MB", "0.015625")  # 16 KiB: the demo report is larger
+    assert main(["compare", str(a), str(a)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "is larger than 0.015625 MiB, gradscope's bound for it; set GRADSCOPE_MAX_REPORT_MB to a larger number "
+        "of MiB to read it")
+    monkeypatch.delenv("GRADSCOPE_MAX_REPORT_MB")
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["compare", str(a), str(nested)]) == 2
+    assert capsys.readouterr().err.strip().endswith("its JSON is nested too deeply to be one")
+
+
+def _nested_comparison(levels: int) -> dict:
+    meta = {"kind": "comparison", "reports": [], "warnings": []}
+    inner = meta
+    for _ in range(levels):
+        deeper = {"kind": "comparison", "reports": [], "warnings": []}
+        inner["reports"].append({"label": "x", "meta": deeper})
+        inner = deeper
+    return meta
+
+
+@pytest.mark.parametrize("meta, says", [
+    ({"reports": 5}, "meta.reports is a number (5), not a list or null"),
+    ({"reports": [5, "x"]}, "meta.reports[0] is a number (5), not an object"),
+    ({"reports": [{"label": 3}]}, "meta.reports[0].label is a number (3), not a string or null"),
+    ({"reports": [{"meta": {"reports": [[]]}}]}, "meta.reports[0].meta.reports[0] is a list ([]), not an object"),
+    ({"warnings": [{"a": 1}]}, "meta.warnings[0] is an object ({'a': 1}), not a string"),
+    (_nested_comparison(100), "meta nests compared reports more than 32 deep"),
+])
+def test_a_crafted_comparison_report_is_refused_with_what_is_wrong(shallow_and_deep, tmp_path, capsys, meta, says):
+    a, _ = shallow_and_deep
+    data = json.loads((a / "report.json").read_text())
+    data["meta"] = {**data["meta"], "kind": "comparison", **meta}
+    crafted = tmp_path / "crafted.json"
+    crafted.write_text(json.dumps(data))
+    assert main(["compare", str(crafted), str(a)]) == 2
+    assert capsys.readouterr().err == f"gradscope: error: {crafted} is not a gradscope report: {says}\n"
+
+
+def test_values_at_the_ends_of_the_float_range_are_drawn_in_every_format(shallow_and_deep, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    a, _ = shallow_and_deep
+    data = json.loads((a / "report.json").read_text())
+    for row in data["blocks"]:
+        row.update(grad_l2=1.5e308, act_grad_l2=1e-308, grad_maxabs=1.7e308, grad_meanabs=5e-324)
+    extreme = tmp_path / "extreme.json"
+    extreme.write_text(json.dumps(data))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(extreme), str(a), "--out", str(out), "--format", "json,html,md,svg,png"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert (out / "flow.svg").read_text().count("<svg") == 1 and (out / "flow.png").read_bytes()[:4] == b"\x89PNG"
+    assert 'id="plot-flow"' in (out / "report.html").read_text()

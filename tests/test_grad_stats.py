@@ -470,3 +470,20 @@ def test_tiny_gradients_keep_their_precision(backend, scale):
     stats = gradscope.grad_stats(tensors, backend=backend)
     assert (stats.sumsq > 0).all()
     assert_stats_match(stats, tensors)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_an_expanded_view_is_read_without_materializing_it(backend):
+    # 2**40 elements: materialized, 4 TiB of float32; read as the one element it repeats
+    ones = torch.ones(1).expand(2**40)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 1, 5, generator=g, dtype=torch.float64)
+    base[0, 0, 0], base[1, 0, 1], base[2, 0, 2] = 0.0, math.inf, math.nan
+    partial = base.float().expand(3, 4, 5)  # stride 0 along one dimension among others
+    stats = gradscope.grad_stats([ones, partial, torch.randn(6)], backend=backend)
+    assert stats.numel.tolist() == [2**40, 60, 6]
+    assert stats.sumsq[0].item() == 2**40 and stats.sum[0].item() == 2**40 and stats.maxabs[0].item() == 1
+    assert stats.zeros[0].item() == 0 and stats.nonfinite[0].item() == 0
+    ref = expected_stats(partial.contiguous())  # the float64 statistics of every element, repeats included
+    for field in ("sumsq", "sum", "sumabs", "maxabs", "nonfinite", "zeros"):
+        assert getattr(stats, field)[1].item() == pytest.approx(ref[field], rel=1e-6), field

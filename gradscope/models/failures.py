@@ -12,7 +12,9 @@ import re
 from typing import Optional
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_PICKLED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch's wordings for a global that a weights-only load refuses: "Unsupported global: GLOBAL a.b" (an unknown
+# class), "unsupported GLOBAL posix.system whose module posix is blocked" (a module it never allows)
+_PICKLED_GLOBAL = re.compile(r"(?i)unsupported (?:global: )?GLOBAL ([\w.]+)")
 MAX_REASON = 160
 
 

@@ -9,7 +9,9 @@ A :class:`Report` holds plain Python data only (no tensors, no models):
 - ``comparisons``: per-block ratios between variants (pretrained/scratch, deep/shallow, what-if/base);
 - ``blocks``: per-block rows (``block`` and ``depth`` first), all variants in one table;
 - ``params``: per-parameter rows (``name`` and ``depth`` first), all variants in one table;
-- ``series``: per-step rows of a training-time monitor (empty for ``analyze``).
+- ``series``: per-step rows of a training-time monitor (empty for ``analyze``);
+- ``training``: ``gradscope demo --train``'s runs: each variant trained with SGD and Adam, its loss curve and
+  how far its first and last block moved (empty otherwise, and then left out of the JSON).
 
 JSON is the source of truth (``docs/report-schema.md`` documents it field by
 field). Non-finite floats (NaN, +-Inf) are written as ``null``: JSON has no
@@ -19,10 +21,11 @@ nothing: ``csv`` (:mod:`.tables`), ``md`` (:mod:`.markdown`), ``html``
 ``svg`` and ``png`` (:mod:`.mpl`, needs matplotlib), and the terminal text
 (:mod:`.terminal`). Each is imported only when used.
 
-Writing is atomic: every file is rendered in memory and written to a temporary
-name first, and renamed only when all of them succeeded. A directory holds one
-report: one already there is not replaced unless ``force=True``, and then its
-files that the new report does not rewrite are removed with the same care.
+Writing is all or nothing (:mod:`.files`): every file is rendered in memory,
+then written under a lock on the directory with SIGINT/SIGTERM deferred, so the
+directory holds the old report or the new one whatever stops it. A directory
+holds one report: one already there is not replaced unless ``force=True``, and
+then its files that the new report does not rewrite are removed with the same care.
 Reading checks the structure (:mod:`.validate`), so a file that is not a
 report is refused in one sentence rather than failing somewhere downstream.
 """
@@ -31,18 +34,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from ..errors import GradscopeError, UsageError, did_you_mean
+from ..errors import UsageError, did_you_mean
+from ..limits import MAX_REPORT_BYTES, bound, read_bounded
+from .files import check_writable, save_files
 
 SCHEMA = "gradscope.report/1"
 JSON_NAME = "report.json"
 DEFAULT_FORMATS = ("json", "html", "md")
+OPTIONAL_SECTIONS = ("training",)  # top-level keys written only when they hold something
 
 
 def _clean(value):
@@ -68,10 +71,12 @@ class Report:
     blocks: list[dict] = field(default_factory=list)
     params: list[dict] = field(default_factory=list)
     series: list[dict] = field(default_factory=list)
+    training: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """Plain, JSON-safe data with the schema version first."""
-        return {"schema": SCHEMA, **_clean(asdict(self))}
+        """Plain, JSON-safe data with the schema version first; an empty optional section is left out."""
+        data = _clean(asdict(self))
+        return {"schema": SCHEMA, **{k: v for k, v in data.items() if k not in OPTIONAL_SECTIONS or v}}
 
     def summary(self, variant: str) -> dict:
         """The summary of one variant by name (analyze, demo and compare reports; a training report has none)."""
@@ -125,7 +130,7 @@ class Report:
         problem = structure_problem(data)
         if problem:
             raise UsageError(f"{source} is not a gradscope report: {problem}")
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})  # the others: checked above
 
     @classmethod
     def load(cls, path) -> "Report":
@@ -137,11 +142,15 @@ class Report:
                                  "gradscope reads reports from their json: write it with --format json")
             path = path / JSON_NAME
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = read_bounded(path, "report", bound(MAX_REPORT_BYTES, "GRADSCOPE_MAX_REPORT_MB"),
+                                "GRADSCOPE_MAX_REPORT_MB")
+            data = json.loads(text.decode("utf-8"))
         except OSError as exc:
             raise UsageError(f"cannot read report {path}: {exc.strerror or exc}") from None
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeDecodeError included
             raise UsageError(f"{path} is not a gradscope report: it is not JSON ({exc})") from None
+        except RecursionError:
+            raise UsageError(f"{path} is not a gradscope report: its JSON is nested too deeply to be one") from None
         return cls.from_dict(data, source=str(path))
 
     def save(self, directory, formats: Iterable[str] | str = DEFAULT_FORMATS, *, force: bool = False) -> list[Path]:
@@ -159,94 +168,11 @@ class Report:
         check_writable(out)
         rendered = {name: content for fmt in formats for name, content in RENDERERS[fmt](self).items()}
         existing = report_files(out)
-        if existing and not force:
+        if existing and not force:  # before taking the lock too: the common case fails without touching the disk
             raise UsageError(_exists_message(out, existing, "--force (force=True)"))
-        created = [d for d in (out, *out.parents) if not d.exists()]
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise GradscopeError(f"cannot create the output directory {out}: {exc.strerror or exc}") from None
-        try:
-            _write_all(out, rendered, remove=[name for name in existing if name not in rendered])
-        except BaseException as exc:
-            for d in created:  # leaf first; only directories this call made, and only if empty
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
-            if isinstance(exc, OSError):
-                raise GradscopeError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
-            raise
+        save_files(out, rendered, (name for fmt in RENDERERS for name in output_names(fmt)), force=force,
+                   exists_error=lambda names: UsageError(_exists_message(out, names, "--force (force=True)")))
         return [out / name for name in rendered]
-
-
-def _write_all(out: Path, rendered: dict[str, bytes], remove: Iterable[str] = ()) -> None:
-    """Write every file and remove every file in ``remove``, or do none of it.
-
-    Temporary files first, then renames, then the removals (each moved aside, not deleted, until all is
-    done); if any step fails, what was placed is undone and what was moved aside is put back.
-    """
-    mask = os.umask(0)  # the only way to read the umask; set back at once
-    os.umask(mask)
-    temps: list[tuple[str, Path]] = []
-    placed: list[tuple[Path, bool, Optional[Path]]] = []  # (target, existed, hard link to what it replaced)
-    backups: list[Path] = []
-    moved_aside: list[tuple[Path, Path]] = []  # (removed file, where it waits until the write succeeded)
-    done = False
-    try:
-        for name, content in rendered.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            temps.append((name, Path(tmp)))
-            try:
-                handle = os.fdopen(fd, "wb")
-            except BaseException:
-                os.close(fd)
-                raise
-            with handle:
-                os.fchmod(handle.fileno(), 0o666 & ~mask)  # mkstemp's 0600 would hide the report from others
-                handle.write(content)
-        for name, tmp in temps:
-            target = out / name
-            backup, existed = None, target.exists()
-            if existed:
-                backup = out / f".{name}.{uuid.uuid4().hex}.bak"
-                try:
-                    os.link(target, backup)
-                except OSError:
-                    backup = None  # no hard links here: the old file cannot be restored, only replaced
-            if backup is not None:
-                backups.append(backup)
-            os.replace(tmp, target)
-            placed.append((target, existed, backup))
-        for name in remove:
-            target = out / name
-            aside = out / f".{name}.{uuid.uuid4().hex}.old"
-            os.replace(target, aside)
-            moved_aside.append((target, aside))
-        done = True
-    except BaseException:
-        for target, aside in reversed(moved_aside):
-            try:
-                os.replace(aside, target)
-            except OSError:
-                pass
-        for target, existed, backup in reversed(placed):
-            try:
-                if backup is not None:
-                    os.replace(backup, target)
-                elif not existed:
-                    target.unlink(missing_ok=True)
-            except OSError:
-                pass
-        raise
-    finally:
-        for _, tmp in temps:
-            tmp.unlink(missing_ok=True)
-        for backup in backups:
-            backup.unlink(missing_ok=True)
-        if done:  # after a failure, a file that could not be put back stays aside rather than be lost
-            for _, aside in moved_aside:
-                aside.unlink(missing_ok=True)
 
 
 def _render_json(report: Report) -> dict[str, bytes]:
@@ -349,25 +275,3 @@ def check_output(directory, formats: Iterable[str] | str = DEFAULT_FORMATS, *, f
         raise UsageError(_exists_message(Path(directory), existing))
     return names
 
-
-def check_writable(directory: Path, option: str = "--out") -> None:
-    """UsageError unless ``directory`` is, or can be created as, a writable directory (checked before any work).
-
-    A file is made and removed in the nearest folder that exists: permission bits
-    alone pass for root, also on a read-only mount or in /proc. ``option`` names the
-    setting in the message (``--out``, or a callback's ``report_dir=``).
-    """
-    directory = Path(directory)
-    probe = directory
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise UsageError(f"{option} {directory}: {probe} is a file, not a directory; choose another {option}")
-    try:
-        with tempfile.NamedTemporaryFile(dir=probe, prefix=".gradscope-check-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{option} {directory}: cannot create a file in {probe} ({exc.strerror or exc}); "
-                         f"choose another {option}") from None

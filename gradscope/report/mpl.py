@@ -13,10 +13,11 @@ from __future__ import annotations
 import bisect
 import io
 import math
+import warnings
 
 from .plots import NONFINITE_NOTE, BarPlot, Heatmap, LinePlot
 from .svg import (HEATMAP_KEY, MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, bar_range, color,
-                  decade_ticks, linear_ticks, log_range, marker_kind, tick_text)
+                  decade_ticks, linear_ticks, log_range, marker_kind, pow10, tick_text)
 
 DPI = 150
 SHAPES = ("o", "s", "^", "D", "v", "o")  # svg.marker's six shapes by marker_kind; the sixth is drawn open (a ring)
@@ -36,8 +37,22 @@ def _matplotlib():
     return Figure
 
 
+# matplotlib's log axes overflow near the floats' limits: values past these are drawn at them, on an axis within them.
+DRAWABLE = (1e-300, 1e300)
+DRAWABLE_DECADES = (-300, 300)
+
+
 def _nan(values):
-    return [math.nan if v is None else v for v in values]
+    """Values as matplotlib draws them: a gap for None, anything beyond :data:`DRAWABLE` at its edge."""
+    return [math.nan if v is None else min(max(v, DRAWABLE[0]), DRAWABLE[1]) for v in values]
+
+
+def _decades(found):
+    """Whole decades (lo, hi) from the SVG's range, held within :data:`DRAWABLE_DECADES`; None stays None."""
+    if found is None:
+        return None
+    lo, hi = (min(max(d, DRAWABLE_DECADES[0]), DRAWABLE_DECADES[1]) for d in found)
+    return (lo, hi) if hi > lo else (lo - 1, hi) if lo > DRAWABLE_DECADES[0] else (lo, hi + 1)
 
 
 def marker_style(index: int) -> dict:
@@ -76,13 +91,16 @@ def _line(Figure, spec: LinePlot):
                     linewidth=1.6, label=line.label, **(marker_style(line.color) if with_markers else {}))
         for x in marks:
             ax.axvline(x, color=NONFINITE, alpha=0.45, linewidth=1)
-        decades = log_range([v for line in lines for v in line.y] + [spec.reference_y])
+        decades = _decades(log_range([v for line in lines for v in line.y] + [spec.reference_y]))
         if decades is None:
             ax.text(0.5, 0.5, "no positive values to draw on a log scale", transform=ax.transAxes,
                     ha="center", va="center", color="#666")
             continue
         ax.set_yscale("log")
-        ax.set_ylim(10.0 ** decades[0], 10.0 ** decades[1])  # whole decades, as in the SVG
+        ax.set_ylim(pow10(decades[0]), pow10(decades[1]))  # whole decades, as in the SVG
+        if decades[1] - decades[0] > 24:  # matplotlib's own log ticks overflow on very wide ranges: the SVG's decades
+            ax.set_yticks([pow10(d) for d in decade_ticks(*decades)])
+            ax.minorticks_off()
         if spec.reference_y is not None:
             ax.axhline(spec.reference_y, color="#222", linestyle=":", linewidth=1.2)
         ax.grid(True, which="major", color="#e3e3e3")
@@ -103,20 +121,20 @@ def _bars(Figure, spec: BarPlot):
     n = len(spec.panels)
     fig = Figure(figsize=(9, 1.9 * n + 1), dpi=DPI, layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, sharey=True, squeeze=False)[:, 0]
-    decades = bar_range([v for p in spec.panels for v in p.back + p.front])
-    floor = 10.0 ** decades[0]
+    decades = _decades(bar_range([v for p in spec.panels for v in p.back + p.front]))
+    floor = pow10(decades[0])
     for ax, panel in zip(axes, spec.panels):
         # bars rise from the floor, which is below every value (as in the SVG): a tiny value is never a zero
         for values, alpha, label in ((panel.back, 0.3, spec.back_label), (panel.front, 1.0, spec.front_label)):
-            heights = [math.nan if v is None else v - floor for v in values]
+            heights = [v - floor for v in _nan(values)]
             ax.bar(panel.x, heights, width=0.8, bottom=floor, color=color(panel.color), alpha=alpha, label=label)
         for x, note in zip(panel.x, panel.at_floor):
             if note:  # a zero, or a NaN, stands on the floor
                 ax.annotate(note, (x, floor), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
                             fontsize=7, color=NONFINITE if note == NONFINITE_NOTE else "#333")
         ax.set_yscale("log")
-        ax.set_ylim(floor, 10.0 ** decades[1])  # whole decades labelled at both ends, as in the SVG
-        ax.set_yticks([10.0 ** d for d in decade_ticks(*decades)])
+        ax.set_ylim(floor, pow10(decades[1]))  # whole decades labelled at both ends, as in the SVG
+        ax.set_yticks([pow10(d) for d in decade_ticks(*decades)])
         ax.set_title(panel.label, fontsize=9, loc="left")
         ax.grid(True, axis="y", color="#e3e3e3")
     axes[0].legend(fontsize=7, loc="upper right")
@@ -170,5 +188,7 @@ def figure(spec):
 def render_png(spec) -> bytes:
     """One plot spec as PNG bytes."""
     buffer = io.BytesIO()
-    figure(spec).savefig(buffer, format="png", metadata={"Software": None})
+    with warnings.catch_warnings():  # numpy's overflow notes from inside matplotlib, on values near 1e300
+        warnings.simplefilter("ignore", RuntimeWarning)
+        figure(spec).savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()

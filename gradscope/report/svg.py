@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import bisect
 import math
+import sys
 import struct
 import zlib
 from html import escape
@@ -88,6 +89,16 @@ def bar_range(values) -> Optional[tuple[int, int]]:
     return log_range(values, floor_margin=math.log10(2))
 
 
+def pow10(exponent: float) -> float:
+    """10**exponent as a float, held within the floats' range (an axis of values near 1e308 reaches a decade
+    past it; 10.0 ** 309 would raise)."""
+    if exponent > 308:
+        return sys.float_info.max
+    if exponent < -323:
+        return 5e-324  # the smallest positive float
+    return 10.0 ** exponent
+
+
 def decade_ticks(lo: int, hi: int) -> list[int]:
     return list(range(lo, hi + 1, _decade_step(lo, hi)))
 
@@ -118,18 +129,24 @@ class _LogY:
         self.lo, self.hi, self.top, self.bottom = lo, hi, top, bottom
 
     def __call__(self, v: float) -> float:
-        return self.bottom - (math.log10(v) - self.lo) / (self.hi - self.lo) * (self.bottom - self.top)
+        return self.at(math.log10(v))
+
+    def at(self, exponent: float) -> float:
+        """The y of 10**exponent, computed from the exponent: any decade, even one past the floats' range."""
+        return self.bottom - (exponent - self.lo) / (self.hi - self.lo) * (self.bottom - self.top)
 
     def draw(self, left: float, right: float) -> list[str]:
         out = []
         for d in decade_ticks(self.lo, self.hi):
-            y = self(10.0 ** d)
+            y = self.at(d)
             out.append(f'<line x1="{_f(left)}" x2="{_f(right)}" y1="{_f(y)}" y2="{_f(y)}" stroke="#e3e3e3"/>')
             out.append(_decade_label(left - 6, y + 4, d))
         if self.hi - self.lo <= 2:  # few decades: label 2x and 5x too, so values can be read off
             for d in range(self.lo, self.hi):
                 for m in (2, 5):
-                    y = self(m * 10.0 ** d)
+                    if d + math.log10(m) > 308:  # past the largest float: no such value to read off
+                        continue
+                    y = self.at(d + math.log10(m))
                     out.append(f'<line x1="{_f(left)}" x2="{_f(right)}" y1="{_f(y)}" y2="{_f(y)}" '
                                'stroke="#f0f0f0"/>')
                     out.append(f'<text x="{_f(left - 6)}" y="{_f(y + 4)}" text-anchor="end" font-size="10" '
@@ -498,7 +515,7 @@ def heatmap(spec: Heatmap) -> str:
         y = bottom - (d - lo) / (hi - lo) * plot_h
         out.append(_decade_label(bar_x + 20, y + 4, d, anchor="start"))
     if len(decades) < 2:
-        for value, y in ((10 ** lo, bottom), (10 ** hi, top + 8)):
+        for value, y in ((pow10(lo), bottom), (pow10(hi), top + 8)):
             out.append(f'<text x="{_f(bar_x + 20)}" y="{_f(y)}" font-size="11">{num(value)}</text>')
     out.append(f'<text transform="translate({_f(WIDTH - 12)} {_f((top + bottom) / 2)}) rotate(-90)" '
                f'text-anchor="middle" font-size="12">{_e(spec.color_label)}</text>')

@@ -5,49 +5,64 @@ another tool, a hand-edited report, a truncated one. Checking the structure once
 KeyError or a TypeError deep in a renderer into one sentence naming the field (``blocks[3].grad_l2 is a string
 ('abc'), not a number or null``). Only what a reader relies on is checked: the keys every writer writes, and the
 type of each documented field that is present (fields may be added within ``/1``; unknown keys pass).
-``docs/report-schema.md`` is the field-by-field description.
+``docs/report-schema.md`` is the field-by-field description. The rows, summaries, decay fits and findings are
+checked against their records in :mod:`gradscope.analysis` (:func:`record_spec`), so the two never disagree.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Union, get_args, get_origin, get_type_hints
+
+from ..analysis import BlockRow, Decay, Finding, ParamRow, Summary
 
 SCHEMA_PATTERN = re.compile(r"gradscope\.report/(\d+)")
 TOP_LEVEL = ("meta", "variants", "summaries", "findings", "comparisons", "blocks", "params", "series")
 
 # Kinds: "str", "int" (a JSON integer), "num" (any JSON number), "bool", "obj", "list"; a "?" allows null.
-_NUMBERS_OR_NULL = ("grad_l2", "grad_mean", "grad_std", "grad_rms", "grad_meanabs", "grad_maxabs", "grad_zero_frac",
-                    "weight_l2", "grad_to_weight", "act_grad_l2", "act_grad_rms", "act_grad_maxabs")
-_COUNTS = ("params", "params_no_grad", "numel", "grad_nonfinite", "act_grad_nonfinite", "output_nonfinite")
-_ROW_FIELDS = {k: "num?" for k in _NUMBERS_OR_NULL} | {k: "num" for k in _COUNTS} | {"step": "int"}
+_KINDS = {str: "str", int: "int", float: "num", bool: "bool", list: "list", dict: "obj"}
 
+
+def _kind(hint) -> str:
+    """The kind of a record field's annotation: ``Optional[float]`` is ``num?``, a nested record ``obj``."""
+    if get_origin(hint) is Union:
+        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        return _kind(inner) + "?"
+    if hasattr(hint, "__required_keys__"):  # a nested record (TypedDict)
+        return "obj"
+    return _KINDS[get_origin(hint) or hint]
+
+
+def record_spec(record) -> tuple[dict[str, str], dict[str, str]]:
+    """(required keys with their kind, optional keys with their kind) of a record of :mod:`gradscope.analysis`:
+    its required keys are those every writer writes, the others may be absent (the monitor writes a subset)."""
+    hints = get_type_hints(record)
+    return ({k: _kind(hints[k]) for k in hints if k in record.__required_keys__},
+            {k: _kind(hints[k]) for k in hints if k not in record.__required_keys__})
+
+
+_BLOCK = record_spec(BlockRow)
 # table -> (required keys with their kind, optional keys with their kind)
 TABLES: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "variants": ({"name": "str"}, {"description": "str", "base": "str?", "changes": "obj", "architecture": "obj",
                                    "report": "str"}),
-    "summaries": (
-        {"variant": "str", "verdict": "str"},
-        {"loss": "num?", "blocks": "int", "first_block": "str?", "last_block": "str?", "flow_signal": "str",
-         "first_to_last_ratio": "num?", "param_first_to_last_ratio": "num?", "decay": "obj?", "total_grad_l2": "num?",
-         "grad_nonfinite": "num", "first_nonfinite": "obj?", "dead_blocks": "list", "params": "int",
-         "params_no_grad": "list", "seconds": "num?", "repeated_blocks": "obj", "blocks_no_grad": "list",
-         "zero_weights": "list", "stacks": "list"},
-    ),
-    "findings": ({"variant": "str", "severity": "str", "message": "str", "evidence": "str"},
-                 {"kind": "str", "block": "str?", "fix": "str?"}),
+    "summaries": record_spec(Summary),
+    "findings": record_spec(Finding),
     "comparisons": ({"a": "str", "b": "str", "blocks": "list"},
                     {"grad_l2_ratio_geomean": "num?", "act_grad_l2_ratio_geomean": "num?", "matched_by": "str"}),
-    "blocks": ({"block": "str", "depth": "int", "variant": "str"}, _ROW_FIELDS),
-    "params": ({"name": "str", "variant": "str"},
-               {**_ROW_FIELDS, "depth": "int?", "block": "str?", "shape": "list", "has_grad": "bool"}),
-    "series": ({"step": "int"}, {**_ROW_FIELDS, "block": "str?", "depth": "int?", "grad_l2_post_clip": "num?"}),
+    "blocks": _BLOCK,
+    "params": record_spec(ParamRow),
+    # the monitor's time series: a block row's fields per step, and a global row per step (block and depth null)
+    "series": ({"step": "int"}, {**_BLOCK[0], **_BLOCK[1], "block": "str?", "depth": "int?",
+                                 "grad_l2_post_clip": "num?"}),
 }
 # The meta fields a renderer reads as text (the header names the model); all optional.
 _META = ({}, {"model": "str?", "source": "str?", "objective": "str?", "inputs": "str?", "device": "str?",
-              "created": "str?", "kind": "str?", "warnings": "list"})
-_DECAY = ({"trend": "str"}, {"slope_log10_per_block": "num?", "factor_per_block": "num?", "r2": "num?",
-                             "halves_every_blocks": "num?", "doubles_every_blocks": "num?", "points": "int"})
+              "created": "str?", "kind": "str?", "warnings": "list", "reports": "list?"})
+# A comparison's reports, each with its own meta (a comparison of comparisons nests them).
+_REPORT_ENTRY = ({}, {"label": "str?", "path": "str?", "model": "str?", "created": "str?", "meta": "obj?"})
+MAX_NESTING = 32  # comparisons of comparisons of ...: far deeper than anyone compares
+_DECAY = record_spec(Decay)
 _RATIO_ROW = ({"block": "str", "depth": "int"}, {"grad_l2_ratio": "num?", "act_grad_l2_ratio": "num?"})
 
 _KIND_WORDS = {"str": "a string", "int": "an integer", "num": "a number", "bool": "true or false",
@@ -121,6 +136,25 @@ def _reference_problem(data: dict) -> Optional[str]:
     return None
 
 
+def _meta_problem(meta, where: str = "meta", depth: int = 0) -> Optional[str]:
+    """What is wrong with a report's meta, a comparison's reports in it included, or None."""
+    problem = _row_problem(meta, where, _META)
+    if problem:
+        return problem
+    for i, warning in enumerate(meta.get("warnings") or []):
+        if not isinstance(warning, str):
+            return f"{where}.warnings[{i}] is {describe_json(warning)}, not a string"
+    if meta.get("reports") and depth >= MAX_NESTING:
+        return f"meta nests compared reports more than {MAX_NESTING} deep"
+    for i, entry in enumerate(meta.get("reports") or []):
+        problem = _row_problem(entry, f"{where}.reports[{i}]", _REPORT_ENTRY)
+        if not problem and entry.get("meta") is not None:
+            problem = _meta_problem(entry["meta"], f"{where}.reports[{i}].meta", depth + 1)
+        if problem:
+            return problem
+    return None
+
+
 def schema_version(data) -> Optional[int]:
     """N of a ``gradscope.report/N`` schema string, else None."""
     schema = data.get("schema") if isinstance(data, dict) else None
@@ -133,7 +167,7 @@ def structure_problem(data) -> Optional[str]:
     missing = [key for key in TOP_LEVEL if key not in data]
     if missing:
         return f"it has no {', '.join(repr(k) for k in missing)} (every gradscope report has them)"
-    problem = _row_problem(data["meta"], "meta", _META)
+    problem = _meta_problem(data["meta"])
     if problem:
         return problem
     for table in TABLES:
