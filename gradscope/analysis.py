@@ -7,19 +7,40 @@ block's position in execution order (0 = nearest the input). A block that runs
 several times, each run on the output before it (ALBERT's shared layer group),
 is a block per run, ``name#k``: dL/dh is per run, its parameter gradient (the
 sum over the runs) is in the per-parameter rows under ``name``, at no depth.
+The rows, the summary and the findings are the records defined below
+(:class:`ParamRow`, :class:`BlockRow`, :class:`Summary`, :class:`Finding`).
 
 The *flow signal* of a variant is its per-block dL/dh L2 norm when every block
-received one, else its per-block parameter-gradient L2. From it:
+received one, else its per-block parameter-gradient L2. An encoder-decoder's two
+stacks are judged apart (:func:`stacks`), on the one whose flow departs most from
+its output end. Over the judged stack, relative to its last block (the output end):
 
-- ``first_to_last_ratio``: flow at the first block / flow at the last block; an
-  encoder-decoder's two stacks are judged apart (:func:`stacks`), on the one whose
-  flow changes most;
+- ``first_to_last_ratio``: the flow at the first block over the flow at the last;
+- ``lowest_ratio`` / ``highest_ratio`` (and ``lowest_block`` / ``highest_block``):
+  the smallest and largest flow over the stack, and the same for the parameter
+  gradient (``param_lowest_ratio``, ...);
 - the decay fit: least squares of log10(flow) against depth. ``factor_per_block``
   is what one block toward the input multiplies the gradient by (10**-slope);
-  below 1 the gradient halves every ``log(0.5)/log(factor)`` blocks, above 1 it
-  doubles every ``log(2)/log(factor)``; ``r2`` says how well a constant factor
-  describes it. ``trend`` is ``flat`` when the fitted change across all blocks
-  is under 2x, else ``shrinks`` or ``grows`` (toward the input).
+  ``r2`` says how well one factor describes it. ``trend`` is ``flat`` when the
+  factor is within ``FLAT_FACTOR`` either way, else ``shrinks`` or ``grows``
+  (toward the input);
+- the shape of the profile, the first that applies (``FEATURE_FACTOR`` is the
+  smallest change taken for a feature rather than noise):
+
+  - two blocks: ``flat`` (within the band), else ``step``;
+  - ``flat``: the factor is within the band and every block is within
+    ``FEATURE_FACTOR`` of the fit;
+  - ``step``: one transition between neighbouring blocks carries at least
+    ``FEATURE_SHARE`` of the change along the profile (the sum of the absolute log
+    changes) and changes the gradient by more than the band;
+  - ``trough`` (U-shaped, a bottleneck) or ``peak``: the lowest (highest) block
+    is inside the stack, at least ``FEATURE_FACTOR`` below (above) both ends, and
+    the way down to it and up again carries at least ``FEATURE_SHARE`` of the change
+    (a zigzag whose lowest point happens to lie inside is ``noise``);
+  - ``steady``: one rate describes the profile, ``r2 >= RATE_R2``: only then is it
+    read as "halves every N blocks" (or "falls Nx per block");
+  - ``noise``: no trend (the factor is within the band) and no feature;
+  - ``uneven``: a trend that no one rate describes.
 
 Verdicts, first that applies:
 
@@ -32,12 +53,24 @@ Verdicts, first that applies:
   numbered stack or a layer run again on the output before it), or fewer than two
   that received a gradient (blocks without one, frozen or skipped, are
   otherwise left out of the ratio and named);
-- ``vanishing``: ``first_to_last_ratio < VANISHING_RATIO``;
-- ``exploding``: ``first_to_last_ratio > EXPLODING_RATIO``;
+- ``vanishing``: the lowest flow, or the lowest parameter gradient, over the stack
+  is under ``VANISHING_RATIO`` of the last block's: at the first block, or inside
+  the stack (a head that also reads the first blocks gives them a gradient of
+  their own while the middle collapses);
+- ``exploding``: the highest is over ``EXPLODING_RATIO`` of the last block's
+  (where both are crossed, the farther of the two in log terms);
 - ``healthy``: otherwise. A healthy variant whose flow changes by a steady factor per
-  block (fit ``r2 >= TREND_R2``, fitted change across the blocks over ``TREND_RATIO``x)
+  block (fit ``r2 >= RATE_R2``, fitted change across the blocks over ``TREND_RATIO``x)
   also gets a warning finding (``vanishing-trend`` or ``exploding-trend``) saying at
   about how many blocks that rate would cross the threshold.
+
+A vanishing or exploding finding names where the gradient bottoms out (peaks) and by
+how much, and fits its fix to the cause: one block that the gradient falls through
+(named), or the depth. A vanishing one also says what it means for training: a scale
+problem that Adam-style optimizers compensate and plain SGD does not, or a gradient
+that no optimizer can use (:func:`step_margin`: exactly zero, or too small for even
+Adam's normalized step to register in the weights; or, through one block, smaller
+than the dtype resolves).
 
 Parameters with no gradient (the loss does not use them) are reported as
 "no gradient", never as zero, and do not count toward any statistic.
@@ -46,20 +79,160 @@ Parameters with no gradient (the loss does not use them) are reported as
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional, Sequence, TypedDict
 
 from .blocks import block_of
 from .measure import Measurement
 from .stats import GradStats
 
-VANISHING_RATIO = 1e-2  # the first block gets less than 1/100 of the last block's gradient
-EXPLODING_RATIO = 1e2  # the first block gets more than 100x the last block's gradient
-TREND_R2 = 0.8  # a steady trend: a constant factor per block explains the flow this well ...
-TREND_RATIO = 10.0  # ... and changes it more than this much across the blocks
+VANISHING_RATIO = 1e-2  # some block gets less than 1/100 of the last block's gradient
+EXPLODING_RATIO = 1e2  # some block gets more than 100x the last block's gradient
+RATE_R2 = 0.8  # one rate describes a profile: a constant factor per block explains its log this well ...
+TREND_RATIO = 10.0  # ... and a steady trend worth a warning changes it more than this much across the blocks
+FLAT_FACTOR = 1.05  # flat: one block toward the input changes the gradient by at most 5%, either way
+FEATURE_FACTOR = 1.5  # a trough, a peak, or the scatter of a flat profile: changes under 1.5x are noise
+FEATURE_SHARE = 2 / 3  # a step, a trough, a peak: it carries at least two thirds of the change along the profile
 DEAD_ZERO_FRAC = 0.99  # a block whose gradient is at least 99% exact zeros is dead
 MIN_NORM_VALUES = 16  # a batch norm averaging fewer values per channel measures noise, not the model
 
 VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "dead", "no-depth")
+SHAPES = ("flat", "steady", "step", "trough", "peak", "noise", "uneven")
+
+
+# --- the records ---------------------------------------------------------------------
+# Every row and summary this module writes, defined once. report/validate.py reads each field's JSON type from
+# these annotations (``Optional``: may be null; ``float``: any number; ``int``: an integer), and a test holds
+# docs/report-schema.md to exactly these fields. The keys of the base class are those every writer writes (the
+# training monitor writes a subset of the rest); the order in which rows are built is the order in the JSON.
+
+
+class _ParamKeys(TypedDict):
+    name: str
+    variant: str
+
+
+class _GradientFields(TypedDict, total=False):
+    """The statistics of a gradient and its weights, as a parameter row and a block row both hold them."""
+
+    grad_l2: Optional[float]
+    grad_mean: Optional[float]
+    grad_std: Optional[float]
+    grad_rms: Optional[float]
+    grad_meanabs: Optional[float]
+    grad_maxabs: Optional[float]
+    grad_zero_frac: Optional[float]
+    grad_nonfinite: int
+    weight_l2: Optional[float]
+    grad_to_weight: Optional[float]
+
+
+class ParamRow(_ParamKeys, _GradientFields, total=False):
+    """One trainable parameter tensor of one variant: ``name`` and ``depth`` first."""
+
+    depth: Optional[int]
+    step: int  # the training monitor's rows: the step of these values
+    block: Optional[str]
+    shape: list[int]
+    numel: int
+    has_grad: bool
+    units: Optional[int]
+    dead_units: Optional[int]
+    weight_min: Optional[float]
+    weight_max: Optional[float]
+
+
+class _BlockKeys(TypedDict):
+    block: str
+    depth: int
+    variant: str
+
+
+class BlockRow(_BlockKeys, _GradientFields, total=False):
+    """One block of one variant, aggregated from its parameters' rows, with its dL/dh: ``block`` and ``depth``
+    first."""
+
+    step: int  # the training monitor's rows: the step of these values
+    params: int
+    params_no_grad: int
+    numel: int
+    act_grad_l2: Optional[float]
+    act_grad_rms: Optional[float]
+    act_grad_maxabs: Optional[float]
+    act_grad_nonfinite: int
+    output_nonfinite: int
+    units: int
+    dead_units: int
+
+
+class _DecayKeys(TypedDict):
+    trend: str
+
+
+class Decay(_DecayKeys, total=False):
+    """The fit of log10(flow) against depth, and the shape of the profile (:func:`fit_decay`)."""
+
+    slope_log10_per_block: Optional[float]
+    factor_per_block: Optional[float]
+    r2: Optional[float]
+    halves_every_blocks: Optional[float]
+    doubles_every_blocks: Optional[float]
+    points: int
+    span_blocks: int
+    shape: str
+    shape_at: list[int]
+    shape_ratio: Optional[float]
+
+
+class _SummaryKeys(TypedDict):
+    variant: str
+    verdict: str
+
+
+class Summary(_SummaryKeys, total=False):
+    """One variant's verdict and the numbers behind it (:func:`summarize`)."""
+
+    loss: Optional[float]
+    blocks: int
+    first_block: Optional[str]
+    last_block: Optional[str]
+    flow_signal: str
+    first_to_last_ratio: Optional[float]
+    param_first_to_last_ratio: Optional[float]
+    lowest_block: Optional[str]
+    lowest_ratio: Optional[float]
+    highest_block: Optional[str]
+    highest_ratio: Optional[float]
+    param_lowest_block: Optional[str]
+    param_lowest_ratio: Optional[float]
+    param_highest_block: Optional[str]
+    param_highest_ratio: Optional[float]
+    decay: Optional[Decay]
+    total_grad_l2: Optional[float]
+    grad_nonfinite: int
+    first_nonfinite: Optional[dict]
+    dead_blocks: list[str]
+    blocks_no_grad: list[str]
+    zero_weights: list[str]
+    params: int
+    params_no_grad: list[str]
+    seconds: Optional[float]
+    repeated_blocks: dict
+    stacks: list[dict]
+
+
+class _FindingKeys(TypedDict):
+    variant: str
+    severity: str
+    message: str
+    evidence: str
+
+
+class Finding(_FindingKeys, total=False):
+    """What a reader should know about a variant: the message, the numbers behind it, and what to try."""
+
+    kind: str
+    block: Optional[str]
+    fix: Optional[str]
 
 
 def _div(a: float, b: float) -> float:
@@ -76,7 +249,7 @@ def _moments(sumsq: float, total: float, finite: int) -> tuple[float, float, flo
     return mean, math.sqrt(max(sumsq / finite - mean * mean, 0.0)), math.sqrt(sumsq / finite)
 
 
-def parameter_rows(variant: str, m: Measurement) -> list[dict]:
+def parameter_rows(variant: str, m: Measurement) -> list[ParamRow]:
     """One row per trainable parameter: ``name`` and ``depth`` first."""
     depth = {b: i for i, b in enumerate(m.blocks)}
     g, w = m.grad.cpu(), m.weight.cpu()  # one device-to-host copy each, then host reads
@@ -111,6 +284,7 @@ def parameter_rows(variant: str, m: Measurement) -> list[dict]:
             "grad_nonfinite": cols["nonfinite"][i] if has_grad else 0,
             "weight_l2": weight_l2,
             "grad_to_weight": _div(grad_l2, weight_l2) if has_grad else math.nan,
+            **unit_fields(m, i, has_grad),
         })
     return rows
 
@@ -130,7 +304,7 @@ def _act_row(act: GradStats, nonfinite_forward: list[int], i: int) -> dict:
     }
 
 
-def block_rows(variant: str, m: Measurement, params: list[dict]) -> list[dict]:
+def block_rows(variant: str, m: Measurement, params: list[ParamRow]) -> list[BlockRow]:
     """One row per block in execution order, aggregated from its parameters' rows plus its dL/dh."""
     by_block: dict[str, list[dict]] = {b: [] for b in m.blocks}
     for row in params:
@@ -170,18 +344,22 @@ def block_rows(variant: str, m: Measurement, params: list[dict]) -> list[dict]:
             "weight_l2": weight_l2,
             "grad_to_weight": _div(grad_l2, weight_l2) if with_grad else math.nan,
             **_act_row(m.act_grad, m.act_nonfinite, depth),
+            **block_unit_fields(members),
         })
     return rows
 
 
-def fit_decay(values: list[float]) -> Optional[dict]:
-    """Least-squares fit of log10(value) against depth (0, 1, ...); None with fewer than 2 usable points.
+def fit_decay(values: Sequence[Optional[float]], depths: Optional[Sequence[int]] = None) -> Optional[Decay]:
+    """Least-squares fit of log10(value) against depth, and the profile's shape; None with fewer than 2 usable
+    points. ``depths`` are the values' depths (default 0, 1, ...); a value that is None, NaN, zero or infinite
+    is left out of the fit, not out of the depth axis.
 
     >>> fit = fit_decay([0.125, 0.25, 0.5, 1.0])
-    >>> round(fit["factor_per_block"], 6), round(fit["halves_every_blocks"], 6), round(fit["r2"], 6)
-    (0.5, 1.0, 1.0)
+    >>> round(fit["factor_per_block"], 6), round(fit["halves_every_blocks"], 6), round(fit["r2"], 6), fit["shape"]
+    (0.5, 1.0, 1.0, 'steady')
     """
-    points = [(d, math.log10(v)) for d, v in enumerate(values) if v is not None and math.isfinite(v) and v > 0]
+    depths = range(len(values)) if depths is None else depths
+    points = [(d, math.log10(v)) for d, v in zip(depths, values) if v is not None and math.isfinite(v) and v > 0]
     if len(points) < 2:
         return None
     n = len(points)
@@ -191,23 +369,75 @@ def fit_decay(values: list[float]) -> Optional[dict]:
     sxy = sum((x - mx) * (y - my) for x, y in points)
     slope = sxy / sxx
     ss_tot = sum((y - my) ** 2 for _, y in points)
-    ss_res = sum((y - (my + slope * (x - mx))) ** 2 for x, y in points)
+    residuals = [y - (my + slope * (x - mx)) for x, y in points]
+    r2 = 1.0 - sum(e * e for e in residuals) / ss_tot if ss_tot > 0 else 1.0
     factor = 10.0 ** (-slope)
-    span = max(x for x, _ in points) - min(x for x, _ in points)
-    if abs(slope) * span < math.log10(2.0):
-        trend = "flat"
-    else:
-        trend = "shrinks" if factor < 1 else "grows"
+    shape, at, ratio = _shape(points, slope, r2, residuals)
     return {
-        "trend": trend,
+        "trend": "flat" if _within_flat_band(slope) else "shrinks" if factor < 1 else "grows",
         "slope_log10_per_block": slope,
         "factor_per_block": factor,
-        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
+        "r2": r2,
         "halves_every_blocks": math.log(0.5) / math.log(factor) if factor < 1 else None,
         "doubles_every_blocks": math.log(2.0) / math.log(factor) if factor > 1 else None,
         "points": n,
-        "span_blocks": span,  # depth from the first fitted block to the last (blocks without a gradient are skipped)
+        "span_blocks": points[-1][0] - points[0][0],  # first fitted block to the last (blocks without a gradient
+        "shape": shape,                               # are skipped)
+        "shape_at": at,
+        "shape_ratio": ratio,
     }
+
+
+def _within_flat_band(slope_log10: float) -> bool:
+    """Whether a per-block change of 10**slope is within ``FLAT_FACTOR`` either way."""
+    return abs(slope_log10) <= math.log10(FLAT_FACTOR) * (1 + 1e-12)
+
+
+def _shape(points: list[tuple[int, float]], slope: float, r2: float,
+           residuals: list[float]) -> tuple[str, list[int], Optional[float]]:
+    """(shape, shape_at, shape_ratio) of a profile of (depth, log10 flow) points in depth order; the first that
+    applies (the rule is in the module docstring)."""
+    ys = [y for _, y in points]
+    depths = [d for d, _ in points]
+    # toward the input, point i + 1 to point i: log10 of what that transition multiplies the gradient by
+    moves = [ys[i] - ys[i + 1] for i in range(len(ys) - 1)]
+    feature = math.log10(FEATURE_FACTOR)
+    if len(points) == 2:  # one transition: flat, or a step; a rate would be read into a single number
+        per_block = moves[0] / (depths[1] - depths[0])
+        return ("flat", [], None) if _within_flat_band(per_block) else ("step", [depths[1], depths[0]],
+                                                                       10 ** moves[0])
+    if _within_flat_band(slope) and max(residuals) - min(residuals) <= feature:
+        return "flat", [], None
+    k = max(range(len(moves)), key=lambda i: abs(moves[i]))
+    per_block = moves[k] / (depths[k + 1] - depths[k])
+    if not _within_flat_band(per_block) and abs(moves[k]) >= FEATURE_SHARE * sum(abs(m) for m in moves):
+        return "step", [depths[k + 1], depths[k]], 10 ** moves[k]
+    extreme = _interior_extreme(ys, moves)
+    if extreme is not None:
+        i, shape = extreme
+        return shape, [depths[i]], 10 ** (ys[i] - ys[-1])
+    if r2 >= RATE_R2:
+        return "steady", [], None
+    if _within_flat_band(slope):
+        return "noise", [], 10 ** (max(ys) - min(ys))
+    return "uneven", [], 10 ** (ys[0] - ys[-1])
+
+
+def _interior_extreme(ys: list[float], moves: list[float]) -> Optional[tuple[int, str]]:
+    """(index, "trough" or "peak") of the lowest or highest point inside the profile where it is at least
+    ``FEATURE_FACTOR`` below or above both ends and the way there from both ends carries at least
+    ``FEATURE_SHARE`` of the change along the profile; the larger excursion of the two where both are."""
+    feature, total = math.log10(FEATURE_FACTOR), sum(abs(m) for m in moves)
+    found = []
+    for i, sign, shape in ((min(range(len(ys)), key=ys.__getitem__), 1, "trough"),
+                           (max(range(len(ys)), key=ys.__getitem__), -1, "peak")):
+        rise = [sign * (end - ys[i]) for end in (ys[0], ys[-1])]  # from the extreme to each end, toward the ends
+        if 0 < i < len(ys) - 1 and min(rise) >= feature and sum(rise) >= FEATURE_SHARE * total:
+            found.append((min(rise), i, shape))
+    if not found:
+        return None
+    _, i, shape = max(found)
+    return i, shape
 
 
 def flow_signal(blocks: list[dict]) -> tuple[str, list[float]]:
@@ -251,8 +481,8 @@ def stacks(blocks: list[dict]) -> list[list[int]]:
 
 
 def _extent(ratio: float) -> float:
-    """How far a first/last ratio is from 1, in log terms (-1 for no ratio)."""
-    if math.isnan(ratio):
+    """How far a ratio is from 1, in log terms (-1 for no ratio)."""
+    if ratio is None or math.isnan(ratio):
         return -1.0
     if ratio in (0.0, math.inf):
         return math.inf
@@ -266,52 +496,83 @@ def _zero_fraction(params: list[dict], block: str) -> float:
     return sum(r["grad_zero_frac"] * r["numel"] for r in rows) / numel if numel else 0.0
 
 
-def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dict]) -> dict:
-    """The per-variant summary with its verdict (thresholds in the module docstring).
+def _extremes(values: list[float], names: list[str]) -> dict:
+    """The lowest and highest of a profile relative to its last value (the output end), with their blocks;
+    values that are NaN are left out, and with fewer than two left (or a last value that is NaN or zero) every
+    entry is None."""
+    kept = [(v, n) for v, n in zip(values, names) if not math.isnan(v)]
+    if len(kept) < 2 or kept[-1][0] == 0:
+        return {"lowest_block": None, "lowest_ratio": None, "highest_block": None, "highest_ratio": None}
+    last = kept[-1][0]
+    low = min(kept, key=lambda vn: vn[0])
+    high = max(kept, key=lambda vn: vn[0])
+    return {"lowest_block": low[1], "lowest_ratio": low[0] / last,
+            "highest_block": high[1], "highest_ratio": high[0] / last}
 
-    An encoder-decoder is judged on the stack (see :func:`stacks`) whose flow changes the most;
-    ``stacks`` then lists each one's ends and ratio.
+
+def _profile_extent(extremes: dict) -> float:
+    """How far a profile departs from its output end, in log terms (-1 without a profile)."""
+    return max(_extent(extremes["lowest_ratio"]), _extent(extremes["highest_ratio"]))
+
+
+def _depth_verdict(summary: Summary) -> str:
+    """``vanishing``, ``exploding`` or ``healthy`` from the extremes of both profiles (dL/dh, or the parameter
+    gradient, and the parameter gradient) relative to the last block; where both thresholds are crossed, the
+    farther one."""
+    lows = [r for r in (summary["lowest_ratio"], summary["param_lowest_ratio"]) if r is not None]
+    highs = [r for r in (summary["highest_ratio"], summary["param_highest_ratio"]) if r is not None]
+    low, high = min(lows, default=1.0), max(highs, default=1.0)
+    vanishing, exploding = low < VANISHING_RATIO, high > EXPLODING_RATIO
+    if vanishing and exploding:
+        return "vanishing" if _extent(low) >= _extent(high) else "exploding"
+    return "vanishing" if vanishing else "exploding" if exploding else "healthy"
+
+
+def summarize(variant: str, m: Measurement, params: list[ParamRow], blocks: list[BlockRow]) -> Summary:
+    """The per-variant summary with its verdict: :func:`summarize_rows` on a measurement's rows."""
+    return summarize_rows(variant, params, blocks, loss=m.loss, seconds=m.seconds, repeated=dict(m.repeated))
+
+
+def summarize_rows(variant: str, params: list[ParamRow], blocks: list[BlockRow], *, loss: float,
+                   seconds: Optional[float] = None, repeated: Optional[dict[str, int]] = None) -> Summary:
+    """The per-variant summary with its verdict (thresholds in the module docstring), from the variant's rows.
+
+    An encoder-decoder is judged on the stack (see :func:`stacks`) whose flow departs the most from its
+    output end; ``stacks`` then lists each one's ends and ratio.
     """
+    repeated = repeated or {}
     signal, whole = flow_signal(blocks)
     runs = stacks(blocks)
     # Each run is compared between its first and last blocks that got a gradient (a frozen block gets none).
     reached = [[i for i in r if not math.isnan(whole[i])] for r in runs]
     ratios = [_div(whole[v[0]], whole[v[-1]]) if len(v) >= 2 else math.nan for v in reached]
-    k = max(range(len(runs)), key=lambda i: _extent(ratios[i]))  # the stack whose flow changes most
+    profiles = [_extremes([whole[i] for i in v], [blocks[i]["block"] for i in v]) for v in reached]
+    k = max(range(len(runs)), key=lambda i: _profile_extent(profiles[i]))  # the stack whose flow departs most
+    judged = reached[k]
     first_to_last = ratios[k]
-    flow = [whole[i] for i in runs[k]]
-    ends = [blocks[i] for i in (reached[k][0], reached[k][-1])] if len(reached[k]) >= 2 else (
+    ends = [blocks[i] for i in (judged[0], judged[-1])] if len(judged) >= 2 else (
         [blocks[runs[k][0]], blocks[runs[k][-1]]] if blocks else [])
-    param_ratio = _div(ends[0]["grad_l2"], ends[-1]["grad_l2"]) if len(reached[k]) >= 2 else math.nan
+    param_ratio = _div(ends[0]["grad_l2"], ends[-1]["grad_l2"]) if len(judged) >= 2 else math.nan
+    param_profile = _extremes([blocks[i]["grad_l2"] for i in judged], [blocks[i]["block"] for i in judged])
     grad_nonfinite = sum(r["grad_nonfinite"] for r in params)
-    nonfinite = (not math.isfinite(m.loss)) or grad_nonfinite > 0 or any(
+    nonfinite = (not math.isfinite(loss)) or grad_nonfinite > 0 or any(
         b["act_grad_nonfinite"] or b["output_nonfinite"] for b in blocks)
     dead = [b["block"] for b in blocks if not math.isnan(b["grad_zero_frac"]) and b["grad_zero_frac"] >= DEAD_ZERO_FRAC]
-    dead += [block for block in m.repeated if _zero_fraction(params, block) >= DEAD_ZERO_FRAC]  # weights of all runs
-    if nonfinite:
-        verdict = "non-finite"
-    elif dead:
-        verdict = "dead"
-    elif math.isnan(first_to_last):
-        verdict = "no-depth"
-    elif first_to_last < VANISHING_RATIO:
-        verdict = "vanishing"
-    elif first_to_last > EXPLODING_RATIO:
-        verdict = "exploding"
-    else:
-        verdict = "healthy"
+    dead += [block for block in repeated if _zero_fraction(params, block) >= DEAD_ZERO_FRAC]  # weights of all runs
     total_sumsq = sum(r["grad_l2"] ** 2 for r in params if r["has_grad"])
-    return {
+    summary: Summary = {
         "variant": variant,
-        "verdict": verdict,
-        "loss": m.loss,
+        "verdict": "",  # decided below, from the fields around it
+        "loss": loss,
         "blocks": len(blocks),
         "first_block": ends[0]["block"] if ends else None,
         "last_block": ends[-1]["block"] if ends else None,
         "flow_signal": signal,
         "first_to_last_ratio": first_to_last,
         "param_first_to_last_ratio": param_ratio,
-        "decay": fit_decay(flow),
+        **profiles[k],
+        **{f"param_{key}": value for key, value in param_profile.items()},
+        "decay": fit_decay([whole[i] for i in runs[k]], runs[k]),
         "total_grad_l2": math.sqrt(total_sumsq),
         "grad_nonfinite": grad_nonfinite,
         "first_nonfinite": _first_nonfinite_block(blocks) if nonfinite else None,
@@ -321,17 +582,31 @@ def summarize(variant: str, m: Measurement, params: list[dict], blocks: list[dic
         "zero_weights": [r["name"] for r in params if len(r["shape"]) >= 2 and r["weight_l2"] == 0] if dead else [],
         "params": len(params),
         "params_no_grad": [r["name"] for r in params if not r["has_grad"]],
-        "seconds": m.seconds,
-        "repeated_blocks": dict(m.repeated),  # blocks run several times, each on the output before it: their runs
+        "seconds": seconds,
+        "repeated_blocks": dict(repeated),  # blocks run several times, each on the output before it: their runs
         # each stack's ends and ratio, and into_next_ratio: its last block's flow over the next stack's first's
         "stacks": [{"first_block": blocks[r[0]]["block"], "last_block": blocks[r[-1]]["block"], "blocks": len(r),
                     "first_to_last_ratio": ratio,
                     "into_next_ratio": _div(whole[r[-1]], whole[runs[j + 1][0]]) if j + 1 < len(runs) else None}
                    for j, (r, ratio) in enumerate(zip(runs, ratios))] if len(runs) > 1 else [],
     }
+    if nonfinite:
+        summary["verdict"] = "non-finite"
+    elif dead:
+        summary["verdict"] = "dead"
+    elif math.isnan(first_to_last):
+        summary["verdict"] = "no-depth"
+    else:
+        summary["verdict"] = _depth_verdict(summary)
+    return summary
 
 
-# --- findings -----------------------------------------------------------------------
+# --- the words for a profile -----------------------------------------------------------
+# The one place where a decay fit and a shape become words: the findings' sentences (describe_decay) and the
+# reports' table cells (trend_cell) are both written here, from the same numbers.
+
+TREND_RULE = (f"trend toward input: a rate where one rate fits the log gradient against depth (R^2 >= {RATE_R2:g}), "
+              f"else the profile's shape, at the depths named; flat means within {FLAT_FACTOR:g}x per block")
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -340,23 +615,107 @@ def _fmt(x: Optional[float]) -> str:
     return f"{x:.3g}"
 
 
-def describe_decay(decay: Optional[dict]) -> str:
-    """'the gradient halves every 1.2 blocks toward the input (factor 0.56 per block, R^2 0.98)' and the like.
+def _shape_of(decay: dict) -> str:
+    """The decay's shape; a report written before shapes were recorded has only its trend: ``flat``, or a rate."""
+    return decay.get("shape") or ("flat" if decay.get("trend") == "flat" else "steady")
 
-    Under one block per halving (doubling) it says the factor instead: 'falls 7.1x per block'.
+
+def _short(x: float) -> str:
+    """A number in a table cell: two digits, and whole numbers from 10 to 1e5 as such (``400``, not ``4e+02``)."""
+    return f"{x:.0f}" if 10 <= abs(x) < 1e5 else f"{x:.2g}"
+
+
+def _rate(decay: dict) -> tuple[str, Optional[float], str, float]:
+    """("halves", blocks per halving, "falls", the change per block as a factor >= 1) for a fit that shrinks
+    toward the input; ("doubles", ..., "grows", ...) for one that grows."""
+    factor = decay["factor_per_block"]
+    if factor < 1:
+        return "halves", decay.get("halves_every_blocks"), "falls", 1 / factor
+    return "doubles", decay.get("doubles_every_blocks"), "grows", factor
+
+
+def _change(ratio: float, number: Callable[[float], str] = _fmt) -> tuple[str, str]:
+    """("falls", "7.1") for a ratio under 1 (what a transition toward the input multiplies the gradient by),
+    ("grows", "7.1") above it."""
+    return ("falls", number(1 / ratio)) if ratio < 1 else ("grows", number(ratio))
+
+
+def describe_decay(decay: Optional[dict], names: Optional[dict[int, str]] = None) -> str:
+    """The profile in a sentence, for a finding's evidence: the rate where one rate describes it, else its shape.
+
+    'the gradient halves every 1.2 blocks toward the input (factor 0.56 per block, R^2 0.98)'; under one block
+    per halving (doubling) the factor instead, 'the gradient falls 7.1x per block toward the input (R^2 1.00)';
+    'one step carries most of the change: the gradient falls 9x from layer.5 to layer.4 (toward the input) ...'.
+    ``names`` maps depths to block names (else blocks are named by depth).
     """
     if not decay:
         return "no decay fit (fewer than 2 blocks with a gradient)"
+
+    def name(depth: int) -> str:
+        return (names or {}).get(depth, f"depth {depth}")
+
+    shape = _shape_of(decay)
     fit = f"factor {_fmt(decay['factor_per_block'])} per block, R^2 {decay['r2']:.2f}"
-    if decay["trend"] == "flat":
+    no_rate = f"no one rate fits: R^2 {decay['r2']:.2f}"
+    at, ratio = decay.get("shape_at") or [], decay.get("shape_ratio")
+    if shape == "flat":
         return f"the gradient is about constant across depth ({fit})"
-    shrinks = decay["trend"] == "shrinks"
-    every = decay["halves_every_blocks" if shrinks else "doubles_every_blocks"]
-    if every is not None and every < 1:  # "halves every 0.35 blocks" is hard to picture
-        factor = decay["factor_per_block"]
-        return (f"the gradient {'falls' if shrinks else 'grows'} {_fmt(max(factor, 1 / factor))}x per block "
-                f"toward the input (R^2 {decay['r2']:.2f})")
-    return f"the gradient {'halves' if shrinks else 'doubles'} every {_fmt(every)} blocks toward the input ({fit})"
+    if shape == "steady":
+        halves, every, falls, change = _rate(decay)
+        if every is None or every < 1:  # "halves every 0.35 blocks" is hard to picture
+            return f"the gradient {falls} {_fmt(change)}x per block toward the input (R^2 {decay['r2']:.2f})"
+        blocks = "block" if _fmt(every) == "1" else f"{_fmt(every)} blocks"
+        return f"the gradient {halves} every {blocks} toward the input ({fit})"
+    if shape == "step":
+        verb, size = _change(ratio)
+        if decay["points"] == 2:
+            return f"the gradient {verb} {size}x from {name(at[0])} to {name(at[1])} (two blocks: one step, no rate)"
+        return (f"one step carries most of the change: the gradient {verb} {size}x from {name(at[0])} to "
+                f"{name(at[1])}, toward the input ({no_rate})")
+    if shape == "trough":
+        return (f"U-shaped: the gradient is lowest at {name(at[0])}, {_fmt(ratio)}x its value at the last block "
+                f"({no_rate})")
+    if shape == "peak":
+        return (f"peaked: the gradient is highest at {name(at[0])}, {_fmt(ratio)}x its value at the last block "
+                f"({no_rate})")
+    if shape == "noise":
+        return f"no trend: the gradient varies {_fmt(ratio)}x between blocks with no direction ({fit})"
+    verb, size = _change(ratio)
+    return f"the gradient {verb} {size}x across the stack toward the input, unevenly ({no_rate})"
+
+
+def trend_cell(decay: Optional[dict]) -> str:
+    """The profile in a table cell, short enough for a terminal's summary table: ``halves every 1.2``, ``falls
+    7.1x/block`` (a rate); ``flat``; ``falls 9x at 5->4`` (a step, from depth 5 to depth 4); ``U: min 4.7e-16 at
+    1``, ``peak: 30 at 3`` (the flow there over the last block's); ``no trend``; ``falls 30x, unevenly``; ``-``
+    without a fit."""
+    if not decay:
+        return "-"
+    shape = _shape_of(decay)
+    at, ratio = decay.get("shape_at") or [], decay.get("shape_ratio")
+    if shape == "flat":
+        return "flat"
+    if shape == "steady":
+        if not decay.get("factor_per_block"):  # a report written by hand, or truncated
+            return "-"
+        halves, every, falls, change = _rate(decay)
+        if every is None or every < 1:
+            return f"{falls} {change:.2g}x/block"
+        return f"{halves} every {every:.2g}"
+    if shape == "step":
+        verb, size = _change(ratio, _short)
+        return f"{verb} {size}x at {at[0]}->{at[1]}"
+    if shape == "trough":
+        return f"U: min {_short(ratio)} at {at[0]}"
+    if shape == "peak":
+        return f"peak: {_short(ratio)} at {at[0]}"
+    if shape == "noise":
+        return "no trend"
+    verb, size = _change(ratio, _short)
+    return f"{verb} {size}x, unevenly"
+
+
+# --- findings -----------------------------------------------------------------------
 
 
 def _has_residuals(inventory: dict) -> bool:
@@ -403,20 +762,279 @@ def _exploding_fixes(inventory: dict) -> str:
     return "; ".join(fixes)
 
 
-def _steady_trend(summary: dict, inventory: dict) -> Optional[dict]:
+def _judged_rows(summary: Summary, blocks: list[BlockRow]) -> list[BlockRow]:
+    """The block rows of the judged stack, ``first_block`` to ``last_block`` (none where they are not found)."""
+    names = [b["block"] for b in blocks]
+    if summary.get("first_block") not in names or summary.get("last_block") not in names:
+        return []
+    return blocks[names.index(summary["first_block"]):names.index(summary["last_block"]) + 1]
+
+
+def _step_fix(upper: str, ratio: float, last: Optional[str], vanishing: bool) -> str:
+    """What to try where one block, ``upper``, by itself makes the gradient vanish (or explode) going back
+    through it (multiplies it by ``ratio``)."""
+    verb = "falls" if vanishing else "grows"
+    fix = (f"the change is at one block, not spread over depth: the gradient {verb} {_fmt(max(ratio, 1 / ratio))}x "
+           f"going back through {upper}; fewer layers or residual connections elsewhere would not change it. ")
+    if upper == last:
+        return fix + ("That is the last block: check what the objective reads of its output (a loss that the "
+                      "block's final normalization cancels, such as the sum or the norm of a LayerNorm output, "
+                      "passes almost nothing back through it)")
+    return fix + (f"Look at what {upper} does to the gradient: saturated or switched-off units, a "
+                  "normalization, a gate or a detach")
+
+
+# Training: how far an optimizer can go against a small gradient. SGD's step is the learning rate times the
+# gradient, so a block that gets 1e-5 of the last block's gradient moves 1e-5 as far. Adam (and RMSprop) divide
+# each parameter's step by its own running gradient scale plus eps, so a small gradient still gets a step of
+# about the learning rate: a scale problem they compensate. They cannot compensate a gradient that is exactly
+# zero, nor one so far below eps that the step, about lr * g / eps, is under the float resolution of the weight
+# it is added to: then w + step == w and the weight never moves. Measured on the demo's 20-block MLPs with Adam
+# (lr 1e-3, 50 steps): the sigmoid one's first two blocks, whose largest gradient entries (2.7e-19, 1.8e-18) give
+# steps four to five orders of magnitude under half an ulp of their weights, did not change in a single entry; the
+# default-init ReLU's first block (largest entry 3.5e-10, four orders above) changed in every entry, and the
+# network learned. ADAM_LR and ADAM_EPS are torch.optim.Adam's defaults.
+ADAM_LR = 1e-3
+ADAM_EPS = 1e-8
+DTYPE_RESOLUTION = {"float32": 2.0 ** -23, "float64": 2.0 ** -52, "float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}
+
+
+def _adam_step(grad: float) -> float:
+    """The size of Adam's step (default lr and eps) for a gradient entry of steady size ``grad``."""
+    return ADAM_LR * grad / (grad + ADAM_EPS)
+
+
+def step_margin(block: BlockRow, dtype: str = "float32") -> Optional[float]:
+    """Adam's step for the block's largest gradient entry over the smallest step that registers in a weight of
+    the block's RMS (half its ``dtype`` resolution): under 1, no optimizer moves any of the block's weights;
+    0 for an all-zero gradient; None where the row lacks the numbers."""
+    maxabs, numel = block.get("grad_maxabs"), block.get("numel")
+    if not numel or maxabs is None or math.isnan(maxabs) or not block.get("weight_l2"):
+        return None
+    smallest = block["weight_l2"] / math.sqrt(numel) * DTYPE_RESOLUTION.get(dtype, DTYPE_RESOLUTION["float32"]) / 2
+    return _adam_step(maxabs) / smallest
+
+
+def _for_training(rows: list[BlockRow], step: Optional[tuple[str, float]], dtype: str) -> tuple[str, str]:
+    """(a clause for the message, a sentence for the evidence): what a vanishing gradient means for training.
+
+    Exactly zero, or too small for even Adam's normalized step to register in the weights (:func:`step_margin`
+    under 1), or rounding error (one block divides it by more than the dtype resolves): nothing compensates that.
+    Otherwise a scale problem that per-parameter normalization compensates and plain SGD does not. ``step``:
+    (the block, what going back through it multiplies the gradient by) where one block carries the collapse.
+    """
+    margins = [(m, r) for r in rows if (m := step_margin(r, dtype)) is not None]
+    stuck = [r["block"] for m, r in margins if m < 1]
+    resolution = DTYPE_RESOLUTION.get(dtype, DTYPE_RESOLUTION["float32"])
+    if stuck:
+        names = ", ".join(stuck[:3]) + (" ..." if len(stuck) > 3 else "")
+        return (f"too little for any optimizer to move the weights of {len(stuck)} block(s)",
+                f"at {names} even the largest gradient entry is exactly zero or gives Adam's normalized step "
+                f"(lr {ADAM_LR:g}, eps {ADAM_EPS:g}) less than half the {dtype} resolution of the weights, so "
+                "they never move: no optimizer compensates that, plain SGD neither")
+    if step is not None and step[1] < resolution:
+        return (f"less than {dtype} resolves: what reaches the blocks below {step[0]} is rounding error",
+                f"going back through {step[0]} the gradient falls {_fmt(1 / step[1])}x, more than "
+                f"{dtype} resolves in one block ({resolution:.2g}): below it, the gradient is at the level of that "
+                "block's rounding error, not a signal any optimizer can learn from")
+    least, at = min(margins, key=lambda mr: mr[0]) if margins else (None, None)
+    where = f" (the least, at {at['block']}, {_fmt(least)}x the smallest step that registers)" if at else ""
+    return ("a scale problem that Adam-style optimizers compensate and plain SGD does not",
+            f"every block's gradient is still large enough for a per-parameter normalized step (Adam, RMSprop) to "
+            f"move its weights{where}: those optimizers compensate the scale, while plain SGD, one learning rate "
+            "for every block, moves each block in proportion to its gradient")
+
+
+def _where(summary: Summary) -> str:
+    """'dL/dh at <first> is <r>x its value at <last>', with the blocks left out of the ratio."""
+    where = (f"{summary['flow_signal']} at {summary['first_block']} is {_fmt(summary['first_to_last_ratio'])}x "
+             f"its value at {summary['last_block']}")
+    missing = summary.get("blocks_no_grad") or []
+    if missing:
+        where += (f" (the first and last blocks with a gradient; none reached {', '.join(missing[:3])}"
+                  + (" ..." if len(missing) > 3 else "") + ")")
+    return where
+
+
+def _names(blocks: list[BlockRow]) -> dict[int, str]:
+    return {b["depth"]: b["block"] for b in blocks}
+
+
+def _crossed(summary: Summary, vanishing: bool) -> tuple[str, str, float]:
+    """(signal, block, ratio to the last block) where the profile that crossed the threshold bottoms out (peaks):
+    the flow signal's where it crossed, else the parameter gradient's. Where that extreme is within
+    ``FEATURE_FACTOR`` of the first block's value, the collapse reaches the input end: the first block is named."""
+    key, crossed = ("lowest", lambda r: r < VANISHING_RATIO) if vanishing else (
+        "highest", lambda r: r > EXPLODING_RATIO)
+    if summary.get(f"{key}_ratio") is not None and crossed(summary[f"{key}_ratio"]):
+        signal, block, ratio = summary["flow_signal"], summary[f"{key}_block"], summary[f"{key}_ratio"]
+        first = summary["first_to_last_ratio"]
+    else:
+        signal, block, ratio = "parameter gradient", summary[f"param_{key}_block"], summary[f"param_{key}_ratio"]
+        first = summary["param_first_to_last_ratio"]
+    if first is not None and not math.isnan(first) and _extent(first) >= _extent(ratio) - math.log(FEATURE_FACTOR):
+        return signal, summary["first_block"], first
+    return signal, block, ratio
+
+
+def _nonfinite_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str) -> Finding:
+    first = summary["first_nonfinite"] or {}
+    loss = "" if math.isfinite(summary["loss"]) else f"the loss is {summary['loss']}; "
+    return {
+        "variant": summary["variant"], "severity": "error", "kind": "non-finite", "block": first.get("block"),
+        "message": f"non-finite values first appear at {first['block']}, {first['where']}" if first
+                   else "non-finite values appear in the loss",
+        "evidence": f"{loss}{summary['grad_nonfinite']} non-finite parameter-gradient entries",
+        "fix": "check the inputs for NaN/Inf; use float32 or bfloat16 rather than float16 (or a GradScaler); "
+               "lower the learning rate; add normalization before the block named",
+    }
+
+
+def _dead_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str) -> Finding:
+    dead = summary["dead_blocks"]
+    zero = summary.get("zero_weights") or []
+    return {
+        "variant": summary["variant"], "severity": "error", "kind": "dead", "block": dead[0],
+        "message": f"{len(dead)} block(s) get an all-zero gradient, first {dead[0]}",
+        "evidence": f"gradient zero fraction >= {DEAD_ZERO_FRAC} in {', '.join(dead[:5])}"
+                    + (" ..." if len(dead) > 5 else "")
+                    + (f"; all-zero weights: {', '.join(zero[:3])}" + (" ..." if len(zero) > 3 else "")
+                       if zero else ""),
+        "fix": (f"{zero[0]} is all zeros (a zero-initialized layer): it passes no gradient to the layers before "
+                "it until its first update, as at the start of training; measure after a step, or give it a "
+                "small random init" if zero else
+                "dead ReLU units or underflow: use LeakyReLU or GELU, re-initialize (He init), lower the "
+                "learning rate, compute in float32 rather than float16"),
+    }
+
+
+def _no_depth_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str) -> Finding:
+    n = summary["blocks"]
+    stacked = summary.get("stacks") or []
+    if max((st["blocks"] for st in stacked), default=n) < 2:
+        return {
+            "variant": summary["variant"], "severity": "warning", "kind": "no-depth", "block": None,
+            "message": f"no depth axis to follow the gradient along: {n} block(s) found"
+                       + (f", one per stack ({len(stacked)} stacks)" if stacked else ""),
+            "evidence": "blocks are the children of a stack of numbered modules (encoder.layer.7, layer3.2) "
+                        "that hold parameters; the per-parameter table still has every gradient",
+            "fix": "nothing to fix in the model: a model that holds no numbered stack, and no layer that runs "
+                   "again on the output before it (as ALBERT's shared layer does), has no blocks to compare",
+        }
+    missing = summary.get("blocks_no_grad") or []
+    runs = [b for b in missing if b.partition("#")[0] in (summary.get("repeated_blocks") or {})]
+    return {
+        "variant": summary["variant"], "severity": "warning", "kind": "no-depth", "block": None,
+        "message": "fewer than two blocks received a gradient, so the flow cannot be compared across depth",
+        "evidence": f"no gradient at {len(missing)} of {n} blocks: {', '.join(missing[:5])}"
+                    + (" ..." if len(missing) > 5 else ""),
+        # a run's weights are every run's: without dL/dh at its output, a run has no gradient of its own
+        "fix": "activation checkpointing that runs the blocks again in the backward pass "
+               "(use_reentrant=True) hides dL/dh at each run's output: measure without it, or with "
+               "use_reentrant=False" if runs else
+               "check that the objective reaches every block (frozen or skipped blocks get no gradient)",
+    }
+
+
+def _depth_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str,
+                   vanishing: bool) -> Finding:
+    """A vanishing or exploding gradient: where the profile that crossed the threshold bottoms out (peaks) and
+    by how much, a fix for its cause (one block the gradient falls through, or the depth), and, vanishing, what
+    it means for training."""
+    signal, block, ratio = _crossed(summary, vanishing)
+    word, threshold = ("vanishing", VANISHING_RATIO) if vanishing else ("exploding", EXPLODING_RATIO)
+    param_only = signal == "parameter gradient" and summary["flow_signal"] == "dL/dh"
+    key = "grad_l2" if signal == "parameter gradient" else "act_grad_l2"
+    rows = _judged_rows(summary, blocks)
+    names = [r["block"] for r in rows]
+    descent = rows[names.index(block):] if block in names else []  # from where it bottoms out to the output end
+    descent_fit = fit_decay([r[key] for r in descent], [r["depth"] for r in descent]) if descent else None
+    # one block that the gradient falls (grows) through by itself: (its name, what it multiplies the gradient by)
+    step = (_names(rows)[descent_fit["shape_at"][0]], descent_fit["shape_ratio"]) if (
+        descent_fit and descent_fit["shape"] == "step") else None
+    if param_only:
+        message = f"{word} parameter gradient: {block}'s weights get {_fmt(ratio)}x the last block's"
+    elif block == summary["first_block"]:
+        message = f"{word} gradient: the first block gets {_fmt(ratio)}x the last block's gradient"
+    else:
+        message = (f"{word} gradient inside the stack: the gradient {'bottoms out' if vanishing else 'peaks'} at "
+                   f"{block}, {_fmt(ratio)}x the last block's")
+    evidence = [f"{signal} at {block} is {_fmt(ratio)}x its value at {summary['last_block']} (threshold "
+                f"{threshold:g})"]
+    if block != summary["first_block"]:
+        evidence.append(_where(summary))
+    evidence.append(describe_decay(summary["decay"], _names(blocks)))
+    if block != summary["first_block"] and descent_fit and descent_fit["shape"] == "steady":
+        evidence.append(f"from {summary['last_block']} to {block}, {describe_decay(descent_fit)}")
+    if param_only:
+        flow = next(r["act_grad_l2"] for r in descent) / descent[-1]["act_grad_l2"] if descent else None
+        evidence.append(f"dL/dh at {block} is {_fmt(flow)}x its value at {summary['last_block']}")
+        fix = ("the block receives gradient but passes little of it to its weights: its inputs are near zero, or "
+               "its units saturated or switched off; look at the activations feeding it and at its init scale"
+               if vanishing else "its inputs are large: check the init scale, and add normalization before it")
+    elif step is not None:
+        fix = _step_fix(step[0], step[1], summary["last_block"], vanishing)
+    elif vanishing:
+        fix = _vanishing_fixes(inventory)
+    else:
+        fix = "clip gradients (torch.nn.utils.clip_grad_norm_); lower the learning rate; " + _exploding_fixes(inventory)
+    if vanishing:
+        clause, training = _for_training(rows, step, dtype)
+        message += f", {clause}"
+        evidence.append(training)
+    return {"variant": summary["variant"], "severity": "warning", "kind": word, "block": block,
+            "message": message, "evidence": "; ".join(evidence), "fix": fix}
+
+
+def _vanishing_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str) -> Finding:
+    return _depth_finding(summary, blocks, inventory, dtype, vanishing=True)
+
+
+def _exploding_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str) -> Finding:
+    return _depth_finding(summary, blocks, inventory, dtype, vanishing=False)
+
+
+def _healthy_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str) -> Finding:
+    ranges = [f"{summary['flow_signal']} from {_fmt(summary['lowest_ratio'])}x to "
+              f"{_fmt(summary['highest_ratio'])}x"]
+    if summary["flow_signal"] == "dL/dh" and summary.get("param_lowest_ratio") is not None:
+        ranges.append(f"the parameter gradient from {_fmt(summary['param_lowest_ratio'])}x to "
+                      f"{_fmt(summary['param_highest_ratio'])}x")
+    return {
+        "variant": summary["variant"], "severity": "info", "kind": "healthy", "block": None,
+        "message": "gradient reaches every block",
+        "evidence": f"{_where(summary)}; over the stack, {' and '.join(ranges)} of the last block's (within "
+                    f"{VANISHING_RATIO:g} to {EXPLODING_RATIO:g}); {describe_decay(summary['decay'], _names(blocks))}",
+        "fix": "",
+    }
+
+
+# One function per verdict: the finding that states it, with its evidence and fix.
+VERDICT_FINDINGS: dict[str, Callable[[Summary, list[BlockRow], dict, str], Finding]] = {
+    "non-finite": _nonfinite_finding,
+    "dead": _dead_finding,
+    "no-depth": _no_depth_finding,
+    "vanishing": _vanishing_finding,
+    "exploding": _exploding_finding,
+    "healthy": _healthy_finding,
+}
+
+
+def _steady_trend(summary: Summary, inventory: dict) -> Optional[Finding]:
     """A warning for a healthy variant whose gradient shrinks (or grows) by a steady factor per block.
 
     Within the thresholds today, such a model crosses them when it gets deeper: the finding says at
     how many blocks, so a reader can tell a flat profile from one that only looks fine at this depth.
+    Only where one rate describes the profile (``steady``, or ``flat`` with a fit of ``RATE_R2``).
     """
     decay = summary["decay"]
-    if not decay or decay["trend"] == "flat" or decay["r2"] < TREND_R2:
+    if not decay or _shape_of(decay) not in ("steady", "flat") or decay["r2"] < RATE_R2:
         return None
     factor = decay["factor_per_block"]
     across = factor ** decay.get("span_blocks", decay["points"] - 1)  # the fitted change, last block to first
     if TREND_RATIO ** -1 < across < TREND_RATIO:
         return None
-    shrinks = decay["trend"] == "shrinks"
+    shrinks = factor < 1
     threshold = VANISHING_RATIO if shrinks else EXPLODING_RATIO
     depth = math.ceil(math.log(threshold) / math.log(factor)) + 1  # blocks at which the fit crosses it
     return {
@@ -431,134 +1049,60 @@ def _steady_trend(summary: dict, inventory: dict) -> Optional[dict]:
     }
 
 
-def findings_for(summary: dict, blocks: list[dict], inventory: dict) -> list[dict]:
-    """What a reader should know about one variant: evidence and the fix, most serious first."""
-    v = summary["variant"]
-    verdict = summary["verdict"]
-    ratio = summary["first_to_last_ratio"]
-    where = (f"{summary['flow_signal']} at {summary['first_block']} is {_fmt(ratio)}x "
-             f"its value at {summary['last_block']}")
-    missing = summary.get("blocks_no_grad") or []
-    if missing and verdict != "no-depth":
-        where += (f" (the first and last blocks with a gradient; none reached {', '.join(missing[:3])}"
-                  + (" ..." if len(missing) > 3 else "") + ")")
-    found = []
-    if verdict == "non-finite":
-        first = summary["first_nonfinite"] or {}
-        loss = "" if math.isfinite(summary["loss"]) else f"the loss is {summary['loss']}; "
-        found.append({
-            "variant": v, "severity": "error", "kind": "non-finite", "block": first.get("block"),
-            "message": f"non-finite values first appear at {first['block']}, {first['where']}" if first
-                       else "non-finite values appear in the loss",
-            "evidence": f"{loss}{summary['grad_nonfinite']} non-finite parameter-gradient entries",
-            "fix": "check the inputs for NaN/Inf; use float32 or bfloat16 rather than float16 (or a GradScaler); "
-                   "lower the learning rate; add normalization before the block named",
-        })
-    elif verdict == "dead":
-        dead = summary["dead_blocks"]
-        zero = summary.get("zero_weights") or []
-        found.append({
-            "variant": v, "severity": "error", "kind": "dead", "block": dead[0],
-            "message": f"{len(dead)} block(s) get an all-zero gradient, first {dead[0]}",
-            "evidence": f"gradient zero fraction >= {DEAD_ZERO_FRAC} in {', '.join(dead[:5])}"
-                        + (" ..." if len(dead) > 5 else "")
-                        + (f"; all-zero weights: {', '.join(zero[:3])}" + (" ..." if len(zero) > 3 else "")
-                           if zero else ""),
-            "fix": (f"{zero[0]} is all zeros (a zero-initialized layer): it passes no gradient to the layers before "
-                    "it until its first update, as at the start of training; measure after a step, or give it a "
-                    "small random init" if zero else
-                    "dead ReLU units or underflow: use LeakyReLU or GELU, re-initialize (He init), lower the "
-                    "learning rate, compute in float32 rather than float16"),
-        })
-    elif verdict == "no-depth":
-        n = summary["blocks"]
-        stacked = summary.get("stacks") or []
-        if max((st["blocks"] for st in stacked), default=n) < 2:
-            found.append({
-                "variant": v, "severity": "warning", "kind": "no-depth", "block": None,
-                "message": f"no depth axis to follow the gradient along: {n} block(s) found"
-                           + (f", one per stack ({len(stacked)} stacks)" if stacked else ""),
-                "evidence": "blocks are the children of a stack of numbered modules (encoder.layer.7, layer3.2) "
-                            "that hold parameters; the per-parameter table still has every gradient",
-                "fix": "nothing to fix in the model: a model that holds no numbered stack, and no layer that runs "
-                       "again on the output before it (as ALBERT's shared layer does), has no blocks to compare",
-            })
-        else:
-            missing = summary.get("blocks_no_grad") or []
-            runs = [b for b in missing if b.partition("#")[0] in (summary.get("repeated_blocks") or {})]
-            found.append({
-                "variant": v, "severity": "warning", "kind": "no-depth", "block": None,
-                "message": "fewer than two blocks received a gradient, so the flow cannot be compared across depth",
-                "evidence": f"no gradient at {len(missing)} of {n} blocks: {', '.join(missing[:5])}"
-                            + (" ..." if len(missing) > 5 else ""),
-                # a run's weights are every run's: without dL/dh at its output, a run has no gradient of its own
-                "fix": "activation checkpointing that runs the blocks again in the backward pass "
-                       "(use_reentrant=True) hides dL/dh at each run's output: measure without it, or with "
-                       "use_reentrant=False" if runs else
-                       "check that the objective reaches every block (frozen or skipped blocks get no gradient)",
-            })
-    elif verdict == "vanishing":
-        found.append({
-            "variant": v, "severity": "warning", "kind": "vanishing", "block": summary["first_block"],
-            "message": f"vanishing gradient: the first block gets {_fmt(ratio)}x the last block's gradient",
-            "evidence": f"{where} (threshold {VANISHING_RATIO:g}); {describe_decay(summary['decay'])}",
-            "fix": _vanishing_fixes(inventory),
-        })
-    elif verdict == "exploding":
-        found.append({
-            "variant": v, "severity": "warning", "kind": "exploding", "block": summary["first_block"],
-            "message": f"exploding gradient: the first block gets {_fmt(ratio)}x the last block's gradient",
-            "evidence": f"{where} (threshold {EXPLODING_RATIO:g}); {describe_decay(summary['decay'])}",
-            "fix": "clip gradients (torch.nn.utils.clip_grad_norm_); lower the learning rate; "
-                   + _exploding_fixes(inventory),
-        })
-    else:
-        found.append({
-            "variant": v, "severity": "info", "kind": "healthy", "block": None,
-            "message": "gradient reaches every block",
-            "evidence": f"{where} (within {VANISHING_RATIO:g} to {EXPLODING_RATIO:g}); "
-                        f"{describe_decay(summary['decay'])}",
-            "fix": "",
-        })
-        # Not for shallow: the model's own first half, whose rate the whole model, measured beside it, tells better.
-        trend = _steady_trend(summary, inventory) if v != "shallow" else None
-        if trend:
-            found.append(trend)
-    for block, runs in (summary.get("repeated_blocks") or {}).items():
-        found.append({
-            "variant": v, "severity": "info", "kind": "shared-weights", "block": block,
-            "message": f"{block} runs {runs} times in one forward pass, each run on the output of the block run "
-                       f"before it: each run is a block of its own ({block}#0 nearest the input)",
-            "evidence": "its layers share their weights across depth, so its parameter gradient is the sum over "
-                        f"the {runs} runs and has no depth; the depth axis is dL/dh at each run's output",
-            "fix": "",
-        })
-    if summary.get("stacks"):
-        parts = [f"{st['first_block']} to {st['last_block']}: {_fmt(st['first_to_last_ratio'])}x"
-                 for st in summary["stacks"]]
-        across = [f"{st['last_block']} gets {_fmt(st['into_next_ratio'])}x {nxt['first_block']}'s"
-                  for st, nxt in zip(summary["stacks"], summary["stacks"][1:])]
-        found.append({
-            "variant": v, "severity": "info", "kind": "stacks", "block": None,
-            "message": f"encoder and decoder judged apart, on the stack whose flow changes most "
-                       f"({summary['first_block']} to {summary['last_block']})",
-            "evidence": f"{summary['flow_signal']} first/last per stack: {'; '.join(parts)}; between stacks "
-                        f"(through cross-attention): {'; '.join(across)}",
-            "fix": "",
-        })
+def _shared_weights_findings(summary: Summary) -> list[Finding]:
+    return [{
+        "variant": summary["variant"], "severity": "info", "kind": "shared-weights", "block": block,
+        "message": f"{block} runs {runs} times in one forward pass, each run on the output of the block run "
+                   f"before it: each run is a block of its own ({block}#0 nearest the input)",
+        "evidence": "its layers share their weights across depth, so its parameter gradient is the sum over "
+                    f"the {runs} runs and has no depth; the depth axis is dL/dh at each run's output",
+        "fix": "",
+    } for block, runs in (summary.get("repeated_blocks") or {}).items()]
+
+
+def _stacks_finding(summary: Summary) -> Optional[Finding]:
+    if not summary.get("stacks"):
+        return None
+    parts = [f"{st['first_block']} to {st['last_block']}: {_fmt(st['first_to_last_ratio'])}x"
+             for st in summary["stacks"]]
+    across = [f"{st['last_block']} gets {_fmt(st['into_next_ratio'])}x {nxt['first_block']}'s"
+              for st, nxt in zip(summary["stacks"], summary["stacks"][1:])]
+    return {
+        "variant": summary["variant"], "severity": "info", "kind": "stacks", "block": None,
+        "message": f"encoder and decoder judged apart, on the stack whose flow changes most "
+                   f"({summary['first_block']} to {summary['last_block']})",
+        "evidence": f"{summary['flow_signal']} first/last per stack: {'; '.join(parts)}; between stacks "
+                    f"(through cross-attention): {'; '.join(across)}",
+        "fix": "",
+    }
+
+
+def _no_gradient_finding(summary: Summary) -> Optional[Finding]:
     no_grad = summary["params_no_grad"]
-    if no_grad:
-        found.append({
-            "variant": v, "severity": "info", "kind": "no-gradient", "block": None,
-            "message": f"{len(no_grad)} parameter tensor(s) received no gradient: the loss does not use them",
-            "evidence": ", ".join(no_grad[:5]) + (" ..." if len(no_grad) > 5 else ""),
-            "fix": "expected for parts the objective skips (a pooler under a language-model loss, a downsample "
-                   "branch after no-residual); otherwise check the forward, or freeze them with requires_grad_(False)",
-        })
-    return found
+    if not no_grad:
+        return None
+    return {
+        "variant": summary["variant"], "severity": "info", "kind": "no-gradient", "block": None,
+        "message": f"{len(no_grad)} parameter tensor(s) received no gradient: the loss does not use them",
+        "evidence": ", ".join(no_grad[:5]) + (" ..." if len(no_grad) > 5 else ""),
+        "fix": "expected for parts the objective skips (a pooler under a language-model loss, a downsample "
+               "branch after no-residual); otherwise check the forward, or freeze them with requires_grad_(False)",
+    }
 
 
-def batch_norm_finding(variant: str, m: Measurement) -> Optional[dict]:
+def findings_for(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str = "float32") -> list[Finding]:
+    """What a reader should know about one variant: its verdict's finding with evidence and fix, then the notes
+    that go with it. ``dtype`` is the weights' (what an optimizer's step must register in)."""
+    found = [VERDICT_FINDINGS[summary["verdict"]](summary, blocks, inventory, dtype)]
+    # Not for shallow: the model's own first half, whose rate the whole model, measured beside it, tells better.
+    if summary["verdict"] == "healthy" and summary["variant"] != "shallow":
+        found.append(_steady_trend(summary, inventory))
+    found += _shared_weights_findings(summary)
+    found += [_stacks_finding(summary), _no_gradient_finding(summary)]
+    return [f for f in found if f]
+
+
+def batch_norm_finding(variant: str, m: Measurement) -> Optional[Finding]:
     """A warning when some batch norm averages fewer than ``MIN_NORM_VALUES`` values per channel: its batch
     statistics, and the gradient through them, are then noise (a tiny batch, or small images deep in a CNN)."""
     if not m.norm_values:
@@ -621,3 +1165,238 @@ def comparison_pairs(variants: list[dict]) -> list[tuple[str, str]]:
         if base and base in names and v["name"] != "shallow":
             pairs.append((v["name"], base))
     return pairs
+
+
+# --- findings from the objective and the units
+
+
+def chance_finding(summary: Summary, objective: str, chance: Optional[dict]) -> Optional[Finding]:
+    """The pretrained model's loss against chance, where the loader knows chance for its objective
+    (``chance``: ``loss``, a uniform guess's, and its ``basis`` in words; given for a surrogate objective and for
+    a sentence encoder's contrastive one).
+
+    At or above chance, a warning: the model does no better than a uniform guess at this objective, so the
+    objective may not represent the model. Below it, an info finding saying by how much. None for another
+    variant, a non-finite loss, or no chance known.
+
+    >>> finding = chance_finding({"variant": "pretrained", "verdict": "healthy", "loss": 10.64},
+    ...                          "surrogate-masked-lm", {"loss": 10.33, "basis": "ln 30522"})
+    >>> finding["severity"], finding["evidence"]
+    ('warning', 'pretrained loss 10.64 >= chance 10.33 (ln 30522)')
+    """
+    loss = summary.get("loss")
+    if summary["variant"] != "pretrained" or not chance or loss is None or not math.isfinite(loss):
+        return None
+    guess = chance["loss"]
+    if loss >= guess:
+        return {
+            "variant": "pretrained", "severity": "warning", "kind": "objective-at-chance", "block": None,
+            "message": f"the pretrained model does no better than chance at the {objective} objective: the objective "
+                       "may not represent the model, and the gradient measured with it may say little about it",
+            "evidence": f"pretrained loss {loss:.4g} >= chance {guess:.4g} ({chance['basis']})",
+            "fix": "measure the model with the objective it was trained with: save it with its head (e.g. its "
+                   "...ForMaskedLM or ...ForCausalLM class), or measure it from Python with your own batch and loss, "
+                   "gradscope.analyze(model, batch=..., loss_fn=...)",
+        }
+    return {
+        "variant": "pretrained", "severity": "info", "kind": "objective-below-chance", "block": None,
+        "message": f"the pretrained model does better than chance at the {objective} objective: its loss is "
+                   f"{loss / guess:.2g}x chance",
+        "evidence": f"pretrained loss {loss:.4g} < chance {guess:.4g} ({chance['basis']})",
+        "fix": "",
+    }
+
+
+# Dead units: a unit of a Linear or convolution layer is dead when the gradient row of its weight (a
+# convolution's output channel) is exactly zero over the batch: behind a ReLU, a unit whose output was zero for
+# every sample (measure.dead_units). Untrained checkpoints: a ``pretrained`` variant indistinguishable from
+# ``scratch`` (untrained_finding states the rule).
+
+# More than 5% of a block's units dead is no accident of the batch: a ReLU unit whose pre-activation is positive
+# for half of the inputs is off for all of n independent samples with probability 2**-n, under 0.4% from n = 8
+# (the smallest default batch; a token or an image position is a sample too), so even 1% would be rare by
+# chance. 5% leaves room for the units a trained network keeps for rare inputs, and is below the 6-20% dead in
+# blocks 6-19 of the demo's 20-block ReLU MLP with He init (batch 256), where the samples' pre-activations have
+# grown nearly parallel with depth (mean cosine 0.03 at block 0, 0.93 at block 19) and switch a unit off together.
+DEAD_UNIT_FRAC = 0.05
+HE_SCALE_LOW = 0.8  # weights below 0.8x He init's scale (PyTorch's default Linear init is 0.41x): "the init is off"
+# An untrained "pretrained" model (see untrained_finding):
+SAME_MEASUREMENT_RTOL = 1e-5  # float32 keeps ~7 digits; one computation run twice (a GPU's atomic adds) varies in
+# the last ones, two different sets of weights in the first
+# Weight RMS within 5% of scratch's, or within 4/sqrt(n) for a tensor of n entries where that is more (n < 6400):
+# the RMS of n Gaussian draws varies by 1/sqrt(2n) (relative), the difference of two draws' by 1/sqrt(n): 4 sigma
+UNTRAINED_RMS_TOL = 0.05
+UNTRAINED_TENSOR_FRAC = 0.9  # ... for nearly all tensors: a small one (a 10-class head's bias) can be further off
+
+
+def unit_fields(m: Measurement, i: int, has_grad: bool) -> dict:
+    """A parameter row's ``units`` (output units of a Linear/convolution weight, else None), ``dead_units`` (of
+    which got an all-zero gradient; None without a gradient) and ``weight_min``/``weight_max`` (its entries' range)."""
+    low, high = m.weight_range[i] if m.weight_range else (math.nan, math.nan)
+    return {
+        "units": m.units[i] if m.units else None,
+        "dead_units": m.dead_units[i] if m.dead_units and has_grad else None,
+        "weight_min": low,
+        "weight_max": high,
+    }
+
+
+def block_unit_fields(members: list[ParamRow]) -> dict:
+    """A block row's ``units`` and ``dead_units``: summed over its Linear/convolution weights with a gradient."""
+    counted = [r for r in members if r.get("dead_units") is not None]
+    return {"units": sum(r["units"] for r in counted), "dead_units": sum(r["dead_units"] for r in counted)}
+
+
+def _dead_fraction(block: BlockRow) -> float:
+    return block["dead_units"] / block["units"]
+
+
+def _he_scale(params: list[ParamRow], block: str) -> Optional[float]:
+    """The RMS of a block's Linear/convolution weights over He init's (std sqrt(2/fan_in)); None without any.
+
+    Under He init a weight of ``units`` rows has an expected sum of squares of ``units * fan_in * 2/fan_in``,
+    twice its units, whatever its fan-in.
+    """
+    rows = [r for r in params if r["block"] == block and r.get("units")]
+    units = sum(r["units"] for r in rows)
+    return math.sqrt(sum(r["weight_l2"] ** 2 for r in rows) / (2 * units)) if units else None
+
+
+def _dead_unit_fixes(inventory: dict, he_scale: Optional[float]) -> str:
+    fixes = []
+    if (he_scale is not None and he_scale < HE_SCALE_LOW and inventory.get("relu_family_activations")
+            and not inventory.get("norm_layers")):
+        fixes.append(f"initialize with He init (nn.init.kaiming_normal_, nonlinearity='relu'): these weights have "
+                     f"{he_scale:.2g}x its scale")
+    fixes.append("use LeakyReLU or GELU (their gradient is not zero for negative inputs)")
+    if not inventory.get("norm_layers"):
+        fixes.append("add BatchNorm before the activation (it centres each unit over the batch, so no unit is off "
+                     "for every sample)")
+    fixes.append("check the bias init (a negative bias switches a unit off for every input)")
+    fixes.append("if units died in training, lower the learning rate")
+    return "; ".join(fixes)
+
+
+def dead_units_finding(summary: Summary, blocks: list[BlockRow], params: list[ParamRow],
+                       inventory: dict) -> Optional[Finding]:
+    """A warning naming the block with the largest fraction of dead units, where some block has more than
+    ``DEAD_UNIT_FRAC`` of its units dead; None otherwise. Blocks the ``dead`` verdict names are left to it."""
+    dead_blocks = set(summary.get("dead_blocks") or ())
+    over = [b for b in blocks if b.get("units") and b["block"] not in dead_blocks
+            and _dead_fraction(b) > DEAD_UNIT_FRAC]
+    if not over:
+        return None
+    worst = max(over, key=_dead_fraction)
+    listed = ", ".join(f"{b['block']} {_dead_fraction(b):.0%}" for b in over[:8]) + (" ..." if len(over) > 8 else "")
+    return {
+        "variant": summary["variant"], "severity": "warning", "kind": "dead-units", "block": worst["block"],
+        "message": f"partly dead units: {worst['dead_units']} of the {worst['units']} units of {worst['block']} "
+                   f"({_dead_fraction(worst):.0%}) get no gradient from any sample of the batch",
+        "evidence": f"{len(over)} of {len(blocks)} blocks have more than {DEAD_UNIT_FRAC:.0%} of their units dead: "
+                    f"{listed} (a unit is dead when its weight's gradient row, a convolution's output channel, is "
+                    "exactly zero: behind a ReLU, an output of zero for every sample)",
+        "fix": _dead_unit_fixes(inventory, _he_scale(params, worst["block"])),
+    }
+
+
+def _close(a: Optional[float], b: Optional[float]) -> bool:
+    """Equal within ``SAME_MEASUREMENT_RTOL``; two missing (None or NaN) values are equal too."""
+    missing = [x is None or math.isnan(x) for x in (a, b)]
+    if any(missing):
+        return all(missing)
+    return math.isclose(a, b, rel_tol=SAME_MEASUREMENT_RTOL)
+
+
+def _same_measurement(pretrained: Summary, scratch: Summary, blocks_p: list[BlockRow],
+                      blocks_s: list[BlockRow]) -> Optional[str]:
+    """Evidence that two variants measured the same (loss, total gradient and every block's flow), or None."""
+    if not (_close(pretrained["loss"], scratch["loss"])
+            and _close(pretrained["total_grad_l2"], scratch["total_grad_l2"])):
+        return None
+    if [b["block"] for b in blocks_p] != [b["block"] for b in blocks_s] or not all(
+            _close(p[key], s[key]) for p, s in zip(blocks_p, blocks_s) for key in ("act_grad_l2", "grad_l2")):
+        return None
+    return (f"the loss ({pretrained['loss']:.6g}), the total gradient L2 and, at all {len(blocks_p)} blocks, dL/dh "
+            f"and the parameter-gradient L2 equal scratch's within {SAME_MEASUREMENT_RTOL:g} (relative)")
+
+
+def _rms(row: ParamRow) -> float:
+    return row["weight_l2"] / math.sqrt(row["numel"])
+
+
+def _has_range(row: ParamRow) -> bool:
+    return all(row.get(key) is not None and math.isfinite(row[key]) for key in ("weight_min", "weight_max"))
+
+
+def _fresh_weights(params_p: list[ParamRow], params_s: list[ParamRow]) -> Optional[str]:
+    """Evidence that pretrained's weights are statistically a fresh initialization (scratch's), or None."""
+    scratch = {r["name"]: r for r in params_s}
+    pairs = [(p, scratch[p["name"]]) for p in params_p
+             if p["name"] in scratch and p["numel"] and _has_range(p) and _has_range(scratch[p["name"]])]
+    constant = [(p, s) for p, s in pairs if s["weight_min"] == s["weight_max"]]
+    varied = [(p, s) for p, s in pairs if s["weight_min"] != s["weight_max"]]
+    if not constant or any((p["weight_min"], p["weight_max"]) != (s["weight_min"], s["weight_max"])
+                           for p, s in constant):
+        return None
+    close = sum(abs(_rms(p) / _rms(s) - 1) <= max(UNTRAINED_RMS_TOL, 4 / math.sqrt(s["numel"]))
+                for p, s in varied if _rms(s) > 0)
+    if close < UNTRAINED_TENSOR_FRAC * len(varied):
+        return None
+    examples = ", ".join(f"{p['name']} = {p['weight_min']:g}" for p, _ in constant[:2])
+    return (f"all {len(constant)} tensors that scratch initializes to a constant (normalization weights, biases) "
+            f"hold that constant exactly ({examples}{', ...' if len(constant) > 2 else ''}), and {close} of the "
+            f"{len(varied)} others have a weight RMS within max({UNTRAINED_RMS_TOL:.0%}, 4/sqrt(entries)) of "
+            "scratch's")
+
+
+def untrained_finding(summaries: list[Summary], blocks: list[BlockRow], params: list[ParamRow]) -> Optional[Finding]:
+    """A warning when ``pretrained`` is indistinguishable from ``scratch``, its architecture freshly initialized.
+
+    The rule, either of: (a) the two measure the same: loss, total gradient L2, and every block's dL/dh and
+    parameter-gradient L2 within ``SAME_MEASUREMENT_RTOL`` (the same weights; a checkpoint saved fresh with
+    scratch's seed); (b) the weights look freshly drawn: every tensor that scratch initializes to a constant
+    (normalization weights 1, biases 0; at least one) holds exactly that constant, and at least
+    ``UNTRAINED_TENSOR_FRAC`` of the others have a weight RMS within ``UNTRAINED_RMS_TOL`` of scratch's (or, for
+    a small tensor of n entries, the 4/sqrt(n) that two random draws can differ by). Training moves normalization
+    weights and biases off their constants, so (b) does not hold for a trained model that has such tensors; a
+    model without any is judged by (a) alone. None without both variants.
+    """
+    summary = {s["variant"]: s for s in summaries}
+    if "pretrained" not in summary or "scratch" not in summary:
+        return None
+    rows = {v: ([b for b in blocks if b["variant"] == v], [p for p in params if p["variant"] == v])
+            for v in ("pretrained", "scratch")}
+    evidence = [e for e in (
+        _same_measurement(summary["pretrained"], summary["scratch"], rows["pretrained"][0], rows["scratch"][0]),
+        _fresh_weights(rows["pretrained"][1], rows["scratch"][1])) if e]
+    if not evidence:
+        return None
+    return {
+        "variant": "pretrained", "severity": "warning", "kind": "untrained", "block": None,
+        "message": "pretrained looks untrained: it is indistinguishable from scratch, the same architecture "
+                   "freshly initialized",
+        "evidence": "; ".join(evidence),
+        "fix": "check that the checkpoint holds the trained weights (the file written after training, every key "
+               "loaded); measured at its initialization, a model says nothing about how training shaped its flow",
+    }
+
+
+def unused_weights_finding(unused: Optional[dict]) -> Optional[Finding]:
+    """A warning when the loader left tensors of the checkpoint out of the model (``unused``: their ``count``
+    and a few ``examples``, in the subject's meta): the model measured is then not the model saved, as when a
+    config's ``num_hidden_layers`` is smaller than the checkpoint's stack. None when every tensor was used.
+
+    >>> unused_weights_finding({"count": 32, "examples": ["bert.encoder.layer.3.output.dense.weight"]})["kind"]
+    'unused-weights'
+    """
+    if not unused or not unused.get("count"):
+        return None
+    examples = unused.get("examples") or []
+    return {
+        "variant": "pretrained", "severity": "warning", "kind": "unused-weights", "block": None,
+        "message": f"{unused['count']} tensor(s) of the checkpoint were not loaded into the model: what was measured "
+                   "is not the whole model that was saved",
+        "evidence": "not loaded: " + ", ".join(examples) + (" ..." if unused["count"] > len(examples) else ""),
+        "fix": "check config.json against the checkpoint (num_hidden_layers and the other sizes), and load the "
+               "model class the checkpoint was saved from",
+    }

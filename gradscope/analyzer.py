@@ -67,6 +67,10 @@ class AnalyzeConfig:
         for name, low in (("batch_size", 1), ("seq_len", 2), ("batches", 1)):
             if getattr(self, name) is not None and int(getattr(self, name)) < low:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least {low}; got {getattr(self, name)}")
+        from .limits import ANALYZE_BOUNDS, check_size
+
+        for name in ANALYZE_BOUNDS:  # before any work: a mistyped size must not allocate until memory runs out
+            check_size(f"--{name.replace('_', '-')}", name, getattr(self, name))
         from .models import DTYPES
 
         if self.dtype != "auto" and self.dtype not in DTYPES:
@@ -124,6 +128,8 @@ def run_variants(subject, variants: Iterable, seed: int, progress: Progress, con
     """Measure and analyze each variant on the subject's batches; return the :class:`Report`."""
     from .analysis import (batch_norm_finding, block_rows, compare, comparison_pairs, findings_for, parameter_rows,
                            summarize)
+    from .analysis import chance_finding
+    from .analysis import dead_units_finding, untrained_finding, unused_weights_finding
     from .measure import measure
     from .report import Report
     from .variants import describe_architecture
@@ -154,6 +160,8 @@ def run_variants(subject, variants: Iterable, seed: int, progress: Progress, con
                                 "changes": variant.changes, "architecture": inventory})
         report.summaries.append(summary)
         report.findings.extend(findings_for(summary, blocks, inventory))
+        report.findings.extend(filter(None, [dead_units_finding(summary, blocks, params, inventory)]))
+        report.findings.extend(filter(None, [chance_finding(summary, subject.objective, subject.meta.get("chance"))]))
         if len(report.variants) == 1:  # the batch is every variant's: said once
             report.findings.extend(filter(None, [batch_norm_finding(variant.name, m)]))
         report.blocks.extend(blocks)
@@ -163,6 +171,8 @@ def run_variants(subject, variants: Iterable, seed: int, progress: Progress, con
         del variant, m  # let a variant's model go before the next is built
     if not report.variants:
         raise UsageError("no variants were run")
+    report.findings.extend(filter(None, [untrained_finding(report.summaries, report.blocks, report.params),
+                                         unused_weights_finding(subject.meta.get("unused_weights"))]))
     by_variant = {v["name"]: report.block_rows(v["name"]) for v in report.variants}
     report.comparisons = [compare(a, b, by_variant[a], by_variant[b]) for a, b in comparison_pairs(report.variants)]
     first_param = next(subject.model.parameters())

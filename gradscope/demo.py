@@ -26,6 +26,10 @@ the gradient by ``sqrt(pi/(pi-1))`` per ReLU block (Yang et al. 2019, a mean
 field theory of batch normalization): at 20 blocks a factor of about 40, still
 within the healthy band. tests/test_demo.py holds the measured numbers to
 these values.
+
+``gradscope demo --train STEPS`` (``demo(train_steps=STEPS)``) then trains
+each variant, from the weights measured, with SGD and with Adam on a fixed
+teacher task (:mod:`gradscope.demo_training`): which of them learn.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .demo_training import train_variants
 from .models import Subject, resolve_device
 from .variants import Variant
 
@@ -112,15 +117,21 @@ def demo_batch(batch_size: int, seed: int) -> dict:
 
 
 def demo(*, depth: int = DEPTH, width: int = WIDTH, batch_size: int = BATCH_SIZE, seed: int = 0,
-         device: str = "auto", variants: tuple[str, ...] = DEMO_VARIANTS,
+         device: str = "auto", variants: tuple[str, ...] = DEMO_VARIANTS, train_steps: int = 0,
          progress: Optional[Callable[[str], None]] = None):
-    """Run the demo family and return its :class:`~gradscope.report.Report`."""
+    """Run the demo family and return its :class:`~gradscope.report.Report`.
+
+    ``train_steps`` > 0 then trains every variant, from the weights measured, for that many steps with SGD and
+    with Adam on a fixed teacher task (:mod:`gradscope.demo_training`), into the report's ``training`` section.
+    """
     from .analyzer import run_variants
     from .errors import UsageError, did_you_mean
 
     progress = progress or (lambda message: None)
     if depth < 2 or width < 1 or batch_size < 2:
         raise UsageError("demo: --depth must be at least 2, --width at least 1, --batch-size at least 2")
+    if train_steps < 0:
+        raise UsageError("demo: --train must be a number of steps, at least 1")
     unknown = [v + did_you_mean(v, DEMO_VARIANTS) for v in variants if v not in DEMO_VARIANTS]
     if unknown:
         raise UsageError(f"demo: unknown variant {', '.join(unknown)}; choose from {', '.join(DEMO_VARIANTS)}")
@@ -150,4 +161,9 @@ def demo(*, depth: int = DEPTH, width: int = WIDTH, batch_size: int = BATCH_SIZE
     report = run_variants(subject, (build(name) for name in variants), seed, progress)
     report.meta["demo"] = {"depth": depth, "width": width, "batch_size": batch_size, "seed": seed,
                                      "device": str(dev)}
+    if train_steps:
+        progress(f"demo: training each variant for {train_steps} steps with SGD and with Adam on a teacher task")
+        report.training = train_variants(report, lambda name: build(name).model, steps=train_steps,
+                                         batch_size=batch_size, seed=seed, in_features=IN_FEATURES,
+                                         classes=CLASSES, progress=progress)
     return report

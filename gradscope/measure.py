@@ -16,12 +16,20 @@ and variants differ only by their weights and architecture. BatchNorm layers
 are the exception: they run in train mode, on batch statistics, as in
 training. Modes, buffers and existing ``.grad`` are restored afterwards:
 measuring a user's model leaves it as it was.
+
+Two more reductions follow the backward pass, each one batched reduction per
+tensor on its device and one copy to the host: the *dead units* of each Linear
+and convolution weight (output units whose gradient row, or output channel, is
+exactly zero: :func:`dead_units`), and each weight's smallest and largest entry
+(a tensor that is constant, as a fresh normalization weight or bias is, has the
+two equal).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -52,6 +60,11 @@ class Measurement:
     seconds: float
     norm_values: dict[str, int] = field(default_factory=dict)  # batch norm: fewest values per channel, by module
     repeated: dict[str, int] = field(default_factory=dict)  # unrolled blocks: runs per forward pass (block#k in blocks)
+    # per trainable parameter: output units of a Linear/convolution weight, None for any other parameter ...
+    units: list[Optional[int]] = field(default_factory=list)
+    # ... of which got an all-zero gradient (see dead_units); None for other parameters and those without a gradient
+    dead_units: list[Optional[int]] = field(default_factory=list)
+    weight_range: list[tuple[float, float]] = field(default_factory=list)  # per parameter: (min, max) of its entries
 
 
 def first_tensor(output: Any) -> torch.Tensor | None:
@@ -322,9 +335,13 @@ def measure(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn, *, seed: 
                 (loss / len(batches)).backward()
                 losses.append(loss.detach())
             # A non-finite loss is measured, not refused: the analysis names where it began.
-            mean_loss = float(torch.stack(losses).float().mean())  # the one sync of the loss
+            # the one sync of the loss, in float64: a float64 loss beyond float32's range stays finite
+            mean_loss = float(torch.stack(losses).double().mean())
             grad = grad_stats([p.grad for p in params]).cpu()
             weight = grad_stats([p.detach() for p in params]).cpu()
+            unit_weights = unit_weight_flags(model, [name for name, _ in named])
+            dead = dead_units([p.grad for p in params], unit_weights)
+            weight_range = weight_ranges(params)
         finally:
             recorder.close()
     positions, act_grad, act_nonfinite = recorder.result()
@@ -340,7 +357,58 @@ def measure(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn, *, seed: 
         seconds=time.perf_counter() - start,
         norm_values=norm_values,
         repeated=recorder.unrolled(),
+        units=[p.shape[0] if unit else None for p, unit in zip(params, unit_weights)],
+        dead_units=dead,
+        weight_range=weight_range,
     )
+
+
+# Layers whose weight holds one row per output unit: [out, in] and [out, in/groups, *kernel]. A transposed
+# convolution's weight is [in, out/groups, *kernel], and GPT-style Conv1D's [in, out]: they are not counted.
+_UNIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def unit_weight_flags(model: nn.Module, names: Sequence[str]) -> list[bool]:
+    """For each clean parameter name: whether it is the weight of a Linear or (not transposed) convolution."""
+    layers = {clean_name(n): m for n, m in model.named_modules()}  # a wrapped layer: the layer itself, named last
+    flags = []
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        flags.append(leaf == "weight" and isinstance(layers.get(owner), _UNIT_LAYERS))
+    return flags
+
+
+def dead_units(grads: Sequence[Optional[torch.Tensor]], unit_weights: Sequence[bool]) -> list[Optional[int]]:
+    """Per gradient: how many output units have an all-zero gradient row (a Linear weight's row, a
+    convolution weight's output channel); None where ``unit_weights`` is False or there is no gradient.
+
+    For a Linear or convolution followed (through a norm, if any) by a ReLU, such a unit is one whose
+    activation was zero for every sample of the batch: the ReLU passed it no gradient, so its weights learn
+    nothing from this batch. Counted on the devices of the gradients, copied to the host once.
+
+    >>> dead_units([torch.tensor([[0.0, 0.0], [1.0, 0.0]]), None], [True, True])
+    [1, None]
+    """
+    counted = [i for i, (g, unit) in enumerate(zip(grads, unit_weights)) if unit and g is not None]
+    result: list[Optional[int]] = [None] * len(grads)
+    if not counted:
+        return result
+    device = grads[counted[0]].device
+    counts = [(torch.count_nonzero(grads[i], dim=tuple(range(1, grads[i].dim()))) == 0).sum().to(device)
+              for i in counted]
+    for i, count in zip(counted, torch.stack(counts).cpu().tolist()):
+        result[i] = count
+    return result
+
+
+def weight_ranges(params: Sequence[torch.Tensor]) -> list[tuple[float, float]]:
+    """(smallest, largest) entry of each tensor, (nan, nan) for an empty one; one copy to the host."""
+    if not params:
+        return []
+    device = params[0].device
+    nan = torch.full((2,), math.nan, dtype=torch.float64, device=device)
+    ranges = [torch.stack(torch.aminmax(p.detach())).to(device, torch.float64) if p.numel() else nan for p in params]
+    return [tuple(pair) for pair in torch.stack(ranges).cpu().tolist()]
 
 
 def depth_axis(model: nn.Module, batch: Any, loss_fn: LossFn, seed: int = 0) -> list[str]:

@@ -4,7 +4,9 @@ Baselines:
 
 - ``pretrained``: the model as loaded;
 - ``scratch``: the same architecture with the library's own initialization
-  (``from_config`` for Hugging Face, ``weights=None`` for torchvision);
+  (``from_config`` for Hugging Face, ``weights=None`` for torchvision; a Hugging Face model given from
+  Python as an ``nn.Module`` is built again from its config, any other module re-initialized by its
+  modules' ``reset_parameters``);
 - ``shallow``: the pretrained model with fewer blocks: each block container
   (see :mod:`gradscope.blocks`) keeps its first half, with its pretrained weights,
   cut in place (the container keeps its class, its forward and its children's names).

@@ -109,3 +109,38 @@ def save_small(directory: Path, model_class: str, config_class: str, seed: int =
     config = getattr(transformers, config_class)(**config_kwargs)
     getattr(transformers, model_class)(config).save_pretrained(directory)  # config.architectures = [model_class]
     return directory
+
+
+def save_tiny_sentence_transformer(directory: Path, pooling: str = "mean", normalize: bool = True,
+                                   extra_module: str = "", seed: int = 0) -> Path:
+    """A tiny BERT (``BertModel``) saved as sentence-transformers saves a model: ``modules.json``, the pooling
+    config in ``1_Pooling/config.json`` (its older ``pooling_mode_*`` flags), ``sentence_bert_config.json``,
+    then a ``Normalize`` module if ``normalize``, and ``extra_module`` (a module type such as
+    ``sentence_transformers.models.Dense``) if given."""
+    import json
+
+    save_tiny_bert(directory, head="BertModel", seed=seed)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    for kind in (["sentence_transformers.models.Normalize"] if normalize else []) + ([extra_module] if extra_module
+                                                                                   else []):
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules)}_{kind.split('.')[-1]}",
+                        "type": kind})
+    (directory / "modules.json").write_text(json.dumps(modules))
+    (directory / "1_Pooling").mkdir()
+    flags = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens"}
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, **{flag: mode == pooling for mode, flag in flags.items()}}))
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    return directory
+
+
+def minilm_without_modules(directory: Path) -> Path:
+    """The real all-MiniLM-L6-v2 without its sentence-transformers files (links to its weights, config and
+    tokenizer): a plain ``BertModel`` folder, measured with the surrogate objective."""
+    directory.mkdir(exist_ok=True)
+    for path in minilm_dir().iterdir():
+        if path.is_file() and path.name not in ("modules.json", "sentence_bert_config.json",
+                                                "config_sentence_transformers.json"):
+            (directory / path.name).symlink_to(path)
+    return directory

@@ -244,7 +244,7 @@ def test_a_hub_id_that_fails_online_says_why(monkeypatch, tmp_path):
         gradscope.analyze("models/tiny-bert-clss")
 
 
-def test_real_minilm_pretrained_differs_from_scratch_as_stated():
+def test_real_minilm_pretrained_differs_from_scratch_as_stated(tmp_path):
     """all-MiniLM-L6-v2 (real weights) against the same architecture from scratch, same batch.
 
     Stated difference: scratch blocks are interchangeable at init (LayerNorm weights 1, Linear std 0.02), so
@@ -253,7 +253,8 @@ def test_real_minilm_pretrained_differs_from_scratch_as_stated():
     2x larger in every block (measured 3-5.5x for parameters, 2.8-3.7x for dL/dh).
     """
     config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), batch_size=4, seq_len=32, device="cpu")
-    report = gradscope.analyze(str(hm.minilm_dir()), config)
+    # the surrogate: the folder without its sentence-transformers files (with them, the contrastive loss)
+    report = gradscope.analyze(str(hm.minilm_without_modules(tmp_path / "minilm")), config)
     pretrained, scratch = report.block_rows("pretrained"), report.block_rows("scratch")
     assert len(pretrained) == len(scratch) == 6
     scratch_w = [b["weight_l2"] for b in scratch]
@@ -423,11 +424,11 @@ def test_failed_write_leaves_nothing(tiny_bert_report, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setitem(report_module.RENDERERS, "json", lambda r: {"report.json": b"{}"})
     out.mkdir()
-    real_replace = report_module.os.replace
-    monkeypatch.setattr(report_module.os, "replace", lambda a, b: broken(None))
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: broken(None))
     with pytest.raises(GradscopeError, match="No space left"):
         tiny_bert_report.save(out)
-    monkeypatch.setattr(report_module.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert list(out.iterdir()) == []
 
 
@@ -485,6 +486,18 @@ def test_images_directory_goes_through_the_weights_preprocessing(tmp_path):
     assert report.meta["inputs"].startswith(f"4 images from the 3 files in {images} (repeated; the weights' "
                                             "preprocessing)")
     assert report.summary("pretrained")["blocks"] == 8
+
+
+def test_an_image_past_the_decompression_bomb_bound_is_a_usage_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    images = _image_dir(tmp_path)  # 40 x 30 = 1,200 pixels each
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL refuses above twice the bound: as a bomb would be
+    path = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
+    with pytest.raises(UsageError, match=r"^--images: .*0\.png has more than 1000 pixels, past PIL's bound against "
+                                         r"decompression bombs; remove it or give a smaller image$"):
+        gradscope.analyze(str(path), gradscope.AnalyzeConfig(arch="resnet18", baselines=("pretrained",),
+                                                             images=str(images), batch_size=4, device="cpu"))
 
 
 def test_bfloat16_runs_and_is_recorded(tmp_path):
@@ -944,12 +957,12 @@ def test_options_for_the_other_kind_of_model_are_usage_errors_not_ignored(tiny_b
 
 
 def _summary_for(flow: list[float]) -> dict:
-    from gradscope.analysis import fit_decay
+    """The summary of blocks b.0, b.1, ... with this flow (None: a block without a gradient; see test_analysis)."""
+    from gradscope.analysis import summarize_rows
+    from test_analysis import rows
 
-    return {"variant": "v", "verdict": "healthy", "first_to_last_ratio": flow[0] / flow[-1] if flow[0] else None,
-            "decay": fit_decay(flow),
-            "flow_signal": "dL/dh", "first_block": "b.0", "last_block": f"b.{len(flow) - 1}", "params_no_grad": [],
-            "loss": 1.0}
+    params, blocks = rows([math.nan if f is None else f for f in flow])
+    return summarize_rows("v", params, blocks, loss=1.0)
 
 
 def test_a_steady_trend_inside_the_thresholds_is_a_warning_with_the_depth_it_would_cross_at():
@@ -1042,3 +1055,81 @@ def test_a_model_without_a_block_stack_skips_shallow_and_its_config_says_so():
     with pytest.raises(UsageError, match="drop 'shallow' from --baselines"):
         gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("shallow",)), batch=torch.randn(6, 4),
                           loss_fn=lambda m, x: m(x).pow(2).mean())
+
+
+class _FirstLastAverage(nn.Module):
+    """20 Linear -> Sigmoid blocks (PyTorch's default init) whose head reads the average of the first and the
+    last block's outputs, as sentence encoders' first-last-avg pooling does (U-Nets and early exits alike)."""
+
+    def __init__(self, depth: int = 20, width: int = 128):
+        super().__init__()
+        self.stem = nn.Linear(32, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.Sigmoid()) for _ in range(depth))
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        outputs = []
+        for block in self.blocks:
+            h = block(h)
+            outputs.append(h)
+        return self.head((outputs[0] + outputs[-1]) / 2)
+
+
+def test_a_collapse_inside_the_stack_is_vanishing_though_first_and_last_agree():
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    batch = (torch.randn(256, 32, generator=generator), torch.randint(0, 10, (256,), generator=generator))
+    report = gradscope.analyze(_FirstLastAverage(), gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu"),
+                               batch=batch, loss_fn=_ce)
+    summary = report.summary("pretrained")
+    flow = [b["act_grad_l2"] / report.block_rows("pretrained")[-1]["act_grad_l2"]
+            for b in report.block_rows("pretrained")]
+    assert flow[0] == pytest.approx(1.0, rel=0.1)  # the head's own path: first/last reads about 1
+    assert 1e-16 < flow[1] < 1e-15 and 1e-8 < flow[10] < 1e-7  # sqrt(1/48) per block: 1e-16 and 3e-8
+    assert summary["verdict"] == "vanishing"  # it read 'healthy' from first/last alone
+    assert (summary["lowest_block"], summary["lowest_ratio"]) == ("blocks.1", flow[1])
+    assert (summary["decay"]["shape"], summary["decay"]["shape_at"]) == ("trough", [1])
+    assert summary["param_lowest_block"] == "blocks.1" and summary["param_lowest_ratio"] < 1e-14
+    finding = next(f for f in report.findings if f["kind"] == "vanishing")
+    assert finding["block"] == "blocks.1"
+    assert finding["message"].startswith("vanishing gradient inside the stack: the gradient bottoms out at blocks.1")
+    assert "replace sigmoid with a ReLU-family activation" in finding["fix"]
+
+
+def test_a_loss_that_the_last_block_s_layernorm_cancels_is_a_step_at_the_top():
+    """The sum of a BERT's last hidden state: its final LayerNorm removes the mean over the features, so what
+    goes back through the last block is rounding error, the same at every block below it."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=6, num_attention_heads=2,
+                                     intermediate_size=64)
+    ids = torch.randint(0, 100, (4, 16), generator=torch.Generator().manual_seed(0))
+    report = gradscope.analyze(transformers.BertModel(config), gradscope.AnalyzeConfig(baselines=("pretrained",),
+                                                                                      device="cpu"),
+                               batch=ids, loss_fn=lambda model, batch: model(batch).last_hidden_state.sum())
+    summary = report.summary("pretrained")
+    assert summary["verdict"] == "vanishing"
+    assert (summary["decay"]["shape"], summary["decay"]["shape_at"]) == ("step", [5, 4])
+    assert summary["decay"]["shape_ratio"] < 2.0 ** -23  # one block: more than float32 resolves
+    finding = next(f for f in report.findings if f["kind"] == "vanishing")
+    assert finding["message"].endswith("what reaches the blocks below encoder.layer.5 is rounding error")
+    assert finding["fix"].startswith("the change is at one block, not spread over depth")
+    assert "That is the last block: check what the objective reads of its output" in finding["fix"]
+    assert "use fewer layers" not in finding["fix"] and "add residual connections" not in finding["fix"]
+
+
+def test_a_float64_loss_beyond_float32_range_stays_finite_in_the_report(tmp_path):
+    model = Stack().double()
+
+    def loss_fn(m, batch):
+        return nn.functional.cross_entropy(m(batch[0].double()), batch[1]) * 1e38 + 8.3e38
+
+    config = gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu", dtype="auto")  # float64, as built
+    report = gradscope.analyze(model, config, batch=BATCH,
+                               loss_fn=loss_fn)
+    summary = report.summary("pretrained")
+    assert math.isfinite(summary["loss"]) and summary["loss"] > 8.3e38
+    assert summary["verdict"] != "non-finite"
+    report.save(tmp_path / "out", formats="json,html,md,csv,svg")  # every renderer takes the large number
+    assert gradscope.Report.load(tmp_path / "out").summary("pretrained")["loss"] == summary["loss"]

@@ -3,7 +3,10 @@ and loader failures as one line that says what to do (exit 3 for the model, exit
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
+import gradscope.models.inputs
+from gradscope import analysis
 from gradscope.cli import main
 from gradscope.errors import ModelLoadError, UsageError
 from gradscope.models import load_subject
@@ -193,7 +198,190 @@ def test_a_surrogate_objective_says_what_it_is(tmp_path, head, says):
     assert subject.objective == "surrogate-masked-lm"
     note = subject.meta["objective_note"]
     assert note.startswith("surrogate loss: ") and says in note and "own input embeddings" in note
+    assert note.endswith("; chance 4.159 (ln 64, a uniform guess among the 64 tokens of the vocabulary)")
+    assert subject.meta["chance"] == {"loss": math.log(64),
+                                      "basis": "ln 64, a uniform guess among the 64 tokens of the vocabulary"}
     assert note in progress
+
+
+# --- the objective against chance: a pretrained model no better than chance is not measured as trained --------
+
+
+def _chance_finding(loss: float, variant: str = "pretrained"):
+    return analysis.chance_finding({"variant": variant, "verdict": "healthy", "loss": loss}, "surrogate-masked-lm",
+                                   {"loss": math.log(30522), "basis": "ln 30522, a uniform guess among the 30522 "
+                                                                      "tokens of the vocabulary"})
+
+
+@pytest.mark.parametrize("loss", [10.64, math.log(30522)])
+def test_a_pretrained_loss_at_or_above_chance_is_a_warning_that_the_objective_may_not_represent_the_model(loss):
+    finding = _chance_finding(loss)
+    assert finding["severity"] == "warning" and finding["kind"] == "objective-at-chance"
+    assert finding["message"] == ("the pretrained model does no better than chance at the surrogate-masked-lm "
+                                  "objective: the objective may not represent the model, and the gradient measured "
+                                  "with it may say little about it")
+    assert finding["evidence"] == (f"pretrained loss {loss:.4g} >= chance 10.33 (ln 30522, a uniform guess among the "
+                                   "30522 tokens of the vocabulary)")
+    assert "gradscope.analyze(model, batch=..., loss_fn=...)" in finding["fix"] and "with its head" in finding["fix"]
+
+
+def test_a_pretrained_loss_below_chance_says_by_how_much_and_other_variants_are_not_judged():
+    finding = _chance_finding(2.5)
+    assert (finding["severity"], finding["kind"]) == ("info", "objective-below-chance")
+    assert finding["message"] == ("the pretrained model does better than chance at the surrogate-masked-lm "
+                                  "objective: its loss is 0.24x chance")
+    assert finding["evidence"].startswith("pretrained loss 2.5 < chance 10.33 (ln 30522, ")
+    assert _chance_finding(11.0, variant="scratch") is None  # scratch is at chance by construction
+    assert _chance_finding(math.nan) is None  # the non-finite finding says what matters
+    assert analysis.chance_finding({"variant": "pretrained", "verdict": "healthy", "loss": 11.0}, "custom",
+                                   None) is None
+
+
+def test_real_minilm_without_its_sentence_transformers_files_is_at_chance_on_the_surrogate_and_says_so(tmp_path):
+    """The issue's case: all-MiniLM-L6-v2 scored with the masked-token surrogate does worse than a uniform
+    guess over its vocabulary (measured 10.64 on 8 x 128 tokens)."""
+    config = gradscope.AnalyzeConfig(baselines=("pretrained",), batch_size=4, seq_len=32, device="cpu")
+    report = gradscope.analyze(str(hm.minilm_without_modules(tmp_path / "minilm")), config)
+    assert report.meta["objective"] == "surrogate-masked-lm"
+    assert report.meta["chance"]["loss"] == math.log(30522)
+    loss = report.summary("pretrained")["loss"]
+    assert loss > math.log(30522)
+    [finding] = [f for f in report.findings if f["kind"] == "objective-at-chance"]
+    assert finding["evidence"].startswith(f"pretrained loss {loss:.4g} >= chance 10.33 (ln 30522, ")
+
+
+# --- sentence-transformers folders: the pooling they define, the contrastive loss they were trained with ------
+
+
+def test_real_minilm_is_measured_contrastively_on_sentence_halves_well_below_chance_and_scratch():
+    """all-MiniLM-L6-v2 as sentence-transformers saves it (mean pooling, Normalize): on 8 pairs of sentence
+    halves from the built-in corpus its in-batch contrastive loss is about half of chance (measured 1.059
+    against ln 8 = 2.079), where the same architecture from scratch is at chance (measured 2.09)."""
+    config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), device="cpu")
+    report = gradscope.analyze(str(hm.minilm_dir()), config)
+    assert report.meta["objective"] == "multiple-negatives-ranking"
+    assert report.meta["chance"] == {"loss": math.log(8), "basis": "ln 8, a uniform guess among the 8 positives of "
+                                                                   "a batch"}
+    assert report.meta["objective_note"] == (
+        "sentence-transformers model: its transformer with the folder's mean pooling, normalized, measured with the "
+        "in-batch contrastive loss it was trained with, on sentence pairs: each sentence split at its middle word, "
+        "its first half the anchor and its second half the positive, the other positives of the batch its "
+        "negatives; MultipleNegativesRankingLoss: cross-entropy over 20 x the cosine similarity of each anchor to "
+        "the 8 positives of its batch; chance 2.079 (ln 8, a uniform guess among the 8 positives of a batch)")
+    assert report.meta["inputs"] == ("built-in corpus, 8 sentence pairs (halves of 9 to 12 tokens, padded to the "
+                                     "longest in the batch)")
+    pretrained, scratch = report.summary("pretrained")["loss"], report.summary("scratch")["loss"]
+    assert pretrained < 0.6 * math.log(8) and pretrained < 0.6 * scratch
+    assert scratch == pytest.approx(math.log(8), rel=0.05)
+    assert [b["block"] for b in report.block_rows("pretrained")] == [f"encoder.layer.{i}" for i in range(6)]
+    [finding] = [f for f in report.findings if f["kind"] == "objective-below-chance"]
+    assert finding["evidence"].startswith(f"pretrained loss {pretrained:.4g} < chance 2.079 (ln 8, ")
+
+
+def test_the_contrastive_loss_of_real_minilm_is_sentence_transformers_own():
+    """The same pairs through the sentence_transformers package: its model (Transformer, Pooling, Normalize)
+    and its MultipleNegativesRankingLoss give the loss gradscope computes without it."""
+    st = pytest.importorskip("sentence_transformers", reason="pip install sentence-transformers for the reference")
+    try:
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:  # sentence-transformers before 5.x
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    subject = load_subject(str(hm.minilm_dir()), gradscope.AnalyzeConfig(batch_size=8, device="cpu"), lambda _: None)
+    with torch.no_grad():
+        ours = float(subject.loss_fn(subject.model, subject.batches[0]))
+    reference_model = st.SentenceTransformer(str(hm.minilm_dir()), device="cpu")
+    anchors, positives = zip(*gradscope.models.inputs.sentence_halves(gradscope.models.inputs.builtin_corpus())[:8])
+    embeddings = [reference_model.encode(list(texts), convert_to_tensor=True) for texts in (anchors, positives)]
+    reference = float(MultipleNegativesRankingLoss(reference_model).compute_loss_from_embeddings(embeddings, None))
+    assert ours == pytest.approx(reference, rel=1e-5)
+
+
+def _pooled_reference(hidden: torch.Tensor, mask: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
+    """Each sentence's embedding from its kept tokens, one sentence at a time (float64)."""
+    rows = []
+    for states, keep in zip(hidden, mask.bool()):
+        kept = states[keep]
+        pooled = {"mean": kept.mean(dim=0), "cls": kept[0], "max": kept.max(dim=0).values}[pooling]
+        rows.append(pooled / pooled.norm() if normalize else pooled)
+    return torch.stack(rows)
+
+
+def _ranking_reference(anchors: torch.Tensor, positives: torch.Tensor) -> float:
+    """-mean_i log softmax_j(20 cos(a_i, p_j))[i], written out."""
+    total = 0.0
+    for i, anchor in enumerate(anchors):
+        scores = [20 * float(anchor @ p / (anchor.norm() * p.norm())) for p in positives]
+        top = max(scores)
+        total += top + math.log(sum(math.exp(s - top) for s in scores)) - scores[i]
+    return total / len(anchors)
+
+
+@pytest.mark.parametrize("pooling, normalize", [("mean", True), ("cls", False), ("max", True)])
+def test_a_sentence_transformers_folder_is_its_transformer_pooled_as_its_config_says(tmp_path, pooling, normalize):
+    directory = hm.save_tiny_sentence_transformer(tmp_path, pooling=pooling, normalize=normalize)
+    subject = load_subject(str(directory), gradscope.AnalyzeConfig(batch_size=4, device="cpu"), lambda _: None)
+    assert subject.objective == "multiple-negatives-ranking"
+    assert type(subject.model).__name__ == "BertModel"
+    assert f"its transformer with the folder's {pooling} pooling{', normalized' if normalize else ''}, " in \
+        subject.meta["objective_note"]
+    batch = subject.batches[0]
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape[0] == 8  # 4 anchors, then their 4 positives
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    first = gradscope.models.inputs.builtin_corpus()[0].split()
+    for row, words in ((0, first[:len(first) // 2]), (4, first[len(first) // 2:])):
+        assert ids[row][mask[row].bool()].tolist() == tokenizer(" ".join(words))["input_ids"]
+    model = subject.model.double()
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        expected = _ranking_reference(*_pooled_reference(hidden, mask, pooling, normalize).chunk(2))
+        assert float(subject.loss_fn(model, batch)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_a_tiny_sentence_transformers_folder_runs_every_baseline_on_its_encoder_layers(tmp_path):
+    report = gradscope.analyze(str(hm.save_tiny_sentence_transformer(tmp_path)),
+                               gradscope.AnalyzeConfig(batch_size=4, device="cpu"))
+    assert report.meta["objective"] == "multiple-negatives-ranking"
+    assert [v["name"] for v in report.variants] == ["pretrained", "scratch", "shallow"]
+    assert [b["block"] for b in report.block_rows("shallow")] == ["encoder.layer.0", "encoder.layer.1"]
+    for summary in report.summaries:
+        assert math.isfinite(summary["loss"]) and summary["verdict"] != "non-finite", summary["variant"]
+
+
+def test_a_sentence_transformers_folder_with_modules_gradscope_does_not_compute_says_so(tmp_path):
+    directory = hm.save_tiny_sentence_transformer(tmp_path, extra_module="sentence_transformers.models.Dense")
+    subject = load_subject(str(directory), gradscope.AnalyzeConfig(**SMALL), lambda _: None)
+    assert subject.objective == "surrogate-masked-lm"
+    assert subject.meta["objective_note"].startswith(
+        "a sentence-transformers model whose modules gradscope does not compute (its modules.json names "
+        "sentence_transformers.models.Dense, which gradscope does not compute), measured as its transformer alone; "
+        "surrogate loss: the model has no language-model head")
+
+
+@pytest.mark.parametrize("lines, batch_size, says", [
+    (None, 1, "--batch-size 1: an in-batch contrastive loss needs at least 2 sentence pairs in a batch (each "
+              "pair's negatives are the others)"),
+    (["one two three", "four five", "six", "seven eight"], 4,
+     "--batch-size 4: the text has 3 sentences of two words or more to pair, and a batch needs 4 different ones; "
+     "give more lines or a smaller --batch-size"),
+])
+def test_sentence_pairs_need_different_pairs_in_a_batch(tmp_path, lines, batch_size, says):
+    directory = hm.save_tiny_sentence_transformer(tmp_path / "model")
+    text = None
+    if lines:
+        text = tmp_path / "text.txt"
+        text.write_text("\n".join(lines))
+    config = gradscope.AnalyzeConfig(batch_size=batch_size, text=str(text) if text else None, device="cpu")
+    with pytest.raises(UsageError) as raised:
+        load_subject(str(directory), config, lambda _: None)
+    assert str(raised.value) == says
+
+
+def test_sentence_halves_split_each_line_at_its_middle_word():
+    assert gradscope.models.inputs.sentence_halves(["a b c d e", "one", "x y"]) == [("a b", "c d e"), ("x", "y")]
 
 
 # --- encoder-decoders, discriminators, backbones: their own objective ------------------------------
@@ -713,3 +901,64 @@ def test_peft_adapter_refusals(tmp_path, config, weights, says):
     with pytest.raises(ModelLoadError, match=says) as err:
         load_subject(str(folder), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
     _one_clean_line(str(err.value))
+
+
+class _RunsACommand:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_a_pickle_that_would_run_a_command_is_refused_naming_what_it_calls(tmp_path, capfd):
+    path = tmp_path / "weights.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2), "payload": _RunsACommand()}, path)
+    with pytest.raises(ModelLoadError) as info:
+        gradscope.analyze(str(path), gradscope.AnalyzeConfig(arch="resnet18", device="cpu"))
+    message = str(info.value)
+    _one_clean_line(message)
+    assert f"refusing {path}: it needs pickled code to load (it refers to {os.system.__module__}.system)" in message
+    assert "this must never run" not in capfd.readouterr().out
+
+
+def test_a_config_with_fewer_layers_than_its_checkpoint_says_the_rest_went_unused(tmp_path, capsys):
+    folder = hm.save_tiny_bert(tmp_path / "bert", layers=4)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 2
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["analyze", str(folder), "--baselines", "pretrained", "--batch-size", "2", "--seq-len", "16",
+                 "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"gradscope: warning: (\d+) tensor\(s\) of the checkpoint .* were not loaded into the model "
+                     r"\(e\.g\. bert\.encoder\.layer\.2\.", err)
+    report = gradscope.Report.load(tmp_path / "out")
+    (finding,) = [f for f in report.findings if f["kind"] == "unused-weights"]
+    per_layer = sum(1 for k in gradscope.Report.load(tmp_path / "out").params if k["name"].startswith(
+        "bert.encoder.layer.0.") and k["variant"] == "pretrained")
+    assert report.meta["unused_weights"]["count"] == 2 * per_layer  # layers 2 and 3, every tensor of each
+    assert finding["severity"] == "warning" and finding["evidence"].startswith("not loaded: bert.encoder.layer.2.")
+
+
+def test_a_config_asking_for_a_million_layers_is_refused_before_anything_is_built(tmp_path, capsys):
+    folder = hm.save_tiny_bert(tmp_path / "bert", layers=2)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 1_000_000
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["analyze", str(folder), "--out", ""]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"gradscope: error: {folder}: its config asks for 1000000 layers; gradscope builds at most 1024 (check "
+        "num_hidden_layers), or set GRADSCOPE_NO_SIZE_BOUNDS=1 if you really mean it")
+
+
+def test_a_model_larger_than_the_machine_can_analyze_is_refused_before_its_weights_load(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import gradscope.limits
+
+    folder = hm.save_tiny_bert(tmp_path / "bert", layers=2)
+    monkeypatch.setattr(gradscope.limits, "physical_memory", lambda: 2**20)  # a machine of 1 MiB
+    assert main(["analyze", str(folder), "--out", ""]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(rf"gradscope: error: {re.escape(str(folder))}: its weights take [\d.e-]+ GiB, and analyzing "
+                        r"it needs about [\d.e-]+ GiB, more than this machine's 0\.000977 GiB; use a smaller model "
+                        r"or --dtype bfloat16, or set GRADSCOPE_NO_SIZE_BOUNDS=1 to try anyway", err), err
+    monkeypatch.setenv("GRADSCOPE_NO_SIZE_BOUNDS", "1")
+    assert main(["analyze", str(folder), "--baselines", "pretrained", "--batch-size", "2", "--seq-len", "16",
+                 "--out", ""]) == 0

@@ -703,7 +703,7 @@ def test_a_renderer_failing_mid_save_leaves_nothing_behind(demo_report, tmp_path
 
 
 def test_an_interrupted_write_restores_what_was_there(demo_report, tmp_path, monkeypatch):
-    import gradscope.report as report_module
+    import gradscope.report.files as report_module
 
     demo_report.save(tmp_path, formats="json,html,md")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -725,7 +725,7 @@ def test_an_interrupted_write_restores_what_was_there(demo_report, tmp_path, mon
 
 
 def test_an_interrupted_first_write_leaves_no_files(demo_report, tmp_path, monkeypatch):
-    import gradscope.report as report_module
+    import gradscope.report.files as report_module
 
     real_write = os.fdopen
     opened = []
@@ -751,7 +751,7 @@ def test_force_removes_the_old_reports_other_files_with_the_write(demo_report, t
 
 
 def test_a_failed_forced_write_leaves_the_old_report_whole(demo_report, tmp_path, monkeypatch):
-    import gradscope.report as report_module
+    import gradscope.report.files as report_module
 
     demo_report.save(tmp_path, formats="json,html,md")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -798,18 +798,24 @@ def test_trend_cells_say_the_factor_when_it_takes_under_one_block():
     from gradscope.report.fmt import decay_text
 
     falls, halves = fit_decay([1 / 7 ** (3 - d) for d in range(4)]), fit_decay([0.6 ** (3 - d) for d in range(4)])
-    grows, flat = fit_decay([3.0 ** (3 - d) for d in range(4)]), fit_decay([1.2 ** (3 - d) for d in range(4)])
-    assert [decay_text(d) for d in (falls, halves, grows, flat)] == [
-        "falls 7x/block", "halves every 1.4", "grows 3x/block", "flat"]
+    grows, flat = fit_decay([3.0 ** (3 - d) for d in range(4)]), fit_decay([1.03 ** (3 - d) for d in range(4)])
+    gentle = fit_decay([1.2 ** (3 - d) for d in range(4)])  # under 2x across the stack, but 1.2x per block: a rate
+    assert [decay_text(d) for d in (falls, halves, grows, flat, gentle)] == [
+        "falls 7x/block", "halves every 1.4", "grows 3x/block", "flat", "doubles every 3.8"]
     assert describe_decay(falls) == "the gradient falls 7x per block toward the input (R^2 1.00)"
     assert describe_decay(grows) == "the gradient grows 3x per block toward the input (R^2 1.00)"
     assert describe_decay(halves).startswith("the gradient halves every 1.36 blocks")
+    # a report written before shapes were recorded reads its trend as it did
+    assert decay_text({"trend": "shrinks", "factor_per_block": 0.5, "r2": 1.0, "halves_every_blocks": 1.0}) == (
+        "halves every 1")
+    assert decay_text({"trend": "flat", "factor_per_block": 0.98, "r2": 0.1}) == "flat"
+    assert decay_text(None) == "-"
 
 
 def test_summary_tables_state_the_flat_rule(demo_report):
     from gradscope.report.terminal import render_text
 
-    rule = "flat means under 2x change across all blocks"
+    rule = "flat means within 1.05x per block"
     assert rule in render_text(demo_report) and rule in render_markdown(demo_report)
     assert rule in html_module.render_page(demo_report)
 

@@ -54,8 +54,8 @@ def test_a_summary_table_wider_than_the_terminal_is_split_and_its_legend_wrapped
     assert lines[second:second + 3] == ["variant       R^2  trend toward input  no grad",
                                         "-----------  ----  ------------------  -------",
                                         "pretrained   1.00      halves every 1        0"]
-    assert lines[-2:] == ["trend toward input: a fit of the log gradient against depth;",  # broken after a clause
-                          "flat means under 2x change across all blocks"]
+    assert lines[-2:] == ["shape, at the depths named;",  # broken after a clause
+                          "flat means within 1.05x per block"]
     assert max(map(len, lines)) <= 60
 
 

@@ -531,3 +531,59 @@ def test_output_probe_leaves_modes_and_buffers_as_they_were():
     assert output_probe(torch.randn(6, 4), _loss)(model) == (6, 4)
     assert torch.equal(model[1].running_mean, running_mean)
     assert [m.training for m in model.modules()] == [True, True, True, False]
+
+
+# --- scratch: the library's own initialization ---------------------------------------------------------------
+
+
+def _bert_lm_given_from_python(initializer_range: float):
+    """A BertForMaskedLM whose weights were moved away from any init (tripled), with a masked-LM batch."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=32, initializer_range=initializer_range)
+    model = BertForMaskedLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    ids = torch.randint(5, 1000, (4, 16), generator=torch.Generator().manual_seed(0))
+    return model, {"input_ids": ids, "labels": ids.clone()}
+
+
+def _scratch_weight_rms(report) -> dict[str, float]:
+    return {r["name"]: r["weight_l2"] / math.sqrt(math.prod(r["shape"])) for r in report.params
+            if r["variant"] == "scratch"}
+
+
+def test_scratch_of_a_hugging_face_model_given_as_a_module_has_the_models_own_initialization():
+    """As on the command line: BERT draws its Linear and embedding weights from normal(0, initializer_range)
+    (here 0.05, where PyTorch's defaults give these Linear layers an RMS of 0.072 or 0.051), LayerNorm weights 1,
+    biases 0. With 4,096 values or more, the RMS is within 2% of it."""
+    import gradscope
+
+    model, batch = _bert_lm_given_from_python(initializer_range=0.05)
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), device="cpu")
+    report = gradscope.analyze(model, config, batch=batch)
+    rms = _scratch_weight_rms(report)
+    for name in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight",
+                 "bert.encoder.layer.1.intermediate.dense.weight", "bert.encoder.layer.1.output.dense.weight"):
+        assert rms[name] == pytest.approx(0.05, rel=0.02), name
+    assert rms["bert.encoder.layer.0.output.LayerNorm.weight"] == 1.0
+    assert rms["bert.encoder.layer.0.output.dense.bias"] == 0.0
+    assert report.meta["scratch_init"] == "the model's own, built again from its config"
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())  # the given model as it was
+
+
+def test_scratch_of_a_hugging_face_model_changed_after_it_was_built_falls_back_to_pytorch_defaults_and_says_so():
+    import gradscope
+
+    model, batch = _bert_lm_given_from_python(initializer_range=0.05)
+    model.bert.encoder.layer[1].intermediate.intermediate_act_fn = nn.Tanh()  # its config would build a GELU
+    config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), device="cpu")
+    report = gradscope.analyze(model, config, batch=batch)
+    assert report.meta["scratch_init"] == "PyTorch's defaults (each module's reset_parameters)"
+    # PyTorch's Linear default: uniform within 1/sqrt(fan_in), an RMS of 1/sqrt(3 fan_in)
+    assert _scratch_weight_rms(report)["bert.encoder.layer.0.attention.self.query.weight"] == pytest.approx(
+        1 / math.sqrt(3 * 64), rel=0.02)

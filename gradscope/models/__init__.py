@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -39,7 +40,7 @@ class Subject:
     batches: list  # each on the model's device, the same for every variant
     loss_fn: LossFn  # loss_fn(model, batch) -> scalar tensor
     objective: str  # "masked-lm", "causal-lm", "surrogate-masked-lm", "surrogate-causal-lm", "cross-entropy",
-    #                 "mean-squared-error" or "custom"
+    #                 "multiple-negatives-ranking", "mean-squared-error", ... or "custom"
     inputs: str  # where the batch came from, in words
     meta: dict = field(default_factory=dict)
 
@@ -100,6 +101,45 @@ def _reset_parameters_copy(model: nn.Module) -> nn.Module:
     return fresh
 
 
+def _architecture(model: nn.Module) -> tuple:
+    """What two models must share to be the same architecture: module classes in order, parameter shapes."""
+    return ([type(m) for m in model.modules()], [(n, tuple(p.shape)) for n, p in model.named_parameters()])
+
+
+def _built_from_config(model: nn.Module, device: str = "cpu") -> Optional[nn.Module]:
+    """A transformers model built again from (a copy of) its config on ``device``, as the command line builds
+    ``scratch``: its library's own initialization (e.g. normal(0, ``initializer_range``) for BERT's weights; none
+    on ``meta``). None for any other module, a class that cannot be built from its config alone, or a result
+    that differs from ``model`` (changed after it was built)."""
+    transformers = sys.modules.get("transformers")  # not imported: the model is none of its classes
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
+        return None
+    try:
+        with torch.device(device):
+            fresh = type(model)(copy.deepcopy(model.config))
+    except Exception:  # a subclass whose constructor takes more than its config
+        return None
+    return fresh if _architecture(fresh) == _architecture(model) else None
+
+
+def _own_init_copy(model: nn.Module) -> nn.Module:
+    """``model``'s architecture with its own library's initialization, on its device and in its dtype."""
+    fresh = _built_from_config(model)
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        q.requires_grad_(p.requires_grad)
+    first = next(model.parameters())
+    return fresh.to(device=first.device, dtype=first.dtype)
+
+
+def _scratch_maker(model: nn.Module) -> tuple[Callable[[], nn.Module], str]:
+    """How ``scratch`` is built from a module given from Python, and that in words (``meta["scratch_init"]``):
+    a transformers model from its config, as on the command line (checked on the meta device, where building
+    costs nothing), else by PyTorch's ``reset_parameters``."""
+    if _built_from_config(model, "meta") is not None:
+        return lambda: _own_init_copy(model), "the model's own, built again from its config"
+    return lambda: _reset_parameters_copy(model), "PyTorch's defaults (each module's reset_parameters)"
+
+
 def from_module(model: nn.Module, batch: Any, loss_fn: Optional[LossFn], config) -> Subject:
     """A plain ``nn.Module`` from Python: ``loss_fn(model, batch)`` is the objective.
 
@@ -117,15 +157,17 @@ def from_module(model: nn.Module, batch: Any, loss_fn: Optional[LossFn], config)
             out = m(**b) if isinstance(b, dict) else m(b)
             return out.loss if hasattr(out, "loss") else out
 
+    make_scratch, scratch_init = _scratch_maker(model)
     return Subject(
         name=type(model).__name__,
         source="module",
         model=model,
-        make_scratch=lambda: _reset_parameters_copy(model),
+        make_scratch=make_scratch,
         batches=[to_device(batch, device, dtype)],
         loss_fn=loss_fn,
         objective="custom",
         inputs="the batch passed to analyze()",
+        meta={"scratch_init": scratch_init},
     )
 
 

@@ -22,12 +22,19 @@ The head matches how the model was trained, read from ``config.architectures``
 - audio and text-and-image models (Whisper, wav2vec 2.0, CLIP, LLaVA), and models with neither a
   vocabulary nor an image-classification head: refused in one line (measure them from Python with
   your own batch);
-- anything else (a base model such as ``BertModel``, as sentence-transformers ship, or a head
-  gradscope has no objective for): the base model with a *surrogate* loss that adds no random
-  weights: the last hidden state is scored against the model's own input embedding matrix
-  (``logits = h @ E.T``, the tied LM head without its transform), cross-entropy at the masked
-  positions for encoders (``surrogate-masked-lm``), or at the next token for decoders
-  (``surrogate-causal-lm``). A progress line and ``meta["objective_note"]`` say so.
+- a sentence-transformers model (``modules.json``): its transformer with the folder's pooling and
+  normalization, computed by gradscope from their config files, and the in-batch contrastive loss it was
+  trained with on sentence pairs (``multiple-negatives-ranking``, see :mod:`.sentence`); a folder whose
+  modules gradscope does not compute is measured as the model below, and the note says why;
+- anything else (a base model such as ``BertModel``, or a head gradscope has no objective for): the base
+  model with a *surrogate* loss that adds no random weights: the last hidden state is scored against the
+  model's own input embedding matrix (``logits = h @ E.T``, the tied LM head without its transform),
+  cross-entropy at the masked positions for encoders (``surrogate-masked-lm``), or at the next token for
+  decoders (``surrogate-causal-lm``). A progress line and ``meta["objective_note"]`` say so.
+
+For the surrogate and the contrastive objectives, ``meta["chance"]`` holds the loss of a uniform guess
+(``loss``) and what it guesses among (``basis``): a pretrained model at or above it does not do what the
+objective asks (see :func:`gradscope.analysis.chance_finding`).
 
 A directory holding a PEFT adapter (``adapter_config.json``, no model weights) is the base model
 it names with the adapter merged into its weights, with the head of the adapter's task type
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import pickle
 import warnings
 from pathlib import Path
@@ -59,21 +67,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError, UsageError
+from ..limits import check_model_size
 from . import Subject, is_local_path, offline, resolve_device, resolve_dtype, to_device
 from .failures import needs_code_message, pickled_global, short_reason
 from .inputs import (
+    PAIRING,
     load_images,
     mask_tokens,
+    pair_batches,
     random_labels,
     random_targets,
     random_token_ids,
     refuse_image_options,
     refuse_text_options,
+    sentence_halves,
     synthetic_images,
     texts_for,
     token_windows,
     unknown_fraction,
 )
+from .sentence import SCALE, NotFollowed, SentenceEncoder, read_sentence_encoder
 
 DEFAULT_IMAGE_SIZE = 224
 
@@ -453,6 +466,19 @@ def _surrogate_note(config) -> str:
     return f"surrogate loss: the model has no language-model head, so {how}"
 
 
+def _chance(candidates: int, what: str) -> dict:
+    """``meta["chance"]``: the loss of a uniform guess among ``candidates`` (``what`` they are), and its basis."""
+    return {"loss": math.log(candidates), "basis": f"ln {candidates}, a uniform guess among {what}"}
+
+
+def _sentence_note(encoder: SentenceEncoder, batch_size: int) -> str:
+    """The contrastive objective of a sentence-transformers model, in one phrase for the user."""
+    return (f"sentence-transformers model: its transformer with the folder's {encoder.describe()}, measured with "
+            f"the in-batch contrastive loss it was trained with, on sentence pairs: {PAIRING}, the other positives "
+            f"of the batch its negatives; MultipleNegativesRankingLoss: cross-entropy over {SCALE:g} x the cosine "
+            f"similarity of each anchor to the {batch_size} positives of its batch")
+
+
 # --- objectives: loss_fn(model, batch) ----------------------------------------------
 
 
@@ -516,6 +542,7 @@ _TASKS = {
     "replaced-token-detection": ("replaced-token-detection", "AutoModelForPreTraining", _lm_loss),
     "surrogate-masked-lm": ("surrogate-masked-lm", "AutoModel", _surrogate_masked_loss),
     "surrogate-causal-lm": ("surrogate-causal-lm", "AutoModel", _surrogate_causal_loss),
+    "sentence-embedding": ("multiple-negatives-ranking", "AutoModel", None),  # the loss: SentenceEncoder.loss
     "image-classification": ("cross-entropy", "AutoModelForImageClassification", _image_loss),
     "image-backbone": ("cross-entropy", "AutoModelForImageClassification", _image_loss),
     "sequence-classification": ("cross-entropy", "AutoModelForSequenceClassification", _sequence_classification_loss),
@@ -664,6 +691,44 @@ def _text_batches(spec: str, hf_config, task: str, config, progress) -> tuple[li
     return batches, inputs
 
 
+def _sentence_batches(spec: str, hf_config, encoder: SentenceEncoder, config, progress) -> tuple[list[dict], str]:
+    """Batches of sentence pairs for a sentence encoder (see :mod:`.sentence`), and their source in words.
+
+    Each batch's rows are its anchors, then its positives, padded to the longest and truncated at the
+    sequence length (and at the model's ``max_seq_length``)."""
+    refuse_image_options(config)
+    tokenizer, why = _tokenizer(spec, config)
+    if tokenizer is None:
+        raise ModelLoadError(f"{spec} is a sentence-transformers model without a tokenizer to read sentence pairs "
+                             f"with ({why}); save its tokenizer next to it")
+    if tokenizer.pad_token is None:  # a decoder's tokenizer; the padding is masked out, whatever token it is
+        tokenizer.pad_token = tokenizer.eos_token
+    max_length = min(_sequence_length(hf_config, config.seq_len, progress), encoder.max_seq_length or math.inf)
+    texts, where = texts_for(config.text)
+    if encoder.lowercase:
+        texts = [text.lower() for text in texts]
+    groups, passes = pair_batches(sentence_halves(texts), config.batch_size, config.batches)
+    batches, lengths = [], []
+    for pairs in groups:
+        anchors, positives = zip(*pairs)
+        encoded = tokenizer(list(anchors) + list(positives), padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        special = torch.tensor([tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True)
+                                for row in ids.tolist()], dtype=torch.bool) | (mask == 0)
+        unknown = unknown_fraction(ids, special, tokenizer.unk_token_id)
+        if unknown > MAX_UNKNOWN:
+            raise UsageError(f"the tokenizer of {spec} reads {unknown:.0%} of the {where} as unknown tokens; give "
+                             "--text in a language the model's tokenizer knows")
+        batches.append({"input_ids": ids, "attention_mask": mask})
+        lengths += mask.sum(dim=1).tolist()
+    n = config.batch_size * config.batches
+    grouped = f" in {config.batches} batches of {config.batch_size}" if config.batches > 1 else ""
+    repeated = f" (the text is shorter: repeated {passes:.3g} times)" if passes > 1 else ""
+    return batches, (f"{where}, {n} sentence pairs{grouped} (halves of {min(lengths)} to {max(lengths)} tokens, "
+                     f"padded to the longest in the batch){repeated}")
+
+
 def _processed_images(spec: str, config, n: int) -> tuple[torch.Tensor, str]:
     """``--images`` through the model's own image processor (saved next to it), and their source in words."""
     from transformers import AutoImageProcessor
@@ -696,6 +761,20 @@ def _image_batches(spec: str, hf_config, config) -> tuple[list[dict], str]:
 
 
 # --- loading ------------------------------------------------------------------------
+
+
+_LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers")
+
+
+def _check_size(spec: str, auto_class, hf_config, dtype, trust_remote_code: bool) -> None:
+    """Refuse, before any weight is allocated, a config whose layer count or size this machine cannot analyze
+    (a config edited to num_hidden_layers: 1000000 would otherwise grow until memory runs out)."""
+    layers = max([v for v in (getattr(hf_config, k, None) for k in _LAYER_FIELDS) if isinstance(v, int)], default=0)
+    check_model_size(spec, layers, 0)
+    with torch.device("meta"):  # the model's shapes, no memory
+        skeleton = auto_class.from_config(hf_config, trust_remote_code=trust_remote_code)
+    itemsize = (dtype or torch.float32).itemsize
+    check_model_size(spec, layers, sum(p.numel() for p in skeleton.parameters()) * itemsize)
 
 
 def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) -> Subject:
@@ -747,17 +826,25 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
 
     adapter_meta = {}
     labels_before = hf_config.num_labels
+    encoder, not_followed = None, None
     if adapter is not None:
         task, adapter_meta = _adapter_task(spec, adapter, hf_config, progress)
     else:
-        task = _task(hf_config, spec)
+        try:
+            encoder = read_sentence_encoder(spec, hf_config)
+        except NotFollowed as exc:
+            not_followed = (f"a sentence-transformers model whose modules gradscope does not compute ({exc}), "
+                            "measured as its transformer alone")
+        task = "sentence-embedding" if encoder else _task(hf_config, spec)
     objective, auto_name, loss_fn = _TASKS[task]
+    loss_fn = encoder.loss if encoder else loss_fn
     auto_class = getattr(transformers, auto_name)
     kwargs = {"trust_remote_code": config.trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if adapter is not None and hf_config.num_labels != labels_before:
         kwargs["ignore_mismatched_sizes"] = True  # the base's own head is replaced by the adapter's
+    _check_size(spec, auto_class, hf_config, dtype, config.trust_remote_code)
     try:
         model, info = auto_class.from_pretrained(weights, config=hf_config, output_loading_info=True, **kwargs)
     except (OSError, EnvironmentError) as exc:
@@ -776,6 +863,11 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
         progress(f"merged the adapter into {type(model).__name__} ({weights})")
     if missing:
         progress(f"{len(missing)} weights not in the checkpoint were initialized at random (e.g. {missing[0]})")
+    unused = sorted(info.get("unexpected_keys", []))
+    if unused:  # left out of the model: said on stderr now, and as a finding in the report
+        warnings.warn(f"{len(unused)} tensor(s) of the checkpoint {weights} were not loaded into the model "
+                      f"(e.g. {unused[0]}): the model measured is not the whole model saved", RuntimeWarning,
+                      stacklevel=2)
     model = model.to(device)
     pools_last = task.startswith("sequence-")
     if pools_last:
@@ -793,15 +885,26 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
     files = spec if adapter is None or any((Path(spec) / f).is_file() for f in _PREPROCESSOR_FILES) else weights
     if task.startswith("image-"):
         batches, inputs = _image_batches(files, hf_config, config)
+    elif encoder:
+        batches, inputs = _sentence_batches(files, hf_config, encoder, config, progress)
     else:
         batches, inputs = _text_batches(files, hf_config, task, config, progress)
     meta = dict(adapter_meta)
     note = None
-    if task.startswith("surrogate"):
+    if encoder:
+        meta["chance"] = _chance(config.batch_size, f"the {config.batch_size} positives of a batch")
+        note = _sentence_note(encoder, config.batch_size)
+    elif task.startswith("surrogate"):
+        vocabulary = model.get_input_embeddings().num_embeddings
+        meta["chance"] = _chance(vocabulary, f"the {vocabulary} tokens of the vocabulary")
         note = _surrogate_note(hf_config)
     elif task == "image-backbone":
         note = (f"the model has no classification head: a fresh one (random weights, {hf_config.num_labels} "
                 "classes) scores the backbone's output against seeded labels")
+    if not_followed:
+        note = f"{not_followed}; {note}" if note else not_followed
+    if "chance" in meta:
+        note += f"; chance {meta['chance']['loss']:.4g} ({meta['chance']['basis']})"
     if note:
         meta["objective_note"] = note
         progress(note)
@@ -819,6 +922,7 @@ def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) 
             "architecture": type(model).__name__,
             "model_type": hf_config.model_type,
             "missing_weights": len(missing),
+            **({"unused_weights": {"count": len(unused), "examples": unused[:5]}} if unused else {}),
             "transformers": transformers.__version__,
             **({"adapter": {"type": adapter.get("peft_type"), "task_type": adapter.get("task_type"), "base": weights,
                             "merged": True}} if adapter is not None else {}),

@@ -6,6 +6,11 @@ into one stream, and sample ``i`` of batch ``b`` is the window of
 (the stream repeats when it runs out), with the tokenizer's special tokens
 around it. Every sequence is full length, so no padding enters the gradient.
 
+Sentence pairs, for a sentence encoder trained contrastively (see :mod:`.sentence`): each sentence
+(each line of ``--text``) split at its middle word, its first half the anchor and its second half the
+positive. The two halves of one sentence share its topic and those of other sentences do not: what an
+encoder trained on sentence pairs (question and answer, title and body) should find easy to match.
+
 Masked-LM masking is seeded: 15% of the non-special positions of each
 sequence (at least one) become the mask token; the labels are the original
 ids there and -100 elsewhere.
@@ -20,6 +25,7 @@ from typing import Optional
 import torch
 
 from ..errors import UsageError
+from ..limits import MAX_TEXT_BYTES, bound, read_bounded
 
 MASK_FRACTION = 0.15
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -43,7 +49,8 @@ def check_input_paths(text_file: Optional[str], image_directory: Optional[str]) 
 def read_text_file(path: str) -> list[str]:
     """Non-empty lines of a UTF-8 text file; UsageError if it cannot be read or has no text."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        raw = read_bounded(path, "--text", bound(MAX_TEXT_BYTES, "GRADSCOPE_MAX_TEXT_MB"), "GRADSCOPE_MAX_TEXT_MB")
+        lines = raw.decode("utf-8").splitlines()
     except OSError as exc:
         raise UsageError(f"--text {path}: cannot read it ({exc.strerror or exc}); give a UTF-8 text file") from None
     except UnicodeDecodeError as exc:
@@ -83,6 +90,43 @@ def token_windows(tokenizer, texts: list[str], n: int, seq_len: int) -> tuple[to
         ids = [stream[(start + k) % len(stream)] for k in range(window)]
         rows.append(prefix + ids + suffix)
     return torch.tensor(rows, dtype=torch.long), n * window / len(stream)
+
+
+# The pairing sentence_halves makes, in words (for the objective's note).
+PAIRING = "each sentence split at its middle word, its first half the anchor and its second half the positive"
+
+
+def sentence_halves(texts: list[str]) -> list[tuple[str, str]]:
+    """Each text of two words or more split at its middle word: (first half, second half).
+
+    >>> sentence_halves(["The train left the station late.", "Hello"])
+    [('The train left', 'the station late.')]
+    """
+    pairs = []
+    for text in texts:
+        words = text.split()
+        if len(words) >= 2:
+            middle = len(words) // 2
+            pairs.append((" ".join(words[:middle]), " ".join(words[middle:])))
+    return pairs
+
+
+def pair_batches(pairs: list[tuple[str, str]], batch_size: int, batches: int):
+    """``batches`` lists of ``batch_size`` consecutive pairs (the pairs repeat when they run out), and how many
+    times they go through the pairs (above 1: the text is shorter than the batches).
+
+    The other pairs of a batch are each pair's negatives: a batch needs at least two, all different.
+    """
+    if batch_size < 2:
+        raise UsageError(f"--batch-size {batch_size}: an in-batch contrastive loss needs at least 2 sentence pairs "
+                         "in a batch (each pair's negatives are the others)")
+    if len(pairs) < batch_size:
+        raise UsageError(f"--batch-size {batch_size}: the text has {len(pairs)} sentences of two words or more to "
+                         f"pair, and a batch needs {batch_size} different ones; give more lines or a smaller "
+                         "--batch-size")
+    n = batch_size * batches
+    chosen = [pairs[i % len(pairs)] for i in range(n)]
+    return [chosen[b * batch_size:(b + 1) * batch_size] for b in range(batches)], n / len(pairs)
 
 
 def random_token_ids(vocab_size: int, n: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -140,6 +184,9 @@ def load_images(directory: str, n: int, transform, preprocessing: str) -> tuple[
         try:
             with Image.open(path) as image:
                 tensors.append(transform(image.convert("RGB")))
+        except Image.DecompressionBombError:  # a small file that decodes to billions of pixels
+            raise UsageError(f"--images: {path} has more than {2 * Image.MAX_IMAGE_PIXELS} pixels, past PIL's bound "
+                             "against decompression bombs; remove it or give a smaller image") from None
         except (OSError, UnidentifiedImageError) as exc:
             raise UsageError(f"--images: cannot read {path} ({exc}); remove it or convert it to PNG/JPEG")
     files = len(set(paths))

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from ..analysis import TREND_RULE, trend_cell
+
 MAX_BLOCK_ROWS = 40  # text tables of longer models show evenly spaced blocks, the first and last always included
 
 
@@ -32,9 +34,7 @@ def shown_depths(depth: int, max_rows: int = MAX_BLOCK_ROWS) -> list[int]:
 
 
 TREND_HEADER = "trend toward input"
-# The rule behind the trend column, for a line under each summary table (the threshold is analysis.fit_decay's).
-TREND_LEGEND = ("trend toward input: a fit of the log gradient against depth; flat means under 2x change across "
-                "all blocks")
+TREND_LEGEND = TREND_RULE  # the rule behind the trend column, for a line under each summary table
 
 
 def summary_legend(report) -> str:
@@ -43,25 +43,10 @@ def summary_legend(report) -> str:
     if not judged:
         return TREND_LEGEND
     return (f"{TREND_LEGEND}. The encoder and decoder are judged apart: each row's first/last and fit are of its "
-            f"stack whose flow changes most ({', '.join(judged)})")
+            f"stack whose flow departs most from its output end ({', '.join(judged)})")
 
 
-def decay_text(decay: Optional[dict]) -> str:
-    """The decay fit in a table cell: ``halves every 1.2``, ``falls 7.1x/block``, ``doubles every 3.7``, ``flat``.
-
-    A halving (doubling) distance under one block reads as the factor per block instead:
-    "halves every 0.35 blocks" is hard to picture, "falls 7.1x/block" is not.
-    """
-    if not decay:
-        return "-"
-    trend = decay.get("trend")
-    if trend == "flat":
-        return "flat"
-    factor = decay.get("factor_per_block")
-    every = decay.get("halves_every_blocks" if trend == "shrinks" else "doubles_every_blocks")
-    if every is not None and every < 1 and factor:
-        return f"{'falls' if trend == 'shrinks' else 'grows'} {num(max(factor, 1 / factor), '.2g')}x/block"
-    return f"{'halves' if trend == 'shrinks' else 'doubles'} every {num(every, '.2g')}"
+decay_text = trend_cell  # a table cell's words for the fit and shape: analysis words every profile, in one place
 
 
 @dataclass

@@ -17,6 +17,8 @@ from pathlib import Path
 from . import plots, svg
 from .fmt import (TREND_HEADER, decay_text, grouped_findings, measured_stage, num, run_facts, skipped_lines,
                   summary_legend, title)
+from .training import HEADER as TRAINING_HEADER
+from .training import NUMBER_COLUMNS, VARIANT, VERDICT, training_note, training_rows
 
 _ASSETS = Path(__file__).parent / "assets"
 # the name first (it stays in view when the table scrolls sideways), then the numbers that matter most
@@ -137,6 +139,29 @@ def _summaries(report) -> str:
             "<th class=\"n\">no grad</th></tr>")
     return (f'<section id="verdicts"><h2>Verdicts</h2><div class="wide"><table class="data"><thead>{head}</thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div><p class=\"muted\">{_e(summary_legend(report))}.</p></section>")
+
+
+def _training(report) -> str:
+    """``gradscope demo --train``'s table beside the verdicts: what each variant learned with each optimizer."""
+    note = training_note(report)
+    if note is None:
+        return ""
+    index = plots.colors(report).variants
+    number = ' class="n"'
+
+    def cell(i: int, text: str) -> str:
+        if i == VARIANT:
+            return f"<td>{svg.swatch(index[text]) if text in index else ''}{_e(text)}</td>"
+        if i == VERDICT:
+            return f"<td>{_verdict(text)}</td>"
+        return f"<td{number if i in NUMBER_COLUMNS else ''}>{_e(text)}</td>"
+
+    head = "".join(f"<th{number if i in NUMBER_COLUMNS else ''}>{_e(h)}</th>"
+                   for i, h in enumerate(TRAINING_HEADER))
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>" for row in training_rows(report))
+    return (f'<section id="training"><h2>Training: which variants learn</h2><div class="wide"><table class="data">'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+            f'<p class="muted">{_e(note)} The loss curves are under Plots.</p></section>')
 
 
 def _findings(report) -> str:
@@ -277,9 +302,10 @@ def render_page(report) -> str:
     js = (_ASSETS / "page.js").read_text(encoding="utf-8")
     policy = (f"default-src 'none'; img-src data:; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
               "base-uri 'none'; form-action 'none'")
-    sections = [_summaries(report), _incidents(report), _findings(report), _comparisons(report), _plots(report),
-                _tables(report)]
-    nav_items = [(sid, label) for sid, label in (("verdicts", "Verdicts"), ("incidents", "Non-finite steps"),
+    sections = [_summaries(report), _training(report), _incidents(report), _findings(report), _comparisons(report),
+                _plots(report), _tables(report)]
+    nav_items = [(sid, label) for sid, label in (("verdicts", "Verdicts"), ("training", "Training"),
+                                                 ("incidents", "Non-finite steps"),
                                                  ("findings", "Findings"),
                                                  ("comparisons", "Comparisons"), ("plots", "Plots"),
                                                  ("parameters", "Parameters"), ("blocks", "Blocks"))

@@ -10,6 +10,8 @@ import re
 
 from .fmt import (TREND_HEADER, decay_text, flow_table, grouped_findings, measured_stage, num, run_facts,
                   shown_depths, skipped_lines, summary_legend, title)
+from .training import HEADER as TRAINING_HEADER
+from .training import NUMBER_COLUMNS, VERDICT, training_note, training_rows
 
 # CommonMark lets a backslash escape any ASCII punctuation. These can start markup inside a line: emphasis,
 # code, links and images, raw HTML, table cells, strikethrough, entities, GitHub's $math$. (Headings and
@@ -41,6 +43,16 @@ def _verdicts(report) -> list[str]:
     header = ["variant", "verdict", "loss", "blocks", "flow signal", "first/last block", "factor per block", "R²",
               TREND_HEADER, "no grad"]
     return ["## Verdicts", "", *_table(header, rows, right={2, 3, 5, 6, 7, 9}), "", md(summary_legend(report)) + ".", ""]
+
+
+def _training(report) -> list[str]:
+    """``gradscope demo --train``'s table: what each variant learned, beside its verdict."""
+    note = training_note(report)
+    if note is None:
+        return []
+    rows = [[f"**{md(c)}**" if i == VERDICT else md(c) for i, c in enumerate(row)] for row in training_rows(report)]
+    return ["## Training: which variants learn", "", md(note), "",
+            *_table([md(h) for h in TRAINING_HEADER], rows, right=NUMBER_COLUMNS), ""]
 
 
 def _findings(report) -> list[str]:
@@ -116,10 +128,10 @@ def _global_norm(row: dict) -> str:
 def render_markdown(report) -> str:
     """The whole Markdown summary as one string."""
     lines = [f"# gradscope: {md(title(report))}", ""]
-    lines += [f"- **{label}**: {md(value)}" for label, value in run_facts(report)]
+    lines += [f"- **{md(label)}**: {md(value)}" for label, value in run_facts(report)]
     lines += [f"- {md(line)}" for line in skipped_lines(report.meta)]
     lines.append("")
-    for part in (_verdicts, _findings, _comparisons, _flow, _series):
+    for part in (_verdicts, _training, _findings, _comparisons, _flow, _series):
         lines += part(report)
     from . import SCHEMA
 

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .training import optimizer_texts
+
 MAX_HEATMAP_STEPS = 600  # wider time series show evenly spaced recorded steps (the last always included)
 
 
@@ -335,12 +337,46 @@ def global_norm_plot(report) -> Optional[LinePlot]:
                     y_label="gradient L2 norm (log scale)", lines=lines, caption=caption, marks=marks)
 
 
+MAX_CURVE_POINTS = 500  # points per loss curve drawn; longer runs show evenly spaced steps (the last included)
+
+
+def _curve_steps(steps: int) -> list[int]:
+    if steps <= MAX_CURVE_POINTS:
+        return list(range(steps))
+    stride = (steps - 1) / (MAX_CURVE_POINTS - 1)
+    return sorted({round(i * stride) for i in range(MAX_CURVE_POINTS)})
+
+
+def training_plot(report) -> Optional[LinePlot]:
+    """The training loss per step of ``gradscope demo --train``: one panel per optimizer, one line per variant."""
+    runs = (report.training or {}).get("runs") or []
+    if not runs:
+        return None
+    index = colors(report).variants
+    panels = optimizer_texts(report.training)
+    lines = []
+    for run in runs:
+        shown = _curve_steps(len(run["loss"]))
+        lines.append(Line(f"{run['variant']}, {run['optimizer']}", [t + 1 for t in shown],
+                          [positive(run["loss"][t]) for t in shown], index.get(run["variant"], 0),
+                          series=run["variant"], panel=panels.get(run["optimizer"], run["optimizer"])))
+    steps = max(len(run["loss"]) for run in runs)
+    thinned = f" {MAX_CURVE_POINTS} of the {steps} steps shown, evenly spaced." if steps > MAX_CURVE_POINTS else ""
+    return LinePlot(
+        key="training", title="Training loss per step, each variant trained with each optimizer",
+        x_label="training step", y_label="training loss (log scale)", lines=lines,
+        caption="Cross-entropy on each step's fresh batch of the teacher task, before that step's update; one panel "
+                "per optimizer, each variant in its color. A line that stays near its start is a network that does "
+                f"not learn.{thinned}",
+    )
+
+
 def all_plots(report) -> list:
     """Every plot the report has data for, in page order: a training run's time series first."""
-    makers = (flow_plot, ratio_plot, bar_plot, global_norm_plot, heatmap)
+    makers = (flow_plot, ratio_plot, bar_plot, training_plot, global_norm_plot, heatmap)
     if report.series:
         makers = (global_norm_plot, heatmap, flow_plot, ratio_plot, bar_plot)
     return [p for p in (make(report) for make in makers) if p is not None]
 
 
-PLOT_KEYS = ("flow", "ratios", "blocks", "global", "heatmap")  # file stems of --format png/svg
+PLOT_KEYS = ("flow", "ratios", "blocks", "training", "global", "heatmap")  # file stems of --format png/svg

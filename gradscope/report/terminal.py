@@ -122,6 +122,18 @@ def _ratio(value) -> str:
     return "n/a" if shown == "-" else f"x{shown}"
 
 
+def training_lines(report, width: Optional[int] = None) -> list[str]:
+    """``gradscope demo --train``: what each variant learned with each optimizer, beside its verdict (see
+    :mod:`.training`), and a blank line after it; nothing for a report without training."""
+    from .training import HEADER, training_note, training_rows
+
+    note = training_note(report)
+    if note is None:
+        return []
+    return ["what each variant learned in training", *_tables(HEADER, training_rows(report), 1, width),
+            *_wrapped(note, width), ""]
+
+
 def comparison_lines(report) -> list[str]:
     verdict = {s["variant"]: s["verdict"] for s in report.summaries}
     lines = []
@@ -153,6 +165,7 @@ def render_text(report, width: Optional[int] = None) -> str:
         *header,
         "",
         *(summary_lines(report, width) + [""] if report.summaries else []),
+        *training_lines(report, width),
         *flow_lines(report, width),
         "",
         *finding_lines(report),
