@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
-from typing import Optional
+from typing import Callable, Optional
 
 from torch import nn
 
@@ -38,6 +39,27 @@ class MonitorCallbackOptions:
         self.report_dir = report_dir
         self.prefix = prefix
         self.monitor: GradientMonitor | None = None
+        self._unwrap_clip: Optional[Callable[[], None]] = None
+
+    def wrap_clip(self, owner, name: str, make: Callable[[Callable], Callable]) -> None:
+        """Replace the framework's clip method ``owner.name`` by ``make(original)`` until :meth:`restore_clip`
+        (which puts back an instance attribute set before ours, or lets the class's method show again)."""
+        original = getattr(owner, name)
+        own = vars(owner).get(name)
+        setattr(owner, name, functools.wraps(original)(make(original)))
+
+        def unwrap() -> None:
+            if own is None:
+                vars(owner).pop(name, None)
+            else:
+                setattr(owner, name, own)
+
+        self._unwrap_clip = unwrap
+
+    def restore_clip(self) -> None:
+        if self._unwrap_clip is not None:
+            self._unwrap_clip()
+            self._unwrap_clip = None
 
     def make_monitor(self, model: nn.Module, scaler=None) -> GradientMonitor:
         previous = attached_monitor(model)

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 from transformers import TrainerCallback
 
@@ -72,14 +72,13 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
         self.trainer = None  # set by add_gradscope_callback: its clipping is read before it clips
         self._logged_step: Optional[int] = None
         self._main = True
-        self._unwrap_clip: Optional[Callable[[], None]] = None
         self._recorded_by_clip = False
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not hasattr(TrainerCallback, "on_pre_optimizer_step"):
             raise GradscopeError("this transformers version has no on_pre_optimizer_step callback event, which "
                                  "GradscopeCallback records from; upgrade transformers (pip install -U transformers)")
-        self._restore_clip()
+        self.restore_clip()
         if self.monitor is not None:  # a second trainer.train() after one that did not end
             self.monitor.close(flush=False)
             self.monitor = None
@@ -109,36 +108,23 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
 
     def _wrap_clip(self, accelerator, state) -> None:
         """Record each step when the Trainer calls ``accelerator.clip_grad_norm_``, before it clips, and note
-        the clip; ``self._unwrap_clip`` puts the accelerator's own method back."""
-        original = accelerator.clip_grad_norm_
-        own = vars(accelerator).get("clip_grad_norm_")  # an instance attribute set before ours, if any
+        the clip (until :meth:`restore_clip`)."""
 
-        @functools.wraps(original)
-        def clip_grad_norm_(parameters, max_norm, *args, **kwargs):
-            self._recorded_by_clip = True
-            recorded = self._record(state)
-            total = original(parameters, max_norm, *args, **kwargs)
-            if recorded and total is not None and math.isfinite(max_norm):
-                self.monitor.note_clip(max_norm, total)
-            return total
+        def make(original):
+            def clip_grad_norm_(parameters, max_norm, *args, **kwargs):
+                self._recorded_by_clip = True
+                recorded = self._record(state)
+                total = original(parameters, max_norm, *args, **kwargs)
+                if recorded and total is not None and math.isfinite(max_norm):
+                    self.monitor.note_clip(max_norm, total)
+                return total
 
-        accelerator.clip_grad_norm_ = clip_grad_norm_
+            return clip_grad_norm_
 
-        def unwrap() -> None:
-            if own is None:
-                del accelerator.clip_grad_norm_
-            else:
-                accelerator.clip_grad_norm_ = own
-
-        self._unwrap_clip = unwrap
+        self.wrap_clip(accelerator, "clip_grad_norm_", make)
 
     def _record(self, state) -> bool:
         return self.monitor.step(step=state.global_step + 1)  # global_step counts this step after the update
-
-    def _restore_clip(self) -> None:
-        if self._unwrap_clip is not None:
-            self._unwrap_clip()
-            self._unwrap_clip = None
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.monitor is None:
@@ -183,12 +169,12 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
             state.log_history[-1].update(values)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._restore_clip()
+        self.restore_clip()
         self.finish(self._meta(args, state), write=self._main)
 
     def stopped(self, args, state, error: BaseException) -> None:
         """Training stopped with ``error`` (the Trainer has no event for it): the report of the steps so far."""
-        self._restore_clip()
+        self.restore_clip()
         self.finish(self._meta(args, state), write=self._main, error=error)
 
     def _meta(self, args, state) -> dict:
@@ -215,7 +201,7 @@ def add_gradscope_callback(trainer, **options) -> GradscopeCallback:
         try:
             return train(*args, **kwargs)
         except BaseException as error:
-            callback._restore_clip()
+            callback.restore_clip()
             if callback.monitor is not None:
                 callback.stopped(trainer.args, trainer.state, error)
             raise

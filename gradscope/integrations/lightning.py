@@ -28,9 +28,8 @@ Install with ``pip install torch-gradscope[lightning]``.
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 from lightning.pytorch import Callback
 
@@ -47,10 +46,9 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
     def __init__(self, **options):
         super().__init__(**options)
         self._recorded_step: Optional[int] = None  # the optimizer step just recorded, until it is logged
-        self._unwrap_clip: Optional[Callable[[], None]] = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._restore_clip()
+        self.restore_clip()
         if self.monitor is not None:
             self.monitor.close(flush=False)  # of an earlier fit that did not end
         sharded = dist_utils.is_sharded(pl_module)
@@ -61,33 +59,21 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
             self._wrap_clip(trainer.precision_plugin)
 
     def _wrap_clip(self, plugin) -> None:
-        """Note each clip by norm of a recorded step; ``self._unwrap_clip`` puts the plugin's method back."""
-        original = plugin.clip_gradients
-        own = vars(plugin).get("clip_gradients")
+        """Note each clip by norm of a recorded step (until :meth:`restore_clip`)."""
 
-        @functools.wraps(original)
-        def clip_gradients(optimizer, clip_val=0.0, gradient_clip_algorithm=None, *args, **kwargs):
-            result = original(optimizer, clip_val, gradient_clip_algorithm, *args, **kwargs)
-            by_norm = gradient_clip_algorithm is None or str(getattr(gradient_clip_algorithm, "value",
-                                                                     gradient_clip_algorithm)).lower() == "norm"
-            if self._recorded_step is not None and by_norm and clip_val and math.isfinite(clip_val) and clip_val > 0:
-                self.monitor.note_clip(float(clip_val))
-            return result
+        def make(original):
+            def clip_gradients(optimizer, clip_val=0.0, gradient_clip_algorithm=None, *args, **kwargs):
+                result = original(optimizer, clip_val, gradient_clip_algorithm, *args, **kwargs)
+                algorithm = getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm)
+                by_norm = algorithm is None or str(algorithm).lower() == "norm"
+                if self._recorded_step is not None and by_norm and clip_val and math.isfinite(clip_val) \
+                        and clip_val > 0:
+                    self.monitor.note_clip(float(clip_val))
+                return result
 
-        plugin.clip_gradients = clip_gradients
+            return clip_gradients
 
-        def unwrap() -> None:
-            if own is None:
-                del plugin.clip_gradients
-            else:
-                plugin.clip_gradients = own
-
-        self._unwrap_clip = unwrap
-
-    def _restore_clip(self) -> None:
-        if self._unwrap_clip is not None:
-            self._unwrap_clip()
-            self._unwrap_clip = None
+        self.wrap_clip(plugin, "clip_gradients", make)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.monitor is None:
@@ -110,11 +96,11 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
             pl_module.log_dict(values, on_step=True, on_epoch=False)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self._restore_clip()
+        self.restore_clip()
         self.finish(self._meta(trainer), write=trainer.is_global_zero)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_clip()
+        self.restore_clip()
         self.finish(self._meta(trainer), write=trainer.is_global_zero, error=exception)
 
     @staticmethod
