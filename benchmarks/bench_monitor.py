@@ -14,6 +14,14 @@ is also taken, with CUDA events around ``monitor.step()``.
     python benchmarks/bench_monitor.py                 # 4-layer BERT, batch 8, seq 128, CPU
     python benchmarks/bench_monitor.py --quick         # fewer steps
     python benchmarks/bench_monitor.py --device cuda --layers 12   # BERT-base on a GPU
+    python benchmarks/bench_monitor.py --features updates          # weight norms and update ratios too
+
+``--features``: ``grads`` (the default monitor), ``weights`` (``weight_norms=True``), ``updates``
+(``update_ratios=True``, with weight norms; the monitor records from the optimizer's hooks, so monitored
+steps use an optimizer with the hooks and plain steps a second AdamW over the same parameters, and the
+monitor's cost is the time of ``opt.step()`` over the plain one's plus that of ``monitor.step()``: none),
+``act`` (``activation_grads=True``: its cost is in the backward pass, so the forward and backward time over
+the plain step's in the same pair counts too; plain steps disarm the hooks).
 
 Targets (issue 5): at most 3% on the CPU case; at most 1% for BERT-base on the H200, where the
 figure is the larger of the monitor's device time and its host time, over the plain step.
@@ -66,25 +74,37 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=10, help="monitored/plain step pairs timed")
     parser.add_argument("--quick", action="store_true", help="3 pairs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--features", choices=("grads", "weights", "updates", "act"), default="grads")
     args = parser.parse_args(argv)
     pairs = 3 if args.quick else args.pairs
     device = torch.device(args.device)
 
     model, inputs = build(args.layers, device, args.batch, args.seq)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    monitor = gradscope.GradientMonitor(model)
+    plain_opt = torch.optim.AdamW(model.parameters(), lr=1e-5) if args.features == "updates" else opt
+    options = {"weights": {"weight_norms": True}, "updates": {"update_ratios": True},
+               "act": {"activation_grads": True}}.get(args.features, {})
+    hooked = args.features == "updates"
+    monitor = gradscope.GradientMonitor(model, opt if hooked else None, **options)
+    armed = {"now": True}
+    if monitor._act is not None:  # a benchmark's switch: plain steps run without the gradient hooks
+        monitor._act._armed = lambda: armed["now"]
 
     cuda = device.type == "cuda"
 
-    def train_step(monitored: bool) -> tuple[float, float, float]:
-        """(step seconds, host seconds of monitor.step(), device seconds of its work; 0 where not measured)."""
+    def train_step(monitored: bool) -> tuple[float, float, float, float, float]:
+        """(step seconds, host seconds of monitor.step(), device seconds of its work; 0 where not measured,
+        forward and backward seconds, optimizer step seconds)."""
+        armed["now"] = monitored
         sync(device)
         start = time.perf_counter()
         loss = model(**inputs).loss
         loss.backward()
+        sync(device)
+        forward_backward = time.perf_counter() - start
         call = 0.0
         events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda and monitored else None
-        if monitored:
+        if monitored and not hooked:
             before = time.perf_counter()
             if events:
                 events[0].record()
@@ -92,28 +112,37 @@ def main(argv=None) -> int:
             if events:
                 events[1].record()  # the stream runs in order: the time between is the monitor's work
             call = time.perf_counter() - before  # host time of the call (on a GPU the op runs asynchronously)
-        opt.step()
+        before = time.perf_counter()
+        (opt if monitored else plain_opt).step()
+        sync(device)
+        opt_seconds = time.perf_counter() - before
         opt.zero_grad(set_to_none=True)
         sync(device)
         gpu = events[0].elapsed_time(events[1]) / 1e3 if events else 0.0
-        return time.perf_counter() - start, call, gpu
+        return time.perf_counter() - start, call, gpu, forward_backward, opt_seconds
 
     for _ in range(2):  # warm-up: allocator, kernels, the monitor's buffer
         train_step(True)
         train_step(False)
-    plain, monitored, calls, gpu_times, pair_ratios, call_ratios = [], [], [], [], [], []
+    plain, monitored, calls, gpu_times, pair_ratios, call_ratios, feature_ratios = [], [], [], [], [], [], []
     for i in range(pairs):
         order = (False, True) if i % 2 == 0 else (True, False)
         times = {}
         for flag in order:
-            seconds, call, gpu = train_step(flag)
-            times[flag] = seconds
+            seconds, call, gpu, forward_backward, opt_seconds = times[flag] = train_step(flag)
             (monitored if flag else plain).append(seconds)
             if flag:
                 calls.append(call)
                 gpu_times.append(gpu)
-        pair_ratios.append(times[True] / times[False])
-        call_ratios.append(calls[-1] / times[False])
+        pair_ratios.append(times[True][0] / times[False][0])
+        call_ratios.append(calls[-1] / times[False][0])
+        # the monitor's time in this pair: its call, plus where its work runs inside the step
+        extra = calls[-1]
+        if args.features == "act":
+            extra += times[True][3] - times[False][3]
+        if hooked:
+            extra += times[True][4] - times[False][4]
+        feature_ratios.append(extra / times[False][0])
     monitor.flush()
     monitor.close()
 
@@ -130,6 +159,10 @@ def main(argv=None) -> int:
         "pair_ratio_median": statistics.median(pair_ratios),
         "call_overhead": call_ms / plain_ms,
         "call_overhead_pair_median": statistics.median(call_ratios),
+        "features": args.features,
+        # the monitor's time over the plain step, median over pairs: its call, plus for "act" the forward and
+        # backward time and for "updates" the optimizer step time over the plain step's in the same pair
+        "feature_overhead_pair_median": statistics.median(feature_ratios),
         # On a GPU: the device time of the monitor's work (CUDA events around monitor.step()), and the
         # overhead that decides the target: the larger of its device and host time, over the plain step.
         "monitor_gpu_ms": gpu_ms,
@@ -145,6 +178,8 @@ def main(argv=None) -> int:
           f"median pair ratio {result['pair_ratio_median']:.4f}")
     print(f"  monitor.step()  {call_ms:9.2f} ms (median)   overhead {100 * result['call_overhead']:.2f}% of the "
           f"median step, median per pair {100 * result['call_overhead_pair_median']:.2f}%")
+    print(f"  features {args.features}: monitor's time {100 * result['feature_overhead_pair_median']:.2f}% of the "
+          f"plain step (median per pair)")
     if cuda:
         print(f"  monitor on GPU  {result['monitor_gpu_ms']:9.3f} ms (median, CUDA events)   overhead "
               f"{100 * result['gpu_overhead']:.2f}% of the median step (the larger of device and host time)")

@@ -937,10 +937,10 @@ def _no_depth_finding(summary: Summary, blocks: list[BlockRow], inventory: dict,
 
 
 def _depth_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str,
-                   vanishing: bool) -> Finding:
+                   vanishing: bool, for_training: bool = True) -> Finding:
     """A vanishing or exploding gradient: where the profile that crossed the threshold bottoms out (peaks) and
     by how much, a fix for its cause (one block the gradient falls through, or the depth), and, vanishing, what
-    it means for training."""
+    it means for training (``for_training``; it needs each block's size, largest entry and weight norm)."""
     signal, block, ratio = _crossed(summary, vanishing)
     word, threshold = ("vanishing", VANISHING_RATIO) if vanishing else ("exploding", EXPLODING_RATIO)
     param_only = signal == "parameter gradient" and summary["flow_signal"] == "dL/dh"
@@ -978,7 +978,7 @@ def _depth_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dt
         fix = _vanishing_fixes(inventory)
     else:
         fix = "clip gradients (torch.nn.utils.clip_grad_norm_); lower the learning rate; " + _exploding_fixes(inventory)
-    if vanishing:
+    if vanishing and for_training:
         clause, training = _for_training(rows, step, dtype)
         message += f", {clause}"
         evidence.append(training)
@@ -1400,3 +1400,152 @@ def unused_weights_finding(unused: Optional[dict]) -> Optional[Finding]:
         "fix": "check config.json against the checkpoint (num_hidden_layers and the other sizes), and load the "
                "model class the checkpoint was saved from",
     }
+
+
+# --- verdicts during training ------------------------------------------------------------
+# A training monitor's series holds, per recorded step, one row per block (parameter-gradient L2, and dL/dh,
+# weight L2, update ratio where recorded). The flow is judged with the rules above on windows of steps:
+# the series' steps without a non-finite value (those have a finding of their own), in step order, cut into
+# min(TRAINING_WINDOWS_MAX, max(1, n // TRAINING_WINDOW_MIN_STEPS)) consecutive windows as equal in size as
+# possible (sizes differ by at most one). Each window is judged on one row per block holding the median of each
+# value over the window's steps where it is recorded and finite (the mean of the middle two for an even count),
+# so that one noisy step does not decide a window's verdict.
+
+TRAINING_WINDOW_MIN_STEPS = 10  # a window holds at least this many steps, unless the whole run has fewer
+TRAINING_WINDOWS_MAX = 20  # at most this many windows, however long the run
+TRAINING_CHANGES_MAX = 10  # findings for the first verdict changes; the last of them counts the rest
+_WINDOW_VALUES = ("grad_l2", "act_grad_l2", "grad_zero_frac", "grad_maxabs", "weight_l2", "update_ratio")
+WINDOW_RULE = (f"windows: the recorded steps without a non-finite value, cut into min({TRAINING_WINDOWS_MAX}, "
+               f"steps // {TRAINING_WINDOW_MIN_STEPS}) (at least 1) consecutive windows of nearly equal size, each "
+               "judged on the median of every block's values over its steps")
+
+
+def _median(values: list[float]) -> float:
+    """The median of the finite values (the mean of the middle two for an even count); NaN without any."""
+    kept = sorted(v for v in values if v is not None and math.isfinite(v))
+    if not kept:
+        return math.nan
+    return (kept[(len(kept) - 1) // 2] + kept[len(kept) // 2]) / 2
+
+
+def training_windows(steps: Sequence[int]) -> list[list[int]]:
+    """The steps cut into consecutive windows by the rule above.
+
+    >>> [len(w) for w in training_windows(list(range(1, 26)))]
+    [13, 12]
+    """
+    steps = list(steps)
+    count = min(TRAINING_WINDOWS_MAX, max(1, len(steps) // TRAINING_WINDOW_MIN_STEPS))
+    size, extra = divmod(len(steps), count)
+    bounds = [k * size + min(k, extra) for k in range(count + 1)]
+    return [steps[bounds[k]:bounds[k + 1]] for k in range(count) if bounds[k + 1] > bounds[k]]
+
+
+def window_rows(series: list[dict], steps: Sequence[int], variant: str = "training") -> list[BlockRow]:
+    """One block row per block (in depth order) holding the median of each value over ``steps`` (see above)."""
+    chosen = set(steps)
+    by_block: dict[tuple, list[dict]] = {}
+    for r in series:
+        if r.get("block") is not None and r.get("step") in chosen:
+            by_block.setdefault((r["depth"], r["block"]), []).append(r)
+    rows: list[BlockRow] = []
+    for (depth, block), members in sorted(by_block.items()):
+        row = {"block": block, "depth": depth, "variant": variant, "grad_nonfinite": 0, "act_grad_nonfinite": 0,
+               "output_nonfinite": 0}
+        row.update({key: _median([m.get(key) for m in members]) for key in _WINDOW_VALUES})
+        rows.append(row)  # type: ignore[arg-type]
+    return rows
+
+
+def _finite_steps(series: list[dict]) -> list[int]:
+    """The series' steps, in order, without a non-finite gradient value in any of its rows."""
+    bad = {r["step"] for r in series if r.get("grad_nonfinite") or r.get("act_grad_nonfinite")}
+    return sorted({r["step"] for r in series if r.get("step") is not None} - bad)
+
+
+def training_flow(series: list[dict]) -> list[dict]:
+    """Each window of a training series (rule above) with its steps, its median block rows and their summary
+    (:func:`summarize_rows`: the same verdict and ratios as ``analyze``)."""
+    windows = []
+    for steps in training_windows(_finite_steps(series)):
+        rows = window_rows(series, steps)
+        if rows:
+            windows.append({"steps": steps, "rows": rows,
+                            "summary": summarize_rows("training", [], rows, loss=0.0)})
+    return windows
+
+
+def _span(steps: list[int]) -> str:
+    return f"step {steps[0]}" if steps[0] == steps[-1] else f"steps {steps[0]} to {steps[-1]}"
+
+
+def _window_finding(window: dict, run: list[dict], total: int, inventory: dict) -> Finding:
+    """The verdict finding (as ``analyze`` words it) of a run of windows that share a verdict, with the numbers of
+    its last window; vanishing says nothing about what it means for training (the series lacks each block's size)
+    but gives the update ratio of the first and last block where it was recorded."""
+    summary, rows = window["summary"], window["rows"]
+    verdict = summary["verdict"]
+    if verdict in ("vanishing", "exploding"):
+        found = _depth_finding(summary, rows, inventory, "float32", vanishing=verdict == "vanishing",
+                               for_training=False)
+    else:
+        found = VERDICT_FINDINGS[verdict](summary, rows, inventory, "float32")
+    steps = [s for w in run for s in w["steps"]]
+    every = " (every judged step)" if len(run) == total else ""
+    found["message"] = f"{_span(steps)}{every}: {found['message']}"
+    ends = [r for r in rows if r["block"] in (summary.get("first_block"), summary.get("last_block"))]
+    moved = [f"{r['block']} {_fmt(r['update_ratio'])}" for r in ends if not math.isnan(r["update_ratio"])]
+    found["evidence"] = (f"medians over {_span(window['steps'])}, the last of {len(run)} window(s) judged {verdict}: "
+                         + found["evidence"]
+                         + (f"; median update ratio ||W after - W before|| / ||W before||: {', '.join(moved)}"
+                            if moved else "")
+                         + f" ({WINDOW_RULE})")
+    return found
+
+
+def _change_finding(before: dict, after: dict) -> Finding:
+    """The verdict changed between two neighbouring windows: from which to which, from which step, and the numbers."""
+    old, new = before["summary"], after["summary"]
+    step = after["steps"][0]
+
+    def numbers(summary: Summary) -> str:
+        return (f"{summary['flow_signal']} first/last {_fmt(summary['first_to_last_ratio'])}x, lowest "
+                f"{_fmt(summary.get('lowest_ratio'))}x at {summary.get('lowest_block')}, highest "
+                f"{_fmt(summary.get('highest_ratio'))}x at {summary.get('highest_block')}")
+
+    block = None
+    if new["verdict"] in ("vanishing", "exploding"):
+        _, block, _ = _crossed(new, new["verdict"] == "vanishing")
+    return {
+        "variant": "training", "severity": "info" if new["verdict"] == "healthy" else "warning",
+        "kind": "verdict-change", "block": block,
+        "message": f"the gradient flow changed from {old['verdict']} to {new['verdict']} at step {step}: "
+                   f"{_span(before['steps'])} were {old['verdict']}, {_span(after['steps'])} {new['verdict']}",
+        "evidence": f"medians per block, {_span(before['steps'])}: {numbers(old)}; {_span(after['steps'])}: "
+                    f"{numbers(new)} (thresholds {VANISHING_RATIO:g} and {EXPLODING_RATIO:g} of the last block's; "
+                    f"{WINDOW_RULE})",
+        "fix": "look at what changed around that step: the learning rate schedule, the data, a block whose weights "
+               "grew or shrank (the weight and update heatmaps)" if new["verdict"] != "healthy" else "",
+    }
+
+
+def training_flow_findings(series: list[dict], inventory: Optional[dict] = None) -> list[Finding]:
+    """The gradient flow of a training series judged over windows of steps (rule above): one finding per run of
+    neighbouring windows with the same verdict, and one per change of verdict between windows (the first
+    ``TRAINING_CHANGES_MAX``), naming the steps; none where every window is healthy (a healthy run's report stays
+    free of findings). ``inventory``: the model's architecture counts, for the fixes."""
+    windows = training_flow(series)
+    if all(w["summary"]["verdict"] == "healthy" for w in windows):
+        return []
+    runs: list[list[dict]] = []
+    for window in windows:
+        if runs and runs[-1][-1]["summary"]["verdict"] == window["summary"]["verdict"]:
+            runs[-1].append(window)
+        else:
+            runs.append([window])
+    found = [_window_finding(run[-1], run, len(windows), inventory or {}) for run in runs]
+    changes = [_change_finding(a[-1], b[0]) for a, b in zip(runs, runs[1:])]
+    if len(changes) > TRAINING_CHANGES_MAX:
+        changes[TRAINING_CHANGES_MAX - 1]["evidence"] += (f"; {len(changes) - TRAINING_CHANGES_MAX} later change(s) "
+                                                          "not listed")
+    return found + changes[:TRAINING_CHANGES_MAX]

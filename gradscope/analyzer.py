@@ -159,7 +159,8 @@ def run_variants(subject, variants: Iterable, seed: int, progress: Progress, con
         report.variants.append({"name": variant.name, "description": variant.description, "base": variant.base,
                                 "changes": variant.changes, "architecture": inventory})
         report.summaries.append(summary)
-        report.findings.extend(findings_for(summary, blocks, inventory))
+        weight_dtype = str(next(variant.model.parameters()).dtype).removeprefix("torch.")  # its resolution
+        report.findings.extend(findings_for(summary, blocks, inventory, weight_dtype))
         report.findings.extend(filter(None, [dead_units_finding(summary, blocks, params, inventory)]))
         report.findings.extend(filter(None, [chance_finding(summary, subject.objective, subject.meta.get("chance"))]))
         if len(report.variants) == 1:  # the batch is every variant's: said once

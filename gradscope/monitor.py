@@ -45,6 +45,26 @@ norm: a recorded step above ``SPIKE_FACTOR`` (5) times the median of the
 that step's sum of squares. It is computed from the host history when the
 report is made: no per-step cost.
 
+**Weights and updates.** ``weight_norms=True`` adds the weights to the step's fused
+``grad_stats`` call (one table, gradients then weights; no extra sync), so the
+history has the weight L2 per parameter, block and in all, read before the
+optimizer step. ``update_ratios=True`` (needs the optimizer) also records
+``||W_after - W_before|| / ||W_before||`` of the optimizer step itself, for any
+optimizer: the step pre-hook copies the monitored weights into one kept copy
+(memory: one more copy of them), the post-hook subtracts the new weights from it
+in place and reduces the difference with the fused op. A step
+``on_nonfinite="skip"`` skipped has a ratio of 0; a step taken with a closure
+(LBFGS) is recorded after the step, so its weight norm is the new one and it has
+no ratio (NaN). Without an optimizer nothing tells the monitor where the update
+begins and ends (between two ``step()`` calls the weights change by whatever ran),
+so ``update_ratios`` is refused there; weight norms are still recorded.
+
+**dL/dh.** ``activation_grads=N`` hangs, on the steps it samples, a gradient hook on
+each block's output (the first tensor of it, as :func:`gradscope.analyze` reads it)
+that reduces dL/dh to its sum of squares on the device: no activation is kept and
+nothing syncs. Several runs of a block and the micro-batches of one step add up
+(the norm over all of the step's examples).
+
 **Mixed precision (``torch.amp.GradScaler``).** Either call ``monitor.step()``
 after ``scaler.unscale_(optimizer)`` (recommended; it also sees the steps the
 scaler is about to skip), or pass ``scaler=scaler`` and call ``step()`` before
@@ -96,9 +116,12 @@ from torch import nn
 
 from . import distributed as dist_utils
 from ._reference import STAT_NAMES
+from .analysis import training_flow_findings
 from .blocks import block_of, find_blocks, named_parameters, submodule, unwrap
 from .errors import GradscopeError, UsageError
+from .measure import first_tensor
 from .stats import grad_stats
+from .variants import describe_architecture
 
 ON_NONFINITE = ("warn", "raise", "skip", "ignore")
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s epsilon, so the coefficient is the same
@@ -121,7 +144,16 @@ class MonitorConfig:
     - ``backend``: ``grad_stats`` backend (``"auto"``, ``"fused"``, ``"reference"``);
     - ``keep_last``: recorded steps kept on the host (``None``: all). Each costs
       57 bytes per monitored parameter (BERT-base: about 11.5 kB a step, 1.2 GB
-      over 100,000 steps): for long runs set it, or sample with ``every``.
+      over 100,000 steps): for long runs set it, or sample with ``every``;
+    - ``weight_norms``: also record the weight L2 per parameter at each recorded
+      step, in the same fused call as the gradients (one more read of the weights);
+    - ``update_ratios``: also record ``||W_after - W_before||`` of the optimizer
+      step (needs the optimizer; implies ``weight_norms``). It keeps **one copy of
+      the monitored weights** on their device (BERT-base fp32: 440 MB), refreshed
+      at each recorded step, hence opt-in;
+    - ``activation_grads``: ``N`` > 0 records ``||dL/dh||`` at each block's output
+      on the steps whose number (the monitor's own count) is a multiple of
+      ``every * N`` (``True``: 1); reduced inside a gradient hook, nothing kept.
     """
 
     every: int = 1
@@ -131,6 +163,9 @@ class MonitorConfig:
     distributed: str = "auto"
     backend: str = "auto"
     keep_last: Optional[int] = None
+    weight_norms: bool = False
+    update_ratios: bool = False
+    activation_grads: int = 0
 
     @classmethod
     def with_options(cls, config: Optional["MonitorConfig"], options: dict) -> "MonitorConfig":
@@ -152,6 +187,13 @@ class MonitorConfig:
             raise UsageError(f"flush_every must be a positive integer; got {self.flush_every!r}")
         if self.keep_last is not None and (not isinstance(self.keep_last, int) or self.keep_last < 1):
             raise UsageError(f"keep_last must be None or a positive integer; got {self.keep_last!r}")
+        if isinstance(self.activation_grads, bool):
+            object.__setattr__(self, "activation_grads", int(self.activation_grads))
+        if not isinstance(self.activation_grads, int) or self.activation_grads < 0:
+            raise UsageError(f"activation_grads must be True, False or a non-negative integer (every N recorded "
+                             f"steps); got {self.activation_grads!r}")
+        if self.update_ratios:
+            object.__setattr__(self, "weight_norms", True)  # a ratio needs the weight norm it divides by
         if self.on_nonfinite not in ON_NONFINITE:
             raise UsageError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}; got {self.on_nonfinite!r}")
         if self.distributed not in dist_utils.MODES:
@@ -261,6 +303,11 @@ def _nan_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, a / b.clamp_min(1), torch.full_like(a, math.nan))
 
 
+def _nan_div_exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a / b``, NaN where ``b`` is zero or NaN."""
+    return torch.where(b > 0, a / b, torch.full_like(a, math.nan))
+
+
 @dataclass(frozen=True)
 class MonitorHistory:
     """Recorded steps on the host. ``table[t, i]`` holds parameter ``i``'s six statistics at ``steps[t]``.
@@ -279,6 +326,38 @@ class MonitorHistory:
     blocks: tuple[str, ...]  # execution order
     param_block: torch.Tensor  # [N] int64 index into blocks, -1 outside every block
     order_known: bool  # False: no forward pass was seen, blocks are in registration order
+    # NaN where not recorded (the option off, a step without it) or non-finite:
+    weight_sumsq: torch.Tensor  # [T, N] float64, sum of squares of each weight before the optimizer step
+    update_sumsq: torch.Tensor  # [T, N] float64, sum of squares of the optimizer step's W_after - W_before
+    act_grad_sumsq: torch.Tensor  # [T, B] float64, sum of squares of dL/dh at each block's output
+
+    def _block_sum(self, per_param: torch.Tensor) -> torch.Tensor:
+        """[T, B] sums over each block's parameters of a [T, N] column (NaN stays NaN)."""
+        inside = self.param_block >= 0
+        out = torch.zeros((per_param.shape[0], len(self.blocks)), dtype=torch.float64)
+        return out.index_add_(1, self.param_block[inside], per_param[:, inside])
+
+    def block_weight_l2(self) -> torch.Tensor:
+        """[T, B] weight L2 per block (before the optimizer step); NaN where not recorded."""
+        return self._block_sum(self.weight_sumsq).sqrt()
+
+    def global_weight_l2(self) -> torch.Tensor:
+        """[T] weight L2 over all monitored parameters; NaN where not recorded."""
+        return self.weight_sumsq.sum(-1).sqrt()
+
+    def block_update_ratio(self) -> torch.Tensor:
+        """[T, B] ``||W_after - W_before|| / ||W_before||`` per block of the optimizer step; NaN where not
+        recorded (and where the block's weights are all zero)."""
+        return _nan_div_exact(self._block_sum(self.update_sumsq).sqrt(), self.block_weight_l2())
+
+    def global_update_ratio(self) -> torch.Tensor:
+        """[T] the update-to-weight ratio over all monitored parameters."""
+        return _nan_div_exact(self.update_sumsq.sum(-1).sqrt(), self.global_weight_l2())
+
+    def block_act_grad_l2(self) -> torch.Tensor:
+        """[T, B] ``||dL/dh||`` at each block's output (summed over the block's runs and micro-batches of the
+        step); NaN where not recorded."""
+        return self.act_grad_sumsq.sqrt()
 
     def __len__(self) -> int:
         return int(self.steps.numel())
@@ -341,6 +420,7 @@ class MonitorHistory:
             ("l2", l2), ("mean", mean), ("std", var.sqrt()), ("maxabs", table[..., _MAXABS]),
             ("nonfinite", table[..., _NONFINITE].round().to(torch.int64)), ("zeros", table[..., _ZEROS]),
             ("numel", numel), ("with_grad", with_grad))}
+        extra = self._recorded_series()
         out = []
         for t, step in enumerate(self.steps.tolist()):
             for b, block in enumerate(self.blocks):
@@ -355,16 +435,27 @@ class MonitorHistory:
                     "grad_zero_frac": cols["zeros"][t][b] / cols["numel"][t][b] if cols["numel"][t][b] else nan,
                     "grad_nonfinite": cols["nonfinite"][t][b],
                     "params_no_grad": block_counts[b] - cols["with_grad"][t][b],
+                    **{key: per_block[t][b] for key, (per_block, _) in extra.items()},
                 })
             out.append({"step": step, "block": None, "depth": None, "grad_l2": glob[t],  # pre-clip
-                        "grad_l2_post_clip": post[t], "clip_max_norm": max_norm[t], "grad_nonfinite": nonfinite[t]})
+                        "grad_l2_post_clip": post[t], "clip_max_norm": max_norm[t], "grad_nonfinite": nonfinite[t],
+                        **{key: whole[t] for key, (_, whole) in extra.items() if whole is not None}})
         return out
+
+    def _recorded_series(self) -> dict[str, tuple[list, Optional[list]]]:
+        """The optional series the history holds any value of: {row key: ([T][B] per block, [T] global or None)}."""
+        series = {"weight_l2": (self.block_weight_l2(), self.global_weight_l2()),
+                  "update_ratio": (self.block_update_ratio(), self.global_update_ratio()),
+                  "act_grad_l2": (self.block_act_grad_l2(), None)}
+        return {key: (per_block.tolist(), None if whole is None else whole.tolist())
+                for key, (per_block, whole) in series.items() if not per_block.isnan().all()}
 
     def select(self, index) -> "MonitorHistory":
         """The steps in ``index`` (a slice, or an int64 tensor of positions, over recorded steps)."""
         return replace(self, steps=self.steps[index], table=self.table[index], numel=self.numel[index],
                        present=self.present[index], post_clip_l2=self.post_clip_l2[index],
-                       clip_max_norm=self.clip_max_norm[index])
+                       clip_max_norm=self.clip_max_norm[index], weight_sumsq=self.weight_sumsq[index],
+                       update_sumsq=self.update_sumsq[index], act_grad_sumsq=self.act_grad_sumsq[index])
 
 
 MAX_SERIES_STEPS = 2000  # steps a monitor report's time series keeps by default
@@ -518,6 +609,78 @@ def _check_optimizer(optimizer, params: list[nn.Parameter]) -> None:
                          "this model")
 
 
+def _buffer_columns(params: int, blocks: int) -> dict[str, slice]:
+    """Where each record lies in a buffer row: the [params, 6] gradient table, the weights' and the update's
+    sums of squares per parameter, dL/dh's per registered block, and the post-clip global norm last."""
+    widths = {"table": params * len(STAT_NAMES), "weight": params, "update": params, "act": blocks, "post": 1}
+    columns, start = {}, 0
+    for key, width in widths.items():
+        columns[key] = slice(start, start + width)
+        start += width
+    return columns
+
+
+def _finite_sumsq(table: torch.Tensor) -> torch.Tensor:
+    """Each row's sum of squares from a ``grad_stats`` table; NaN where the row has a non-finite value."""
+    return torch.where(table[:, _NONFINITE] > 0, torch.full_like(table[:, _SUMSQ], math.nan), table[:, _SUMSQ])
+
+
+class _OutputGradients:
+    """``activation_grads``: forward hooks that hang, while ``armed()``, a gradient hook on each block's output
+    (the first tensor, as :mod:`gradscope.measure` reads it); the hook reduces dL/dh to its sum of squares on
+    the device and adds it to the block's entry (several runs of a block, micro-batches of one step): no
+    activation is kept, nothing waits for the device. A block run again in the backward pass (activation
+    checkpointing) gets its hook there too, on the run whose output the gradient reaches."""
+
+    def __init__(self, model: nn.Module, blocks: list[str], armed: Callable[[], bool], backend: str):
+        self._armed, self._backend = armed, backend
+        self._sumsq: Optional[torch.Tensor] = None  # [B] float64, NaN for a block no gradient reached yet
+        self._seen: set[int] = set()
+        self._handles = [submodule(model, b).register_forward_hook(self._forward_hook(i))
+                         for i, b in enumerate(blocks)]
+        self._blocks = len(blocks)
+
+    def _forward_hook(self, index: int):
+        def hook(module, args, output):
+            if not self._armed():
+                return
+            hidden = first_tensor(output)
+            if hidden is not None and hidden.is_floating_point() and hidden.requires_grad:
+                hidden.register_hook(self._grad_hook(index))
+
+        return hook
+
+    def _grad_hook(self, index: int):
+        def hook(grad: torch.Tensor) -> None:
+            value = _finite_sumsq(grad_stats([grad], backend=self._backend).table)[0]
+            if self._sumsq is None:
+                self._sumsq = torch.full((self._blocks,), math.nan, dtype=torch.float64, device=value.device)
+            value = value.to(self._sumsq.device)
+            if index in self._seen:
+                self._sumsq[index] += value
+            else:
+                self._sumsq[index] = value
+                self._seen.add(index)
+
+        return hook
+
+    def take(self, out: torch.Tensor) -> None:
+        """Write the step's sums of squares into ``out`` (left as it is where nothing arrived) and start over."""
+        if self._seen:
+            out.copy_(self._sumsq.to(out.device))
+        self.clear()
+
+    def clear(self) -> None:
+        if self._seen:
+            self._sumsq.fill_(math.nan)
+            self._seen.clear()
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 def _check_scaler(scaler) -> None:
     if scaler is not None and not (hasattr(scaler, "unscale_") and hasattr(scaler, "is_enabled")):
         raise UsageError(f"scaler must be a torch.amp.GradScaler; got {type(scaler).__name__}")
@@ -526,16 +689,17 @@ def _check_scaler(scaler) -> None:
 def _widen(chunk: tuple, source: list[int]) -> tuple:
     """A host history chunk re-indexed to new parameter rows: row j is old row ``source[j]``, or a
     row without a gradient where ``source[j]`` is -1."""
-    steps, table, numel, present, post, max_norm = chunk
+    steps, table, numel, present, post, max_norm, weight_sumsq, update_sumsq, act_sumsq = chunk
     index = torch.tensor(source, dtype=torch.int64)
     known = index >= 0
-    new_table = table.new_zeros((table.shape[0], len(source), table.shape[2]))
-    new_numel = numel.new_zeros((numel.shape[0], len(source)))
-    new_present = present.new_zeros((present.shape[0], len(source)))
-    new_table[:, known] = table[:, index[known]]
-    new_numel[:, known] = numel[:, index[known]]
-    new_present[:, known] = present[:, index[known]]
-    return steps, new_table, new_numel, new_present, post, max_norm
+
+    def widen(column: torch.Tensor, fill) -> torch.Tensor:
+        out = torch.full((column.shape[0], len(source), *column.shape[2:]), fill, dtype=column.dtype)
+        out[:, known] = column[:, index[known]]
+        return out
+
+    return (steps, widen(table, 0), widen(numel, 0), widen(present, False), post, max_norm,
+            widen(weight_sumsq, math.nan), widen(update_sumsq, math.nan), act_sumsq)
 
 
 class GradientMonitor:
@@ -586,6 +750,14 @@ class GradientMonitor:
         self._order = _ExecutionOrder(model, self._registered_blocks)
         self.mode = dist_utils.resolve_mode(model, self.config.distributed)
         self._fsdp1 = dist_utils.fsdp1_counted(model) if self.mode == "sharded" else {}
+        if self.mode == "sharded" and (self.config.weight_norms or self.config.activation_grads):
+            raise UsageError("weight_norms, update_ratios and activation_grads read local weights and activations, "
+                             "which sharded mode (FSDP) does not combine yet; leave them off under FSDP")
+        if self.config.update_ratios and optimizer is None:
+            raise UsageError("update_ratios=True needs the optimizer (GradientMonitor(model, optimizer, "
+                             "update_ratios=True)): the update is W_after - W_before of its step, and between two "
+                             "monitor.step() calls the weights change by more than it; weight_norms=True records "
+                             "the weight norms without it")
         if self.config.on_nonfinite == "skip" and self.mode != "none":
             raise UsageError(f'on_nonfinite="skip" needs every process to skip the same steps, which the '
                              f'monitor cannot promise in {self.mode} mode; use "raise", or a GradScaler')
@@ -607,6 +779,10 @@ class GradientMonitor:
         self.skipped_steps: list[int] = []  # optimizer steps on_nonfinite="skip" skipped
         self._sinks: list[Callable[[MonitorHistory], None]] = []
         self._record_hooks: list[Callable[["GradientMonitor", int], None]] = []
+        self._before: Optional[list[torch.Tensor]] = None  # update_ratios: the weights before the optimizer step
+        self._update_slot: Optional[tuple[int, int]] = None  # (buffer slot, step) whose update is pending
+        self._act = (_OutputGradients(model, self._registered_blocks, self._act_armed, self.config.backend)
+                     if self.config.activation_grads else None)
         self._closed = False
         _ATTACHED[model] = weakref.ref(self)
         if optimizer is not None:
@@ -641,9 +817,12 @@ class GradientMonitor:
         self._on_optimizer_step()
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
-        if self._closure_step:
+        if self._closure_step:  # recorded after the step: no copy of the weights before it, no update ratio
             self._closure_step = False
             self._on_optimizer_step()
+            self._update_slot = None
+        else:
+            self._finish_update()
 
     def _on_optimizer_step(self) -> None:
         if self._recorded_by_clip:  # clip_grad_norm_ already took this step
@@ -670,6 +849,8 @@ class GradientMonitor:
         self._step_count += 1
         number = self._step_count if step is None else int(step)
         if number % self.config.every or not self.active:
+            if self._act is not None:
+                self._act.clear()  # a step not sampled: what its backward pass left is no step's record
             return False
         self._record(number, scaled)
         return True
@@ -752,7 +933,7 @@ class GradientMonitor:
         device = self._params[0].device
         if device != self._device:
             self.flush()
-            self._device, self._buffer = device, None
+            self._device, self._buffer, self._before = device, None, None
 
     def _pick_up_joining(self) -> None:
         """Parameters unfrozen, or added to the model, since the monitor was made join it (those ``params``
@@ -787,7 +968,7 @@ class GradientMonitor:
         self._chunks = [_widen(chunk, [old.get(n, -1) for n, _ in named]) for chunk in self._chunks]
         self.param_names = tuple(n for n, _ in named)
         self._params = [p for _, p in named]
-        self._buffer = None
+        self._buffer, self._before = None, None
 
     def _still_scaled(self) -> bool:
         """True when the gradients are still multiplied by the GradScaler's scale (``scaler=`` given and
@@ -826,16 +1007,27 @@ class GradientMonitor:
             grads = dist_utils.local_grads(self._params, self._fsdp1)
         else:
             grads = [p.grad for p in self._params]
-        table, present, numel = self._stats(grads)
+        n = len(self._params)
+        # the weights go through the same fused call as the gradients: one table, rows N.. are the weights
+        weights = [p.detach() for p in self._params] if self.config.weight_norms else []
+        table, present, numel = self._stats(grads + weights)
+        table, weight_table, present, numel = table[:n], table[n:], present[:n], numel[:n]
         if scaled:
             table = table * self._unscale_factors()
         if len(self._pending) == self.config.flush_every:
             self.flush()  # before this step, so that clip_grad_norm_ finds the step in the buffer
         if self._buffer is None:
-            shape = (self.config.flush_every, len(self._params) * len(STAT_NAMES) + 1)
-            self._buffer = torch.empty(shape, dtype=torch.float64, device=self._device)
+            self._columns = _buffer_columns(n, len(self._registered_blocks))
+            shape = (self.config.flush_every, self._columns["post"].stop)
+            self._buffer = torch.full(shape, math.nan, dtype=torch.float64, device=self._device)
         slot = len(self._pending)
         self._slot_table(slot).copy_(table)
+        if weights:
+            self._buffer[slot, self._columns["weight"]] = _finite_sumsq(weight_table)
+        if self.config.update_ratios and self._optimizer is not None:
+            self._keep_weights_before(slot, step)
+        if self._act is not None:
+            self._act.take(self._buffer[slot, self._columns["act"]])
         self._pending.append((step, present, numel, math.nan))
         for hook in self._record_hooks:
             hook(self, step)
@@ -847,6 +1039,32 @@ class GradientMonitor:
             self.flush(check=False)
             history = self._history()
             raise GradscopeError(describe_nonfinite(history, len(history) - 1))
+
+    def _keep_weights_before(self, slot: int, step: int) -> None:
+        """Copy the weights before the optimizer step (into the one copy kept) for the step's update ratio."""
+        weights = [p.detach() for p in self._params]
+        if self._before is None:
+            self._before = [w.clone() for w in weights]
+        else:
+            torch._foreach_copy_(self._before, weights)
+        self._update_slot = (slot, step)
+
+    def _finish_update(self) -> None:
+        """After the optimizer step: the sums of squares of W_after - W_before, from the copy kept, into the
+        step's slot (dropped when a flush took the step to the host meanwhile)."""
+        if self._update_slot is None:
+            return
+        slot, step = self._update_slot
+        self._update_slot = None
+        if slot >= len(self._pending) or self._pending[slot][0] != step:
+            return
+        torch._foreach_sub_(self._before, [p.detach() for p in self._params])  # in place: no second copy
+        stats = grad_stats(self._before, backend=self.config.backend)
+        self._buffer[slot, self._columns["update"]] = _finite_sumsq(stats.table.to(self._device))
+
+    def _act_armed(self) -> bool:
+        """Whether the coming backward pass belongs to a step whose dL/dh is recorded."""
+        return self.active and (self._step_count + 1) % (self.config.every * self.config.activation_grads) == 0
 
     def _skip(self, step: int, scaled: bool) -> None:
         """Make the coming optimizer step a no-op: no gradient, no update (module docstring)."""
@@ -860,7 +1078,7 @@ class GradientMonitor:
             p.grad = None
 
     def _slot_table(self, slot: int) -> torch.Tensor:
-        return self._buffer[slot, :-1].view(len(self._params), len(STAT_NAMES))
+        return self._buffer[slot, self._columns["table"]].view(len(self._params), len(STAT_NAMES))
 
     def flush(self, *, check: bool = True) -> int:
         """Copy the buffered steps to the host history (one transfer); return how many. 0 on an empty buffer.
@@ -875,17 +1093,22 @@ class GradientMonitor:
         numel = torch.tensor([n for _, _, n, _ in self._pending], dtype=torch.int64)
         shape = (count, len(self._params), len(STAT_NAMES))
         rows = self._buffer[:count]
+        cols = self._columns
         if self.mode == "sharded":  # combined on the device, where the collective runs
-            combined = dist_utils.combine(rows[:, :-1].view(shape), numel.to(self._device), present.to(self._device))
+            combined = dist_utils.combine(rows[:, cols["table"]].view(shape), numel.to(self._device),
+                                          present.to(self._device))
             table, numel, present = (t.cpu() for t in combined)
-            post_col = rows[:, -1].cpu()
+            host = rows.to("cpu", copy=True)  # the other columns are NaN: sharded mode records no weights or activations
         else:  # one device-to-host copy; copy=True because on CPU .cpu() would alias the reused buffer
             host = rows.to("cpu", copy=True)
-            table, post_col = host[:, :-1].reshape(shape), host[:, -1]
+            table = host[:, cols["table"]].reshape(shape)
+        post_col = host[:, -1]
+        rows[:, cols["weight"].start:].fill_(math.nan)  # the optional records of the next steps start unrecorded
         max_norm = torch.tensor([c for _, _, _, c in self._pending], dtype=torch.float64)
         post = torch.where(max_norm.isnan(), torch.tensor(math.nan, dtype=torch.float64), post_col)
         steps = torch.tensor([s for s, _, _, _ in self._pending], dtype=torch.int64)
-        self._chunks.append((steps, table, numel, present, post, max_norm))
+        self._chunks.append((steps, table, numel, present, post, max_norm, host[:, cols["weight"]],
+                             host[:, cols["update"]], host[:, cols["act"]]))
         self._steps_recorded += count
         self._pending = []
         new = self._history(last_chunk=True)
@@ -944,6 +1167,10 @@ class GradientMonitor:
             blocks=tuple(blocks),
             param_block=torch.tensor(param_block, dtype=torch.int64),
             order_known=self._order.known,
+            weight_sumsq=cat(6, torch.zeros((0, n), dtype=torch.float64)),
+            update_sumsq=cat(7, torch.zeros((0, n), dtype=torch.float64)),
+            act_grad_sumsq=cat(8, torch.zeros((0, len(self._registered_blocks)), dtype=torch.float64))[
+                :, [self._registered_blocks.index(b) for b in blocks]],
         )
 
     @property
@@ -971,7 +1198,10 @@ class GradientMonitor:
 
         Keys: ``step``, ``global`` (L2 of all monitored gradients, before any clipping), ``post_clip`` and
         ``clip_max_norm`` (NaN unless the step was clipped: :meth:`clip_grad_norm_` or :meth:`note_clip`),
-        ``nonfinite``, ``blocks`` ({block: L2, before any clipping}).
+        ``nonfinite``, ``blocks`` ({block: L2, before any clipping}); ``global_weight_l2`` and ``weight_l2``
+        ({block: L2 of the weights before the optimizer step}), ``global_update_ratio`` and ``update_ratio``
+        ({block: ||W_after - W_before|| / ||W_before||}), ``act_grad_l2`` ({block: ||dL/dh|| at its output}):
+        NaN unless ``weight_norms``, ``update_ratios``, ``activation_grads`` recorded them at that step.
         """
         self.flush()
         if not self._chunks:
@@ -984,6 +1214,12 @@ class GradientMonitor:
             "clip_max_norm": float(last.clip_max_norm[0]),
             "nonfinite": int(last.nonfinite().sum()),
             "blocks": dict(zip(last.blocks, last.block_l2()[0].tolist())),
+            # NaN unless recorded (weight_norms, update_ratios, activation_grads)
+            "global_weight_l2": float(last.global_weight_l2()[0]),
+            "weight_l2": dict(zip(last.blocks, last.block_weight_l2()[0].tolist())),
+            "global_update_ratio": float(last.global_update_ratio()[0]),
+            "update_ratio": dict(zip(last.blocks, last.block_update_ratio()[0].tolist())),
+            "act_grad_l2": dict(zip(last.blocks, last.block_act_grad_l2()[0].tolist())),
         }
 
     def report(self, meta: Optional[dict] = None, *, max_series_steps: Optional[int] = MAX_SERIES_STEPS):
@@ -1024,7 +1260,8 @@ class GradientMonitor:
                 "frozen_params": len(self.frozen), **(meta or {})}
         return Report(meta=info, variants=[{"name": "training", "description": "gradients during training"}],
                       findings=nonfinite_findings(history, self._steps_recorded, self.skipped_steps)
-                      + spike_findings(history), blocks=blocks, params=params,
+                      + spike_findings(history) + training_flow_findings(rows, describe_architecture(self.model)),
+                      blocks=blocks, params=params,
                       series=rows)
 
     # --- outputs -------------------------------------------------------------------
@@ -1091,6 +1328,9 @@ class GradientMonitor:
         finally:
             self._closed = True
             self._order.close()
+            if self._act is not None:
+                self._act.close()
+            self._before = None
             for hook in self._hooks:
                 hook.remove()
             if _ATTACHED.get(self.model) is not None and _ATTACHED[self.model]() is self:

@@ -1133,3 +1133,21 @@ def test_a_float64_loss_beyond_float32_range_stays_finite_in_the_report(tmp_path
     assert summary["verdict"] != "non-finite"
     report.save(tmp_path / "out", formats="json,html,md,csv,svg")  # every renderer takes the large number
     assert gradscope.Report.load(tmp_path / "out").summary("pretrained")["loss"] == summary["loss"]
+
+
+def test_what_a_vanishing_gradient_means_for_training_is_judged_at_the_weights_own_resolution():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.Sigmoid()) for _ in range(12)], nn.Linear(8, 3))
+
+    def loss_fn(m, batch):
+        return nn.functional.cross_entropy(m(batch[0].to(next(m.parameters()).dtype)).float(), batch[1])
+
+    evidence = {}
+    for dtype in ("float32", "bfloat16"):
+        config = gradscope.AnalyzeConfig(baselines=("pretrained",), device="cpu", dtype=dtype)
+        report = gradscope.analyze(copy.deepcopy(model), config, batch=BATCH, loss_fn=loss_fn)
+        (finding,) = [f for f in report.findings if f["kind"] == "vanishing"]
+        evidence[dtype] = finding["evidence"]
+    # the same stack: its first block is within Adam's reach in float32 weights, out of it in bfloat16 ones
+    assert "every block's gradient is still large enough for a per-parameter normalized step" in evidence["float32"]
+    assert "less than half the bfloat16 resolution of the weights, so they never move" in evidence["bfloat16"]

@@ -7,7 +7,10 @@ Scalars, written at each flush for every recorded step:
   :mod:`gradscope.blocks` defines them); a block without gradients at a step is left out;
 - ``{prefix}/grad_norm_post_clip/global`` and ``{prefix}/clip_max_norm``: on clipped steps
   (``monitor.clip_grad_norm_``, or a trainer's clipping noted with ``monitor.note_clip``);
-- ``{prefix}/nonfinite/global``: non-finite gradient values.
+- ``{prefix}/nonfinite/global``: non-finite gradient values;
+- where recorded (``weight_norms``, ``update_ratios``, ``activation_grads``): ``{prefix}/weight_norm/global``
+  and ``{prefix}/weight_norm/{block}``, ``{prefix}/update_ratio/global`` and ``{prefix}/update_ratio/{block}``,
+  ``{prefix}/act_grad_norm/{block}`` (dL/dh at the block's output).
 
 A ``SummaryWriter``-like object (anything with ``add_scalar``) gets one ``add_scalar`` per value; any other
 callable is called once per recorded step as ``sink(step, {key: value})``, which fits the usual trackers::
@@ -36,6 +39,9 @@ def scalars(history, prefix: str = "gradscope") -> Iterator[tuple[int, dict[str,
     max_norm = history.clip_max_norm.tolist()
     nonfinite = history.nonfinite().sum(-1).tolist()
     p = prefix
+    optional = [(f"{p}/weight_norm", history.global_weight_l2().tolist(), history.block_weight_l2().tolist()),
+                (f"{p}/update_ratio", history.global_update_ratio().tolist(), history.block_update_ratio().tolist()),
+                (f"{p}/act_grad_norm", None, history.block_act_grad_l2().tolist())]
     for t, step in enumerate(history.steps.tolist()):
         values = {f"{p}/grad_norm/global": glob[t]}
         if not math.isnan(max_norm[t]):
@@ -45,6 +51,10 @@ def scalars(history, prefix: str = "gradscope") -> Iterator[tuple[int, dict[str,
         for block, value in zip(history.blocks, block_l2[t]):
             if not math.isnan(value):  # a block without gradients has no norm, not a zero one
                 values[f"{p}/grad_norm/{block}"] = value
+        for key, whole, per_block in optional:  # NaN: not recorded at this step
+            if whole is not None and not math.isnan(whole[t]):
+                values[f"{key}/global"] = whole[t]
+            values.update((f"{key}/{block}", v) for block, v in zip(history.blocks, per_block[t]) if not math.isnan(v))
         yield step, values
 
 

@@ -170,6 +170,31 @@ def measured_stage(meta: dict) -> Optional[str]:
     return None
 
 
+def clip_sentence(series: list[dict]) -> Optional[str]:
+    """What clipping did in a training series, from its global rows; None where no step was clipped.
+
+    ``Clipped at 12 of 12 recorded steps, to max_norm 1; the norm before clipping was above it at 3 of them;
+    after clipping 0.4 at the last clipped step (grad_l2 is always before the clip).``
+    """
+    glob = sorted((r for r in series if r.get("block") is None and r.get("step") is not None), key=lambda r: r["step"])
+    clipped = [r for r in glob if isinstance(r.get("clip_max_norm"), (int, float))
+               and math.isfinite(r["clip_max_norm"])]
+    if not clipped:
+        return None
+    levels = sorted({r["clip_max_norm"] for r in clipped})
+    level = f"max_norm {levels[0]:g}" if len(levels) == 1 else f"max_norm {levels[0]:g} to {levels[-1]:g}"
+    over = sum(1 for r in clipped if isinstance(r.get("grad_l2"), (int, float)) and r["grad_l2"] > r["clip_max_norm"])
+    return (f"Clipped at {len(clipped)} of {len(glob)} recorded steps, to {level}; the norm before clipping was "
+            f"above it at {over} of them; after clipping {num(clipped[-1].get('grad_l2_post_clip'))} at the last "
+            "clipped step (grad_l2 is always before the clip)")
+
+
+def series_columns(series: list[dict], columns) -> list[str]:
+    """Which of ``columns`` the series' block rows hold a number in (a per-block value the monitor recorded)."""
+    return [c for c in columns if any(r.get("block") is not None and isinstance(r.get(c), (int, float))
+                                      and not isinstance(r.get(c), bool) for r in series)]
+
+
 def steps_recorded(meta: dict) -> Optional[str]:
     """``12``, or ``12 (the last 3 kept)`` where ``keep_last`` dropped the older ones from the report."""
     recorded, kept = meta.get("steps_recorded"), meta.get("steps_kept")

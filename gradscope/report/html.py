@@ -24,9 +24,9 @@ _ASSETS = Path(__file__).parent / "assets"
 # the name first (it stays in view when the table scrolls sideways), then the numbers that matter most
 PARAM_COLUMNS = ("name", "variant", "depth", "grad_l2", "grad_to_weight", "grad_rms", "grad_meanabs", "grad_maxabs",
                  "grad_zero_frac", "grad_nonfinite", "weight_l2", "shape", "numel", "block", "step", "has_grad")
-BLOCK_COLUMNS = ("block", "variant", "depth", "grad_l2", "grad_to_weight", "act_grad_l2", "grad_meanabs",
-                 "grad_maxabs", "grad_zero_frac", "grad_nonfinite", "act_grad_maxabs", "act_grad_nonfinite",
-                 "output_nonfinite", "params", "params_no_grad", "numel", "step")
+BLOCK_COLUMNS = ("block", "variant", "depth", "grad_l2", "grad_to_weight", "act_grad_l2", "update_ratio",
+                 "grad_meanabs", "grad_maxabs", "grad_zero_frac", "grad_nonfinite", "act_grad_maxabs",
+                 "act_grad_nonfinite", "output_nonfinite", "params", "params_no_grad", "numel", "step")
 _TEXT_COLUMNS = {"variant", "name", "block", "shape", "has_grad", "a", "b"}
 COLUMN_HELP = {  # header tooltips; docs/report-schema.md has every field
     "grad_l2": "L2 norm of the parameter gradient dL/dθ",
@@ -38,6 +38,7 @@ COLUMN_HELP = {  # header tooltips; docs/report-schema.md has every field
     "grad_zero_frac": "fraction of gradient entries exactly zero (1: an all-zero gradient)",
     "grad_nonfinite": "NaN or Inf entries in the gradient",
     "weight_l2": "L2 norm of the weights",
+    "update_ratio": "||W after - W before|| / ||W before||: how far the block's optimizer step moved its weights",
     "act_grad_l2": "L2 norm of dL/dh, the gradient with respect to the block's output",
     "act_grad_maxabs": "largest |dL/dh| entry",
     "act_grad_nonfinite": "NaN or Inf entries in dL/dh",
@@ -272,8 +273,11 @@ def _plots(report) -> str:
         caption = spec.caption
         if stage and spec.key in ("global", "heatmap"):  # the norms over time: clipping caps them at every step
             caption += f" Measured {stage}."
-        figures.append(f'<figure id="figure-{_e(spec.key)}">{svg.render(spec)}'
-                       f"<figcaption>{_e(caption)}</figcaption></figure>")
+        figure = (f'<figure id="figure-{_e(spec.key)}">{svg.render(spec)}'
+                  f"<figcaption>{_e(caption)}</figcaption></figure>")
+        if isinstance(spec, plots.Heatmap) and spec.column != "grad_l2":  # one open map; the others a click away
+            figure = f'<details class="heatmap-choice"><summary>{_e(spec.title)}</summary>{figure}</details>'
+        figures.append(figure)
     if not figures:
         return ""
     return f'<section id="plots"><h2>Plots</h2>{"".join(figures)}</section>'

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
-from .fmt import (TREND_HEADER, decay_text, flow_table, grouped_findings, measured_stage, num, run_facts,
-                  shown_depths, skipped_lines, summary_legend, title)
+from .fmt import (TREND_HEADER, clip_sentence, decay_text, flow_table, grouped_findings, measured_stage, num,
+                  run_facts, series_columns, shown_depths, skipped_lines, summary_legend, title)
+from .plots import HEATMAP_SERIES
 from .training import HEADER as TRAINING_HEADER
 from .training import NUMBER_COLUMNS, VERDICT, training_note, training_rows
 
@@ -114,10 +115,16 @@ def _series(report) -> list[str]:
         return []
     first, last = glob[0], glob[-1]
     stage = measured_stage(report.meta)
+    clip = clip_sentence(report.series)
+    recorded = series_columns(report.series, HEATMAP_SERIES)
     return ["## Training", "",
             f"{len(glob)} recorded steps, {first['step']} to {last['step']}; global gradient L2 norm "
             f"{_global_norm(first)} at the first, {_global_norm(last)} at the last"
-            + (f", measured {md(stage)}." if stage else "."), ""]
+            + (f", measured {md(stage)}." if stage else ".")
+            + (f" {md(clip)}." if clip else "")
+            + f" Per-block values in the series: {', '.join(md(c) for c in recorded)} (report.html has a "
+              "heatmap of each by block and step; the global plot draws the norm before clipping solid"
+            + (", after clipping dashed and the clip level dotted)." if clip else ")."), ""]
 
 
 def _global_norm(row: dict) -> str:

@@ -16,10 +16,11 @@ import math
 import warnings
 
 from .plots import NONFINITE_NOTE, BarPlot, Heatmap, LinePlot
-from .svg import (HEATMAP_KEY, MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, bar_range, color,
-                  decade_ticks, linear_ticks, log_range, marker_kind, pow10, tick_text)
+from .svg import (MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, bar_range, color, decade_ticks,
+                  heatmap_key, line_style, linear_ticks, log_range, marker_kind, pow10, tick_text)
 
 DPI = 150
+LINESTYLES = {"solid": "-", "dashed": "--", "dotted": ":"}  # svg.line_style -> matplotlib's linestyle
 SHAPES = ("o", "s", "^", "D", "v", "o")  # svg.marker's six shapes by marker_kind; the sixth is drawn open (a ring)
 MARK_LABEL = "NaN or Inf in the gradients at that step"
 NO_MATPLOTLIB = ("--format png needs matplotlib, which is not installed: pip install matplotlib "
@@ -87,8 +88,9 @@ def _line(Figure, spec: LinePlot):
         if len(panels) > 1 or panel:
             ax.set_title(panel or "all", fontsize=9, loc="left", fontweight="bold")
         for line in lines:
-            ax.plot(line.x, _nan(line.y), color=color(line.color), linestyle="--" if line.dashed else "-",
-                    linewidth=1.6, label=line.label, **(marker_style(line.color) if with_markers else {}))
+            ax.plot(line.x, _nan(line.y), color=color(line.color), linestyle=LINESTYLES[line_style(line)],
+                    linewidth=1.6, label=line.label,
+                    **(marker_style(line.color) if with_markers and not line.dotted else {}))
         for x in marks:
             ax.axvline(x, color=NONFINITE, alpha=0.45, linewidth=1)
         decades = _decades(log_range([v for line in lines for v in line.y] + [spec.reference_y]))
@@ -106,9 +108,9 @@ def _line(Figure, spec: LinePlot):
         ax.grid(True, which="major", color="#e3e3e3")
     if marks:
         _mark_above(axes[0], marks)
-    handles = [Line2D([], [], color=color(index), linestyle="--" if dashed else "-", linewidth=1.6, label=name,
-                      **(marker_style(index) if with_markers else {}))
-               for name, index, dashed in entries]
+    handles = [Line2D([], [], color=color(index), linestyle=LINESTYLES[style], linewidth=1.6, label=name,
+                      **(marker_style(index) if with_markers and style != "dotted" else {}))
+               for name, index, style in entries]
     if marks:
         handles.append(Line2D([], [], color=NONFINITE, linestyle="none", marker="v", label=MARK_LABEL))
     fig.legend(handles=handles, loc="outside lower center", ncols=columns, fontsize=7, frameon=False)
@@ -167,7 +169,7 @@ def _heatmap(Figure, spec: Heatmap):
     ax.set_xlabel(spec.x_label)
     ax.set_ylabel(spec.y_label)
     fig.colorbar(image, ax=ax, label=spec.color_label)
-    key = [Patch(facecolor=fill, edgecolor="#888", label=label) for fill, label in HEATMAP_KEY]
+    key = [Patch(facecolor=fill, edgecolor="#888", label=label) for fill, label in heatmap_key(spec)]
     fig.legend(handles=key, loc="outside lower left", ncols=2, fontsize=7, frameon=False)
     return fig, ax
 

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .fmt import clip_sentence
 from .training import optimizer_texts
 
 MAX_HEATMAP_STEPS = 600  # wider time series show evenly spaced recorded steps (the last always included)
@@ -27,6 +28,7 @@ class Line:
     y: list[Optional[float]]
     color: int  # index into the drawer's palette (and marker shapes): the variant's or pair's, from colors()
     dashed: bool = False
+    dotted: bool = False  # a level set by the run (the clip level), not a measurement; no markers
     point_names: list[str] = field(default_factory=list)  # what a point is, for tooltips
     series: str = ""  # the variant or pair: the legend names each series once (default: the label)
     panel: str = ""  # lines of one quantity share a panel; panels are stacked, sharing the x axis
@@ -79,6 +81,8 @@ class Heatmap:
     values: list[list[Optional[float]]]  # [row][column]
     caption: str = ""
     nonfinite: list[list[bool]] = field(default_factory=list)  # [row][column]: a NaN/Inf in that gradient
+    column: str = "grad_l2"  # the series' per-block value drawn
+    missing_label: str = "no gradient, or all zero"  # what a grey cell is
 
 
 def positive(value) -> Optional[float]:
@@ -284,8 +288,40 @@ def _series_steps(report) -> list:
     return sorted(spaced | set(nonfinite_steps(report)[:MAX_HEATMAP_STEPS // 4]))  # incidents stay visible
 
 
-def heatmap(report) -> Optional[Heatmap]:
-    """Block gradient L2 norm by training step (columns) and block (rows), from the monitor's time series."""
+# The per-block values of a training series a heatmap can show: column -> (title, color bar, what a cell is,
+# what a grey cell is). grad_l2 is always recorded; the others where the monitor recorded them.
+HEATMAP_SERIES = {
+    "grad_l2": ("Gradient L2 norm per block and training step", "gradient L2 norm (log scale)",
+                "the L2 norm of the block's parameter gradient at that step, before any clipping",
+                "no gradient, or all zero"),
+    "act_grad_l2": ("dL/dh L2 norm per block and training step", "dL/dh L2 norm (log scale)",
+                    "the L2 norm of dL/dh, the gradient with respect to the block's output, at that step",
+                    "not recorded at that step, or zero"),
+    "weight_l2": ("Weight L2 norm per block and training step", "weight L2 norm (log scale)",
+                  "the L2 norm of the block's weights at that step", "not recorded, or zero"),
+    "update_ratio": ("Update-to-weight ratio per block and training step", "update / weight (log scale)",
+                     "the block's update-to-weight ratio at that step's optimizer step, "
+                     "||W after - W before|| / ||W before||", "not recorded (a skipped step), or no change"),
+}
+NONFINITE_COLUMN = {"grad_l2": "grad_nonfinite", "act_grad_l2": "act_grad_nonfinite"}  # what marks a cell red
+
+
+def heatmap_key(column: str) -> str:
+    """The plot key (and file stem) of the heatmap of ``column``: ``heatmap`` for the gradient norm."""
+    return "heatmap" if column == "grad_l2" else f"heatmap-{column}"
+
+
+def heatmap_columns(report) -> list[str]:
+    """The per-block values of the series that a heatmap can show, in :data:`HEATMAP_SERIES` order: the gradient
+    norm, and each other one with a positive value in some block row."""
+    block_rows = [r for r in report.series if r.get("block") is not None]
+    return ["grad_l2"] + [c for c in HEATMAP_SERIES if c != "grad_l2"
+                          and any(positive(r.get(c)) is not None for r in block_rows)]
+
+
+def heatmap(report, column: str = "grad_l2") -> Optional[Heatmap]:
+    """A per-block value of the monitor's time series (``column``, default the gradient L2 norm) by training step
+    (columns) and block (rows); None without block rows."""
     block_rows = [r for r in report.series if r.get("block") is not None]
     if not block_rows:
         return None
@@ -297,23 +333,40 @@ def heatmap(report) -> Optional[Heatmap]:
     col_of = {s: j for j, s in enumerate(steps)}
     values: list[list[Optional[float]]] = [[None] * len(steps) for _ in blocks]
     nonfinite = [[False] * len(steps) for _ in blocks]
+    flag = NONFINITE_COLUMN.get(column)
     for r in block_rows:
         if r["step"] in shown:
-            values[row_of[r["block"]]][col_of[r["step"]]] = positive(r.get("grad_l2"))
-            nonfinite[row_of[r["block"]]][col_of[r["step"]]] = bool(r.get("grad_nonfinite"))
-    caption = (f"Each cell: the L2 norm of the block's parameter gradient at that step. Row 0 (bottom) is "
-               f"{blocks[0]}, next to the input; row {len(blocks) - 1} (top) is {blocks[-1]}. Red, marked ▼ above "
-               "its column: a NaN or Inf in that block's gradient; grey: no gradient or an all-zero one.")
+            values[row_of[r["block"]]][col_of[r["step"]]] = positive(r.get(column))
+            nonfinite[row_of[r["block"]]][col_of[r["step"]]] = bool(flag and r.get(flag))
+    title, color_label, cell, missing = HEATMAP_SERIES.get(
+        column, (f"{column} per block and training step", f"{column} (log scale)", f"the block's {column}",
+                 "no value, or zero"))
+    caption = (f"Each cell: {cell}. Row 0 (bottom) is {blocks[0]}, next to the input; row {len(blocks) - 1} (top) "
+               f"is {blocks[-1]}. Grey: {missing}.")
+    if flag:
+        caption += " Red, marked ▼ above its column: a NaN or Inf in that block's gradient."
     if len(steps) < len(all_steps):
         caption += (f" Showing {len(steps)} of {len(all_steps)} recorded steps: evenly spaced, plus steps with a "
                     "non-finite gradient; columns are equally wide, so the step axis is not to scale.")
-    return Heatmap(key="heatmap", title="Gradient L2 norm per block and training step", x_label="training step",
-                   y_label="block depth (0: input side, bottom)", color_label="gradient L2 norm (log scale)",
-                   x=steps, rows=blocks, values=values, caption=caption, nonfinite=nonfinite)
+    return Heatmap(key=heatmap_key(column), title=title, x_label="training step",
+                   y_label="block depth (0: input side, bottom)", color_label=color_label,
+                   x=steps, rows=blocks, values=values, caption=caption, nonfinite=nonfinite, column=column,
+                   missing_label=missing)
+
+
+def heatmaps(report) -> list[Heatmap]:
+    """One heatmap per per-block value the series holds (:func:`heatmap_columns`), the gradient norm first."""
+    return [h for h in (heatmap(report, c) for c in heatmap_columns(report)) if h is not None]
+
+
+PRE_CLIP_LABEL = "before clipping (grad_l2)"
+POST_CLIP_LABEL = "after clipping (grad_l2_post_clip)"
+CLIP_LEVEL_LABEL = "clip level max_norm (clip_max_norm)"
 
 
 def global_norm_plot(report) -> Optional[LinePlot]:
-    """The global gradient norm per recorded step, and after clipping where the monitor clipped it."""
+    """The global gradient norm per recorded step, always before any clipping; where steps were clipped, also the
+    norm after the clip (dashed) and the clip level (dotted, at those steps only)."""
     rows = sorted((r for r in report.series if r.get("block") is None and r.get("step") is not None),
                   key=lambda r: r["step"])
     if not rows:
@@ -323,18 +376,28 @@ def global_norm_plot(report) -> Optional[LinePlot]:
     # the monitored model's color where it is the report's one variant; after clipping, one that no variant has
     spare = (palette.spare(k) for k in itertools.count())
     overall = next(iter(palette.variants.values())) if len(palette.variants) == 1 else next(spare)
-    lines = [Line("global dL/dθ", x, [positive(r.get("grad_l2")) for r in rows], overall)]
-    clipped = [positive(r.get("grad_l2_post_clip")) for r in rows]
-    if any(v is not None for v in clipped):
-        lines.append(Line("after clipping", x, clipped, next(spare), True))
+    levels = [positive(r.get("clip_max_norm")) for r in rows]
+    clipped = [v for v in levels if v is not None]
+    lines = [Line(PRE_CLIP_LABEL if clipped else "global dL/dθ", x, [positive(r.get("grad_l2")) for r in rows],
+                  overall)]
+    caption = "Solid: the L2 norm of all monitored parameter gradients together, at each recorded step"
+    if clipped:
+        lines.append(Line(POST_CLIP_LABEL, x, [positive(r.get("grad_l2_post_clip")) for r in rows], next(spare),
+                          dashed=True))
+        lines.append(Line(CLIP_LEVEL_LABEL, x, levels, next(spare), dotted=True))
+        caption += (", before clipping (report.series grad_l2). Dashed: the same norm after clipping "
+                    "(grad_l2_post_clip). Dotted: the clip level (clip_max_norm), drawn at the steps that were "
+                    f"clipped. {clip_sentence(report.series)}.")
+    else:
+        caption += "; no step was clipped."
     flagged = {r["step"]: r.get("grad_nonfinite") for r in rows if r.get("grad_nonfinite")}
     marks = [(step, f"step {step}: {count} non-finite gradient value(s)") for step, count in flagged.items()]
-    caption = "The L2 norm of all monitored parameter gradients together, at each recorded step."
     if marks:
         caption += (f" Red ▼: the {len(marks)} step(s) with a NaN or Inf in a gradient, where the norm is NaN "
                     "and the line has a gap.")
-    return LinePlot(key="global", title="Global gradient L2 norm per training step", x_label="training step",
-                    y_label="gradient L2 norm (log scale)", lines=lines, caption=caption, marks=marks)
+    title = "Global gradient L2 norm per training step" + (", before and after clipping" if clipped else "")
+    return LinePlot(key="global", title=title, x_label="training step", y_label="gradient L2 norm (log scale)",
+                    lines=lines, caption=caption, marks=marks)
 
 
 MAX_CURVE_POINTS = 500  # points per loss curve drawn; longer runs show evenly spaced steps (the last included)
@@ -373,10 +436,12 @@ def training_plot(report) -> Optional[LinePlot]:
 
 def all_plots(report) -> list:
     """Every plot the report has data for, in page order: a training run's time series first."""
-    makers = (flow_plot, ratio_plot, bar_plot, training_plot, global_norm_plot, heatmap)
     if report.series:
-        makers = (global_norm_plot, heatmap, flow_plot, ratio_plot, bar_plot)
+        return [p for p in (global_norm_plot(report), *heatmaps(report), flow_plot(report), ratio_plot(report),
+                            bar_plot(report)) if p is not None]
+    makers = (flow_plot, ratio_plot, bar_plot, training_plot)
     return [p for p in (make(report) for make in makers) if p is not None]
 
 
-PLOT_KEYS = ("flow", "ratios", "blocks", "training", "global", "heatmap")  # file stems of --format png/svg
+PLOT_KEYS = ("flow", "ratios", "blocks", "training", "global",
+             *(heatmap_key(c) for c in HEATMAP_SERIES))  # file stems of --format png/svg

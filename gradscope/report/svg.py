@@ -17,7 +17,7 @@ from html import escape
 from typing import Optional
 
 from .fmt import num
-from .plots import FLOOR_NOTES, NONFINITE_NOTE, BarPlot, Heatmap, LinePlot
+from .plots import FLOOR_NOTES, NONFINITE_COLUMN, NONFINITE_NOTE, BarPlot, Heatmap, LinePlot
 
 # One color per series (variant, comparison pair) of a report. The rule, tested: any two entries, and each entry
 # and the white background, are at least PALETTE_MIN_DELTA_E apart in CIEDE2000 (sRGB, D65; 2.3 is a just-noticeable
@@ -34,6 +34,22 @@ VIRIDIS = ("#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#2
 MISSING = "#d9d9d9"
 NONFINITE = "#d62728"  # outside viridis: a NaN/Inf cell, also marked with a shape, never by color alone
 HEATMAP_KEY = ((MISSING, "no gradient, or all zero"), (NONFINITE, "NaN or Inf in the gradient"))  # fill, meaning
+DASHES = {"solid": "", "dashed": "6 4", "dotted": "2 3"}  # a line's style -> its SVG stroke-dasharray
+
+
+def line_style(line) -> str:
+    """``solid``, ``dashed`` (dL/dh; a norm after clipping) or ``dotted`` (a level, such as the clip level)."""
+    return "dotted" if line.dotted else "dashed" if line.dashed else "solid"
+
+
+def _dash(style: str) -> str:
+    return f' stroke-dasharray="{DASHES[style]}"' if DASHES[style] else ""
+
+
+def heatmap_key(spec: Heatmap) -> tuple[tuple[str, str], ...]:
+    """(fill, meaning) of the heatmap's grey and, where its value can be non-finite, red cells."""
+    key = ((MISSING, spec.missing_label),)
+    return key + ((HEATMAP_KEY[1],) if spec.column in NONFINITE_COLUMN else ())
 WIDTH = 960
 FONT = "font-family=\"system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif\""
 MARKERS_UP_TO = 60  # points per line that get a marker with a tooltip; denser lines are drawn plain
@@ -225,11 +241,10 @@ def swatch(index: int) -> str:
             f"{marker(index, 5, 5, color(index))}</svg>")
 
 
-def _sample(x: float, y: float, index: int, dashed: bool, with_marker: bool) -> list[str]:
-    dash = ' stroke-dasharray="6 4"' if dashed else ""
+def _sample(x: float, y: float, index: int, style: str, with_marker: bool) -> list[str]:
     out = [f'<line x1="{_f(x)}" x2="{_f(x + 28)}" y1="{_f(y)}" y2="{_f(y)}" stroke="{color(index)}" '
-           f'stroke-width="2"{dash}/>']
-    return out + ([marker(index, x + 14, y, color(index))] if with_marker else [])
+           f'stroke-width="2"{_dash(style)}/>']
+    return out + ([marker(index, x + 14, y, color(index))] if with_marker and style != "dotted" else [])
 
 
 def _legend_layout(labels: list[str], width: float) -> tuple[int, float]:
@@ -238,16 +253,16 @@ def _legend_layout(labels: list[str], width: float) -> tuple[int, float]:
     return max(1, min(len(labels), int(width // col_w))), col_w
 
 
-def _legend(entries: list[tuple[str, int, bool]], left: float, top: float, width: float,
+def _legend(entries: list[tuple[str, int, str]], left: float, top: float, width: float,
             with_markers: bool) -> list[str]:
-    """Entries (label, color index, dashed) in columns under the plot; each entry is tagged with its series
+    """Entries (label, color index, line style) in columns under the plot; each entry is tagged with its series
     number so that the page's script can highlight that series."""
     columns, col_w = _legend_layout([label for label, _, _ in entries], width)
     out = []
-    for k, (label, index, dashed) in enumerate(entries):
+    for k, (label, index, style) in enumerate(entries):
         x, y = left + (k % columns) * col_w, top + (k // columns) * 18
         out.append(f'<g class="legend-item" data-series="{k}">'
-                   + "".join(_sample(x, y, index, dashed, with_markers))
+                   + "".join(_sample(x, y, index, style, with_markers))
                    + f'<text x="{_f(x + 34)}" y="{_f(y + 4)}" font-size="11.5">{_e(label)}</text></g>')
     return out
 
@@ -272,13 +287,14 @@ def _path(points: list[tuple[float, Optional[float]]]) -> str:
     return " ".join(parts)
 
 
-def _series(spec: LinePlot) -> list[tuple[str, int, bool]]:
-    """One legend entry per series (variant or pair), in order: (name, color index, drawn dashed only)."""
+def _series(spec: LinePlot) -> list[tuple[str, int, str]]:
+    """One legend entry per series (variant or pair), in order: (name, color index, line style): the style its
+    lines share, solid where they differ (a variant's dL/dθ solid and dL/dh dashed)."""
     entries: dict[str, list] = {}
     for line in spec.lines:
         name = line.series or line.label
-        entry = entries.setdefault(name, [name, line.color, True])
-        entry[2] = entry[2] and line.dashed
+        entry = entries.setdefault(name, [name, line.color, line_style(line)])
+        entry[2] = entry[2] if entry[2] == line_style(line) else "solid"
     return [tuple(e) for e in entries.values()]  # type: ignore[misc]
 
 
@@ -326,12 +342,12 @@ def line_plot(spec: LinePlot) -> str:
                        f'stroke="{NONFINITE}" stroke-opacity="0.45"/>')
         for line in lines:
             stroke = color(line.color)
-            dash = ' stroke-dasharray="6 4"' if line.dashed else ""
             pts = [(lx(x), ly(y) if y is not None else None) for x, y in zip(line.x, line.y)]
             group = [f'<g class="series" data-series="{index_of[line.series or line.label]}">'
                      f"<title>{_e(line.label)}</title>"
-                     f'<path d="{_path(pts)}" fill="none" stroke="{stroke}" stroke-width="1.8"{dash}/>']
-            if markers:
+                     f'<path d="{_path(pts)}" fill="none" stroke="{stroke}" stroke-width="1.8"'
+                     f"{_dash(line_style(line))}/>"]
+            if markers and not line.dotted:
                 names = line.point_names or [tick_text(x) for x in line.x]
                 group += [marker(line.color, px, py, stroke, f"{_e(line.label)}: {_e(name)} = {num(v)}")
                           for (px, py), name, v in zip(pts, names, line.y) if py is not None]
@@ -498,7 +514,7 @@ def heatmap(spec: Heatmap) -> str:
     out += _axis_labels(spec.x_label, spec.y_label, left, right, top, bottom)
     # what grey and red cells are, under the plot
     key_y = bottom + 62
-    for k, (fill, label) in enumerate(HEATMAP_KEY):
+    for k, (fill, label) in enumerate(heatmap_key(spec)):
         x = left + 200 * k
         out.append(f'<rect x="{_f(x)}" y="{_f(key_y - 9)}" width="12" height="12" fill="{fill}" stroke="#888"/>'
                    f'<text x="{_f(x + 17)}" y="{_f(key_y + 1)}" font-size="11">{_e(label)}</text>')
