@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from gradscope.cli import main
 from gradscope.demo import CLASSES, IN_FEATURES, DeepMLP, demo
 from gradscope.demo_training import OPTIMIZERS, TeacherTask, train_run
+from gradscope.errors import UsageError
 from gradscope.report import RENDERERS, Report
 from gradscope.report.plots import all_plots, colors
 from gradscope.report.terminal import render_text
@@ -240,3 +241,40 @@ def test_every_key_of_the_section_is_documented(trained):
     training = trained.to_dict()["training"]
     keys = set(training) | set(training["runs"][0]) | {k for o in training["optimizers"] for k in o}
     assert sorted(keys - documented) == []
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda t: t.update(runs=5), "training.runs is a number (5), not a list"),
+    (lambda t: t["runs"][0].update(variant="nope"), "training.runs[0].variant 'nope' is not one of its variants"),
+    (lambda t: t["runs"][1]["loss"].append("x"), "training.runs[1].loss holds a string ('x'), not a number or null"),
+    (lambda t: t["runs"][0]["loss"].append(True), "training.runs[0].loss holds a boolean (True), not a number or null"),
+    (lambda t: t["optimizers"][0].pop("name"), "training.optimizers[0] has no 'name'"),
+    (lambda t: t.update(steps="many"), "training.steps is a string ('many'), not an integer"),
+])
+def test_a_crafted_training_section_is_refused_with_what_is_wrong(trained, tmp_path, change, says):
+    trained.save(tmp_path / "good", formats="json")
+    data = json.loads((tmp_path / "good" / "report.json").read_text())
+    change(data["training"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match=re.escape(f"{bad} is not a gradscope report: {says}")):
+        Report.load(bad)
+    assert Report.load(tmp_path / "good").training == json.loads(json.dumps(trained.training))  # the good one reads
+
+
+def test_the_training_runs_and_their_loss_curves_are_tables_too(trained, tmp_path):
+    import csv
+
+    trained.save(tmp_path, formats="csv")
+    with open(tmp_path / "training_runs.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    with open(tmp_path / "training_loss.csv", newline="") as f:
+        losses = list(csv.DictReader(f))
+    assert [(r["variant"], r["optimizer"]) for r in runs] == [(r["variant"], r["optimizer"])
+                                                              for r in trained.training["runs"]]
+    assert "loss" not in runs[0] and float(runs[0]["final_loss"]) == trained.training["runs"][0]["final_loss"]
+    assert len(losses) == STEPS * len(trained.training["runs"])
+    first = trained.training["runs"][0]
+    assert [float(r["loss"]) for r in losses if (r["variant"], r["optimizer"]) == (first["variant"],
+                                                                                      first["optimizer"])] == first["loss"]
+    assert not (tmp_path / "series.csv").exists()  # an analysis has no series: a table without rows is not written

@@ -13,7 +13,8 @@ import io
 import json
 import math
 
-TABLES = ("params", "blocks", "summaries", "findings", "comparisons", "comparison_blocks", "variants", "series")
+TABLES = ("params", "blocks", "summaries", "findings", "comparisons", "comparison_blocks", "variants", "series",
+          "training_runs", "training_loss")
 
 
 def _flat(row: dict, prefix: str = "") -> dict:
@@ -35,6 +36,12 @@ def _rows(report, table: str) -> list[dict]:
                 for c in report.comparisons]
     if table == "comparison_blocks":
         return [{"a": c["a"], "b": c["b"], **r} for c in report.comparisons for r in c.get("blocks") or []]
+    runs = (report.training or {}).get("runs") or []  # gradscope demo --train: one row per run, one per step
+    if table == "training_runs":
+        return [{k: v for k, v in run.items() if k != "loss"} for run in runs]
+    if table == "training_loss":
+        return [{"variant": run["variant"], "optimizer": run["optimizer"], "step": step, "loss": loss}
+                for run in runs for step, loss in enumerate(run["loss"], start=1)]
     return list(getattr(report, table))
 
 

@@ -155,6 +155,33 @@ def _meta_problem(meta, where: str = "meta", depth: int = 0) -> Optional[str]:
     return None
 
 
+# ``gradscope demo --train``'s optional section (docs/report-schema.md, "training"): what its renderers read.
+_TRAINING = ({"steps": "int", "optimizers": "list", "runs": "list"},
+             {"task": "str?", "loss_function": "str?", "batch_size": "int?", "eval_samples": "int?",
+              "label_entropy": "num?", "seed": "int?", "seconds": "num?"})
+_OPTIMIZER = ({"name": "str"}, {"label": "str?", "lr": "num?", "momentum": "num?"})
+_RUN = ({"variant": "str", "optimizer": "str", "loss": "list"},
+        {"initial_loss": "num?", "final_loss": "num?", "final_to_initial": "num?", "first_block": "str?",
+         "last_block": "str?", "first_block_moved": "num?", "last_block_moved": "num?", "seconds": "num?"})
+
+
+def _training_problem(training, variants: set) -> Optional[str]:
+    """What is wrong with a report's ``training`` section (absent or empty: nothing), or None."""
+    if not training:
+        return None
+    problem = _row_problem(training, "training", _TRAINING)
+    for i, entry in enumerate(training.get("optimizers", []) if not problem else []):
+        problem = problem or _row_problem(entry, f"training.optimizers[{i}]", _OPTIMIZER)
+    for i, run in enumerate(training.get("runs", []) if not problem else []):
+        problem = problem or _row_problem(run, f"training.runs[{i}]", _RUN)
+        if not problem and run["variant"] not in variants:
+            problem = f"training.runs[{i}].variant {run['variant']!r} is not one of its variants"
+        bad = [v for v in run["loss"] if not _is(v, "num?")] if not problem else []
+        if bad:
+            problem = f"training.runs[{i}].loss holds {describe_json(bad[0])}, not a number or null"
+    return problem
+
+
 def schema_version(data) -> Optional[int]:
     """N of a ``gradscope.report/N`` schema string, else None."""
     schema = data.get("schema") if isinstance(data, dict) else None
@@ -174,4 +201,4 @@ def structure_problem(data) -> Optional[str]:
         problem = _rows_problem(data, table)
         if problem:
             return problem
-    return _reference_problem(data)
+    return _reference_problem(data) or _training_problem(data.get("training"), {v["name"] for v in data["variants"]})
