@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Optional, Union, get_args, get_origin, get_type_hints
 
-from ..analysis import BlockRow, Decay, Finding, ParamRow, Summary
+from ..analysis import SHAPES, BlockRow, Decay, Finding, ParamRow, Summary
 
 SCHEMA_PATTERN = re.compile(r"gradscope\.report/(\d+)")
 TOP_LEVEL = ("meta", "variants", "summaries", "findings", "comparisons", "blocks", "params", "series")
@@ -53,12 +53,14 @@ TABLES: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "blocks": _BLOCK,
     "params": record_spec(ParamRow),
     # the monitor's time series: a block row's fields per step, and a global row per step (block and depth null)
-    "series": ({"step": "int"}, {**_BLOCK[0], **_BLOCK[1], "block": "str?", "depth": "int?",
-                                 "grad_l2_post_clip": "num?"}),
+    # (block and depth are in every row, null in the global one: renderers read them)
+    "series": ({"step": "int", "block": "str?", "depth": "int?"}, {**_BLOCK[0], **_BLOCK[1], "block": "str?",
+                                                                   "depth": "int?", "grad_l2_post_clip": "num?"}),
 }
 # The meta fields a renderer reads as text (the header names the model); all optional.
 _META = ({}, {"model": "str?", "source": "str?", "objective": "str?", "inputs": "str?", "device": "str?",
-              "created": "str?", "kind": "str?", "warnings": "list", "reports": "list?"})
+              "created": "str?", "kind": "str?", "warnings": "list", "reports": "list?", "versions": "obj?",
+              "dtype": "str?", "backend": "str?", "command": "str?", "objective_note": "str?"})
 # A comparison's reports, each with its own meta (a comparison of comparisons nests them).
 _REPORT_ENTRY = ({}, {"label": "str?", "path": "str?", "model": "str?", "created": "str?", "meta": "obj?"})
 MAX_NESTING = 32  # comparisons of comparisons of ...: far deeper than anyone compares
@@ -111,12 +113,34 @@ def _rows_problem(data: dict, table: str) -> Optional[str]:
         if problem:
             return problem
         if table == "summaries" and isinstance(row.get("decay"), dict):
-            problem = _row_problem(row["decay"], f"{table}[{i}].decay", _DECAY)
+            problem = _row_problem(row["decay"], f"{table}[{i}].decay", _DECAY) or _shape_problem(
+                row["decay"], f"{table}[{i}].decay")
+        elif table == "series" and row["block"] is not None and row["depth"] is None:
+            problem = f"{table}[{i}] is block {row['block']!r} at no depth (only the global row has none)"
         elif table == "comparisons":
             problem = next((p for j, r in enumerate(row["blocks"])
                             if (p := _row_problem(r, f"{table}[{i}].blocks[{j}]", _RATIO_ROW))), None)
         if problem:
             return problem
+    return None
+
+
+# The depths a profile's shape names: a step is between two blocks, a trough or a peak at one.
+_SHAPE_DEPTHS = {"step": 2, "trough": 1, "peak": 1}
+
+
+def _shape_problem(decay: dict, where: str) -> Optional[str]:
+    """A decay whose shape renderers cannot word: an unknown shape, or a step, trough or peak without its depths."""
+    shape = decay.get("shape")
+    if shape is None:  # a report from before shapes: the renderers derive it
+        return None
+    if shape not in SHAPES:
+        return f"{where}.shape {shape!r} is not one of {', '.join(SHAPES)}"
+    at = decay.get("shape_at") or []
+    if len(at) < _SHAPE_DEPTHS.get(shape, 0) or not all(_is(d, "int") for d in at):
+        return f"{where}.shape_at {at!r} does not give the depths a {shape} is at"
+    if shape in ("step", "trough", "peak", "noise", "uneven") and not _is(decay.get("shape_ratio"), "num"):
+        return f"{where}.shape_ratio is {describe_json(decay.get('shape_ratio'))}, not the number a {shape} needs"
     return None
 
 
@@ -144,6 +168,9 @@ def _meta_problem(meta, where: str = "meta", depth: int = 0) -> Optional[str]:
     for i, warning in enumerate(meta.get("warnings") or []):
         if not isinstance(warning, str):
             return f"{where}.warnings[{i}] is {describe_json(warning)}, not a string"
+    for name, version in (meta.get("versions") or {}).items():
+        if not _is(version, "str?"):
+            return f"{where}.versions.{name} is {describe_json(version)}, not a string or null"
     if meta.get("reports") and depth >= MAX_NESTING:
         return f"meta nests compared reports more than {MAX_NESTING} deep"
     for i, entry in enumerate(meta.get("reports") or []):
