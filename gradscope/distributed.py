@@ -106,10 +106,29 @@ def is_sharded(model: nn.Module) -> bool:
             or any(unit.sharding_strategy.name != "NO_SHARD" for unit in _fsdp1_units(model)))
 
 
+# Attributes DeepSpeed puts on the parameters it manages: ZeRO-3's partitioned ones (ds_id, ds_tensor), and
+# ZeRO-1/2's, whose gradients live in the optimizer's flat buffers (_hp_mapping).
+_DEEPSPEED_MARKS = ("ds_id", "ds_tensor", "_hp_mapping")
+DEEPSPEED_UNSUPPORTED = (
+    "the model's parameters are managed by DeepSpeed ZeRO, whose gradients are not in param.grad; gradscope does "
+    "not read DeepSpeed's partitioned gradients yet, so it would record no gradient at all: monitor without "
+    "DeepSpeed (DDP or FSDP, which gradscope supports), or leave gradscope out of this run")
+
+
+def uses_deepspeed(model: nn.Module) -> bool:
+    """Whether DeepSpeed (ZeRO) manages the model's parameters: their gradients are then not in ``.grad``."""
+    return any(hasattr(p, mark) for p in model.parameters() for mark in _DEEPSPEED_MARKS)
+
+
 def resolve_mode(model: nn.Module, requested: str) -> str:
-    """``none``, ``replicated`` (DDP: rank 0 computes) or ``sharded`` (FSDP, DTensor: combine at flush)."""
+    """``none``, ``replicated`` (DDP: rank 0 computes) or ``sharded`` (FSDP, DTensor: combine at flush).
+
+    UsageError for a model whose gradients gradscope cannot read (DeepSpeed ZeRO), rather than a run of NaN.
+    """
     if requested not in MODES:
         raise UsageError(f"distributed must be one of {', '.join(MODES)}; got {requested!r}")
+    if uses_deepspeed(model):
+        raise UsageError(DEEPSPEED_UNSUPPORTED)
     sharded = is_sharded(model)
     if requested == "auto":
         if sharded:

@@ -919,3 +919,12 @@ def test_drop_unflushed_keeps_the_flushed_history():
     assert monitor.drop_unflushed() == 2 and monitor.drop_unflushed() == 0
     assert monitor.history.steps.tolist() == [1, 2, 3]
     monitor.close(flush=False)
+
+
+@pytest.mark.parametrize("mark", ["ds_id", "_hp_mapping"])
+def test_a_model_whose_gradients_deepspeed_zero_holds_is_refused_not_recorded_as_nan(mark):
+    net = make()
+    setattr(next(net.parameters()), mark, 0)  # what deepspeed.initialize leaves on the parameters it manages
+    with pytest.raises(UsageError, match=r"^the model's parameters are managed by DeepSpeed ZeRO, whose gradients are "
+                                         r"not in param\.grad; .*monitor without DeepSpeed"):
+        GradientMonitor(net)

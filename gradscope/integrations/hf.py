@@ -58,7 +58,7 @@ from typing import Optional
 from transformers import TrainerCallback
 
 from .. import distributed as dist_utils
-from ..errors import GradscopeError
+from ..errors import GradscopeError, UsageError
 from ._options import MonitorCallbackOptions
 
 
@@ -79,6 +79,8 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
             raise GradscopeError("this transformers version has no on_pre_optimizer_step callback event, which "
                                  "GradscopeCallback records from; upgrade transformers (pip install -U transformers)")
         self.restore_clip()
+        if getattr(args, "deepspeed", None):  # before the monitor would record a run of "no gradient"
+            raise UsageError(f"GradscopeCallback: this Trainer runs DeepSpeed: {dist_utils.DEEPSPEED_UNSUPPORTED}")
         if self.monitor is not None:  # a second trainer.train() after one that did not end
             self.monitor.close(flush=False)
             self.monitor = None
@@ -190,6 +192,8 @@ def add_gradscope_callback(trainer, **options) -> GradscopeCallback:
     gradient with ``on_nonfinite="raise"``, out of memory, Ctrl-C) still writes
     the report of its steps and lets the model go.
     """
+    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer.args, "deepspeed", None):
+        raise UsageError(f"add_gradscope_callback: this Trainer runs DeepSpeed: {dist_utils.DEEPSPEED_UNSUPPORTED}")
     callback = GradscopeCallback(**options)
     callback.installed_first = True
     callback.trainer = trainer
