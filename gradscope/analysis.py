@@ -162,6 +162,7 @@ class BlockRow(_BlockKeys, _GradientFields, total=False):
     output_nonfinite: int
     units: int
     dead_units: int
+    update_ratio: Optional[float]  # the training monitor's rows, with update_ratios: ‖ΔW‖ / ‖W‖ of the step
 
 
 class _DecayKeys(TypedDict):
@@ -1441,13 +1442,12 @@ def training_windows(steps: Sequence[int]) -> list[list[int]]:
     return [steps[bounds[k]:bounds[k + 1]] for k in range(count) if bounds[k + 1] > bounds[k]]
 
 
-def window_rows(series: list[dict], steps: Sequence[int], variant: str = "training") -> list[BlockRow]:
-    """One block row per block (in depth order) holding the median of each value over ``steps`` (see above)."""
-    chosen = set(steps)
+def window_rows(rows: list[dict], variant: str = "training") -> list[BlockRow]:
+    """One block row per block (in depth order) holding the median of each value over a window's series rows
+    (block rows; the rule above)."""
     by_block: dict[tuple, list[dict]] = {}
-    for r in series:
-        if r.get("block") is not None and r.get("step") in chosen:
-            by_block.setdefault((r["depth"], r["block"]), []).append(r)
+    for r in rows:
+        by_block.setdefault((r["depth"], r["block"]), []).append(r)
     rows: list[BlockRow] = []
     for (depth, block), members in sorted(by_block.items()):
         row = {"block": block, "depth": depth, "variant": variant, "grad_nonfinite": 0, "act_grad_nonfinite": 0,
@@ -1466,9 +1466,13 @@ def _finite_steps(series: list[dict]) -> list[int]:
 def training_flow(series: list[dict]) -> list[dict]:
     """Each window of a training series (rule above) with its steps, its median block rows and their summary
     (:func:`summarize_rows`: the same verdict and ratios as ``analyze``)."""
+    by_step: dict[int, list[dict]] = {}
+    for r in series:
+        if r.get("block") is not None:
+            by_step.setdefault(r["step"], []).append(r)
     windows = []
     for steps in training_windows(_finite_steps(series)):
-        rows = window_rows(series, steps)
+        rows = window_rows([r for step in steps for r in by_step.get(step, [])])
         if rows:
             windows.append({"steps": steps, "rows": rows,
                             "summary": summarize_rows("training", [], rows, loss=0.0)})

@@ -48,8 +48,8 @@ report is made: no per-step cost.
 **Weights and updates.** ``weight_norms=True`` adds the weights to the step's fused
 ``grad_stats`` call (one table, gradients then weights; no extra sync), so the
 history has the weight L2 per parameter, block and in all, read before the
-optimizer step. ``update_ratios=True`` (needs the optimizer) also records
-``||W_after - W_before|| / ||W_before||`` of the optimizer step itself, for any
+optimizer step. ``update_ratios=True`` (or ``N``: every N recorded steps; needs the
+optimizer) also records ``||W_after - W_before|| / ||W_before||`` of the optimizer step itself, for any
 optimizer: the step pre-hook copies the monitored weights into one kept copy
 (memory: one more copy of them), the post-hook subtracts the new weights from it
 in place and reduces the difference with the fused op. A step
@@ -63,7 +63,15 @@ so ``update_ratios`` is refused there; weight norms are still recorded.
 each block's output (the first tensor of it, as :func:`gradscope.analyze` reads it)
 that reduces dL/dh to its sum of squares on the device: no activation is kept and
 nothing syncs. Several runs of a block and the micro-batches of one step add up
-(the norm over all of the step's examples).
+(the norm over all of the step's examples). Under ``torch.compile`` (monitor made
+on the compiled model or its original) the hooks sit on the original module's
+blocks and dynamo keeps them: the values are those of the eager model (tested with
+the eager and aot_eager backends; inductor agrees). Under activation checkpointing
+(``torch.utils.checkpoint``, ``use_reentrant`` True or False, so also the Hugging
+Face ``gradient_checkpointing_enable()``) the values are exact too: with
+``use_reentrant=True`` the first run has no gradient and the hook is hung on the
+run repeated in the backward pass; with ``False`` the gradient reaches the first
+run's output and the repeated run's hook never fires.
 
 **Mixed precision (``torch.amp.GradScaler``).** Either call ``monitor.step()``
 after ``scaler.unscale_(optimizer)`` (recommended; it also sees the steps the
@@ -147,10 +155,12 @@ class MonitorConfig:
       over 100,000 steps): for long runs set it, or sample with ``every``;
     - ``weight_norms``: also record the weight L2 per parameter at each recorded
       step, in the same fused call as the gradients (one more read of the weights);
-    - ``update_ratios``: also record ``||W_after - W_before||`` of the optimizer
-      step (needs the optimizer; implies ``weight_norms``). It keeps **one copy of
-      the monitored weights** on their device (BERT-base fp32: 440 MB), refreshed
-      at each recorded step, hence opt-in;
+    - ``update_ratios``: ``N`` > 0 also records ``||W_after - W_before||`` of the
+      optimizer step on the steps whose number (the monitor's own count) is a
+      multiple of ``every * N`` (``True``: 1; needs the optimizer; implies
+      ``weight_norms``). It keeps **one copy of the monitored weights** on their
+      device (BERT-base fp32: 440 MB) and costs about six passes over them per
+      such step, hence opt-in and sampled;
     - ``activation_grads``: ``N`` > 0 records ``||dL/dh||`` at each block's output
       on the steps whose number (the monitor's own count) is a multiple of
       ``every * N`` (``True``: 1); reduced inside a gradient hook, nothing kept.
@@ -164,7 +174,7 @@ class MonitorConfig:
     backend: str = "auto"
     keep_last: Optional[int] = None
     weight_norms: bool = False
-    update_ratios: bool = False
+    update_ratios: int = 0
     activation_grads: int = 0
 
     @classmethod
@@ -187,11 +197,13 @@ class MonitorConfig:
             raise UsageError(f"flush_every must be a positive integer; got {self.flush_every!r}")
         if self.keep_last is not None and (not isinstance(self.keep_last, int) or self.keep_last < 1):
             raise UsageError(f"keep_last must be None or a positive integer; got {self.keep_last!r}")
-        if isinstance(self.activation_grads, bool):
-            object.__setattr__(self, "activation_grads", int(self.activation_grads))
-        if not isinstance(self.activation_grads, int) or self.activation_grads < 0:
-            raise UsageError(f"activation_grads must be True, False or a non-negative integer (every N recorded "
-                             f"steps); got {self.activation_grads!r}")
+        for name in ("update_ratios", "activation_grads"):
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                object.__setattr__(self, name, int(value))
+            elif not isinstance(value, int) or value < 0:
+                raise UsageError(f"{name} must be True, False or a non-negative integer (every N recorded steps); "
+                                 f"got {value!r}")
         if self.update_ratios:
             object.__setattr__(self, "weight_norms", True)  # a ratio needs the weight norm it divides by
         if self.on_nonfinite not in ON_NONFINITE:
@@ -708,8 +720,9 @@ class GradientMonitor:
     ``GradientMonitor(model, optimizer=None, *, scaler=None, config=None, **options)``:
     ``options`` are :class:`MonitorConfig` fields (``every``, ``params``,
     ``on_nonfinite``, ``flush_every``, ``distributed``, ``backend``,
-    ``keep_last``). Parameters unfrozen later join the monitor at their first
-    step (earlier steps read as "no gradient"). With an
+    ``keep_last``, ``weight_norms``, ``update_ratios``, ``activation_grads``).
+    Parameters unfrozen later join the monitor at their first step (earlier
+    steps read as "no gradient"). With an
     ``optimizer`` the monitor records from its step pre-hook; without one, call
     :meth:`step` (or :meth:`clip_grad_norm_`) once per optimizer step.
 
@@ -1024,7 +1037,7 @@ class GradientMonitor:
         self._slot_table(slot).copy_(table)
         if weights:
             self._buffer[slot, self._columns["weight"]] = _finite_sumsq(weight_table)
-        if self.config.update_ratios and self._optimizer is not None:
+        if self.config.update_ratios and self._optimizer is not None and self._sampled(self.config.update_ratios):
             self._keep_weights_before(slot, step)
         if self._act is not None:
             self._act.take(self._buffer[slot, self._columns["act"]])
@@ -1062,9 +1075,13 @@ class GradientMonitor:
         stats = grad_stats(self._before, backend=self.config.backend)
         self._buffer[slot, self._columns["update"]] = _finite_sumsq(stats.table.to(self._device))
 
+    def _sampled(self, n: int, ahead: int = 0) -> bool:
+        """Whether the monitor's step ``ahead`` of its count is one of every ``n`` recorded steps."""
+        return (self._step_count + ahead) % (self.config.every * n) == 0
+
     def _act_armed(self) -> bool:
         """Whether the coming backward pass belongs to a step whose dL/dh is recorded."""
-        return self.active and (self._step_count + 1) % (self.config.every * self.config.activation_grads) == 0
+        return self.active and self._sampled(self.config.activation_grads, ahead=1)
 
     def _skip(self, step: int, scaled: bool) -> None:
         """Make the coming optimizer step a no-op: no gradient, no update (module docstring)."""
@@ -1098,7 +1115,7 @@ class GradientMonitor:
             combined = dist_utils.combine(rows[:, cols["table"]].view(shape), numel.to(self._device),
                                           present.to(self._device))
             table, numel, present = (t.cpu() for t in combined)
-            host = rows.to("cpu", copy=True)  # the other columns are NaN: sharded mode records no weights or activations
+            host = rows.to("cpu", copy=True)  # the other columns are NaN: no weights or activations when sharded
         else:  # one device-to-host copy; copy=True because on CPU .cpu() would alias the reused buffer
             host = rows.to("cpu", copy=True)
             table = host[:, cols["table"]].reshape(shape)
@@ -1243,10 +1260,12 @@ class GradientMonitor:
         step = int(last.steps[0])
         param_l2 = last.param_l2()[0].tolist()
         nonfinite = last.nonfinite()[0].tolist()
+        weight_l2 = last.weight_sumsq[0].sqrt().tolist()  # NaN: not recorded (weight_norms off)
         params = [{"name": n, "depth": int(last.param_block[i]) if last.param_block[i] >= 0 else None,
                    "variant": "training", "step": step,
                    "block": last.blocks[last.param_block[i]] if last.param_block[i] >= 0 else None,
-                   "has_grad": bool(last.present[0, i]), "grad_l2": param_l2[i], "grad_nonfinite": nonfinite[i]}
+                   "has_grad": bool(last.present[0, i]), "grad_l2": param_l2[i], "grad_nonfinite": nonfinite[i],
+                   **({} if math.isnan(weight_l2[i]) else {"weight_l2": weight_l2[i]})}
                   for i, n in enumerate(history.param_names)]
         blocks = [{**{k: v for k, v in r.items() if k != "step"}, "variant": "training", "step": step}
                   for r in rows if r["step"] == step and r["block"] is not None]

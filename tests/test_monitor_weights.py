@@ -233,10 +233,12 @@ def test_activation_grads_sum_the_micro_batches_of_a_step():
         assert math.isclose(value, 0.5 * math.hypot(a, b), rel_tol=1e-5)
 
 
-@pytest.mark.parametrize("activation_grads", [1, 2])
-def test_activation_grads_under_torch_compile(activation_grads):
+@pytest.mark.parametrize("backend, activation_grads", [("eager", 1), ("eager", 2), ("aot_eager", 2)])
+def test_activation_grads_under_torch_compile(backend, activation_grads):
+    """Hooks on the blocks of the compiled module's original module; dynamo keeps them (no graph break, one
+    graph), aot_eager runs the backward as AOTAutograd's graph. No C++ compiler needed (inductor agrees too)."""
     net = make()
-    compiled = torch.compile(net, backend="eager")  # dynamo traces the hooks; eager: no compiler needed
+    compiled = torch.compile(net, backend=backend)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     refs = []
     with GradientMonitor(compiled, opt, activation_grads=activation_grads) as monitor:
@@ -247,3 +249,94 @@ def test_activation_grads_under_torch_compile(activation_grads):
             opt.zero_grad()
         got = monitor.history.block_act_grad_l2()
     _assert_act_close(got, refs, recorded=[0, 1, 2, 3] if activation_grads == 1 else [1, 3])
+
+
+def test_the_report_series_and_block_table_carry_weights_updates_and_dl_dh(tmp_path):
+    net = make()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    with GradientMonitor(net, opt, update_ratios=True, activation_grads=2) as monitor:
+        for step in range(4):
+            backward(net, step)
+            opt.step()
+            opt.zero_grad()
+        history, report = monitor.history, monitor.report()
+    rows = [r for r in report.series if r["block"] == "layers.2"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["weight_l2"] for r in rows] == history.block_weight_l2()[:, 2].tolist()
+    assert [r["update_ratio"] for r in rows] == history.block_update_ratio()[:, 2].tolist()
+    act = [r["act_grad_l2"] for r in rows]
+    assert math.isnan(act[0]) and math.isnan(act[2]) and act[1] > 0 and act[3] > 0  # steps 2 and 4
+    last = next(b for b in report.blocks if b["block"] == "layers.2")
+    assert last["act_grad_l2"] == act[3] and last["update_ratio"] == rows[-1]["update_ratio"]
+    head = next(p for p in report.params if p["name"] == "head.weight")
+    assert close(head["weight_l2"], math.sqrt(history.weight_sumsq[-1, history.param_names.index("head.weight")]))
+    report.save(tmp_path, formats=("json", "md"))
+    loaded = type(report).load(tmp_path / "report.json")  # validated on the way in
+    assert next(r for r in loaded.series if r["block"] is None and r["step"] == 4)["update_ratio"] == \
+        history.global_update_ratio()[-1].item()
+
+
+def test_the_training_callbacks_refuse_update_ratios_and_say_what_works():
+    from gradscope.integrations._options import MonitorCallbackOptions
+
+    with pytest.raises(UsageError, match="update_ratios is not available in the training callbacks yet.*"
+                                         "weight_norms=True and activation_grads=True work here"):
+        MonitorCallbackOptions(update_ratios=True)
+    assert MonitorCallbackOptions(weight_norms=True, activation_grads=4).config.activation_grads == 4
+
+
+def test_update_ratios_every_n_steps_leave_the_other_steps_without_a_ratio():
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with GradientMonitor(net, opt, update_ratios=3) as monitor:
+        for step in range(6):
+            backward(net, step)
+            opt.step()
+            opt.zero_grad()
+        ratios = monitor.history.global_update_ratio().tolist()
+        weights = monitor.history.global_weight_l2().tolist()
+    assert [math.isnan(r) for r in ratios] == [True, True, False, True, True, False]  # steps 3 and 6
+    assert all(w > 0 for w in weights)  # weight norms at every recorded step
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_grads_of_a_hugging_face_bert_with_and_without_gradient_checkpointing(checkpointing):
+    transformers = pytest.importorskip("transformers")
+    from gradscope.measure import first_tensor
+
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(config).train()
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    ref = copy.deepcopy(model).double()
+    outputs = []
+
+    def keep(module, args, output) -> None:
+        first_tensor(output).retain_grad()
+        outputs.append(first_tensor(output))
+
+    for layer in ref.bert.encoder.layer:
+        layer.register_forward_hook(keep)
+    ref(input_ids=ids, labels=ids).loss.backward()
+    expected = [torch.linalg.vector_norm(o.grad).item() for o in outputs]
+    if checkpointing:
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    assert model.is_gradient_checkpointing == checkpointing
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(model, opt, activation_grads=True) as monitor:
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        history = monitor.history
+    got = history.block_act_grad_l2()[0]
+    layers = [history.blocks.index(f"bert.encoder.layer.{i}") for i in range(3)]
+    for index, value in zip(layers, expected):
+        assert math.isclose(float(got[index]), value, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["update_ratios", "activation_grads"])
+def test_every_n_options_refuse_what_is_not_a_count(name):
+    with pytest.raises(UsageError, match=rf"{name} must be True, False or a non-negative integer \(every N "
+                                         r"recorded steps\); got -1"):
+        GradientMonitor(make(), torch.optim.SGD(make().parameters(), lr=0.1), **{name: -1})

@@ -170,11 +170,14 @@ def _path_points(svg_text: str, label: str) -> list[tuple[float, float]]:
     return [(float(x), float(y)) for x, y in re.findall(r"[ML]([\d.]+) ([\d.]+)", d)]
 
 
+CLIP = 0.09  # under the norm at some of the clipped steps, over it at others
+
+
 def _clipped_report():
     torch.manual_seed(0)
     net = SigmoidMLP(depth=4, width=8)
-    clip_at = {s: 0.05 for s in range(4, 9)}  # steps 4 to 8 clipped, the others not
-    return _train(net, 10, clip_at=clip_at, lr=0.5)
+    clip_at = {s: CLIP for s in range(4, 9)}  # steps 4 to 8 clipped, the others not
+    return _train(net, 10, clip_at=clip_at)
 
 
 def test_the_global_plot_draws_the_norm_before_clipping_the_norm_after_and_the_clip_level_where_clipped():
@@ -187,7 +190,7 @@ def test_the_global_plot_draws_the_norm_before_clipping_the_norm_after_and_the_c
     assert len(pre) == 10  # every recorded step, before any clip: the float64 norms of the gradients themselves
     assert all(abs(y - y_of(ref["global"])) <= 0.15 for (_, y), ref in zip(pre, refs))
     level = _path_points(svg_text, CLIP_LEVEL_LABEL)
-    assert len(level) == 5 and all(abs(y - y_of(0.05)) <= 0.15 for _, y in level)  # at the clipped steps only
+    assert len(level) == 5 and all(abs(y - y_of(CLIP)) <= 0.15 for _, y in level)  # at the clipped steps only
     assert [x for x, _ in level] == [x for x, _ in pre[3:8]]
     post = _path_points(svg_text, POST_CLIP_LABEL)
     assert [x for x, _ in post] == [x for x, _ in pre[3:8]]
@@ -197,9 +200,10 @@ def test_the_global_plot_draws_the_norm_before_clipping_the_norm_after_and_the_c
                      r'stroke="#[0-9a-f]+" stroke-width="1.8" stroke-dasharray="2 3"/>', svg_text)
     legend = re.findall(r'<g class="legend-item" data-series="\d+">.*?<text[^>]*>([^<]*)</text></g>', svg_text)
     assert legend == [PRE_CLIP_LABEL, POST_CLIP_LABEL, CLIP_LEVEL_LABEL]
-    over = sum(ref["global"] > 0.05 for ref in refs[3:8])
+    over = sum(ref["global"] > CLIP for ref in refs[3:8])
+    assert 0 < over < 5
     spec = next(p for p in all_plots(report) if p.key == "global")
-    assert (f"Clipped at 5 of 10 recorded steps, to max_norm 0.05; the norm before clipping was above it at {over} "
+    assert (f"Clipped at 5 of 10 recorded steps, to max_norm {CLIP:g}; the norm before clipping was above it at {over} "
             "of them") in spec.caption
     assert "Solid: the L2 norm of all monitored parameter gradients together, at each recorded step, before " \
            "clipping (report.series grad_l2). Dashed: the same norm after clipping" in spec.caption
@@ -207,9 +211,18 @@ def test_the_global_plot_draws_the_norm_before_clipping_the_norm_after_and_the_c
     caption = re.search(r'<figure id="figure-global">.*?<figcaption>(.*?)</figcaption>', page, re.S).group(1)
     assert "Dotted: the clip level (clip_max_norm)" in caption
     text = render_markdown(report)
-    assert f"Clipped at 5 of 10 recorded steps, to max\\_norm 0.05" in text
-    assert "the global plot draws the norm before clipping solid, after clipping dashed and the clip level dotted" \
+    assert f"Clipped at 5 of 10 recorded steps, to max\\_norm {CLIP:g}" in text
+    assert "its global plot draws the norm before clipping solid, after clipping dashed and the clip level dotted" \
         in text
+
+
+def test_a_step_clipped_alone_is_drawn_as_a_tick_at_the_clip_level():
+    torch.manual_seed(0)
+    report, _ = _train(SigmoidMLP(depth=4, width=8), 5, clip_at={3: CLIP})
+    svg_text = RENDERERS["svg"](report)["global.svg"].decode()
+    pre, level = _path_points(svg_text, PRE_CLIP_LABEL), _path_points(svg_text, CLIP_LEVEL_LABEL)
+    (x0, y0), (x1, y1) = level
+    assert x0 < pre[2][0] < x1 and abs(x1 - x0 - 4.0) < 0.11 and y0 == y1 and abs(y0 - _axis(svg_text)(CLIP)) <= 0.15
 
 
 def test_an_unclipped_run_has_one_line_and_says_so():
@@ -230,9 +243,9 @@ def test_png_global_plot_draws_the_clip_level_dotted_at_its_value():
     styles = {line.get_label(): line for line in ax.get_lines()}
     assert styles[PRE_CLIP_LABEL].get_linestyle() == "-" and styles[POST_CLIP_LABEL].get_linestyle() == "--"
     level = styles[CLIP_LEVEL_LABEL]
-    assert level.get_linestyle() == ":"
+    assert level.get_linestyle() == ":" and level.get_marker() == "_"  # a clip at one step alone shows too
     ys = list(level.get_ydata())
-    assert all(math.isnan(v) for v in ys[:3] + ys[8:]) and ys[3:8] == [0.05] * 5
+    assert all(math.isnan(v) for v in ys[:3] + ys[8:]) and ys[3:8] == [CLIP] * 5
     assert [t.get_text() for t in fig.legends[0].get_texts()] == [PRE_CLIP_LABEL, POST_CLIP_LABEL, CLIP_LEVEL_LABEL]
 
 

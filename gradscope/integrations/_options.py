@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from ..errors import GradscopeError
+from ..errors import GradscopeError, UsageError
 from ..monitor import GradientMonitor, MonitorConfig, attached_monitor
 from ..report import check_writable
 
@@ -36,6 +36,10 @@ class MonitorCallbackOptions:
         else:  # a report_dir that cannot be written fails here, not after training
             check_writable(report_dir, "report_dir")
         self.config = MonitorConfig.with_options(None, options)  # bad options fail here, not at train time
+        if self.config.update_ratios:
+            raise UsageError("update_ratios is not available in the training callbacks yet: they record at the "
+                             "trainer's step event, not from the optimizer's own hooks, which the update is taken "
+                             "from; weight_norms=True and activation_grads=True work here")
         self.report_dir = report_dir
         self.prefix = prefix
         self.monitor: GradientMonitor | None = None

@@ -120,10 +120,10 @@ def _series(report) -> list[str]:
     return ["## Training", "",
             f"{len(glob)} recorded steps, {first['step']} to {last['step']}; global gradient L2 norm "
             f"{_global_norm(first)} at the first, {_global_norm(last)} at the last"
-            + (f", measured {md(stage)}." if stage else ".")
-            + (f" {md(clip)}." if clip else "")
-            + f" Per-block values in the series: {', '.join(md(c) for c in recorded)} (report.html has a "
-              "heatmap of each by block and step; the global plot draws the norm before clipping solid"
+            + (f", measured {md(stage)}." if stage else "."), "",
+            (f"{md(clip)}. " if clip else "")
+            + f"Per-block values in the series: {', '.join(md(c) for c in recorded)} (report.html has a heatmap of "
+              "each by block and step; its global plot draws the norm before clipping solid"
             + (", after clipping dashed and the clip level dotted)." if clip else ")."), ""]
 
 

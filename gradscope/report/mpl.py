@@ -21,6 +21,7 @@ from .svg import (MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, bar_ran
 
 DPI = 150
 LINESTYLES = {"solid": "-", "dashed": "--", "dotted": ":"}  # svg.line_style -> matplotlib's linestyle
+LEVEL_MARKER = {"marker": "_", "markersize": 7}  # a level's points: a short dash each, so a lone one shows too
 SHAPES = ("o", "s", "^", "D", "v", "o")  # svg.marker's six shapes by marker_kind; the sixth is drawn open (a ring)
 MARK_LABEL = "NaN or Inf in the gradients at that step"
 NO_MATPLOTLIB = ("--format png needs matplotlib, which is not installed: pip install matplotlib "
@@ -90,7 +91,7 @@ def _line(Figure, spec: LinePlot):
         for line in lines:
             ax.plot(line.x, _nan(line.y), color=color(line.color), linestyle=LINESTYLES[line_style(line)],
                     linewidth=1.6, label=line.label,
-                    **(marker_style(line.color) if with_markers and not line.dotted else {}))
+                    **(LEVEL_MARKER if line.dotted else marker_style(line.color) if with_markers else {}))
         for x in marks:
             ax.axvline(x, color=NONFINITE, alpha=0.45, linewidth=1)
         decades = _decades(log_range([v for line in lines for v in line.y] + [spec.reference_y]))

@@ -28,10 +28,10 @@ class Line:
     y: list[Optional[float]]
     color: int  # index into the drawer's palette (and marker shapes): the variant's or pair's, from colors()
     dashed: bool = False
-    dotted: bool = False  # a level set by the run (the clip level), not a measurement; no markers
     point_names: list[str] = field(default_factory=list)  # what a point is, for tooltips
     series: str = ""  # the variant or pair: the legend names each series once (default: the label)
     panel: str = ""  # lines of one quantity share a panel; panels are stacked, sharing the x axis
+    dotted: bool = False  # a level set by the run (the clip level), not a measurement; no markers
 
 
 @dataclass

@@ -275,15 +275,24 @@ def legend_height(labels: list[str], width: float) -> float:
 # --- line plots ------------------------------------------------------------------------
 
 
+LONE_POINT_PX = 2.0  # half the width of the tick a point with missing values on both sides is drawn as
+
+
 def _path(points: list[tuple[float, Optional[float]]]) -> str:
-    """An SVG path through the points, lifting the pen at each missing value."""
-    parts, pen_down = [], False
-    for x, y in points:
+    """An SVG path through the points, lifting the pen at each missing value; a point with a missing value (or
+    none) on both sides is a short horizontal tick, so that it shows even without markers (a step clipped alone)."""
+    parts = []
+    for i, (x, y) in enumerate(points):
         if y is None:
-            pen_down = False
             continue
-        parts.append(f"{'L' if pen_down else 'M'}{_f(x)} {_f(y)}")
-        pen_down = True
+        before = i > 0 and points[i - 1][1] is not None
+        after = i + 1 < len(points) and points[i + 1][1] is not None
+        if before:
+            parts.append(f"L{_f(x)} {_f(y)}")
+        elif after:
+            parts.append(f"M{_f(x)} {_f(y)}")
+        else:
+            parts.append(f"M{_f(x - LONE_POINT_PX)} {_f(y)} L{_f(x + LONE_POINT_PX)} {_f(y)}")
     return " ".join(parts)
 
 
