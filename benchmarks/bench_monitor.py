@@ -150,6 +150,7 @@ def main(argv=None) -> int:
     gpu_ms = statistics.median(gpu_times) * 1e3 if cuda else None
     result = {
         "case": f"BertForMaskedLM {args.layers} layers, batch {args.batch}, seq {args.seq}, {device}",
+        "features": args.features,
         "params": len(monitor.param_names),
         "pairs": pairs,
         "plain_step_ms": plain_ms,

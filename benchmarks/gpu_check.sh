@@ -17,7 +17,8 @@
 # /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default: the local GPU's, e.g. 9.0).
 #
 # Output files (few, on purpose): gpu-check.log, summary.json,
-# bench_grad_stats.json, bench_monitor_cuda.json, bench_scaling.json, latency_probe.json, scaling_bytes_cuda.png,
+# bench_grad_stats.json, bench_monitor_cuda.json (and _weights, _updates, _act: the training view's features),
+# bench_scaling.json, latency_probe.json, scaling_bytes_cuda.png,
 # scaling_count_cuda.png (CPU smoke run: the same with _cpu_quick / _cpu).
 
 set -u -o pipefail
@@ -180,8 +181,13 @@ if [[ $HAVE_GPU == 1 ]]; then
   run_stage bench-monitor 75 "$PY" benchmarks/bench_monitor.py --device cuda --layers 12 --batch 32 --seq 128 \
     --pairs 15 --json "$OUTDIR/bench_monitor_cuda.json"
   sanitize racecheck
+  for feature in weights updates act; do # the training view's opt-in features, each against plain steps
+    run_stage "bench-monitor-$feature" 60 "$PY" benchmarks/bench_monitor.py --device cuda --layers 12 --batch 32 \
+      --seq 128 --pairs 8 --features "$feature" --json "$OUTDIR/bench_monitor_cuda_$feature.json"
+  done
 else
-  for s in tests-cuda sanitizer-memcheck latency-probe sanitizer-racecheck bench-grad-stats bench-monitor bench-scaling; do skip "$s" "$NO_GPU_WHY"; done
+  for s in tests-cuda sanitizer-memcheck latency-probe sanitizer-racecheck bench-grad-stats bench-monitor bench-scaling \
+    bench-monitor-weights bench-monitor-updates bench-monitor-act; do skip "$s" "$NO_GPU_WHY"; done
   if [[ ${GPU_CHECK_CPU_SMOKE:-1} == 1 ]]; then
     run_stage cpu-smoke-grad-stats 150 "$PY" benchmarks/bench_grad_stats.py --device cpu --quick \
       --out "$OUTDIR/bench_grad_stats_cpu_quick.json"

@@ -129,18 +129,20 @@ def main(argv: list[str]) -> int:
 
     for path in sorted(outdir.glob("bench_monitor*.json")):
         mon = _load(path)
-        summary["monitor"] = mon
         if not mon:
             continue
+        summary["monitor"][path.stem] = mon
+        feature = mon.get("features", "grads")
         print(f"\n{path.name}: {mon.get('case')}, {mon.get('params')} parameter tensors, {mon.get('pairs')} pairs")
         print(f"  plain step {_f(mon.get('plain_step_ms'), '.2f')} ms, monitored {_f(mon.get('monitored_step_ms'), '.2f')} ms "
               f"(median pair ratio {_f(mon.get('pair_ratio_median'), '.4f')}); monitor.step() host {_f(mon.get('monitor_call_ms'), '.3f')} ms, "
               f"device {_f(mon.get('monitor_gpu_ms'), '.3f')} ms")
         overhead = mon.get("gpu_overhead")
         if overhead is not None:
-            summary["targets"].append({"target": "monitor overhead at most 1% of a BERT-base step", "maximum": 1.0,
-                                       "value": 100 * overhead, "status": "PASS" if overhead <= 0.01 else "FAIL",
-                                       "source": path.name})
+            limit = 0.05 if feature == "act" else 0.01  # dL/dh on every step has the looser target
+            summary["targets"].append({"target": f"monitor overhead ({feature}) at most {limit:.0%} of a BERT-base step",
+                                       "maximum": 100 * limit, "value": 100 * overhead,
+                                       "status": "PASS" if overhead <= limit else "FAIL", "source": path.name})
 
     probe = _load(outdir / "latency_probe.json")
     if probe:
