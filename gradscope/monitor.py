@@ -312,11 +312,7 @@ class _ExecutionOrder:
 
 
 def _nan_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(b > 0, a / b.clamp_min(1), torch.full_like(a, math.nan))
-
-
-def _nan_div_exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a / b``, NaN where ``b`` is zero or NaN."""
+    """``a / b``, NaN where ``b`` is zero or NaN (counts of finite values, norms)."""
     return torch.where(b > 0, a / b, torch.full_like(a, math.nan))
 
 
@@ -360,11 +356,11 @@ class MonitorHistory:
     def block_update_ratio(self) -> torch.Tensor:
         """[T, B] ``||W_after - W_before|| / ||W_before||`` per block of the optimizer step; NaN where not
         recorded (and where the block's weights are all zero)."""
-        return _nan_div_exact(self._block_sum(self.update_sumsq).sqrt(), self.block_weight_l2())
+        return _nan_div(self._block_sum(self.update_sumsq).sqrt(), self.block_weight_l2())
 
     def global_update_ratio(self) -> torch.Tensor:
         """[T] the update-to-weight ratio over all monitored parameters."""
-        return _nan_div_exact(self.update_sumsq.sum(-1).sqrt(), self.global_weight_l2())
+        return _nan_div(self.update_sumsq.sum(-1).sqrt(), self.global_weight_l2())
 
     def block_act_grad_l2(self) -> torch.Tensor:
         """[T, B] ``||dL/dh||`` at each block's output (summed over the block's runs and micro-batches of the
