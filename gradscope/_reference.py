@@ -7,12 +7,24 @@ tests hold the kernels against. It never synchronizes with the device.
 
 from __future__ import annotations
 
+import enum
 from typing import Sequence
 
 import torch
 
-# Column order of the op's [N, 6] float64 result (csrc/grad_stats.h mirrors it).
-STAT_NAMES = ("sumsq", "sum", "sumabs", "maxabs", "nonfinite", "zeros")
+
+class Stat(enum.IntEnum):
+    """Column of the op's ``[N, 6]`` float64 result (``csrc/grad_stats.h`` mirrors it): ``table[:, Stat.MAXABS]``."""
+
+    SUMSQ = 0
+    SUM = 1
+    SUMABS = 2
+    MAXABS = 3
+    NONFINITE = 4
+    ZEROS = 5
+
+
+STAT_NAMES = tuple(column.name.lower() for column in Stat)  # ("sumsq", "sum", "sumabs", "maxabs", "nonfinite", "zeros")
 
 
 def _row(t: torch.Tensor) -> torch.Tensor:

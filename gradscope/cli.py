@@ -21,7 +21,7 @@ import threading
 from typing import Optional, Sequence
 
 from . import __version__
-from .errors import EXIT_OK, GradscopeError, did_you_mean
+from .errors import EXIT_OK, GradscopeError, did_you_mean, in_flag_terms
 
 DEBUG_ENV = "GRADSCOPE_DEBUG"
 
@@ -46,9 +46,14 @@ def say(text: str, stream=None, **kwargs) -> None:
     print(terminal_safe(text), file=stream or sys.stdout, **kwargs)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """warnings.showwarning while a command runs: one line, control characters neutralized."""
-    say(f"gradscope: warning: {message}", file or sys.stderr)
+def _warning_printer(flags: dict[str, str]):
+    """warnings.showwarning while a command runs: one line, in the command's terms, control characters
+    neutralized."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        say(f"gradscope: warning: {in_flag_terms(str(message), flags)}", file or sys.stderr)
+
+    return show
 
 
 # --- gradscope info ---------------------------------------------------------------
@@ -152,14 +157,14 @@ def _add_info(sub) -> None:
 # --- gradscope analyze / demo -------------------------------------------------------
 
 
-def _progress_printer():
-    """One line per step on stderr, with the seconds since the command started."""
+def _progress_printer(flags: dict[str, str]):
+    """One line per step on stderr, with the seconds since the command started, in the command's terms."""
     import time
 
     started = time.perf_counter()
 
     def progress(message: str) -> None:
-        say(f"[{time.perf_counter() - started:6.1f}s] {message}", sys.stderr, flush=True)
+        say(f"[{time.perf_counter() - started:6.1f}s] {in_flag_terms(message, flags)}", sys.stderr, flush=True)
 
     return progress
 
@@ -235,7 +240,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         check_output(args.out, args.format, force=args.force)  # before any work, not after it
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # read when huggingface_hub is imported, which happens below
-    progress = _progress_printer()
+    progress = _progress_printer(args.flags)
     report = analyze(args.model, config, progress=progress)
     return _finish(report, args, progress)
 
@@ -276,7 +281,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output(args.out, args.format, force=args.force)
-    progress = _progress_printer()
+    progress = _progress_printer(args.flags)
     report = demo(depth=args.depth, width=args.width, batch_size=args.batch_size, seed=args.seed,
                   device=args.device, train_steps=args.train, progress=progress)
     return _finish(report, args, progress)
@@ -317,7 +322,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output(args.out, args.format, force=args.force)
-    progress = _progress_printer()
+    progress = _progress_printer(args.flags)
     labels = tuple(n.strip() for n in args.labels.split(",") if n.strip()) if args.labels else ()
     report = compare_reports(args.reports, labels=labels)  # repeated labels stay: compare numbers them
     for warning in report.meta.get("warnings", []):
@@ -391,7 +396,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_compare(sub)
     parser.commands = dict(sub.choices)
+    for command in parser.commands.values():
+        command.set_defaults(flags=option_flags(command))
     return parser
+
+
+# Python's name of an option, where it is not the flag's: analyze(config=AnalyzeConfig(what_ifs=...)),
+# Report.save(formats=...).
+_PYTHON_NAMES = {"what_if": "what_ifs", "format": "formats", "out": "directory"}
+
+
+def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The Python name of each of a command's options (what library messages name) -> its flag."""
+    flags = {}
+    for action in parser._actions:
+        long_flags = [o for o in action.option_strings if o.startswith("--")]
+        if long_flags and action.dest != "help":
+            flags[action.dest] = long_flags[0]
+            if action.dest in _PYTHON_NAMES:
+                flags[_PYTHON_NAMES[action.dest]] = long_flags[0]
+    return flags
 
 
 def unexpected_error_lines(exc: BaseException) -> list[str]:
@@ -421,7 +445,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         say("gradscope: interrupted", sys.stderr)
         return 130
     with _sigterm_as_exception(), warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.showwarning = _warning_printer(getattr(args, "flags", {}))
         return _run(args)
 
 
@@ -445,7 +469,7 @@ def _run(args: argparse.Namespace) -> int:
     except GradscopeError as exc:
         if _debug():
             raise
-        say(f"gradscope: error: {exc}", sys.stderr)
+        say(f"gradscope: error: {in_flag_terms(str(exc), args.flags)}", sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         if _debug():

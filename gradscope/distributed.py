@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError
+from .stats import Stat
 
 MODES = ("auto", "none", "replicated", "sharded")
 
@@ -195,5 +196,6 @@ def combine(table: torch.Tensor, numel: torch.Tensor, present: torch.Tensor) -> 
     gather(flat, payload.contiguous())
     gathered = flat.view(world, *payload.shape)
     summed = gathered.sum(dim=0)
-    summed[..., 3] = gathered[..., 3].amax(dim=0)  # maxabs
-    return summed[..., :6], summed[..., 6].round().to(torch.int64), summed[..., 7] > 0
+    summed[..., Stat.MAXABS] = gathered[..., Stat.MAXABS].amax(dim=0)
+    n = len(Stat)
+    return summed[..., :n], summed[..., n].round().to(torch.int64), summed[..., n + 1] > 0

@@ -1,9 +1,15 @@
-"""Errors that the command line turns into one line and an exit code, and how such a line names a typo."""
+"""Errors that the command line turns into one line and an exit code, and how such a line names a typo.
+
+A message speaks Python: it names an option as the keyword a Python caller passes, between backticks,
+alone or with the value given: ``"`batch_size=1`: ...; raise `batch_size`"``. The command line shows the
+same message with its flags (:func:`in_flag_terms`), so that each reader sees the names they typed.
+"""
 
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import re
+from typing import Iterable, Mapping
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad usage or bad input
@@ -22,6 +28,32 @@ class UsageError(GradscopeError):
 
 class ModelLoadError(GradscopeError):
     exit_code = EXIT_LOAD
+
+
+_OPTION = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`]*))?`")
+
+
+def in_flag_terms(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with each option it names (`` `name` `` or `` `name=value` ``) that has a flag in ``flags``
+    written as that flag; other backticked names are left as they are.
+
+    >>> in_flag_terms("`batch_size=1`: too small; raise `batch_size`", {"batch_size": "--batch-size"})
+    '--batch-size 1: too small; raise --batch-size'
+    >>> in_flag_terms("the output exists; pass `force=True`", {"force": "--force"})
+    'the output exists; pass --force'
+    >>> in_flag_terms("`loss_fn` goes with an nn.Module", {"batch_size": "--batch-size"})
+    '`loss_fn` goes with an nn.Module'
+    """
+
+    def flag(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in flags:
+            return match.group(0)
+        if value is None or value == "True":  # a switch is named by its flag alone
+            return flags[name]
+        return f"{flags[name]} {value.strip(chr(39))}"  # --text notes.txt, not --text 'notes.txt'
+
+    return _OPTION.sub(flag, message)
 
 
 # difflib's similarity, 0 to 1: "no_norm" and "no-norm" 0.86, "tahn" and "tanh" 0.75, "--foo" and "--force" 0.67

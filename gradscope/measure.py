@@ -40,7 +40,7 @@ from torch import nn
 
 from .blocks import clean_name, find_blocks, has_parameters, is_norm, named_parameters, submodule
 from .errors import GradscopeError
-from .stats import GradStats, grad_stats
+from .stats import GradStats, Stat, grad_stats
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -246,15 +246,15 @@ class _BlockRecorder:
                 stacked = torch.stack(rows)
                 # Several runs (a repeated block's summed runs, several batches): sums add, the max is the max.
                 sums = stacked.sum(dim=0)
-                sums[3] = stacked[:, 3].amax()
+                sums[Stat.MAXABS] = stacked[:, Stat.MAXABS].amax()
                 table.append(sums)
             else:
-                table.append(torch.zeros(6, dtype=torch.float64, device=device))
+                table.append(torch.zeros(len(Stat), dtype=torch.float64, device=device))
             present.append(bool(rows))
             numel.append(sum(self.numel[key] for key in keys))
             found = [c.to(device) for key in keys for c in self.forward_nonfinite.get(key, [])]
             nonfinite.append(torch.stack(found).sum() if found else torch.zeros((), dtype=torch.int64, device=device))
-        host = torch.stack(table).cpu() if table else torch.zeros((0, 6), dtype=torch.float64)
+        host = torch.stack(table).cpu() if table else torch.zeros((0, len(Stat)), dtype=torch.float64)
         act_grad = GradStats(table=host, numel_host=tuple(numel), present_host=tuple(present), backend=self.backend)
         return names, act_grad, torch.stack(nonfinite).cpu().tolist() if nonfinite else []
 

@@ -21,11 +21,10 @@ from typing import Iterable, Optional, Sequence
 import torch
 
 from . import _ext
-from ._reference import STAT_NAMES, grad_stats_reference
+from ._reference import STAT_NAMES, Stat, grad_stats_reference
 
 BACKENDS = ("auto", "fused", "reference")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_COL = {name: i for i, name in enumerate(STAT_NAMES)}
 
 
 @dataclass(frozen=True)
@@ -65,27 +64,27 @@ class GradStats:
 
     @property
     def sumsq(self) -> torch.Tensor:
-        return self.table[:, _COL["sumsq"]]
+        return self.table[:, Stat.SUMSQ]
 
     @property
     def sum(self) -> torch.Tensor:
-        return self.table[:, _COL["sum"]]
+        return self.table[:, Stat.SUM]
 
     @property
     def sumabs(self) -> torch.Tensor:
-        return self.table[:, _COL["sumabs"]]
+        return self.table[:, Stat.SUMABS]
 
     @property
     def maxabs(self) -> torch.Tensor:
-        return self.table[:, _COL["maxabs"]]
+        return self.table[:, Stat.MAXABS]
 
     @property
     def nonfinite(self) -> torch.Tensor:
-        return self.table[:, _COL["nonfinite"]].to(torch.int64)
+        return self.table[:, Stat.NONFINITE].to(torch.int64)
 
     @property
     def zeros(self) -> torch.Tensor:
-        return self.table[:, _COL["zeros"]].to(torch.int64)
+        return self.table[:, Stat.ZEROS].to(torch.int64)
 
     @property
     def finite(self) -> torch.Tensor:
@@ -203,7 +202,7 @@ def _repeated(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 # The columns that count every element, which an element repeated k times contributes to k times.
-_PER_ELEMENT = [_COL[name] for name in ("sumsq", "sum", "sumabs", "nonfinite", "zeros")]
+_PER_ELEMENT = [column for column in Stat if column != Stat.MAXABS]
 
 
 def _to_device(values: Sequence, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -319,7 +318,7 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
         table[:, _PER_ELEMENT] *= factor[:, None]
     if implicit_zeros:
         zeros = [implicit_zeros.get(i, 0) for i in range(len(items))]
-        table[:, _COL["zeros"]] += _to_device(zeros, torch.float64, out_device)
+        table[:, Stat.ZEROS] += _to_device(zeros, torch.float64, out_device)
 
     backend_used = names.pop() if len(names) == 1 else ("mixed" if names else "fused" if _ext.STATUS.cpu else "reference")
     return GradStats(table, tuple(numel), tuple(t is not None for t in items), backend_used)
