@@ -508,7 +508,7 @@ def run_metadata(device: torch.device, args) -> dict:
     }
     if status.cpu:
         try:
-            meta["extension"]["cpu_simd"] = torch.ops.gradscope.cpu_simd()
+            meta["extension"]["cpu_simd"] = _ext.cpu_simd()
         except (AttributeError, RuntimeError):
             pass
     if device.type == "cuda":

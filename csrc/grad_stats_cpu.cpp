@@ -102,12 +102,6 @@ struct BlockSums {
   bool finite() const { return std::isfinite(sumsq) && std::isfinite(sum) && std::isfinite(sumabs); }
 };
 
-// Below this max |x|, fp32 squares fall into the subnormal range and lose
-// their precision (vanishing gradients live there): such blocks are summed
-// in fp64. Above it, subnormal squares of the smaller elements are off by at
-// most 2^-150 each, below fp32's epsilon relative to max^2 for a whole block.
-constexpr double kTinyMaxAbs = 0x1p-54;
-
 // Adds a block into the partial. Sums that overflowed fp32, or whose squares
 // underflowed it, are taken again in fp64.
 template <typename T>
@@ -395,9 +389,8 @@ at::Tensor grad_stats_cpu(at::TensorList tensors) {
     TORCH_CHECK(t.device().is_cpu(), "gradscope::grad_stats: tensor ", i, " is on ", t.device(),
                 " while others are on the CPU; pass one device per call (gradscope.grad_stats groups them)");
     const auto dtype = t.scalar_type();
-    TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
-                "gradscope::grad_stats: tensor ", i, " has dtype ", dtype,
-                "; expected float32, float16, bfloat16 or float64 (convert with .float())");
+    TORCH_CHECK(is_stat_dtype(dtype), "gradscope::grad_stats: tensor ", i, " has dtype ", dtype, "; expected ",
+                kStatDtypes, " (convert with .float())");
     // A dense layout (contiguous, channels_last, any permutation) is read as
     // its flat storage span, with no copy; only gappy views are copied. A
     // negative view's storage holds -x, so it is resolved first.

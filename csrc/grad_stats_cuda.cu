@@ -323,16 +323,13 @@ __device__ __forceinline__ Partial<double> block_reduce(Partial<double> p, Block
 }
 
 // fp32 accumulation is only trusted when the chunk's values stay in a safe
-// range: squares overflow fp32 for |x| > ~1.8e19, and for max|x| < 2^-54 the
-// squares fall into fp32 subnormals (or flush to 0) and lose all relative
-// precision (vanishing gradients must not read as exactly 0). Above 2^-54 the
-// subnormal rounding of smaller squares (<= 2^17 * 2^-150) is below fp32
-// epsilon relative to max^2. Only finite values were added, so a non-finite
-// sum means overflow.
+// range: squares overflow fp32 for |x| > ~1.8e19, and below kTinyMaxAbs
+// (grad_stats.h says why) they lose their precision; vanishing gradients must
+// not read as exactly 0. Only finite values were added, so a non-finite sum
+// means overflow.
 __device__ __forceinline__ bool needs_fp64(const Partial<double>& p) {
-  constexpr double kTiny = 0x1p-54;  // ~5.6e-17
   return !isfinite(p.sumsq) || !isfinite(p.sum) || !isfinite(p.sumabs) ||
-         (p.maxabs > 0.0 && p.maxabs < kTiny);
+         (p.maxabs > 0.0 && p.maxabs < kTinyMaxAbs);
 }
 
 // Where a chunk's six statistics go: stat s to base[s * stride]. A chunk
@@ -593,31 +590,31 @@ struct Input {
   int64_t chunks() const { return (numel + per_chunk - 1) / per_chunk; }
 };
 
-// Returns false for dtypes the kernel does not handle.
-bool dtype_code(at::ScalarType st, int32_t* code, int64_t* elem_size, int64_t* per_chunk) {
+// The kernel's code for a dtype is_stat_dtype accepts (grad_stats.h).
+void dtype_code(at::ScalarType st, int32_t* code, int64_t* elem_size, int64_t* per_chunk) {
   switch (st) {
     case at::kFloat:
       *code = F32::kCode;
       *elem_size = sizeof(F32::Storage);
       *per_chunk = chunk_elems<F32>();
-      return true;
+      return;
     case at::kHalf:
       *code = F16::kCode;
       *elem_size = sizeof(F16::Storage);
       *per_chunk = chunk_elems<F16>();
-      return true;
+      return;
     case at::kBFloat16:
       *code = BF16::kCode;
       *elem_size = sizeof(BF16::Storage);
       *per_chunk = chunk_elems<BF16>();
-      return true;
+      return;
     case at::kDouble:
       *code = F64::kCode;
       *elem_size = sizeof(F64::Storage);
       *per_chunk = chunk_elems<F64>();
-      return true;
+      return;
     default:
-      return false;
+      TORCH_INTERNAL_ASSERT(false, "dtype_code: unchecked dtype ", st);
   }
 }
 
@@ -822,10 +819,9 @@ at::Tensor grad_stats_cuda(at::TensorList tensors) {
     int32_t code = 0;
     int64_t elem_size = 0;
     int64_t per_chunk = 0;
-    TORCH_CHECK(dtype_code(t.scalar_type(), &code, &elem_size, &per_chunk),
-                "gradscope::grad_stats: tensors[", i, "] has dtype ", t.scalar_type(),
-                "; supported dtypes are float32, float16, bfloat16 and float64, "
-                "cast it first (e.g. t.float())");
+    TORCH_CHECK(is_stat_dtype(t.scalar_type()), "gradscope::grad_stats: tensors[", i, "] has dtype ",
+                t.scalar_type(), "; expected ", kStatDtypes, " (convert with .float())");
+    dtype_code(t.scalar_type(), &code, &elem_size, &per_chunk);
     const at::Tensor* read = &t;
     if (t.is_neg() || !t.is_non_overlapping_and_dense()) {
       copies.push_back(dense_copy(t));

@@ -1,5 +1,5 @@
-// gradscope._C: the Python module of the op library, with one function, the
-// fast entry that gradscope.grad_stats takes for the common call.
+// gradscope._C: the Python module of the op library, with the fast entry that
+// gradscope.grad_stats takes for the common call, and cpu_simd(), a diagnostic.
 //
 // The common call is a list of dense float tensors on one CPU or CUDA device.
 // Going through torch.ops costs about 100 ns per tensor just to turn the
@@ -22,12 +22,10 @@
 
 #include <vector>
 
+#include "grad_stats.h"
+
 namespace gradscope {
 namespace {
-
-bool is_float_dtype(at::ScalarType st) {
-  return st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble;
-}
 
 // An expanded view (stride 0 along a dimension of size > 1) repeats elements:
 // the Python path reads the tensor it repeats instead of copying it whole.
@@ -96,7 +94,7 @@ PyObject* dense_grad_stats(PyObject* /*self*/, PyObject* args) {
       Py_RETURN_NONE;  // None, a subclass, or not a tensor
     }
     const at::Tensor& t = THPVariable_Unpack(obj);
-    if (t.layout() != at::kStrided || !is_float_dtype(t.scalar_type()) || is_expanded(t)) {
+    if (t.layout() != at::kStrided || !is_stat_dtype(t.scalar_type()) || is_expanded(t)) {
       Py_RETURN_NONE;
     }
     if (i == 0) {
@@ -141,9 +139,18 @@ PyObject* dense_grad_stats(PyObject* /*self*/, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
+// Which SIMD path the CPU kernel takes on this machine: a diagnostic for
+// `gradscope info` and the benchmarks, kept out of the op library's schema.
+PyObject* cpu_simd(PyObject* /*self*/, PyObject* /*args*/) {
+  HANDLE_TH_ERRORS
+  return PyUnicode_FromString(cpu_simd_name().c_str());
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
     {"_dense_grad_stats", dense_grad_stats, METH_VARARGS,
      "grad_stats of a list of dense float tensors on one CPU or CUDA device; None for any other list."},
+    {"cpu_simd", cpu_simd, METH_NOARGS, "The SIMD path of the CPU kernel on this machine: avx2 or generic."},
     {nullptr, nullptr, 0, nullptr},
 };
 

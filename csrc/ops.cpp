@@ -37,8 +37,6 @@ TORCH_LIBRARY(gradscope, m) {
   // Per tensor: [sumsq, sum, sumabs, maxabs, nonfinite, zeros] as float64,
   // the first four over finite elements. See grad_stats.h.
   m.def("grad_stats(Tensor[] tensors) -> Tensor");
-  // Which SIMD path the CPU kernel runs on this machine ("avx2" or "generic").
-  m.def("cpu_simd() -> str", &gradscope::cpu_simd_name);
 }
 
 TORCH_LIBRARY_IMPL(gradscope, CompositeExplicitAutograd, m) {

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ._reference import Stat
+
 logger = logging.getLogger("gradscope")
 
 BUILD_INFO_PATH = Path(__file__).with_name("_build_info.json")
@@ -110,8 +112,8 @@ def _register_fake() -> None:
     @torch.library.register_fake("gradscope::grad_stats")
     def _grad_stats_fake(tensors):
         if len(tensors) == 0:
-            return torch.empty((0, 6), dtype=torch.float64)
-        return tensors[0].new_empty((len(tensors), 6), dtype=torch.float64)
+            return torch.empty((0, len(Stat)), dtype=torch.float64)
+        return tensors[0].new_empty((len(tensors), len(Stat)), dtype=torch.float64)
 
 
 STATUS = _load()
@@ -123,6 +125,11 @@ if not STATUS.cpu:
 # It returns (table, numel packed as native int64 bytes) or None for any other
 # list. None here: not loaded.
 dense_call = getattr(importlib.import_module("gradscope._C"), "_dense_grad_stats", None) if STATUS.cpu else None
+
+
+def cpu_simd() -> str | None:
+    """The SIMD path the CPU kernel takes on this machine (``avx2`` or ``generic``); None when it is not loaded."""
+    return importlib.import_module("gradscope._C").cpu_simd() if STATUS.cpu else None
 
 _warned_devices: set[str] = set()
 

@@ -14,7 +14,6 @@ waits for the device. Call ``stats.cpu()`` once to bring them all to the host.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Optional, Sequence
 
@@ -27,7 +26,6 @@ BACKENDS = ("auto", "fused", "reference")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@dataclass(frozen=True)
 class GradStats:
     """Per-tensor gradient statistics; row ``i`` describes input ``i``.
 
@@ -36,24 +34,67 @@ class GradStats:
     Rows of ``None`` inputs (parameters without a gradient) have
     ``present == False`` and ``numel == 0``. Derived values (``mean``, ``rms``,
     ``std``) are over the finite elements and NaN where there are none.
+
+    Read-only: every field is a property without a setter.
     """
 
-    table: torch.Tensor  # [N, 6] float64, columns in STAT_NAMES order
-    numel_host: tuple[int, ...]  # elements of each dense tensor (0 for None)
-    present_host: tuple[bool, ...]  # False for None inputs
-    backend: str  # "fused", "reference" or "mixed"
+    def __init__(self, table: torch.Tensor, numel_host: Sequence[int], present_host: Sequence[bool], backend: str):
+        self._table = table  # [N, 6] float64, columns in Stat order
+        self._numel: tuple[int, ...] | bytes = tuple(numel_host)  # elements of each dense tensor (0 for None)
+        self._present: Optional[tuple[bool, ...]] = tuple(present_host)  # False for None inputs
+        self._backend = backend  # "fused", "reference" or "mixed"
+
+    @classmethod
+    def from_packed(cls, table: torch.Tensor, numel_packed: bytes) -> "GradStats":
+        """The compiled fast entry's result: every input present, the element counts packed as native int64s.
+
+        They are unpacked on first read: most callers never read them, and a tuple would cost a Python int per
+        tensor on every call.
+        """
+        stats = cls.__new__(cls)
+        stats._table, stats._numel, stats._present, stats._backend = table, numel_packed, None, "fused"
+        return stats
+
+    @property
+    def table(self) -> torch.Tensor:
+        """[N, 6] float64 on the inputs' device, columns in :class:`Stat` order."""
+        return self._table
+
+    @property
+    def backend(self) -> str:
+        """``"fused"``, ``"reference"`` or ``"mixed"``."""
+        return self._backend
+
+    @property
+    def numel_host(self) -> tuple[int, ...]:
+        """Elements of each input (0 for ``None``), on the host."""
+        if isinstance(self._numel, bytes):
+            self._numel = unpack_numel(self._numel)
+        return self._numel
+
+    @property
+    def present_host(self) -> tuple[bool, ...]:
+        """False for ``None`` inputs, on the host."""
+        if self._present is None:
+            self._present = (True,) * self._table.shape[0]
+        return self._present
 
     # numel and present are known on the host; their device copies are made
     # on first use only, so a caller that never reads them pays nothing.
     @cached_property
     def numel(self) -> torch.Tensor:
         """[N] int64 on the device of ``table``."""
-        return _to_device(self.numel_host, torch.int64, self.table.device)
+        if isinstance(self._numel, bytes):  # straight from the packed counts
+            return _host_to(torch.frombuffer(bytearray(self._numel), dtype=torch.int64), self._table.device)
+        return _to_device(self._numel, torch.int64, self._table.device)
 
     @cached_property
     def present(self) -> torch.Tensor:
         """[N] bool on the device of ``table``: False for ``None`` inputs."""
         return _to_device(self.present_host, torch.bool, self.table.device)
+
+    def __repr__(self) -> str:
+        return f"GradStats(rows={len(self)}, device={self.device}, backend={self.backend!r})"
 
     def __len__(self) -> int:
         return self.table.shape[0]
@@ -129,35 +170,6 @@ class GradStats:
         host = self.cpu()
         out = {name: getattr(host, name).tolist() for name in (*STAT_NAMES, "numel", "present")}
         return out
-
-
-class _PackedGradStats(GradStats):
-    """The fast path's GradStats: every input present, ``numel`` packed (one int64 per row) until first read.
-
-    The compiled entry returns the element counts as bytes: most callers never
-    read them, and a tuple would cost a Python int per tensor on every call.
-    """
-
-    def __init__(self, table: torch.Tensor, numel_packed: bytes):
-        # Straight into the instance dict (the class is frozen): half the cost of three object.__setattr__
-        # calls, and this runs on every small call.
-        fields = self.__dict__
-        fields["table"] = table
-        fields["backend"] = "fused"
-        fields["_numel_packed"] = numel_packed
-
-    @cached_property
-    def numel_host(self) -> tuple[int, ...]:
-        return unpack_numel(self._numel_packed)
-
-    @cached_property
-    def present_host(self) -> tuple[bool, ...]:
-        return (True,) * self.table.shape[0]
-
-    @cached_property
-    def numel(self) -> torch.Tensor:
-        """[N] int64 on the device of ``table``, straight from the packed counts."""
-        return _host_to(torch.frombuffer(bytearray(self._numel_packed), dtype=torch.int64), self.table.device)
 
 
 def unpack_numel(packed: bytes) -> tuple[int, ...]:
@@ -266,7 +278,7 @@ def grad_stats(tensors: Iterable[Optional[torch.Tensor]], *, backend: str = "aut
         # in C++; None hands anything else to the general path below.
         result = _ext.dense_call(tensors, _ext.STATUS.cuda)
         if result is not None:
-            return _PackedGradStats(*result)
+            return GradStats.from_packed(*result)
     items: Sequence = tensors if isinstance(tensors, (list, tuple)) else list(tensors)
 
     dense: list[Optional[torch.Tensor]] = [None] * len(items)

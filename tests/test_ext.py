@@ -106,7 +106,7 @@ def test_generic_simd_path_agrees_with_the_fast_one():
         "g = torch.Generator().manual_seed(0)\n"
         "xs = [torch.randn(n, generator=g).to(d) for n, d in [(100003, torch.float32), (5000, torch.bfloat16), (777, torch.float16)]]\n"
         "xs[0][::1000] = float('nan')\n"
-        "print(json.dumps({'simd': torch.ops.gradscope.cpu_simd(), 'table': gradscope.grad_stats(xs).table.tolist()}))"
+        "print(json.dumps({'simd': gradscope._ext.cpu_simd(), 'table': gradscope.grad_stats(xs).table.tolist()}))"
     )
     fast, generic = (json.loads(run_python(code, **env).stdout) for env in ({}, {"GRADSCOPE_CPU_SIMD": "generic"}))
     assert generic["simd"] == "generic"
@@ -149,3 +149,27 @@ def test_info_names_a_package_that_is_not_installed_as_none():
 
     assert package_versions(("numpy", "no-such-package-gradscope-tests")) == {
         "numpy": _installed_version("numpy"), "no-such-package-gradscope-tests": None}
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_the_op_reads_exactly_the_dtypes_python_names():
+    # The rule is written once in C++ (csrc/grad_stats.h, is_stat_dtype) and mirrored by stats.FLOAT_DTYPES.
+    from gradscope.stats import FLOAT_DTYPES
+
+    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.complex64, torch.int8, torch.int32,
+              torch.int64, torch.uint8, torch.bool, torch.float8_e4m3fn]
+    for dtype in dtypes:
+        t = torch.zeros(3, dtype=dtype)
+        fast = _ext.dense_call([t], False)
+        if dtype in FLOAT_DTYPES:
+            assert fast is not None and torch.ops.gradscope.grad_stats([t]).shape == (1, 6)
+        else:
+            assert fast is None, dtype  # handed to the Python path, which owns the message
+            with pytest.raises(RuntimeError, match="expected float32, float16, bfloat16 or float64"):
+                torch.ops.gradscope.grad_stats([t])
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_cpu_simd_is_a_diagnostic_of_the_module_not_an_op():
+    assert _ext.cpu_simd() in ("avx2", "generic")
+    assert not hasattr(torch.ops.gradscope, "cpu_simd")

@@ -340,6 +340,24 @@ def test_fast_entry_matches_the_op_bitwise():
     assert isinstance(moved, gradscope.GradStats) and moved.numel_host == stats.numel_host
 
 
+def test_grad_stats_fields_are_read_only():
+    stats = gradscope.grad_stats([torch.ones(3), None])
+    for name in ("table", "numel_host", "present_host", "backend"):
+        with pytest.raises(AttributeError):
+            setattr(stats, name, None)
+    assert stats.numel_host == (3, 0) and stats.present_host == (True, False)
+    assert stats.numel.tolist() == [3, 0] and stats.present.tolist() == [True, False]
+
+
+def test_packed_counts_read_as_the_plain_ones():
+    table = torch.zeros(3, 6, dtype=torch.float64)
+    packed = gradscope.GradStats.from_packed(table, torch.tensor([5, 0, 2**40], dtype=torch.int64).numpy().tobytes())
+    plain = gradscope.GradStats(table, (5, 0, 2**40), (True,) * 3, "fused")
+    assert packed.numel.tolist() == plain.numel.tolist() == [5, 0, 2**40]  # the device copy, before the tuple
+    assert packed.numel_host == plain.numel_host and packed.present_host == plain.present_host
+    assert packed.backend == "fused" and packed.finite.tolist() == [5, 0, 2**40]
+
+
 @needs_fast
 @pytest.mark.parametrize(
     "items",
