@@ -23,7 +23,10 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from . import __version__
+from .analysis import compare
 from .errors import UsageError
+from .report import Report
 
 
 def report_label(path) -> str:
@@ -66,8 +69,6 @@ def _norms(rows: list[dict]) -> list[dict]:
 
 def _compare_blocks(a: str, b: str, blocks_a: list[dict], blocks_b: list[dict]) -> dict:
     """Per-block ratios a / b, matched by block name, or by depth when the names have nothing in common."""
-    from .analysis import compare
-
     blocks_a, blocks_b = _norms(blocks_a), _norms(blocks_b)
     if {r["block"] for r in blocks_a} & {r["block"] for r in blocks_b}:
         return {**compare(a, b, blocks_a, blocks_b), "matched_by": "block"}
@@ -131,9 +132,6 @@ def compare_reports(paths: Sequence, labels: Sequence[str] = ()):
     >>> [(c["a"], c["b"]) for c in combined.comparisons]  # doctest: +SKIP
     [('fp16/pretrained', 'fp32/pretrained'), ...]
     """
-    from . import __version__
-    from .report import Report
-
     if len(paths) < 2:
         raise UsageError("compare: give at least two reports (report.json files or the directories holding them)")
     reports = [Report.load(p) for p in paths]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import csv
 import json
@@ -264,7 +265,7 @@ def test_png_without_matplotlib_is_a_usage_error(demo_report, tmp_path, monkeypa
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
-    with pytest.raises(UsageError, match="--format png needs matplotlib.*--format svg"):
+    with pytest.raises(UsageError, match="`formats='png'` needs matplotlib.*`formats='svg'`"):
         demo_report.save(tmp_path / "out", formats="json,png")
     assert not (tmp_path / "out").exists()
 
@@ -685,7 +686,7 @@ def test_png_bars_reach_down_to_the_smallest_value_and_mark_a_zero():
 def test_existing_report_is_not_overwritten_without_force(demo_report, tmp_path):
     demo_report.save(tmp_path, formats="json,md")
     before = (tmp_path / "report.md").read_bytes()
-    with pytest.raises(GradscopeError, match=r"report.json already exists; pass --force"):
+    with pytest.raises(GradscopeError, match=r"report.json already exists; pass `force=True`"):
         demo_report.save(tmp_path, formats="json,md")
     assert (tmp_path / "report.md").read_bytes() == before
     demo_report.save(tmp_path, formats="json,md", force=True)
@@ -744,7 +745,7 @@ def test_an_interrupted_first_write_leaves_no_files(demo_report, tmp_path, monke
 
 def test_force_removes_the_old_reports_other_files_with_the_write(demo_report, tmp_path):
     demo_report.save(tmp_path, formats="json,html,md,csv")
-    with pytest.raises(UsageError, match=r"report.json already exists; pass --force"):
+    with pytest.raises(UsageError, match=r"report.json already exists; pass `force=True`"):
         demo_report.save(tmp_path, formats="svg")  # another format, same directory: still one report per directory
     demo_report.save(tmp_path, formats="md", force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
@@ -919,3 +920,122 @@ def test_a_skipped_baseline_is_one_line_in_every_summary(demo_report):
     assert f'<p class="muted">{html_module._e(line)}</p><dl class="facts">' in page and rf.HOSTILE not in page
     report.meta["skipped"] = {}
     assert "skipped" not in render_text(report) + render_markdown(report) + html_module.render_page(report)
+
+
+# --- the package's seams: model, storage, formats, renderers -------------------------------------------------
+
+REPORT_PACKAGE = REPO / "gradscope" / "report"
+
+
+def _gradscope_imports(path: Path) -> list[tuple[str, bool]]:
+    """(gradscope module or name imported, whether the import is inside a function) for each import in ``path``."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])  # gradscope.report, or gradscope
+    found = []
+
+    def visit(node, nested: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = nested or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    parent = ".".join(package.split(".")[:len(package.split(".")) - child.level + 1])
+                    base = f"{parent}.{base}" if base else parent
+                if base.split(".")[0] == "gradscope":
+                    names = [f"{base}.{a.name}" for a in child.names] if not child.module else [base]
+                    found.extend((name, nested) for name in names)
+            elif isinstance(child, ast.Import):
+                found.extend((a.name, nested) for a in child.names if a.name.split(".")[0] == "gradscope")
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    return found
+
+
+def test_the_report_package_imports_its_own_modules_at_the_top_and_in_one_direction():
+    for path in [*sorted(REPORT_PACKAGE.glob("*.py")), REPO / "gradscope" / "compare.py"]:
+        inside = [name for name, nested in _gradscope_imports(path) if nested]
+        assert not inside, f"{path.name} imports {inside} inside a function"
+    graph = {path.stem: {name.removeprefix("gradscope.report.") for name, _ in _gradscope_imports(path)
+                         if name.startswith("gradscope.report.")}
+             for path in REPORT_PACKAGE.glob("*.py")}
+    importers = {module: {m for m, deps in graph.items() if module in deps} for module in graph}
+    assert importers["model"] <= {"__init__"}  # the model on top: renderers and storage take a report as argument
+    assert importers["storage"] <= {"__init__", "model"}
+    assert importers["formats"] <= {"__init__", "model", "storage"}
+
+    def on_a_cycle(module: str) -> bool:
+        todo, seen = list(graph[module]), set()
+        while todo:
+            current = todo.pop()
+            if current == module:
+                return True
+            if current not in seen:
+                seen.add(current)
+                todo.extend(graph.get(current, ()))
+        return False
+
+    assert not [m for m in graph if on_a_cycle(m)]
+
+
+def test_importing_the_report_package_imports_no_optional_or_heavy_dependency():
+    code = ("import sys, gradscope.report; "
+            "print([m for m in ('matplotlib', 'pandas', 'transformers', 'torchvision') if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
+    assert run.stdout.strip() == "[]"
+
+
+def test_each_format_writes_only_files_it_names(demo_report, monitor_report):
+    from gradscope.report import DEFAULT_FORMATS, output_names
+
+    assert set(DEFAULT_FORMATS) <= set(RENDERERS)
+    for report in (demo_report, monitor_report):
+        for fmt, render in RENDERERS.items():
+            if fmt != "png":  # matplotlib's, and slow: its files are the svg's, checked below
+                assert set(render(report)) <= set(output_names(fmt)), fmt
+    assert output_names("png") == tuple(name.replace(".svg", ".png") for name in output_names("svg"))
+
+
+def test_messages_name_python_options_and_the_command_line_shows_its_flags(demo_report, tmp_path, monkeypatch):
+    import importlib.util
+
+    from gradscope.cli import build_parser, option_flags
+    from gradscope.errors import in_flag_terms
+    from gradscope.report import check_formats, check_output
+
+    demo_report.save(tmp_path / "taken", formats="md")
+    (tmp_path / "a-file").write_text("x")
+    taken, blocked = tmp_path / "taken", tmp_path / "a-file" / "out"
+    real = importlib.util.find_spec
+    cases = [
+        (lambda: check_formats(" , "),
+         "`formats`: give at least one format, e.g. `formats='json'`",
+         "--format: give at least one format, e.g. --format json"),
+        (lambda: check_formats("json,htm"),
+         "`formats='htm'`: unknown format (did you mean html?); choose from json, csv, md, html, svg, png",
+         "--format htm: unknown format (did you mean html?); choose from json, csv, md, html, svg, png"),
+        (lambda: check_output(taken),
+         f"{taken / 'report.md'} already exists; pass `force=True` to replace the report in {taken} (all its files), "
+         "or choose another `directory`",
+         f"{taken / 'report.md'} already exists; pass --force to replace the report in {taken} (all its files), "
+         "or choose another --out"),
+        (lambda: demo_report.save(blocked),
+         f"`directory='{blocked}'`: {blocked.parent} is a file, not a directory; choose another `directory`",
+         f"--out {blocked}: {blocked.parent} is a file, not a directory; choose another --out"),
+        (lambda: Report.load(taken),
+         f"{taken} holds a report without report.json (written without the json format); gradscope reads reports "
+         "from their json: write it with `formats='json'`",
+         f"{taken} holds a report without report.json (written without the json format); gradscope reads reports "
+         "from their json: write it with --format json"),
+        (lambda: (monkeypatch.setattr(importlib.util, "find_spec",
+                                      lambda name, *a: None if name == "matplotlib" else real(name, *a)),
+                  check_formats("png")),
+         "`formats='png'` needs matplotlib, which is not installed: pip install matplotlib (gradscope's [plots] "
+         "extra), or use `formats='svg'`, which needs nothing",
+         "--format png needs matplotlib, which is not installed: pip install matplotlib (gradscope's [plots] "
+         "extra), or use --format svg, which needs nothing"),
+    ]
+    flags = option_flags(build_parser().commands["demo"])
+    for call, python, command_line in cases:
+        with pytest.raises(UsageError) as error:
+            call()
+        assert (str(error.value), in_flag_terms(str(error.value), flags)) == (python, command_line)

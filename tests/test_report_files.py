@@ -136,7 +136,7 @@ def test_a_second_writer_waits_for_the_first_and_then_sees_its_report(demo_repor
         assert thread.is_alive()  # waiting for the lock, not writing beside the first
         (out / "report.md").write_text("the first writer's report")
     thread.join(timeout=30)
-    assert results and results[0].startswith(f"{out / 'report.md'} already exists; pass --force")
+    assert results and results[0].startswith(f"{out / 'report.md'} already exists; pass `force=True`")
     assert sorted(p.name for p in out.iterdir()) == ["report.md"]
 
 
@@ -180,8 +180,8 @@ def test_signals_deferred_acts_on_a_signal_when_the_block_ends():
 def test_an_out_that_is_a_link_to_nothing_is_refused_before_the_work(tmp_path):
     link = tmp_path / "out"
     link.symlink_to(tmp_path / "missing" / "target")
-    with pytest.raises(UsageError, match=r"--out .*out: .*out is a symbolic link to .*missing/target, which does not "
-                                         r"exist; create its target or choose another --out"):
+    with pytest.raises(UsageError, match=r"^`directory='.*out'`: .*out is a symbolic link to .*missing/target, which "
+                                         r"does not exist; create its target or choose another `directory`$"):
         check_output(link)
 
 
@@ -220,12 +220,13 @@ def tracer(frame, event, arg):
     return tracer
 
 sys.settrace(tracer)
-from gradscope.cli import build_parser, main
+from gradscope.__main__ import run  # the console script's entry
 if kill_at == 0:
-    build_parser()  # what main does first: the lines until the command runs
+    from gradscope.cli import build_parser
+    build_parser()  # what run does first: the lines until the command runs
     print("started after", lines[0], "lines")
     sys.exit(0)
-sys.exit(main(["info", "--json"]))
+sys.exit(run(["info", "--json"]))
 """
 
 

@@ -35,35 +35,42 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from ..errors import GradscopeError, UsageError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: writers are not locked against each other
+    fcntl = None
+
 DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
 TEMP_SUFFIXES = (".tmp", ".bak", ".old")  # written, replaced and removed files, while a write is under way
 LOCK_TIMEOUT_S = 30.0  # a write takes milliseconds; a writer still holding the lock after this is stuck
 
 
-def check_writable(directory: Path, option: str = "--out") -> None:
+def check_writable(directory: Path, option: str = "directory") -> None:
     """UsageError unless ``directory`` is, or can be created as, a writable directory (checked before any work).
 
     A file is made and removed in the nearest folder that exists: permission bits
-    alone pass for root, also on a read-only mount or in /proc. ``option`` names the
-    setting in the message (``--out``, or a callback's ``report_dir=``).
+    alone pass for root, also on a read-only mount or in /proc. ``option`` is the Python name of the
+    setting, which the message names (``directory``, or a callback's ``report_dir``; the command line
+    shows it as its flag, ``--out``).
     """
     directory = Path(directory)
+    given = f"`{option}={str(directory)!r}`"
     probe = directory
     while not probe.exists():
         if probe.is_symlink():  # a link to nothing: creating the directory would fail only after the work
-            raise UsageError(f"{option} {directory}: {probe} is a symbolic link to {os.readlink(probe)}, which does "
-                             f"not exist; create its target or choose another {option}")
+            raise UsageError(f"{given}: {probe} is a symbolic link to {os.readlink(probe)}, which does "
+                             f"not exist; create its target or choose another `{option}`")
         if probe.parent == probe:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UsageError(f"{option} {directory}: {probe} is a file, not a directory; choose another {option}")
+        raise UsageError(f"{given}: {probe} is a file, not a directory; choose another `{option}`")
     try:
         with signals_deferred(), tempfile.NamedTemporaryFile(dir=probe, prefix=".gradscope-check-"):
             pass  # made and removed with SIGINT/SIGTERM deferred: a signal cannot leave it behind
     except OSError as exc:
-        raise UsageError(f"{option} {directory}: cannot create a file in {probe} ({exc.strerror or exc}); "
-                         f"choose another {option}") from None
+        raise UsageError(f"{given}: cannot create a file in {probe} ({exc.strerror or exc}); "
+                         f"choose another `{option}`") from None
 
 
 class _Stopped(Exception):
@@ -77,9 +84,7 @@ def locked(directory: Path, timeout_s: float = LOCK_TIMEOUT_S,
 
     While another process holds it, wait up to ``timeout_s``, or until ``stop()`` says to give up.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
+    if fcntl is None:
         yield
         return
     fd = os.open(directory, os.O_RDONLY)
@@ -94,7 +99,8 @@ def locked(directory: Path, timeout_s: float = LOCK_TIMEOUT_S,
                     raise _Stopped from None
                 if time.monotonic() > deadline:
                     raise UsageError(f"another process has been writing a report into {directory} for "
-                                     f"{timeout_s:.0f} s; wait for it to finish, or choose another --out") from None
+                                     f"{timeout_s:.0f} s; wait for it to finish, or choose another "
+                                     "`directory`") from None
                 time.sleep(0.02)
         yield
     finally:

@@ -14,6 +14,7 @@ import hashlib
 from html import escape
 from pathlib import Path
 
+from .. import __version__
 from . import plots, svg
 from .fmt import (TREND_HEADER, decay_text, grouped_findings, measured_stage, num, run_facts, skipped_lines,
                   summary_legend, title)
@@ -300,8 +301,6 @@ def _tables(report) -> str:
 
 def render_page(report) -> str:
     """The whole page as one string."""
-    from . import SCHEMA
-
     css = (_ASSETS / "page.css").read_text(encoding="utf-8")
     js = (_ASSETS / "page.js").read_text(encoding="utf-8")
     policy = (f"default-src 'none'; img-src data:; style-src {_csp_hash(css)}; script-src {_csp_hash(js)}; "
@@ -315,8 +314,6 @@ def render_page(report) -> str:
                                                  ("parameters", "Parameters"), ("blocks", "Blocks"))
                  if f'<section id="{sid}"' in "".join(sections)]
     nav = "".join(f'<a href="#{sid}">{label}</a>' for sid, label in nav_items)
-    from .. import __version__
-
     return "\n".join([
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -329,7 +326,8 @@ def render_page(report) -> str:
         f"<header><h1>gradscope: {_e(title(report))}</h1>{_glance(report)}{_skipped(report)}{_facts(report)}</header>",
         f'<nav aria-label="sections">{nav}</nav>',
         *sections,
-        f"<footer>gradscope {_e(__version__)} · schema {_e(SCHEMA)} · the data behind this page is in report.json"
+        f"<footer>gradscope {_e(__version__)} · schema {_e(report.schema)} · the data behind this page is in "
+        "report.json"
         '<pre id="gs-errors" hidden></pre></footer>',
         "</body></html>",
     ]) + "\n"

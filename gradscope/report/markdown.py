@@ -140,9 +140,7 @@ def render_markdown(report) -> str:
     lines.append("")
     for part in (_verdicts, _training, _findings, _comparisons, _flow, _series):
         lines += part(report)
-    from . import SCHEMA
-
-    lines.append(f"<sub>Written by gradscope; the full data is in report.json (schema {SCHEMA}).</sub>")
+    lines.append(f"<sub>Written by gradscope; the full data is in report.json (schema {report.schema}).</sub>")
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""Plot specs (:mod:`.plots`) drawn with matplotlib, as PNG files for papers (``--format png``).
+"""Plot specs (:mod:`.plots`) drawn with matplotlib, as PNG files for papers (the ``png`` format).
 
 The same information as :mod:`.svg` from the same specs: one stacked panel per
 ``Line.panel`` sharing the x axis, the SVG's color and marker shape per series,
@@ -15,8 +15,9 @@ import io
 import math
 import warnings
 
+from ..errors import UsageError
 from .plots import NONFINITE_NOTE, BarPlot, Heatmap, LinePlot
-from .svg import (MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, _series, bar_range, color, decade_ticks,
+from .svg import (MARKERS_UP_TO, MAX_MARKS, MISSING, NONFINITE, bar_range, color, decade_ticks, legend_entries,
                   heatmap_key, line_style, linear_ticks, log_range, marker_kind, pow10, tick_text)
 
 DPI = 150
@@ -24,17 +25,15 @@ LINESTYLES = {"solid": "-", "dashed": "--", "dotted": ":"}  # svg.line_style -> 
 LEVEL_MARKER = {"marker": "_", "markersize": 7}  # a level's points: a short dash each, so a lone one shows too
 SHAPES = ("o", "s", "^", "D", "v", "o")  # svg.marker's six shapes by marker_kind; the sixth is drawn open (a ring)
 MARK_LABEL = "NaN or Inf in the gradients at that step"
-NO_MATPLOTLIB = ("--format png needs matplotlib, which is not installed: pip install matplotlib "
-                 "(gradscope's [plots] extra), or use --format svg, which needs nothing")
+NO_MATPLOTLIB = ("`formats='png'` needs matplotlib, which is not installed: pip install matplotlib "
+                 "(gradscope's [plots] extra), or use `formats='svg'`, which needs nothing")
 
 
 def _matplotlib():
     """matplotlib's Figure class; a Figure needs no pyplot, so no global state and no GUI backend."""
     try:
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # optional: matplotlib is imported only when a png is drawn
     except ImportError:
-        from ..errors import UsageError
-
         raise UsageError(NO_MATPLOTLIB) from None
     return Figure
 
@@ -65,7 +64,7 @@ def marker_style(index: int) -> dict:
 
 def _mark_above(ax, xs, **style):
     """Red ▼ just above the axes at each x (data coordinates along x, points above the top edge)."""
-    from matplotlib.transforms import ScaledTranslation
+    from matplotlib.transforms import ScaledTranslation  # optional dependency: only when a png is drawn
 
     lift = ScaledTranslation(0, 6 / 72, ax.figure.dpi_scale_trans)
     ax.plot(xs, [1.0] * len(xs), linestyle="none", marker="v", markersize=6, color=NONFINITE, clip_on=False,
@@ -73,10 +72,10 @@ def _mark_above(ax, xs, **style):
 
 
 def _line(Figure, spec: LinePlot):
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # optional dependency: only when a png is drawn
 
     panels = list(dict.fromkeys(line.panel for line in spec.lines))
-    entries = _series(spec)
+    entries = legend_entries(spec)
     with_markers = all(len(line.x) <= MARKERS_UP_TO for line in spec.lines)
     marks = [x for x, _ in spec.marks[:MAX_MARKS]]
     columns = min(4, len(entries) + bool(marks))
@@ -147,6 +146,7 @@ def _bars(Figure, spec: BarPlot):
 
 
 def _heatmap(Figure, spec: Heatmap):
+    # optional dependencies (numpy comes with matplotlib): only when a png is drawn
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap, LogNorm
@@ -181,7 +181,7 @@ def figure(spec):
     draw = {LinePlot: _line, BarPlot: _bars, Heatmap: _heatmap}[type(spec)]
     fig, ax = draw(Figure, spec)
     if not isinstance(spec, Heatmap):
-        from matplotlib.ticker import MaxNLocator
+        from matplotlib.ticker import MaxNLocator  # optional dependency: only when a png is drawn
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # depths and steps are whole numbers
     fig.suptitle(spec.title, fontsize=11)

@@ -36,7 +36,7 @@ class Line:
 
 @dataclass
 class LinePlot:
-    key: str  # file stem for --format png/svg
+    key: str  # file stem of the svg and png formats' files
     title: str
     x_label: str
     y_label: str
@@ -444,4 +444,4 @@ def all_plots(report) -> list:
 
 
 PLOT_KEYS = ("flow", "ratios", "blocks", "training", "global",
-             *(heatmap_key(c) for c in HEATMAP_SERIES))  # file stems of --format png/svg
+             *(heatmap_key(c) for c in HEATMAP_SERIES))  # file stems of the svg and png formats' files

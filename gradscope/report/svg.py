@@ -1,6 +1,6 @@
 """Plot specs (:mod:`.plots`) drawn as standalone SVG, in plain Python: no matplotlib, no script.
 
-The HTML page inlines these; ``--format svg`` writes them as files. Every
+The HTML page inlines these; the ``svg`` format writes them as files. Every
 string is escaped; a heatmap's cells are one small PNG (encoded here) inside
 the SVG, so a 300-block by 600-step map stays a few kilobytes.
 """
@@ -296,7 +296,7 @@ def _path(points: list[tuple[float, Optional[float]]]) -> str:
     return " ".join(parts)
 
 
-def _series(spec: LinePlot) -> list[tuple[str, int, str]]:
+def legend_entries(spec: LinePlot) -> list[tuple[str, int, str]]:
     """One legend entry per series (variant or pair), in order: (name, color index, line style): the style its
     lines share, solid where they differ (a variant's dL/dθ solid and dL/dh dashed)."""
     entries: dict[str, list] = {}
@@ -310,7 +310,7 @@ def _series(spec: LinePlot) -> list[tuple[str, int, str]]:
 def line_plot(spec: LinePlot) -> str:
     """Lines on a log y axis; lines of several quantities (``Line.panel``) in stacked panels sharing the x axis,
     each with its own decades; a legend naming each series once; flagged x values (``marks``) in red."""
-    entries = _series(spec)
+    entries = legend_entries(spec)
     index_of = {name: k for k, (name, _, _) in enumerate(entries)}
     panels = list(dict.fromkeys(line.panel for line in spec.lines))
     titled = len(panels) > 1 or panels != [""]

@@ -13,6 +13,8 @@ import io
 import json
 import math
 
+from ..errors import GradscopeError
+
 TABLES = ("params", "blocks", "summaries", "findings", "comparisons", "comparison_blocks", "variants", "series",
           "training_runs", "training_loss")
 
@@ -88,10 +90,8 @@ def render_csv(report) -> dict[str, bytes]:
 def to_pandas(report, name=None):
     """A pandas DataFrame of one table, or a dict of all non-empty tables when ``name`` is None."""
     try:
-        import pandas as pd
+        import pandas as pd  # optional: imported only when a DataFrame is asked for
     except ImportError:
-        from ..errors import GradscopeError
-
         raise GradscopeError("report.to_pandas() needs pandas, which is not installed: pip install pandas "
                              "(or read the CSV files with the csv module)") from None
 

@@ -15,6 +15,7 @@ from typing import Optional
 
 from .fmt import (MAX_BLOCK_ROWS, TREND_HEADER, adapter_line, decay_text, flow_table, grouped_findings,
                   num, shown_depths, skipped_lines, summary_legend, title)
+from .training import HEADER, training_note, training_rows
 
 _num = num
 FALLBACK_COLUMNS = 100  # where stdout is no terminal (a file, a pipe) and COLUMNS is not set
@@ -125,8 +126,6 @@ def _ratio(value) -> str:
 def training_lines(report, width: Optional[int] = None) -> list[str]:
     """``gradscope demo --train``: what each variant learned with each optimizer, beside its verdict (see
     :mod:`.training`), and a blank line after it; nothing for a report without training."""
-    from .training import HEADER, training_note, training_rows
-
     note = training_note(report)
     if note is None:
         return []
