@@ -71,7 +71,7 @@ def _fsdp1_units(model: nn.Module) -> list[nn.Module]:
     units = [m for m in model.modules() if type(m).__name__ == "FullyShardedDataParallel"]
     if any(not unit._use_orig_params for unit in units):
         raise UsageError(
-            "FSDP1 with use_orig_params=False keeps gradients in flat buffers, not per parameter; wrap the model "
+            "FSDP1 with `use_orig_params=False` keeps gradients in flat buffers, not per parameter; wrap the model "
             "with FullyShardedDataParallel(..., use_orig_params=True) (the Hugging Face Trainer's default: "
             "fsdp_config use_orig_params) or shard it with FSDP2 (torch.distributed.fsdp.fully_shard)"
         )
@@ -127,7 +127,7 @@ def resolve_mode(model: nn.Module, requested: str) -> str:
     UsageError for a model whose gradients gradscope cannot read (DeepSpeed ZeRO), rather than a run of NaN.
     """
     if requested not in MODES:
-        raise UsageError(f"distributed must be one of {', '.join(MODES)}; got {requested!r}")
+        raise UsageError(f"`distributed` must be one of {', '.join(MODES)}; got {requested!r}")
     if uses_deepspeed(model):
         raise UsageError(DEEPSPEED_UNSUPPORTED)
     sharded = is_sharded(model)
@@ -137,8 +137,8 @@ def resolve_mode(model: nn.Module, requested: str) -> str:
         return "replicated" if world_size() > 1 else "none"
     if requested == "sharded" and not sharded:
         raise UsageError(
-            "distributed='sharded' but the model is not sharded (no DTensor parameter, no sharding FSDP1 unit); "
-            "shard the model (fully_shard) before making the monitor, or use distributed='replicated' for DDP"
+            "`distributed='sharded'` but the model is not sharded (no DTensor parameter, no sharding FSDP1 unit); "
+            "shard the model (fully_shard) before making the monitor, or use `distributed='replicated'` for DDP"
         )
     if requested != "none" and world_size() == 1 and requested != "sharded":
         return "none"

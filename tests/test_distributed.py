@@ -124,7 +124,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         monitor.clip_grad_norm_(0.01)  # records on rank 0; clips alike on every rank
         opt.step()
         result = {"mode": monitor.mode, "names": monitor.param_names,
-                  "recorded": len(monitor._chunks) + len(monitor._pending) > 0,
+                  "recorded": monitor.recorded_steps > 0,
                   "params": torch.cat([p.detach().reshape(-1) for p in ddp.parameters()])}
         try:
             history = monitor.history

@@ -208,7 +208,7 @@ def test_monitor_options_pass_through_and_only_training_logs_get_values(tmp_path
 def test_a_report_dir_that_cannot_be_written_fails_before_training_and_one_lost_after_it_warns(tmp_path):
     (tmp_path / "taken").write_text("a file")
     trainer = tiny_trainer(tmp_path, steps=2)
-    with pytest.raises(UsageError, match=r"^report_dir .*taken.*is a file, not a directory; choose another report_dir"):
+    with pytest.raises(UsageError, match=r"^`report_dir=.*taken.*is a file, not a directory; choose another `report_dir`"):
         add_gradscope_callback(trainer, report_dir=tmp_path / "taken" / "report")
     add_gradscope_callback(trainer, report_dir=tmp_path / "report")
     (tmp_path / "report").write_text("made a file while training ran")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 
@@ -645,7 +646,7 @@ def test_explicit_step_numbers_and_bad_options():
         assert monitor.history.steps.tolist() == [20]
     with pytest.raises(UsageError, match="unknown GradientMonitor option.*evry"):
         GradientMonitor(net, evry=2)
-    with pytest.raises(UsageError, match="on_nonfinite must be one of"):
+    with pytest.raises(UsageError, match="`on_nonfinite` must be one of"):
         GradientMonitor(net, on_nonfinite="panic")
 
 
@@ -732,13 +733,13 @@ def test_parameters_added_to_the_model_later_join_and_are_clipped_as_torch_would
 
 
 def test_a_step_with_no_new_parameter_does_not_walk_the_model(monkeypatch):
-    import gradscope.monitor as monitor_module
+    import gradscope.monitor.parameters as parameters_module
 
     net = make()
     with GradientMonitor(net) as monitor:
         walks = []
-        real = monitor_module.named_parameters
-        monkeypatch.setattr(monitor_module, "named_parameters", lambda m: walks.append(1) or real(m))
+        real = parameters_module.named_parameters
+        monkeypatch.setattr(parameters_module, "named_parameters", lambda m: walks.append(1) or real(m))
         for seed in range(3):
             backward(net, seed)
             monitor.step()
@@ -807,9 +808,9 @@ def test_a_step_without_any_gradient_has_no_global_norm():
 def test_bad_optimizer_or_scaler_is_refused_and_leaves_nothing_behind():
     net, other = make(), make(seed=1)
     scaler = torch.amp.GradScaler("cpu")
-    with pytest.raises(UsageError, match="optimizer must be a torch.optim.Optimizer; got GradScaler.*scaler="):
+    with pytest.raises(UsageError, match="`optimizer` must be a torch.optim.Optimizer; got GradScaler.*`scaler`"):
         GradientMonitor(net, scaler)
-    with pytest.raises(UsageError, match="scaler must be a torch.amp.GradScaler; got SGD"):
+    with pytest.raises(UsageError, match="`scaler` must be a torch.amp.GradScaler; got SGD"):
         GradientMonitor(net, scaler=torch.optim.SGD(net.parameters(), lr=0.1))
     with pytest.raises(UsageError, match="holds none of the monitored parameters"):
         GradientMonitor(net, torch.optim.SGD(other.parameters(), lr=0.1))
@@ -864,7 +865,7 @@ def test_report_refuses_a_series_limit_that_is_not_a_positive_integer(limit):
         for step in range(3):
             backward(monitor.model, step)
             monitor.step()
-        with pytest.raises(UsageError, match=f"max_series_steps must be None or a positive integer; got {limit}"):
+        with pytest.raises(UsageError, match=f"`max_series_steps` must be None or a positive integer; got {limit}"):
             monitor.report(max_series_steps=limit)
 
 
@@ -928,3 +929,120 @@ def test_a_model_whose_gradients_deepspeed_zero_holds_is_refused_not_recorded_as
     with pytest.raises(UsageError, match=r"^the model's parameters are managed by DeepSpeed ZeRO, whose gradients are "
                                          r"not in param\.grad; .*monitor without DeepSpeed"):
         GradientMonitor(net)
+
+
+# --- the package's seams: typed records, the public interface the integrations use -----------------------------
+
+def _chunk(steps: list[int], params: int = 2, blocks: int = 1, start: float = 0.0):
+    from gradscope.monitor.history import HistoryChunk
+
+    t = len(steps)
+    values = torch.arange(t * params, dtype=torch.float64).reshape(t, params) + start
+    return HistoryChunk(steps=torch.tensor(steps), table=values[..., None].expand(t, params, 6).clone(),
+                        numel=torch.full((t, params), 3), present=torch.ones((t, params), dtype=torch.bool),
+                        post_clip_l2=torch.full((t,), math.nan), clip_max_norm=torch.full((t,), math.nan),
+                        weight_sumsq=values.clone(), update_sumsq=values.clone(),
+                        act_grad_sumsq=torch.zeros((t, blocks), dtype=torch.float64))
+
+
+def test_a_history_chunk_joins_keeps_its_tail_and_widens_to_new_parameter_rows():
+    from gradscope.monitor.history import HistoryChunk
+
+    first, second = _chunk([1, 2]), _chunk([3], start=100.0)
+    joined = HistoryChunk.cat([first, second])
+    assert len(joined) == 3 and joined.steps.tolist() == [1, 2, 3]
+    assert joined.table[2, 1, 0].item() == 101.0
+    assert joined.tail(2).steps.tolist() == [2, 3] and joined.tail(5).steps.tolist() == [1, 2, 3]
+    wide = first.widened([1, -1, 0])  # the old rows swapped, a newcomer between them
+    assert wide.table.shape == (2, 3, 6) and wide.table[:, 0].equal(first.table[:, 1])
+    assert not wide.present[:, 1].any() and wide.numel[:, 1].eq(0).all() and wide.table[:, 1].eq(0).all()
+    assert wide.weight_sumsq[:, 1].isnan().all() and wide.update_sumsq[:, 1].isnan().all()
+    assert wide.steps is first.steps and wide.act_grad_sumsq is first.act_grad_sumsq  # per step, not per parameter
+    empty = HistoryChunk.empty(params=2, registered_blocks=4)
+    assert len(empty) == 0 and empty.table.shape == (0, 2, 6) and empty.act_grad_sumsq.shape == (0, 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.steps = torch.tensor([9])
+
+
+def test_the_history_store_counts_every_step_and_keeps_the_last():
+    from gradscope.monitor.history import HistoryStore
+
+    store = HistoryStore(keep_last=3)
+    assert not store and store.whole() is None and store.last() is None
+    store.append(_chunk([1, 2]))
+    store.append(_chunk([3, 4]))
+    assert store.last().steps.tolist() == [3, 4] and store.steps_recorded == 4
+    store.trim()
+    assert store.whole().steps.tolist() == [2, 3, 4] and store.steps_recorded == 4  # the dropped step still counts
+    store.append(_chunk([5]))
+    assert store.whole().steps.tolist() == [2, 3, 4, 5]
+    assert store.last().steps.tolist() == [2, 3, 4, 5]  # joined once: later reads do not join again
+
+
+def test_the_step_buffer_names_each_record_and_starts_each_step_unrecorded():
+    from gradscope.monitor.recording import RowLayout, StepBuffer, StepRecord
+
+    layout = RowLayout.of(params=2, blocks=3)
+    assert (layout.table, layout.weight, layout.update, layout.act) == (slice(0, 12), slice(12, 14),
+                                                                          slice(14, 16), slice(16, 19))
+    assert layout.post == 19 and layout.width == 20
+    buffer = StepBuffer(capacity=2)
+    for step in (7, 8):
+        slot = buffer.next_slot(2, 3, torch.device("cpu"))
+        buffer.table(slot).copy_(torch.full((2, 6), float(step)))
+        buffer.put_weights(slot, torch.tensor([1.0, 4.0], dtype=torch.float64))
+        buffer.append(StepRecord(step, (True, False), (5, 0)))
+    buffer.mark_clipped(1.5, torch.tensor(0.5, dtype=torch.float64))
+    assert buffer.full and buffer.holds(1, 8) and not buffer.holds(1, 7)
+    assert buffer.pending[1].clip_max_norm == 1.5 and math.isnan(buffer.pending[0].clip_max_norm)
+    chunk = buffer.take(sharded=False)
+    assert len(buffer) == 0 and chunk.steps.tolist() == [7, 8] and chunk.table[1, 0, 0].item() == 8.0
+    assert chunk.present.tolist() == [[True, False]] * 2 and chunk.numel.tolist() == [[5, 0]] * 2
+    assert math.isnan(chunk.post_clip_l2[0]) and chunk.post_clip_l2[1].item() == 0.5
+    assert chunk.weight_sumsq.tolist() == [[1.0, 4.0]] * 2 and chunk.update_sumsq.isnan().all()
+    buffer.next_slot(2, 3, torch.device("cpu"))
+    buffer.append(StepRecord(9, (True, True), (5, 5)))
+    assert buffer.take(sharded=False).weight_sumsq.isnan().all()  # the next step's optional records start NaN
+
+
+def test_the_integrations_read_the_monitor_through_its_public_interface():
+    from gradscope.monitor import attached_monitor
+
+    net = make()
+    monitor = GradientMonitor(net, flush_every=2, keep_last=1)
+    assert not monitor.has_records and monitor.recorded_steps == 0 and not monitor.closed
+    assert attached_monitor(net) is monitor
+    for seed in range(3):
+        backward(net, seed)
+        monitor.step()
+    assert monitor.has_records and monitor.recorded_steps == 3  # two flushed (one kept), one buffered
+    monitor.close()
+    assert monitor.closed and attached_monitor(net) is None
+
+
+def test_the_tensorboard_integration_names_the_monitors_own_sinks():
+    import gradscope.integrations as integrations
+    import gradscope.integrations.tensorboard as tensorboard
+    import gradscope.monitor.sinks as sinks
+
+    assert tensorboard.TensorBoardSink is sinks.TensorBoardSink is integrations.TensorBoardSink
+    assert tensorboard.CallableSink is sinks.CallableSink and tensorboard.scalars is sinks.scalars
+
+
+def test_the_public_names_of_the_monitor_module_stay_importable():
+    import gradscope.monitor as monitor_package
+
+    for name in ("GradientMonitor", "MonitorConfig", "MonitorHistory", "select_parameters", "attached_monitor",
+                 "describe_nonfinite", "nonfinite_findings", "spike_findings", "spike_steps", "series_positions",
+                 "SPIKE_FACTOR", "SPIKE_WINDOW", "SPIKE_MIN_HISTORY", "MAX_SERIES_STEPS", "NONFINITE_FIX",
+                 "ON_NONFINITE", "CLIP_EPS", "NamedParams"):
+        assert hasattr(monitor_package, name), name
+    assert gradscope.GradientMonitor is monitor_package.GradientMonitor
+
+
+def test_a_refusal_that_depends_on_the_optimizer_leaves_no_hook_behind():
+    net = make()
+    with pytest.raises(UsageError, match="needs the optimizer"):
+        GradientMonitor(net, update_ratios=True, activation_grads=True)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in net.modules())
+    GradientMonitor(net).close()

@@ -142,7 +142,7 @@ def test_log_to_a_callable_gets_the_weight_update_and_activation_series():
 
 
 def test_update_ratios_need_the_optimizer():
-    with pytest.raises(UsageError, match=r"update_ratios=True needs the optimizer .*weight_norms=True records "
+    with pytest.raises(UsageError, match=r"`update_ratios=True` needs the optimizer .*`weight_norms=True` records "
                                          r"the weight norms without it"):
         GradientMonitor(make(), update_ratios=True)
 
@@ -279,8 +279,8 @@ def test_the_report_series_and_block_table_carry_weights_updates_and_dl_dh(tmp_p
 def test_the_training_callbacks_refuse_update_ratios_and_say_what_works():
     from gradscope.integrations._options import MonitorCallbackOptions
 
-    with pytest.raises(UsageError, match="update_ratios is not available in the training callbacks yet.*"
-                                         "weight_norms=True and activation_grads=True work here"):
+    with pytest.raises(UsageError, match="`update_ratios=True` is not available in the training callbacks yet.*"
+                                         "`weight_norms=True` and `activation_grads=True` work here"):
         MonitorCallbackOptions(update_ratios=True)
     assert MonitorCallbackOptions(weight_norms=True, activation_grads=4).config.activation_grads == 4
 
@@ -337,6 +337,6 @@ def test_activation_grads_of_a_hugging_face_bert_with_and_without_gradient_check
 
 @pytest.mark.parametrize("name", ["update_ratios", "activation_grads"])
 def test_every_n_options_refuse_what_is_not_a_count(name):
-    with pytest.raises(UsageError, match=rf"{name} must be True, False or a non-negative integer \(every N "
+    with pytest.raises(UsageError, match=rf"`{name}` must be True, False or a non-negative integer \(every N "
                                          r"recorded steps\); got -1"):
         GradientMonitor(make(), torch.optim.SGD(make().parameters(), lr=0.1), **{name: -1})

@@ -37,9 +37,9 @@ class MonitorCallbackOptions:
             check_writable(report_dir, "report_dir")
         self.config = MonitorConfig.with_options(None, options)  # bad options fail here, not at train time
         if self.config.update_ratios:
-            raise UsageError("update_ratios is not available in the training callbacks yet: they record at the "
-                             "trainer's step event, not from the optimizer's own hooks, which the update is taken "
-                             "from; weight_norms=True and activation_grads=True work here")
+            raise UsageError("`update_ratios=True` is not available in the training callbacks yet: they record at "
+                             "the trainer's step event, not from the optimizer's own hooks, which the update is taken "
+                             "from; `weight_norms=True` and `activation_grads=True` work here")
         self.report_dir = report_dir
         self.prefix = prefix
         self.monitor: GradientMonitor | None = None
@@ -102,7 +102,7 @@ class MonitorCallbackOptions:
             monitor.flush(check=error is None)
         else:  # the report reads the history, which would flush
             monitor.drop_unflushed()
-        if self.report_dir is None or not write or not monitor._chunks:
+        if self.report_dir is None or not write or not monitor.has_records:
             return
         if error is not None:
             meta = {**meta, "stopped_by": f"{type(error).__name__}: {error}"}

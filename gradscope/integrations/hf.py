@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Optional
 
 from transformers import TrainerCallback
@@ -89,15 +90,11 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
         clipping = bool(args.max_grad_norm and args.max_grad_norm > 0)
         self.stage = "no_clip" if not clipping else "pre_clip" if accelerator is not None else "after_clip"
         if self.stage == "after_clip" and self._main:
-            import warnings
-
             warnings.warn("GradscopeCallback without its trainer reads the gradients after the Trainer's clipping "
                           "(keys gradscope/after_clip/...); use gradscope.integrations.add_gradscope_callback"
                           "(trainer) for the pre-clip norms", RuntimeWarning, stacklevel=2)
         if args.report_to and not self.installed_first and self._main:
-            import warnings
-
-            warnings.warn("GradscopeCallback runs after the report_to integrations, which then miss its values "
+            warnings.warn("GradscopeCallback runs after the `report_to` integrations, which then miss its values "
                           "(they still reach state.log_history); use gradscope.integrations.add_gradscope_callback"
                           "(trainer) to run it first", RuntimeWarning, stacklevel=2)
         sharded = dist_utils.is_sharded(model)
@@ -135,8 +132,6 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
             self._recorded_by_clip = False
             return
         if self.stage == "pre_clip":  # the Trainer clipped some other way: these gradients are after it
-            import warnings
-
             warnings.warn("the Trainer clipped without accelerator.clip_grad_norm_, so gradscope reads the gradients "
                           "after the clip (keys gradscope/after_clip/...)", RuntimeWarning, stacklevel=2)
             self.stage = "after_clip"
@@ -159,7 +154,7 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
         if "loss" not in logs and "grad_norm" not in logs:
             return  # an evaluation or the end-of-training summary, not a training step's log
         self.monitor.flush()  # a collective in sharded mode: every process takes part
-        if not self._main or not self.monitor._chunks:
+        if not self._main or not self.monitor.has_records:
             return
         latest = self.monitor.latest()
         if latest["step"] != state.global_step:
