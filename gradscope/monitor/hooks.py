@@ -58,7 +58,7 @@ class OutputGradients:
     checkpointing) gets its hook there too, on the run whose output the gradient reaches."""
 
     def __init__(self, model: nn.Module, blocks: list[str], armed: Callable[[], bool], backend: str):
-        # _armed is read at every forward of a block; benchmarks/bench_monitor.py replaces it to time plain steps
+        # armed() is read at every forward of a block (the monitor's active flag and its sampling)
         self._armed, self._backend = armed, backend
         self._sumsq: Optional[torch.Tensor] = None  # [B] float64, NaN for a block no gradient reached yet
         self._seen: set[int] = set()
