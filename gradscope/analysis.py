@@ -1118,7 +1118,7 @@ def batch_norm_finding(variant: str, m: Measurement) -> Optional[Finding]:
                    "statistics, and the gradient through them, are noise",
         "evidence": f"{few} of {len(m.norm_values)} batch-norm layers see fewer than {MIN_NORM_VALUES} values per "
                     "channel (batch size x positions); every variant is measured on this batch",
-        "fix": "raise --batch-size, or --image-size",
+        "fix": "raise `batch_size`, or `image_size`",
     }
 
 

@@ -8,7 +8,12 @@
 The flow is one way: load (:mod:`gradscope.models`) -> variants
 (:mod:`gradscope.variants`) -> measure (:mod:`gradscope.measure`) -> analyze
 (:mod:`gradscope.analysis`) -> a :class:`~gradscope.report.Report`, which the
-caller renders or saves.
+caller renders or saves. :func:`analyze` calls each step in turn and hands each
+what it needs, no more: the loaders their :class:`~gradscope.models.LoadOptions`;
+the variants their :class:`~gradscope.variants.VariantPlan` and the model's
+:class:`~gradscope.variants.Depth` (its depth axis and repeated blocks, found once
+on the first batch); :func:`run_variants` measures and analyzes each variant as it
+is built, and collects the report.
 """
 
 from __future__ import annotations
@@ -22,11 +27,46 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
-from .blocks import unwrap
+import torch
+from torch import nn
+
+from . import __version__
+from .analysis import (
+    batch_norm_finding,
+    block_rows,
+    chance_finding,
+    compare,
+    comparison_pairs,
+    dead_units_finding,
+    findings_for,
+    parameter_rows,
+    summarize,
+    unused_weights_finding,
+    untrained_finding,
+)
+from .blocks import has_inner_stack, unwrap
 from .errors import GradscopeError, UsageError
+from .limits import ANALYZE_BOUNDS, check_size
+from .measure import depth_axis, measure, needs_repeated_blocks, repeated_blocks
+from .models import DTYPES, LoadOptions, Subject, from_module, load_subject
+from .models.failures import first_line, short_reason
+from .report import Report
+from .variants import (
+    BASELINES,
+    DEFAULT_BASELINES,
+    WHAT_IFS,
+    Depth,
+    Skipped,
+    Variant,
+    VariantPlan,
+    build_variants,
+    check_applicable,
+    check_names,
+    describe_architecture,
+    output_probe,
+)
 
 _PACKAGE = Path(__file__).resolve().parent
-from .variants import BASELINES, DEFAULT_BASELINES, WHAT_IFS, check_names
 
 Progress = Callable[[str], None]
 
@@ -66,31 +106,37 @@ class AnalyzeConfig:
         check_names(self.baselines, self.what_ifs)
         for name, low in (("batch_size", 1), ("seq_len", 2), ("batches", 1)):
             if getattr(self, name) is not None and int(getattr(self, name)) < low:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least {low}; got {getattr(self, name)}")
-        from .limits import ANALYZE_BOUNDS, check_size
-
+                raise UsageError(f"`{name}` must be at least {low}; got {getattr(self, name)}")
         for name in ANALYZE_BOUNDS:  # before any work: a mistyped size must not allocate until memory runs out
-            check_size(f"--{name.replace('_', '-')}", name, getattr(self, name))
-        from .models import DTYPES
-
+            check_size(name, getattr(self, name))
         if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise UsageError(f"--dtype {self.dtype}: choose from auto, {', '.join(DTYPES)}")
+            raise UsageError(f"`dtype={self.dtype!r}`: choose from auto, {', '.join(DTYPES)}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise UsageError(f"--device {self.device}: use auto, cpu, cuda or cuda:N")
+            raise UsageError(f"`device={self.device!r}`: use auto, cpu, cuda or cuda:N")
         if self.image_size is not None and self.image_size < 8:
-            raise UsageError(f"--image-size must be at least 8; got {self.image_size}")
+            raise UsageError(f"`image_size` must be at least 8; got {self.image_size}")
+
+    def load_options(self) -> LoadOptions:
+        """What loading the model takes of this config (:class:`~gradscope.models.LoadOptions`)."""
+        return LoadOptions(batch_size=self.batch_size, batches=self.batches, seq_len=self.seq_len, seed=self.seed,
+                           device=self.device, dtype=self.dtype, text=self.text, images=self.images,
+                           image_size=self.image_size, arch=self.arch, trust_remote_code=self.trust_remote_code)
+
+    def variant_plan(self) -> VariantPlan:
+        """Which variants to build (:class:`~gradscope.variants.VariantPlan`): a ``shallow`` in the default
+        baselines is skipped, saying why, where the model has nothing to cut; one asked for by name is refused."""
+        return VariantPlan(self.baselines, self.what_ifs, self.seed,
+                           shallow_optional=self.baselines == DEFAULT_BASELINES)
 
 
-def _run_meta(subject, config: Optional[AnalyzeConfig], device: str) -> dict:
-    import torch
-
-    import gradscope
-
-    versions = {"gradscope": gradscope.__version__, "torch": torch.__version__,
-                "python": platform.python_version()}
+def _run_meta(subject: Subject, config: Optional[AnalyzeConfig], device: str, skipped: list[Skipped]) -> dict:
+    versions = {"gradscope": __version__, "torch": torch.__version__, "python": platform.python_version()}
     for module in ("transformers", "torchvision"):
         if module in sys.modules:
             versions[module] = getattr(sys.modules[module], "__version__", None)
+    config_meta = asdict(config) if config else None
+    if config_meta and skipped:  # a default baseline with nothing to build on: the config says what ran
+        config_meta["baselines"] = tuple(b for b in config.baselines if b not in {s.name for s in skipped})
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions,
@@ -99,7 +145,7 @@ def _run_meta(subject, config: Optional[AnalyzeConfig], device: str) -> dict:
         "objective": subject.objective,
         "inputs": subject.inputs,
         "device": device,
-        "config": asdict(config) if config else None,
+        "config": config_meta,
         "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
         **subject.meta,
     }
@@ -107,12 +153,10 @@ def _run_meta(subject, config: Optional[AnalyzeConfig], device: str) -> dict:
 
 def _forward_error(variant: str, exc: Exception) -> GradscopeError:
     """One line for a forward/backward pass that raised; the ones the inputs cause are usage errors."""
-    from .models.failures import first_line, short_reason
-
     if "Expected more than 1 value per channel" in str(exc):
         # BatchNorm runs on batch statistics (as in training): one value per channel has no variance.
         return UsageError(f"variant {variant}: batch normalization needs more than one value per channel "
-                          f"({short_reason(exc)}); raise --batch-size (or --image-size)")
+                          f"({short_reason(exc)}); raise `batch_size` (or `image_size`)")
     return GradscopeError(f"variant {variant}: the forward/backward pass failed: {first_line(exc)}")
 
 
@@ -124,20 +168,21 @@ def _raised_in_gradscope(exc: BaseException) -> bool:
     return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
-def run_variants(subject, variants: Iterable, seed: int, progress: Progress, config=None):
-    """Measure and analyze each variant on the subject's batches; return the :class:`Report`."""
-    from .analysis import (batch_norm_finding, block_rows, compare, comparison_pairs, findings_for, parameter_rows,
-                           summarize)
-    from .analysis import chance_finding
-    from .analysis import dead_units_finding, untrained_finding, unused_weights_finding
-    from .measure import measure
-    from .report import Report
-    from .variants import describe_architecture
+def run_variants(subject: Subject, variants: Iterable[Union[Variant, Skipped]], seed: int, progress: Progress,
+                 config: Optional[AnalyzeConfig] = None) -> Report:
+    """Measure and analyze each variant on the subject's batches; return the :class:`Report`.
 
+    A :class:`~gradscope.variants.Skipped` among ``variants`` is noted in ``meta["skipped"]``, and left out of
+    the baselines ``meta["config"]`` says ran.
+    """
     started = time.perf_counter()
     report = Report()
     backends = set()
+    skipped: list[Skipped] = []
     for variant in variants:
+        if isinstance(variant, Skipped):
+            skipped.append(variant)
+            continue
         progress(f"measuring {variant.name}: one forward and backward pass")
         try:
             m = measure(variant.model, subject.batches, subject.loss_fn, seed=seed, blocks=variant.blocks)
@@ -177,12 +222,44 @@ def run_variants(subject, variants: Iterable, seed: int, progress: Progress, con
     by_variant = {v["name"]: report.block_rows(v["name"]) for v in report.variants}
     report.comparisons = [compare(a, b, by_variant[a], by_variant[b]) for a, b in comparison_pairs(report.variants)]
     first_param = next(subject.model.parameters())
-    report.meta = _run_meta(subject, config, str(first_param.device))
+    report.meta = _run_meta(subject, config, str(first_param.device), skipped)
     report.meta["backend"] = backends.pop() if len(backends) == 1 else "mixed"
     report.meta["seed"] = seed
     report.meta["measure_seconds"] = time.perf_counter() - started
     report.meta["dtype"] = str(first_param.dtype).removeprefix("torch.")
+    if skipped:  # ... and why not the rest
+        report.meta["skipped"] = {s.name: s.reason for s in skipped}
     return report
+
+
+def _load(model_or_name: Union[str, os.PathLike, nn.Module], options: LoadOptions, batch: Any,
+          loss_fn: Optional[Callable], progress: Progress) -> Subject:
+    """The subject: a model named (loaded by :func:`~gradscope.models.load_subject`), or a module given with
+    its batch (:func:`~gradscope.models.from_module`)."""
+    if isinstance(model_or_name, nn.Module):
+        # Measured eagerly, under the model's own names: a torch.compile or DDP wrapper is set aside.
+        return from_module(unwrap(model_or_name), batch, loss_fn, options)
+    if isinstance(model_or_name, (str, os.PathLike)):
+        if batch is not None or loss_fn is not None:
+            raise UsageError("batch= and loss_fn= go with an nn.Module; a model name brings its own inputs and loss")
+        return load_subject(os.fspath(model_or_name), options, progress)
+    raise UsageError(f"analyze: expected a model name, a path or an nn.Module; got {type(model_or_name).__name__}")
+
+
+def find_depth(subject: Subject, plan: VariantPlan) -> Depth:
+    """The loaded model's depth on its first batch, found once for every variant (see
+    :class:`~gradscope.variants.Depth`).
+
+    The blocks run several times in one forward pass (ALBERT's shared layer group) take a forward pass to find:
+    it is made only where the depth axis or ``shallow`` reads them.
+    """
+    model, first, loss_fn, seed = subject.model, subject.batches[0], subject.loss_fn, plan.seed
+    shallow = "shallow" in plan.baselines
+    wanted = needs_repeated_blocks(model) or shallow and not has_inner_stack(model)
+    repeated = repeated_blocks(model, first, loss_fn, seed) if wanted else {}
+    blocks = depth_axis(model, first, loss_fn, seed, repeated=repeated)
+    # shallow cuts only what keeps the model's output: checked on the first batch
+    return Depth(blocks, repeated, output_probe(first, loss_fn, seed) if shallow else None)
 
 
 def analyze(
@@ -192,7 +269,7 @@ def analyze(
     batch: Any = None,
     loss_fn: Optional[Callable] = None,
     progress: Optional[Progress] = None,
-):
+) -> Report:
     """Analyze the gradient flow of a model and its variants; return a :class:`~gradscope.report.Report`.
 
     ``model_or_name``: a Hugging Face hub id or local directory, a torchvision model name, a
@@ -200,42 +277,14 @@ def analyze(
     ``loss_fn(model, batch)`` returns the scalar loss (default: ``model(batch)`` is the loss, or has
     a ``.loss``). ``progress`` receives one line per step (the command line prints them on stderr).
     """
-    from torch import nn
-
-    from .measure import depth_axis, repeated_blocks
-    from .models import from_module, load_subject
-    from .variants import build_variants, check_applicable, output_probe
-
     config = config or AnalyzeConfig()
     progress = progress or (lambda message: None)
-    if isinstance(model_or_name, nn.Module):
-        # Measured eagerly, under the model's own names: a torch.compile or DDP wrapper is set aside.
-        subject = from_module(unwrap(model_or_name), batch, loss_fn, config)
-    elif isinstance(model_or_name, (str, os.PathLike)):
-        if batch is not None or loss_fn is not None:
-            raise UsageError("batch= and loss_fn= go with an nn.Module; a model name brings its own inputs and loss")
-        subject = load_subject(os.fspath(model_or_name), config, progress)
-    else:
-        raise UsageError(f"analyze: expected a model name, a path or an nn.Module; got {type(model_or_name).__name__}")
-
-    baselines = config.baselines
-    check_applicable(subject.model, config.what_ifs)
-    # shallow cuts only what keeps the model's output: checked on the first batch
-    probe = output_probe(subject.batches[0], subject.loss_fn, config.seed) if "shallow" in baselines else None
-    skipped: dict[str, str] = {}
-    blocks = depth_axis(subject.model, subject.batches[0], subject.loss_fn, config.seed)  # one for every variant
-
-    def count_runs(model):  # shallow runs a repeated block fewer times where it has no stack to cut
-        return repeated_blocks(model, subject.batches[0], subject.loss_fn, config.seed)
-
-    variants = build_variants(subject.model, subject.make_scratch, baselines, config.what_ifs, config.seed, progress,
-                              probe=probe, shallow_optional=baselines == DEFAULT_BASELINES, skipped=skipped,
-                              blocks=blocks, count_runs=count_runs)
-    report = run_variants(subject, variants, config.seed, progress, config)
-    if skipped:  # a default baseline with nothing to build on: the config says what ran, and why not the rest
-        report.meta["config"]["baselines"] = tuple(b for b in baselines if b not in skipped)
-        report.meta["skipped"] = skipped
-    return report
+    subject = _load(model_or_name, config.load_options(), batch, loss_fn, progress)  # gradscope.models
+    plan = config.variant_plan()
+    check_applicable(subject.model, plan.what_ifs)  # a what-if with nothing to change: refused before any pass
+    depth = find_depth(subject, plan)  # gradscope.measure, once for every variant
+    variants = build_variants(subject.model, subject.make_scratch, plan, depth, progress)  # built one at a time
+    return run_variants(subject, variants, plan.seed, progress, config)  # measure, analysis, report
 
 
 __all__ = ["AnalyzeConfig", "analyze", "BASELINES", "WHAT_IFS"]

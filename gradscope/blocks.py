@@ -233,6 +233,12 @@ def block_containers(model: nn.Module) -> list[str]:
     return _layout(model)[1]
 
 
+def has_inner_stack(model: nn.Module) -> bool:
+    """Whether a stack :func:`block_containers` names lies inside the model (the model itself aside): what
+    ``shallow`` cuts. Without one, ``shallow`` runs a repeated block fewer times, where the model has one."""
+    return any(block_containers(model))
+
+
 def block_of(param_name: str, blocks: list[str]) -> Optional[str]:
     """The block a parameter belongs to, or None for parameters outside every block (embeddings, heads)."""
     for block in blocks:

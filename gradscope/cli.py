@@ -2,8 +2,12 @@
 
 Each subcommand has a ``_add_<name>`` function that declares its arguments and
 points ``func`` at a handler returning the exit code. Handlers import heavy
-modules themselves, so ``gradscope info`` stays fast. Known errors become one
+modules themselves (the analyzer, the comparison, the terminal renderer: the
+analysis behind them), so ``gradscope info`` stays fast. Known errors become one
 line on stderr and an exit code; ``GRADSCOPE_DEBUG=1`` shows the traceback.
+
+Library messages name options as Python does (``batch_size=1``); the command line
+shows them, and the summary it prints, with its flags (:func:`option_flags`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,14 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from . import __version__
+import torch
+
+from . import __version__, _ext
+from .demo import BATCH_SIZE, DEPTH, WIDTH, demo
 from .errors import EXIT_OK, GradscopeError, did_you_mean, in_flag_terms
+from .models.failures import with_type
+from .report import DEFAULT_FORMATS, RENDERERS, check_output
+from .variants import BASELINES, WHAT_IFS
 
 DEBUG_ENV = "GRADSCOPE_DEBUG"
 
@@ -79,15 +89,10 @@ def package_versions(names: Sequence[str] = OPTIONAL_PACKAGES) -> dict:
 
 def collect_info() -> dict:
     """Versions, the backend per device type and why, and the build record."""
-    import torch
-
-    import gradscope
-    from gradscope import _ext
-
     status = _ext.STATUS
     cuda_visible = torch.cuda.is_available()
     info = {
-        "gradscope": gradscope.__version__,
+        "gradscope": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
@@ -97,7 +102,7 @@ def collect_info() -> dict:
             "cuda": "fused" if status.fused_for("cuda") else "reference",
         },
         "reason": {"cpu": status.reason_for("cpu"), "cuda": status.reason_for("cuda")},
-        "cpu_simd": torch.ops.gradscope.cpu_simd() if status.cpu else None,
+        "cpu_simd": _ext.cpu_simd(),
         "build": status.build_info,
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda_visible else [],
         "packages": package_versions(),
@@ -192,14 +197,14 @@ def _finish(report, args, progress) -> int:
     """Print the summary on stdout and write the report when --out is given."""
     import shlex
 
-    from .report.terminal import render_text, terminal_width
+    from .report.terminal import render_text, terminal_width  # a handler's: see the module docstring
 
     report.meta["arguments"] = {k: v for k, v in vars(args).items() if k != "func"}
     entry = os.path.basename(sys.argv[0]) if sys.argv else ""
     if entry in ("gradscope", "__main__.py"):  # run as the command, not from Python with main([...])
         report.meta["command"] = shlex.join(["gradscope", *sys.argv[1:]])
-    # first: a failed write still leaves the results on screen
-    say(render_text(report, terminal_width()), end="", flush=True)
+    # first: a failed write still leaves the results on screen; what it quotes of the library, in flags
+    say(in_flag_terms(render_text(report, terminal_width()), args.flags), end="", flush=True)
     if args.out:
         written = report.save(args.out, args.format, force=args.force)
         progress("wrote " + ", ".join(str(p) for p in written))
@@ -207,8 +212,6 @@ def _finish(report, args, progress) -> int:
 
 
 def _add_write_flags(p, default_out) -> None:
-    from .report import DEFAULT_FORMATS, RENDERERS
-
     p.add_argument("--out", metavar="DIR", default=default_out,
                    help="directory to write the report to (default: "
                         + (f"{default_out})" if default_out else "none: only the summary is printed)"))
@@ -227,8 +230,7 @@ def _add_output_flags(p, default_out) -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .analyzer import AnalyzeConfig, analyze
-    from .report import check_output
+    from .analyzer import AnalyzeConfig, analyze  # a handler's: see the module docstring
 
     config = AnalyzeConfig(
         baselines=_names(args.baselines), what_ifs=_names(args.what_if), batch_size=args.batch_size,
@@ -246,8 +248,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _add_analyze(sub) -> None:
-    from .variants import BASELINES, WHAT_IFS
-
     p = sub.add_parser(
         "analyze", help="gradient flow of a model against from-scratch, shallow and what-if baselines",
         description="Measure the gradient flow of MODEL (a Hugging Face id or directory, a torchvision name, "
@@ -276,9 +276,6 @@ def _add_analyze(sub) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import demo
-    from .report import check_output
-
     if args.out:
         check_output(args.out, args.format, force=args.force)
     progress = _progress_printer(args.flags)
@@ -299,8 +296,6 @@ def _training_steps(text: str) -> int:
 
 
 def _add_demo(sub) -> None:
-    from .demo import BATCH_SIZE, DEPTH, WIDTH
-
     p = sub.add_parser(
         "demo", help="vanishing gradients and their fixes, side by side, on a built-in deep MLP (no download)",
         description="A deep MLP built as sigmoid, tanh, ReLU (default init), ReLU (He init), with BatchNorm, and "
@@ -317,8 +312,7 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_reports
-    from .report import check_output
+    from .compare import compare_reports  # a handler's: see the module docstring
 
     if args.out:
         check_output(args.out, args.format, force=args.force)
@@ -402,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Python's name of an option, where it is not the flag's: analyze(config=AnalyzeConfig(what_ifs=...)),
-# Report.save(formats=...).
-_PYTHON_NAMES = {"what_if": "what_ifs", "format": "formats", "out": "directory"}
+# Report.save(formats=...), demo(train_steps=...); --offline sets HF_HUB_OFFLINE=1, which Python users set.
+_PYTHON_NAMES = {"what_if": "what_ifs", "format": "formats", "out": "directory", "train": "train_steps",
+                 "offline": "HF_HUB_OFFLINE=1"}
 
 
 def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -420,11 +415,7 @@ def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def unexpected_error_lines(exc: BaseException) -> list[str]:
     """What the command prints for an error it did not expect: its type and message, and how to see more."""
-    from .models.failures import first_line
-
-    message = first_line(exc)
-    message = "" if message == type(exc).__name__ else message
-    return [f"gradscope: error: {type(exc).__name__}" + (f": {message}" if message else ""),
+    return [f"gradscope: error: {with_type(exc)}",
             f"gradscope: this was not expected; rerun with {DEBUG_ENV}=1 to see the traceback"]
 
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .demo_training import train_variants
+from .errors import UsageError, did_you_mean
 from .models import Subject, resolve_device
 from .variants import Variant
 
@@ -124,14 +125,15 @@ def demo(*, depth: int = DEPTH, width: int = WIDTH, batch_size: int = BATCH_SIZE
     ``train_steps`` > 0 then trains every variant, from the weights measured, for that many steps with SGD and
     with Adam on a fixed teacher task (:mod:`gradscope.demo_training`), into the report's ``training`` section.
     """
+    # Imported here: the command line imports this module for its defaults as it builds its parser, and the
+    # analyzer (and the analysis behind it) need not load for `gradscope info`.
     from .analyzer import run_variants
-    from .errors import UsageError, did_you_mean
 
     progress = progress or (lambda message: None)
     if depth < 2 or width < 1 or batch_size < 2:
-        raise UsageError("demo: --depth must be at least 2, --width at least 1, --batch-size at least 2")
+        raise UsageError("demo: `depth` must be at least 2, `width` at least 1, `batch_size` at least 2")
     if train_steps < 0:
-        raise UsageError("demo: --train must be a number of steps, at least 1")
+        raise UsageError("demo: `train_steps` must be a number of steps, at least 1")
     unknown = [v + did_you_mean(v, DEMO_VARIANTS) for v in variants if v not in DEMO_VARIANTS]
     if unknown:
         raise UsageError(f"demo: unknown variant {', '.join(unknown)}; choose from {', '.join(DEMO_VARIANTS)}")

@@ -35,7 +35,8 @@ _OPTION = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`]*))?`")
 
 def in_flag_terms(message: str, flags: Mapping[str, str]) -> str:
     """``message`` with each option it names (`` `name` `` or `` `name=value` ``) that has a flag in ``flags``
-    written as that flag; other backticked names are left as they are.
+    written as that flag; other backticked names are left as they are. A setting the command line makes with
+    a switch of its own (``HF_HUB_OFFLINE=1``: ``--offline``) is in ``flags`` with its value.
 
     >>> in_flag_terms("`batch_size=1`: too small; raise `batch_size`", {"batch_size": "--batch-size"})
     '--batch-size 1: too small; raise --batch-size'
@@ -43,10 +44,15 @@ def in_flag_terms(message: str, flags: Mapping[str, str]) -> str:
     'the output exists; pass --force'
     >>> in_flag_terms("`loss_fn` goes with an nn.Module", {"batch_size": "--batch-size"})
     '`loss_fn` goes with an nn.Module'
+    >>> in_flag_terms("offline? `HF_HUB_OFFLINE=1` skips the hub", {"HF_HUB_OFFLINE=1": "--offline"})
+    'offline? --offline skips the hub'
     """
 
     def flag(match: re.Match) -> str:
         name, value = match.group(1), match.group(2)
+        setting = match.group(0)[1:-1]
+        if setting in flags and value is not None:
+            return flags[setting]
         if name not in flags:
             return match.group(0)
         if value is None or value == "True":  # a switch is named by its flag alone

@@ -7,12 +7,12 @@ bound; past it, the error names the bound and how to raise it.
 ======================  ==========================  ==============================
 what                    bound                       raise it with
 ======================  ==========================  ==============================
-``--text`` file         64 MiB                      ``GRADSCOPE_MAX_TEXT_MB``
+``text`` file           64 MiB                      ``GRADSCOPE_MAX_TEXT_MB``
 ``report.json``         1 GiB                       ``GRADSCOPE_MAX_REPORT_MB``
 ======================  ==========================  ==============================
 
 The sizes an analysis is asked for are bounded too (:data:`ANALYZE_BOUNDS`), so a
-mistyped ``--batch-size 1000000000`` is refused at once instead of allocating
+mistyped ``batch_size=1000000000`` is refused at once instead of allocating
 until the machine runs out of memory; ``GRADSCOPE_NO_SIZE_BOUNDS=1`` lifts them.
 """
 
@@ -68,16 +68,16 @@ def check_model_size(what: str, layers: int, weight_bytes: int) -> None:
     if memory is not None and need > memory:
         raise UsageError(f"{what}: its weights take {weight_bytes / 2**30:.3g} GiB, and analyzing it needs about "
                          f"{need / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.3g} GiB; use a smaller "
-                         f"model or --dtype bfloat16, or set {NO_SIZE_BOUNDS_ENV}=1 to try anyway")
+                         f"model or `dtype='bfloat16'`, or set {NO_SIZE_BOUNDS_ENV}=1 to try anyway")
 
 
-def check_size(option: str, name: str, value) -> None:
-    """UsageError when ``value`` of the AnalyzeConfig field ``name`` (``option`` in messages) exceeds its bound."""
+def check_size(name: str, value) -> None:
+    """UsageError when ``value`` of the AnalyzeConfig field ``name`` exceeds its bound."""
     if value is None or bounds_lifted():
         return
     largest, what = ANALYZE_BOUNDS[name]
     if int(value) > largest:
-        raise UsageError(f"{option} {value}: gradscope allows at most {largest} {what}; set "
+        raise UsageError(f"`{name}={value}`: gradscope allows at most {largest} {what}; set "
                          f"{NO_SIZE_BOUNDS_ENV}=1 if you really need more")
 
 

@@ -411,13 +411,23 @@ def weight_ranges(params: Sequence[torch.Tensor]) -> list[tuple[float, float]]:
     return [tuple(pair) for pair in torch.stack(ranges).cpu().tolist()]
 
 
-def depth_axis(model: nn.Module, batch: Any, loss_fn: LossFn, seed: int = 0) -> list[str]:
+def depth_axis(model: nn.Module, batch: Any, loss_fn: LossFn, seed: int = 0,
+               repeated: Optional[dict[str, int]] = None) -> list[str]:
     """The blocks that make a model's depth axis: :func:`gradscope.blocks.find_blocks`, or, where that finds
-    fewer than two, the modules :func:`repeated_blocks` finds (ALBERT's shared layer group), if any."""
+    fewer than two, the modules :func:`repeated_blocks` finds (ALBERT's shared layer group), if any.
+
+    ``repeated``: what :func:`repeated_blocks` found on this model and batch, when the caller has it already.
+    """
     blocks = find_blocks(model)
     if len(blocks) < 2:
-        blocks = list(repeated_blocks(model, batch, loss_fn, seed)) or blocks
+        runs = repeated_blocks(model, batch, loss_fn, seed) if repeated is None else repeated
+        blocks = list(runs) or blocks
     return blocks
+
+
+def needs_repeated_blocks(model: nn.Module) -> bool:
+    """Whether :func:`depth_axis` looks for repeated blocks: where the model's numbered blocks are fewer than two."""
+    return len(find_blocks(model)) < 2
 
 
 def repeated_blocks(model: nn.Module, batch: Any, loss_fn: LossFn, seed: int = 0) -> dict[str, int]:

@@ -42,13 +42,14 @@ import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
-from .blocks import block_containers, find_blocks, is_norm, module_names
+from .blocks import block_containers, find_blocks, has_inner_stack, is_norm, module_names, submodule
 from .errors import UsageError, did_you_mean
+from .models.failures import with_type
 
 BASELINES = ("pretrained", "scratch", "shallow")
 WHAT_IFS = ("sigmoid", "tanh", "no-norm", "no-residual", "xavier", "he")
@@ -142,7 +143,7 @@ def replace_activations(model: nn.Module, kind: str) -> int:
     if count == 0:
         raise UsageError(
             f"what-if {kind}: found no activation modules to replace (activations called as functions, "
-            "e.g. F.relu in forward, cannot be swapped); drop it from --what-if"
+            "e.g. F.relu in forward, cannot be swapped); drop it from `what_ifs`"
         )
     return count
 
@@ -151,7 +152,7 @@ def remove_norms(model: nn.Module) -> int:
     """Replace every normalization layer by ``nn.Identity``; return how many."""
     count = _replace_children(model, is_norm, nn.Identity)
     if count == 0:
-        raise UsageError("what-if no-norm: the model has no normalization layers; drop it from --what-if")
+        raise UsageError("what-if no-norm: the model has no normalization layers; drop it from `what_ifs`")
     return count
 
 
@@ -257,7 +258,7 @@ class _ResidualTap:
         residual, self.residual = self.residual, None  # hold no activation past the forward
         if residual is None:
             raise RuntimeError(f"no-residual: {type(module).__name__} ran without its norm before it; "
-                               "gradscope does not know this block layout (drop no-residual from --what-if)")
+                               "gradscope does not know this block layout (drop no-residual from `what_ifs`)")
         if isinstance(output, tuple):
             return (output[0] - residual, *output[1:])
         return output - residual
@@ -305,7 +306,7 @@ def remove_residuals(model: nn.Module) -> int:
             module._gradscope_residual_taps = taps
             count += len(pairs)
     if count == 0:
-        raise UsageError(f"what-if no-residual: {_NO_RESIDUAL_FOUND}; drop it from --what-if")
+        raise UsageError(f"what-if no-residual: {_NO_RESIDUAL_FOUND}; drop it from `what_ifs`")
     return count
 
 
@@ -374,7 +375,7 @@ class ShallowUnavailable(UsageError):
     """No block stack can be shortened without breaking the model's forward or output: no ``shallow`` baseline."""
 
     def __init__(self, reason: str):
-        super().__init__(f"shallow: {reason}; drop 'shallow' from --baselines")
+        super().__init__(f"shallow: {reason}; drop 'shallow' from `baselines`")
         self.reason = reason
 
 
@@ -456,17 +457,12 @@ def _sync_config(shallow: nn.Module, config, kept: dict[str, list[int]]) -> None
         shallow.config.num_hidden_layers = next(iter(kept.values()))[0]
 
 
-def _failure(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 def _cut_problem(probe: Callable[[nn.Module], tuple], shallow: nn.Module, expected: tuple) -> Optional[str]:
     """Why the cut model breaks the model's contract (its forward fails, or its output changes shape), else None."""
     try:
         shape = probe(shallow)
     except Exception as exc:  # a model cut short can fail in any way its forward code allows
-        return f"the forward fails ({_failure(exc)})"
+        return f"the forward fails ({with_type(exc)})"
     if shape != expected:
         return f"the output changes shape ({list(expected)} -> {list(shape) if shape is not None else None})"
     return None
@@ -474,7 +470,7 @@ def _cut_problem(probe: Callable[[nn.Module], tuple], shallow: nn.Module, expect
 
 def make_shallow(model: nn.Module, keep_fraction: float = 0.5,
                  probe: Optional[Callable[[nn.Module], tuple]] = None,
-                 count_runs: Optional[Callable[[nn.Module], dict[str, int]]] = None) -> tuple[nn.Module, dict]:
+                 repeated: Optional[dict[str, int]] = None) -> tuple[nn.Module, dict]:
     """A copy with each block container cut to its first ``ceil(n * keep_fraction)`` blocks (at least 1).
 
     With ``probe`` (see :func:`output_probe`), a container is cut only when the
@@ -482,22 +478,21 @@ def make_shallow(model: nn.Module, keep_fraction: float = 0.5,
     a numbered head (VGG's ``classifier``) or the layers inside one block
     (MobileNet's ``features.2.block``) is left whole, and ``changes["not_cut"]``
     says why. A model without a stack whose depth is the runs of one repeated
-    block (ALBERT; ``count_runs`` is :func:`gradscope.measure.repeated_blocks` on
-    a batch) runs it fewer times instead, see :func:`_fewer_runs`. Raises
+    block (ALBERT; ``repeated`` is :func:`gradscope.measure.repeated_blocks` of
+    the model) runs it fewer times instead, see :func:`_fewer_runs`. Raises
     :class:`ShallowUnavailable` when nothing can be cut.
     """
-    containers = block_containers(model)
-    if not containers or containers == [""]:
-        runs = count_runs(model) if count_runs is not None else {}
-        if runs:
-            return _fewer_runs(model, runs, keep_fraction, probe, count_runs)
+    if not has_inner_stack(model):
+        if repeated:
+            return _fewer_runs(model, repeated, keep_fraction, probe)
         raise ShallowUnavailable("the model has no stack of numbered blocks to shorten")
+    containers = block_containers(model)
     expected = None
     if probe is not None:
         try:
             expected = probe(model)
         except Exception as exc:  # with no reference output, no cut can be judged
-            raise ShallowUnavailable(f"the model's own forward fails in eval mode ({_failure(exc)})") from exc
+            raise ShallowUnavailable(f"the model's own forward fails in eval mode ({with_type(exc)})") from exc
     shallow = copy.deepcopy(model)
     config = getattr(shallow, "config", None)
     kept: dict[str, list[int]] = {}
@@ -526,15 +521,32 @@ def make_shallow(model: nn.Module, keep_fraction: float = 0.5,
     return shallow, changes
 
 
+def _runs_in_probe(model: nn.Module, block: str, probe: Callable[[nn.Module], tuple]) -> int:
+    """How many times ``block`` runs in the forward pass ``probe`` makes (0 when that forward fails)."""
+    runs = 0
+
+    def count(module, args, output):
+        nonlocal runs
+        runs += 1
+
+    handle = submodule(model, block).register_forward_hook(count)
+    try:
+        probe(model)
+    except Exception:  # the check that follows says what fails
+        return 0
+    finally:
+        handle.remove()
+    return runs
+
+
 def _fewer_runs(model: nn.Module, runs: dict[str, int], keep_fraction: float,
-                probe: Optional[Callable[[nn.Module], tuple]],
-                count_runs: Callable[[nn.Module], dict[str, int]]) -> tuple[nn.Module, dict]:
-    """A copy whose one repeated block (``runs``: the model's, as ``count_runs`` gives them) runs
-    ``ceil(runs * keep_fraction)`` times, its weights kept.
+                probe: Optional[Callable[[nn.Module], tuple]]) -> tuple[nn.Module, dict]:
+    """A copy whose one repeated block (``runs``: the model's, as :func:`gradscope.measure.repeated_blocks`
+    counts them) runs ``ceil(runs * keep_fraction)`` times, its weights kept.
 
     ALBERT runs its shared layer group ``config.num_hidden_layers`` times and reads that number at each
     forward pass: the copy's config (which its modules share) gets the smaller count. Counting the copy's
-    runs tells that the model really reads it.
+    runs in the ``probe``'s forward pass tells that the model really reads it.
     """
     total = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if len(runs) != 1 or total not in runs.values():
@@ -542,13 +554,17 @@ def _fewer_runs(model: nn.Module, runs: dict[str, int], keep_fraction: float,
                                  "does not run num_hidden_layers times")
     (block, _), = runs.items()
     keep = max(1, math.ceil(total * keep_fraction))
+    if keep < 2:  # one run is no repeated block: its depth positions would share no name with the model's
+        raise ShallowUnavailable(f"{block} runs {total} times, and a single run of it leaves no depth to compare")
     shallow = copy.deepcopy(model)
     shallow.config.num_hidden_layers = keep
-    if count_runs(shallow) != {block: keep}:
-        raise ShallowUnavailable(f"{block} runs {total} times, and a smaller num_hidden_layers does not change that")
-    problem = _cut_problem(probe, shallow, probe(model)) if probe is not None else None
-    if problem is not None:
-        raise ShallowUnavailable(f"with {block} run {keep} times, {problem}")
+    if probe is not None:
+        if _runs_in_probe(shallow, block, probe) != keep:
+            raise ShallowUnavailable(f"{block} runs {total} times, and a smaller num_hidden_layers does not change "
+                                     "that")
+        problem = _cut_problem(probe, shallow, probe(model))
+        if problem is not None:
+            raise ShallowUnavailable(f"with {block} run {keep} times, {problem}")
     return shallow, {"runs_kept": {block: [keep, total]}}
 
 
@@ -592,12 +608,12 @@ assert set(_SURGERY) == set(WHAT_IFS)
 
 def check_names(baselines: tuple[str, ...], what_ifs: tuple[str, ...]) -> None:
     """Raise UsageError naming any unknown variant."""
-    for given, known, flag in ((baselines, BASELINES, "--baselines"), (what_ifs, WHAT_IFS, "--what-if")):
+    for given, known, option in ((baselines, BASELINES, "baselines"), (what_ifs, WHAT_IFS, "what_ifs")):
         unknown = [n + did_you_mean(n, known) for n in given if n not in known]
         if unknown:
-            raise UsageError(f"{flag}: unknown variant {', '.join(unknown)}; choose from {', '.join(known)}")
+            raise UsageError(f"`{option}`: unknown variant {', '.join(unknown)}; choose from {', '.join(known)}")
     if not baselines and not what_ifs:
-        raise UsageError("no variants to run: give at least one of --baselines or --what-if")
+        raise UsageError("no variants to run: give at least one of `baselines` or `what_ifs`")
 
 
 def check_applicable(model: nn.Module, what_ifs: tuple[str, ...]) -> None:
@@ -613,36 +629,63 @@ def check_applicable(model: nn.Module, what_ifs: tuple[str, ...]) -> None:
     }
     for name in what_ifs:
         if name in needs and inventory[needs[name][0]] == 0:
-            raise UsageError(f"what-if {name}: {needs[name][1]}; drop it from --what-if")
+            raise UsageError(f"what-if {name}: {needs[name][1]}; drop it from `what_ifs`")
 
 
-def build_variants(
-    model: nn.Module,
-    make_scratch: Callable[[], nn.Module],
-    baselines: tuple[str, ...],
-    what_ifs: tuple[str, ...],
-    seed: int,
-    progress: Callable[[str], None] = lambda message: None,
-    probe: Optional[Callable[[nn.Module], tuple]] = None,
-    shallow_optional: bool = True,
-    skipped: Optional[dict[str, str]] = None,
-    blocks: Optional[list[str]] = None,
-    count_runs: Optional[Callable[[nn.Module], dict[str, int]]] = None,
-):
-    """Yield each variant in order (one at a time, so a caller can measure it and let it go).
+@dataclass(frozen=True)
+class VariantPlan:
+    """Which variants to build, in order: ``baselines``, then ``what_ifs`` (each from ``scratch``), drawn
+    with ``seed``. ``shallow_optional``: a ``shallow`` that cannot be built is skipped, saying why (the
+    default set of baselines), rather than refused (a ``shallow`` asked for by name)."""
 
-    ``probe`` (:func:`output_probe` on the first batch) lets ``shallow`` cut only the stacks
-    whose cut keeps the model's output; when none can be cut, ``shallow`` is skipped
-    with a progress line saying why, noted in ``skipped`` (name -> reason), and the other
-    variants still run (or, when not ``shallow_optional``, :class:`ShallowUnavailable` is raised).
-    ``blocks``: the loaded model's depth axis (default: :func:`~gradscope.blocks.find_blocks`); each
-    variant is measured on the blocks of it that it still has. ``count_runs`` lets ``shallow`` run a
-    repeated block fewer times where there is no stack to cut (see :func:`make_shallow`).
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    what_ifs: tuple[str, ...] = ()
+    seed: int = 0
+    shallow_optional: bool = True
+
+    def __post_init__(self):
+        check_names(self.baselines, self.what_ifs)
+
+
+@dataclass(frozen=True)
+class Depth:
+    """What the loaded model's depth is made of, found once on its first batch and shared by every variant.
+
+    ``blocks``: the depth axis (:func:`gradscope.measure.depth_axis`); each variant is measured on the blocks
+    of it that it still has. ``repeated``: the blocks that run several times in one forward pass, with their
+    runs (:func:`gradscope.measure.repeated_blocks`; empty where they were not looked for): ``shallow`` runs
+    such a block fewer times where the model has no stack to cut (:func:`~gradscope.blocks.has_inner_stack`).
+    ``probe``: :func:`output_probe` on the first batch, so that ``shallow`` cuts only what keeps the model's
+    output.
     """
-    check_names(baselines, what_ifs)
+
+    blocks: list[str]
+    repeated: dict[str, int] = field(default_factory=dict)
+    probe: Optional[Callable[[nn.Module], tuple]] = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A baseline that was not built, and why: ``shallow``, optional, when the model has nothing to cut."""
+
+    name: str
+    reason: str
+
+
+def build_variants(model: nn.Module, make_scratch: Callable[[], nn.Module], plan: VariantPlan,
+                   depth: Optional[Depth] = None,
+                   progress: Callable[[str], None] = lambda message: None) -> Iterator[Union[Variant, Skipped]]:
+    """Yield each variant of ``plan`` in order (one at a time, so a caller can measure it and let it go), or,
+    in its place, a :class:`Skipped` saying why it was not built.
+
+    ``depth`` (default: :func:`~gradscope.blocks.find_blocks` of ``model``, no probe): with its ``probe``,
+    ``shallow`` cuts only the stacks whose cut keeps the model's output; when none can be cut, ``shallow`` is
+    skipped with a progress line saying why and a :class:`Skipped`, and the other variants still run (or,
+    when ``plan.shallow_optional`` is False, :class:`ShallowUnavailable` is raised).
+    """
+    depth = depth or Depth(find_blocks(model))
+    blocks = depth.blocks  # one depth axis for all: the loaded model's blocks, those a variant still has
     scratch: Optional[nn.Module] = None
-    # One depth axis for all: the loaded model's blocks, those a variant still has.
-    blocks = find_blocks(model) if blocks is None else blocks
 
     def kept_blocks(m: nn.Module) -> list[str]:
         names = module_names(m)
@@ -651,11 +694,11 @@ def build_variants(
     def fresh_scratch() -> nn.Module:
         nonlocal scratch
         if scratch is None:
-            torch.manual_seed(seed)
+            torch.manual_seed(plan.seed)
             scratch = make_scratch()
         return copy.deepcopy(scratch)
 
-    for name in baselines:
+    for name in plan.baselines:
         progress(f"building variant {name}")
         if name == "pretrained":
             yield Variant(name, "the model as loaded", model, blocks=blocks)
@@ -664,13 +707,12 @@ def build_variants(
             yield Variant(name, "same architecture, the library's own initialization", m, blocks=kept_blocks(m))
         elif name == "shallow":
             try:
-                shallow, changes = make_shallow(model, probe=probe, count_runs=count_runs)
+                shallow, changes = make_shallow(model, probe=depth.probe, repeated=depth.repeated)
             except ShallowUnavailable as exc:
-                if not shallow_optional:
+                if not plan.shallow_optional:
                     raise
                 progress(f"skipping the shallow baseline: {exc.reason}")
-                if skipped is not None:
-                    skipped[name] = exc.reason
+                yield Skipped(name, exc.reason)
                 continue
             for container, why in changes.get("not_cut", {}).items():
                 progress(f"shallow: {container} left whole: with it cut, {why}")
@@ -682,8 +724,8 @@ def build_variants(
                 whole = "".join(f"; {c} left whole" for c in changes.get("not_cut", {}))
                 what = f"the first half of the blocks, pretrained weights kept ({cut}{whole})"
             yield Variant(name, what, shallow, base="pretrained", changes=changes, blocks=kept_blocks(shallow))
-    for name in what_ifs:
+    for name in plan.what_ifs:
         progress(f"building variant {name}")
         m = fresh_scratch()
-        changes, what = _SURGERY[name](m, seed)
+        changes, what = _SURGERY[name](m, plan.seed)
         yield Variant(name, f"scratch with {what}", m, "scratch", changes, kept_blocks(m))

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import types
 import warnings
 
 import pytest
@@ -57,7 +58,7 @@ def test_parameter_and_block_gradients_match_plain_autograd(tiny_bert):
     config = gradscope.AnalyzeConfig(baselines=("pretrained",), **SMALL)
     report = gradscope.analyze(str(tiny_bert), config)
 
-    batch = load_subject(str(tiny_bert), config, lambda m: None).batches[0]
+    batch = load_subject(str(tiny_bert), config.load_options(), lambda m: None).batches[0]
     model = BertForMaskedLM.from_pretrained(tiny_bert).eval()  # eval: dropout off, as gradscope measures
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                 output_hidden_states=True)
@@ -121,7 +122,7 @@ def test_sequence_length_fits_the_model_positions(tmp_path):
                                progress=progress.append)
     assert "2 x 64" in report.meta["inputs"]  # the default 128 would index past the position table
     assert "the model has 64 positions: sequences of 64 tokens" in progress
-    with pytest.raises(UsageError, match="--seq-len 100 is longer than the model's 64 positions; use --seq-len 64"):
+    with pytest.raises(UsageError, match="`seq_len=100` is longer than the model's 64 positions; use `seq_len=64`"):
         gradscope.analyze(directory, gradscope.AnalyzeConfig(baselines=("pretrained",), seq_len=100, device="cpu"))
 
 
@@ -193,7 +194,7 @@ def test_offline_torchvision_name_reads_the_cache_and_never_downloads(tmp_path, 
                         lambda *a, **k: pytest.fail("--offline must not download"))
     url = torchvision.models.ResNet18_Weights.DEFAULT.url
     with pytest.raises(ModelLoadError, match="offline .*: the pretrained weights of resnet18 are not in the torch hub "
-                                             "cache .*--arch resnet18"):
+                                             "cache .*with `arch='resnet18'`"):
         gradscope.analyze("resnet18", gradscope.AnalyzeConfig(device="cpu"))
 
     (tmp_path / "checkpoints").mkdir()
@@ -385,9 +386,9 @@ def test_config_is_frozen_and_validated():
     assert config.what_ifs == ("sigmoid", "he")
     with pytest.raises(Exception):
         config.seed = 3
-    with pytest.raises(UsageError, match="--what-if: unknown variant relu2"):
+    with pytest.raises(UsageError, match="`what_ifs`: unknown variant relu2"):
         gradscope.AnalyzeConfig(what_ifs=("relu2",))
-    with pytest.raises(UsageError, match="--batch-size must be at least 1"):
+    with pytest.raises(UsageError, match="`batch_size` must be at least 1"):
         gradscope.AnalyzeConfig(batch_size=0)
 
 
@@ -403,7 +404,7 @@ def test_report_round_trip_and_refusal_to_overwrite(tiny_bert_report, tmp_path):
     assert list(data["params"][0])[:2] == ["name", "depth"]
     loaded = Report.load(out)
     assert loaded.to_dict() == tiny_bert_report.to_dict()
-    with pytest.raises(GradscopeError, match="already exists; pass --force"):
+    with pytest.raises(GradscopeError, match="already exists; pass `force=True`"):
         tiny_bert_report.save(out)
     tiny_bert_report.save(out, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]  # no temporary files
@@ -439,11 +440,11 @@ def test_unwritable_output_and_unknown_formats_are_usage_errors(tiny_bert_report
         tiny_bert_report.save(blocker / "out")
     with pytest.raises(UsageError, match="give at least one format"):
         tiny_bert_report.save(tmp_path / "out", formats=" , ")
-    with pytest.raises(UsageError, match="--format xls: unknown format"):
+    with pytest.raises(UsageError, match="`formats='xls'`: unknown format"):
         tiny_bert_report.save(tmp_path / "out", formats=("xls",))
     assert not (tmp_path / "out").exists()
     if os.path.isdir("/proc/self"):  # permission bits let root write there; creating a file does not
-        with pytest.raises(UsageError, match=r"^--out /proc/gradscope-out: cannot create a file in /proc"):
+        with pytest.raises(UsageError, match=r"^`directory='/proc/gradscope-out'`: cannot create a file in /proc"):
             check_output("/proc/gradscope-out")
 
 
@@ -494,7 +495,7 @@ def test_an_image_past_the_decompression_bomb_bound_is_a_usage_error(tmp_path, m
     images = _image_dir(tmp_path)  # 40 x 30 = 1,200 pixels each
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL refuses above twice the bound: as a bomb would be
     path = hm.save_resnet18_checkpoint(tmp_path / "r18.safetensors")
-    with pytest.raises(UsageError, match=r"^--images: .*0\.png has more than 1000 pixels, past PIL's bound against "
+    with pytest.raises(UsageError, match=r"^`images`: .*0\.png has more than 1000 pixels, past PIL's bound against "
                                          r"decompression bombs; remove it or give a smaller image$"):
         gradscope.analyze(str(path), gradscope.AnalyzeConfig(arch="resnet18", baselines=("pretrained",),
                                                              images=str(images), batch_size=4, device="cpu"))
@@ -814,6 +815,45 @@ def test_albert_s_shared_layer_group_gives_a_block_per_layer(tmp_path):
     assert report.summary("pretrained")["repeated_blocks"] == {f"{group}.{g}": 2 for g in range(3)}
 
 
+class SharedLayer(nn.Module):
+    """One layer run ``config.num_hidden_layers`` times, as ALBERT runs its shared group: no stack of blocks."""
+
+    def __init__(self, layers=4):
+        super().__init__()
+        self.config = types.SimpleNamespace(num_hidden_layers=layers)
+        self.embed = nn.Linear(8, 8)
+        self.layer = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for _ in range(self.config.num_hidden_layers):
+            h = torch.tanh(self.layer(h))
+        return self.head(h)
+
+
+def test_the_repeated_blocks_are_found_once_before_the_variants_and_only_where_read(monkeypatch):
+    import gradscope.analyzer as analyzer
+
+    calls = []
+    counted = analyzer.repeated_blocks
+    monkeypatch.setattr(analyzer, "repeated_blocks", lambda *args, **kwargs: calls.append(1) or counted(*args,
+                                                                                                          **kwargs))
+    torch.manual_seed(0)
+    report = gradscope.analyze(SharedLayer(), gradscope.AnalyzeConfig(device="cpu"), batch=BATCH, loss_fn=_ce)
+    assert calls == [1]  # the depth axis and shallow both read it: one forward pass
+    shallow = next(v for v in report.variants if v["name"] == "shallow")
+    assert shallow["changes"] == {"runs_kept": {"layer": [2, 4]}}
+    assert [b["block"] for b in report.block_rows("shallow")] == ["layer#0", "layer#1"]
+    assert [b["block"] for b in report.block_rows("pretrained")] == [f"layer#{k}" for k in range(4)]
+    report = gradscope.analyze(SharedLayer(2), gradscope.AnalyzeConfig(device="cpu"), batch=BATCH, loss_fn=_ce)
+    assert report.meta["skipped"] == {"shallow": "layer runs 2 times, and a single run of it leaves no depth to "
+                                                 "compare"}  # a single run would be a block of another name
+    calls.clear()  # a model with a stack of blocks to cut: no forward pass looks for them
+    gradscope.analyze(Stack(), gradscope.AnalyzeConfig(device="cpu"), batch=BATCH, loss_fn=_ce)
+    assert calls == []
+
+
 def test_stacks_split_an_encoder_decoder_only():
     from gradscope.analysis import stacks
 
@@ -857,7 +897,7 @@ def test_a_shallow_cut_that_breaks_the_model_is_skipped_or_refused_when_asked_fo
     assert list(report.meta["config"]["baselines"]) == ["pretrained", "scratch"]  # what ran
     assert any(m.startswith("skipping the shallow baseline: ") and "body" in m for m in messages)
     assert list(report.meta["skipped"]) == ["shallow"] and "body" in report.meta["skipped"]["shallow"]
-    with pytest.raises(UsageError, match="shallow: .*body.*; drop 'shallow' from --baselines"):
+    with pytest.raises(UsageError, match="shallow: .*body.*; drop 'shallow' from `baselines`"):
         gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("pretrained", "shallow"), device="cpu"),
                           batch=BATCH, loss_fn=_ce)
 
@@ -944,15 +984,15 @@ def test_options_for_the_other_kind_of_model_are_usage_errors_not_ignored(tiny_b
     torchvision.io.write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(images / "a.png"))
     text = tmp_path / "text.txt"
     text.write_text("some words to read\n")
-    with pytest.raises(UsageError, match="--images is for vision models"):
+    with pytest.raises(UsageError, match="`images` is for vision models"):
         gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(images=str(images), **SMALL))
-    with pytest.raises(UsageError, match="--image-size is for vision models; this is a text model"):
+    with pytest.raises(UsageError, match="`image_size` is for vision models; this is a text model"):
         gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(image_size=64, **SMALL))
     resnet = hm.save_tiny_hf_resnet(tmp_path / "resnet")
-    with pytest.raises(UsageError, match="--seq-len is for text models; this is an image classifier"):
+    with pytest.raises(UsageError, match="`seq_len` is for text models; this is an image classifier"):
         gradscope.analyze(str(resnet), gradscope.AnalyzeConfig(seq_len=16, device="cpu"))
     checkpoint = hm.save_resnet18_checkpoint(tmp_path / "resnet18.safetensors")
-    with pytest.raises(UsageError, match="--text is for text models"):
+    with pytest.raises(UsageError, match="`text` is for text models"):
         gradscope.analyze(str(checkpoint), gradscope.AnalyzeConfig(arch="resnet18", text=str(text), device="cpu"))
 
 
@@ -1052,7 +1092,7 @@ def test_a_model_without_a_block_stack_skips_shallow_and_its_config_says_so():
     assert list(report.meta["config"]["baselines"]) == ["pretrained", "scratch"]
     assert any("skipping the shallow baseline" in m for m in messages)
     assert report.meta["skipped"] == {"shallow": "the model has no stack of numbered blocks to shorten"}
-    with pytest.raises(UsageError, match="drop 'shallow' from --baselines"):
+    with pytest.raises(UsageError, match="drop 'shallow' from `baselines`"):
         gradscope.analyze(model, gradscope.AnalyzeConfig(baselines=("shallow",)), batch=torch.randn(6, 4),
                           loss_fn=lambda m, x: m(x).pow(2).mean())
 

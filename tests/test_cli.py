@@ -410,3 +410,32 @@ def test_sizes_past_their_bound_are_refused_before_any_work(tmp_path, capsys, op
     assert main(["analyze", str(tmp_path / "no-model-needed"), option, value, "--out", ""]) == 2
     assert capsys.readouterr().err == (f"gradscope: error: {message}; set GRADSCOPE_NO_SIZE_BOUNDS=1 if you really "
                                        "need more\n")
+
+
+def test_a_message_names_python_options_from_python_and_flags_on_the_command_line(tiny_bert, capsys):
+    """The library names an option as a Python caller passes it; the command line shows it as its flag."""
+    import gradscope
+    from gradscope.errors import UsageError
+
+    cases = [  # (analyze's config, the command line's arguments, the message from Python, on the command line)
+        (dict(what_ifs=("relu2",)), ["--what-if", "relu2"],
+         "`what_ifs`: unknown variant relu2", "--what-if: unknown variant relu2"),
+        (dict(seq_len=1000, device="cpu"), ["--seq-len", "1000", "--device", "cpu"],
+         "`seq_len=1000` is longer than the model's 128 positions; use `seq_len=128` or less",
+         "--seq-len 1000 is longer than the model's 128 positions; use --seq-len 128 or less"),
+    ]
+    for config, arguments, from_python, on_the_command_line in cases:
+        with pytest.raises(UsageError) as info:
+            gradscope.analyze(str(tiny_bert), gradscope.AnalyzeConfig(**config))
+        assert str(info.value).startswith(from_python) and "--" not in str(info.value)
+        assert main(["analyze", str(tiny_bert), *arguments, "--out", ""]) == 2
+        assert capsys.readouterr().err.splitlines()[-1].startswith(f"gradscope: error: {on_the_command_line}")
+    # a note stored in the report (its summary on the command line): a Python name, in flags on the terminal
+    from gradscope.cli import build_parser, option_flags
+    from gradscope.errors import in_flag_terms
+
+    flags = option_flags(build_parser().commands["analyze"])
+    assert in_flag_terms("raise `batch_size`, or `image_size`", flags) == "raise --batch-size, or --image-size"
+    assert in_flag_terms("offline? `HF_HUB_OFFLINE=1` skips the hub", flags) == "offline? --offline skips the hub"
+    assert in_flag_terms("drop it from `what_ifs`", flags) == "drop it from --what-if"
+    assert option_flags(build_parser().commands["demo"])["train_steps"] == "--train"

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,13 +19,43 @@ import gradscope.models.inputs
 from gradscope import analysis
 from gradscope.cli import main
 from gradscope.errors import ModelLoadError, UsageError
-from gradscope.models import load_subject
+from gradscope.models import LoadOptions, load_subject
 
 import helpers_models as hm
 
 SMALL = dict(batch_size=2, seq_len=16, device="cpu")
-SMALL_IMAGES = dict(batch_size=2, device="cpu")  # --seq-len is refused for an image model
+SMALL_IMAGES = dict(batch_size=2, device="cpu")  # seq_len is refused for an image model
 ONLY_PRETRAINED = dict(baselines=("pretrained",), **SMALL)
+
+
+def load_options(**fields) -> LoadOptions:
+    """The loaders' options, as analyze builds them from an AnalyzeConfig of ``fields``."""
+    return gradscope.AnalyzeConfig(**fields).load_options()
+
+
+def test_the_loaders_take_their_own_options_built_once_from_the_config():
+    import dataclasses
+    import subprocess
+    import sys
+
+    config = gradscope.AnalyzeConfig(baselines=("pretrained",), what_ifs=("he",), batch_size=3, seq_len=16,
+                                     batches=2, seed=5, device="cpu", dtype="bfloat16", text="t.txt",
+                                     trust_remote_code=True)
+    options = config.load_options()
+    assert dataclasses.asdict(options) == {
+        "batch_size": 3, "batches": 2, "seq_len": 16, "seed": 5, "device": "cpu", "dtype": "bfloat16",
+        "text": "t.txt", "images": None, "image_size": None, "arch": None, "trust_remote_code": True}
+    assert options.samples == 6
+    assert not hasattr(options, "baselines") and not hasattr(options, "what_ifs")  # the variants' part, not theirs
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.seed = 1  # type: ignore[misc]
+    # every option of the loaders is a field of the config, under the same name
+    assert {f.name for f in dataclasses.fields(LoadOptions)} <= {f.name for f in dataclasses.fields(config)}
+    # the loaders never reach back into the analyzer
+    loaded = subprocess.run([sys.executable, "-c", "import sys, gradscope.models; "
+                             "print('gradscope.analyzer' in sys.modules)"], capture_output=True, text=True,
+                            check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert loaded.stdout.strip() == "False"
 
 
 def _one_clean_line(message: str) -> None:
@@ -50,28 +81,28 @@ def test_bert_without_tokenizer_files_gets_seeded_ids_not_a_batch_of_unknown_tok
 def test_a_saved_tokenizer_of_special_tokens_only_is_named_as_the_reason(tmp_path):
     directory = hm.save_small_vocab_tokenizer(hm.save_small_bert(tmp_path), words=())
     progress = []
-    subject = load_subject(str(directory), gradscope.AnalyzeConfig(**SMALL), progress.append)
+    subject = load_subject(str(directory), load_options(**SMALL), progress.append)
     assert subject.inputs.startswith("seeded random token ids (its tokenizer knows only special tokens), 2 x 16")
     assert "its tokenizer knows only special tokens: using seeded random token ids" in progress
-    with pytest.raises(UsageError, match=r"--text: .* has no tokenizer to read text with \(its tokenizer knows only "
+    with pytest.raises(UsageError, match=r"`text`: .* has no tokenizer to read text with \(its tokenizer knows only "
                                          r"special tokens\); save the model's tokenizer next to it"):
         text = tmp_path / "t.txt"
         text.write_text("some words to read")
-        load_subject(str(directory), gradscope.AnalyzeConfig(text=str(text), **SMALL), lambda _: None)
+        load_subject(str(directory), load_options(text=str(text), **SMALL), lambda _: None)
 
 
 def test_tokenizer_that_reads_the_corpus_as_unknown_tokens_falls_back_and_says_why(tmp_path):
     directory = hm.save_small_vocab_tokenizer(hm.save_small_bert(tmp_path))  # knows "the", "a", "of" only
-    subject = load_subject(str(directory), gradscope.AnalyzeConfig(**SMALL), lambda m: None)
+    subject = load_subject(str(directory), load_options(**SMALL), lambda m: None)
     assert subject.inputs.startswith("seeded random token ids (the tokenizer reads ")
     assert "of the built-in corpus as unknown tokens), 2 x 16" in subject.inputs
     assert int((subject.batches[0]["labels"] != -100).sum()) > 0
 
     text = tmp_path / "words.txt"
     text.write_text("colourless green ideas sleep furiously\n")
-    with pytest.raises(UsageError, match=r"--text .*words.txt: the tokenizer reads 100% of the text file .* as "
+    with pytest.raises(UsageError, match=r"`text='.*words.txt'`: the tokenizer reads 100% of the text file .* as "
                                          "unknown tokens; give text the model's tokenizer knows"):
-        load_subject(str(directory), gradscope.AnalyzeConfig(text=str(text), **SMALL), lambda m: None)
+        load_subject(str(directory), load_options(text=str(text), **SMALL), lambda m: None)
 
 
 def test_text_of_special_tokens_only_is_a_usage_error_not_a_nan_loss(tmp_path):
@@ -86,7 +117,7 @@ def test_text_the_tokenizer_knows_is_read_and_masked(tmp_path):
     directory = hm.save_small_vocab_tokenizer(hm.save_small_bert(tmp_path))
     text = tmp_path / "known.txt"
     text.write_text("the a of the a of\n")
-    subject = load_subject(str(directory), gradscope.AnalyzeConfig(text=str(text), **SMALL), lambda m: None)
+    subject = load_subject(str(directory), load_options(text=str(text), **SMALL), lambda m: None)
     # 6 words, one token each, fill 2 x (16 - 2 special) positions: the text goes round 28 / 6 times
     assert subject.inputs.startswith(f"text file {text}, 2 packed sequences of 16 tokens "
                                      "(the text is shorter: repeated 4.67 times), ")
@@ -100,7 +131,7 @@ def test_text_the_tokenizer_knows_is_read_and_masked(tmp_path):
 def test_sequence_classifier_keeps_its_head_and_gets_cross_entropy_over_its_labels(tmp_path):
     directory = hm.save_small_bert(tmp_path, head="BertForSequenceClassification", num_labels=3)
     config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), **SMALL)
-    labels = load_subject(str(directory), config, lambda m: None).batches[0]["labels"]
+    labels = load_subject(str(directory), config.load_options(), lambda m: None).batches[0]["labels"]
     assert labels.dtype == torch.long and labels.shape == (2,) and labels.min() >= 0 and labels.max() < 3
 
     report = gradscope.analyze(str(directory), config)
@@ -121,7 +152,7 @@ def test_token_classifier_gets_a_seeded_label_per_token(tmp_path):
     text = tmp_path / "known.txt"
     text.write_text("the a of the a of\n")
     config = gradscope.AnalyzeConfig(text=str(text), **ONLY_PRETRAINED)
-    batch = load_subject(str(directory), config, lambda m: None).batches[0]
+    batch = load_subject(str(directory), config.load_options(), lambda m: None).batches[0]
     labels = batch["labels"]
     assert labels.shape == (2, 16)
     assert (labels[:, 0] == -100).all() and (labels[:, -1] == -100).all()  # [CLS] and [SEP] are not labelled
@@ -146,7 +177,7 @@ def test_multi_label_head_gets_binary_cross_entropy_on_0_1_labels(tmp_path):
     directory = hm.save_small_bert(tmp_path, head="BertForSequenceClassification", num_labels=5,
                                    problem_type="multi_label_classification")
     config = gradscope.AnalyzeConfig(**ONLY_PRETRAINED)
-    labels = load_subject(str(directory), config, lambda m: None).batches[0]["labels"]
+    labels = load_subject(str(directory), config.load_options(), lambda m: None).batches[0]["labels"]
     assert labels.shape == (2, 5) and set(labels.unique().tolist()) <= {0, 1}
     report = gradscope.analyze(str(directory), config)
     assert report.meta["objective"] == "binary-cross-entropy"
@@ -159,7 +190,7 @@ def test_one_label_multi_label_head_stays_binary_cross_entropy(tmp_path):
     # a multi-label problem_type decides, as in transformers: its one label is not a regression target
     directory = hm.save_small_bert(tmp_path, head="BertForSequenceClassification", num_labels=1,
                                    problem_type="multi_label_classification")
-    subject = load_subject(str(directory), gradscope.AnalyzeConfig(**SMALL), lambda m: None)
+    subject = load_subject(str(directory), load_options(**SMALL), lambda m: None)
     assert subject.objective == "binary-cross-entropy" and subject.batches[0]["labels"].shape == (2, 1)
 
 
@@ -172,7 +203,7 @@ def test_decoder_sequence_classifier_without_a_pad_token_reads_the_last_token(tm
                                      bos_token_id=0, eos_token_id=0)
     transformers.GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
     analyze_config = gradscope.AnalyzeConfig(baselines=("pretrained", "scratch"), **SMALL)
-    subject = load_subject(str(tmp_path), analyze_config, lambda m: None)
+    subject = load_subject(str(tmp_path), analyze_config.load_options(), lambda m: None)
     batch = subject.batches[0]
     model = subject.model.eval()
     both = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -193,7 +224,7 @@ def test_decoder_sequence_classifier_without_a_pad_token_reads_the_last_token(tm
 ])
 def test_a_surrogate_objective_says_what_it_is(tmp_path, head, says):
     progress = []
-    subject = load_subject(str(hm.save_small_bert(tmp_path, head=head)), gradscope.AnalyzeConfig(**SMALL),
+    subject = load_subject(str(hm.save_small_bert(tmp_path, head=head)), load_options(**SMALL),
                            progress.append)
     assert subject.objective == "surrogate-masked-lm"
     note = subject.meta["objective_note"]
@@ -287,7 +318,7 @@ def test_the_contrastive_loss_of_real_minilm_is_sentence_transformers_own():
     except ImportError:  # sentence-transformers before 5.x
         from sentence_transformers.losses import MultipleNegativesRankingLoss
 
-    subject = load_subject(str(hm.minilm_dir()), gradscope.AnalyzeConfig(batch_size=8, device="cpu"), lambda _: None)
+    subject = load_subject(str(hm.minilm_dir()), load_options(batch_size=8, device="cpu"), lambda _: None)
     with torch.no_grad():
         ours = float(subject.loss_fn(subject.model, subject.batches[0]))
     reference_model = st.SentenceTransformer(str(hm.minilm_dir()), device="cpu")
@@ -320,7 +351,7 @@ def _ranking_reference(anchors: torch.Tensor, positives: torch.Tensor) -> float:
 @pytest.mark.parametrize("pooling, normalize", [("mean", True), ("cls", False), ("max", True)])
 def test_a_sentence_transformers_folder_is_its_transformer_pooled_as_its_config_says(tmp_path, pooling, normalize):
     directory = hm.save_tiny_sentence_transformer(tmp_path, pooling=pooling, normalize=normalize)
-    subject = load_subject(str(directory), gradscope.AnalyzeConfig(batch_size=4, device="cpu"), lambda _: None)
+    subject = load_subject(str(directory), load_options(batch_size=4, device="cpu"), lambda _: None)
     assert subject.objective == "multiple-negatives-ranking"
     assert type(subject.model).__name__ == "BertModel"
     assert f"its transformer with the folder's {pooling} pooling{', normalized' if normalize else ''}, " in \
@@ -353,7 +384,7 @@ def test_a_tiny_sentence_transformers_folder_runs_every_baseline_on_its_encoder_
 
 def test_a_sentence_transformers_folder_with_modules_gradscope_does_not_compute_says_so(tmp_path):
     directory = hm.save_tiny_sentence_transformer(tmp_path, extra_module="sentence_transformers.models.Dense")
-    subject = load_subject(str(directory), gradscope.AnalyzeConfig(**SMALL), lambda _: None)
+    subject = load_subject(str(directory), load_options(**SMALL), lambda _: None)
     assert subject.objective == "surrogate-masked-lm"
     assert subject.meta["objective_note"].startswith(
         "a sentence-transformers model whose modules gradscope does not compute (its modules.json names "
@@ -362,11 +393,11 @@ def test_a_sentence_transformers_folder_with_modules_gradscope_does_not_compute_
 
 
 @pytest.mark.parametrize("lines, batch_size, says", [
-    (None, 1, "--batch-size 1: an in-batch contrastive loss needs at least 2 sentence pairs in a batch (each "
+    (None, 1, "`batch_size=1`: an in-batch contrastive loss needs at least 2 sentence pairs in a batch (each "
               "pair's negatives are the others)"),
     (["one two three", "four five", "six", "seven eight"], 4,
-     "--batch-size 4: the text has 3 sentences of two words or more to pair, and a batch needs 4 different ones; "
-     "give more lines or a smaller --batch-size"),
+     "`batch_size=4`: the text has 3 sentences of two words or more to pair, and a batch needs 4 different ones; "
+     "give more lines or a smaller `batch_size`"),
 ])
 def test_sentence_pairs_need_different_pairs_in_a_batch(tmp_path, lines, batch_size, says):
     directory = hm.save_tiny_sentence_transformer(tmp_path / "model")
@@ -376,7 +407,7 @@ def test_sentence_pairs_need_different_pairs_in_a_batch(tmp_path, lines, batch_s
         text.write_text("\n".join(lines))
     config = gradscope.AnalyzeConfig(batch_size=batch_size, text=str(text) if text else None, device="cpu")
     with pytest.raises(UsageError) as raised:
-        load_subject(str(directory), config, lambda _: None)
+        load_subject(str(directory), config.load_options(), lambda _: None)
     assert str(raised.value) == says
 
 
@@ -395,7 +426,7 @@ BART = dict(vocab_size=64, d_model=16, encoder_layers=2, decoder_layers=2, encod
 @pytest.mark.parametrize("model_class", ["T5ForConditionalGeneration", "T5Model"])
 def test_t5_is_measured_as_a_seq2seq_lm_writing_its_input_back(tmp_path, model_class):
     subject = load_subject(str(hm.save_small(tmp_path, model_class, "T5Config", **T5)),
-                           gradscope.AnalyzeConfig(**SMALL), lambda _: None)
+                           load_options(**SMALL), lambda _: None)
     assert subject.objective == "seq2seq-lm" and type(subject.model).__name__ == "T5ForConditionalGeneration"
     batch = subject.batches[0]
     assert torch.equal(batch["labels"], batch["input_ids"])  # no tokenizer, no mask token: the text itself
@@ -435,7 +466,7 @@ def test_an_encoder_decoder_is_judged_per_stack(tmp_path):
 def test_bart_denoises_its_masked_input(tmp_path):
     hm.save_small(tmp_path, "BartForConditionalGeneration", "BartConfig", **BART)
     hm.save_small_vocab_tokenizer(tmp_path, words=tuple("the a of and to in is it".split()))
-    subject = load_subject(str(tmp_path), gradscope.AnalyzeConfig(**SMALL), lambda _: None)
+    subject = load_subject(str(tmp_path), load_options(**SMALL), lambda _: None)
     assert subject.objective == "seq2seq-lm" and "masked in the encoder's input" in subject.inputs
     batch = subject.batches[0]
     masked = batch["input_ids"] != batch["labels"]
@@ -446,7 +477,7 @@ def test_electra_discriminator_detects_replaced_tokens(tmp_path):
     hm.save_small(tmp_path, "ElectraForPreTraining", "ElectraConfig", vocab_size=64, embedding_size=16,
                   hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                   max_position_embeddings=64)
-    subject = load_subject(str(tmp_path), gradscope.AnalyzeConfig(**SMALL), lambda _: None)
+    subject = load_subject(str(tmp_path), load_options(**SMALL), lambda _: None)
     assert subject.objective == "replaced-token-detection"
     assert type(subject.model).__name__ == "ElectraForPreTraining"  # its trained discriminator head, not an MLM
     batch = subject.batches[0]
@@ -614,7 +645,7 @@ def test_a_file_that_is_no_model_says_what_it_is_and_what_to_give(tmp_path, name
     with pytest.raises(ModelLoadError) as info:
         gradscope.analyze(str(path), gradscope.AnalyzeConfig(device="cpu"))
     assert str(info.value) == (f"{path} is not a model: {says}; give a Hugging Face model directory or hub id, a "
-                               "torchvision model name, or a .safetensors/.pt checkpoint with --arch")
+                               "torchvision model name, or a .safetensors/.pt checkpoint with `arch`")
 
 
 def test_a_file_of_a_hugging_face_directory_says_to_give_the_directory(tmp_path):
@@ -642,17 +673,17 @@ def test_a_checkpoint_without_arch_is_named_by_its_format(tmp_path, save, what):
     save(path)
     with pytest.raises(UsageError) as info:
         gradscope.analyze(str(path), gradscope.AnalyzeConfig(device="cpu"))
-    assert str(info.value) == (f"{path} is a {what} checkpoint file: name its architecture with --arch (e.g. --arch "
-                               "resnet50), or give the directory a Hugging Face model was saved to")
+    assert str(info.value) == (f"{path} is a {what} checkpoint file: name its architecture with `arch` (e.g. "
+                               "`arch='resnet50'`), or give the directory a Hugging Face model was saved to")
 
 
 def test_arch_with_a_hf_directory_says_to_leave_it_out(tmp_path):
-    with pytest.raises(UsageError, match="--arch is for a checkpoint file, and .* is a directory; leave out --arch"):
+    with pytest.raises(UsageError, match="`arch` is for a checkpoint file, and .* is a directory; leave out `arch`"):
         gradscope.analyze(str(tmp_path), gradscope.AnalyzeConfig(arch="resnet18", device="cpu"))
 
 
 def test_unknown_arch_is_a_usage_error_with_close_matches(tmp_path):
-    with pytest.raises(UsageError, match="--arch resnet999: unknown torchvision classification model; "
+    with pytest.raises(UsageError, match="`arch='resnet999'`: unknown torchvision classification model; "
                                          "close matches: .*resnet18"):
         gradscope.analyze(str(tmp_path / "weights.pt"), gradscope.AnalyzeConfig(arch="resnet999", device="cpu"))
 
@@ -665,7 +696,7 @@ def test_a_safetensors_checkpoint_whose_head_sorts_before_its_body(tmp_path):
     torch.manual_seed(0)
     save_file(torchvision.models.convnext_tiny(num_classes=7).state_dict(), str(tmp_path / "c.safetensors"))
     config = gradscope.AnalyzeConfig(arch="convnext_tiny", image_size=32, **SMALL_IMAGES)
-    subject = load_subject(str(tmp_path / "c.safetensors"), config, lambda _: None)
+    subject = load_subject(str(tmp_path / "c.safetensors"), config.load_options(), lambda _: None)
     assert subject.model.classifier[2].out_features == 7 and "over 7 classes" in subject.inputs
 
 
@@ -673,7 +704,7 @@ def test_a_checkpoint_of_an_architecture_that_cannot_be_built_on_the_meta_device
     torchvision = pytest.importorskip("torchvision")  # RegNet's __init__ reads tensor values
     torch.manual_seed(0)
     torch.save(torchvision.models.regnet_y_400mf(num_classes=6).state_dict(), tmp_path / "r.pt")
-    subject = load_subject(str(tmp_path / "r.pt"), gradscope.AnalyzeConfig(arch="regnet_y_400mf", image_size=32,
+    subject = load_subject(str(tmp_path / "r.pt"), load_options(arch="regnet_y_400mf", image_size=32,
                                                                           **SMALL_IMAGES), lambda _: None)
     assert subject.model.fc.out_features == 6
 
@@ -686,9 +717,9 @@ def test_a_vision_transformer_checkpoint_refuses_another_image_size(tmp_path):
     model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2,
                                                  hidden_dim=16, mlp_dim=32, num_classes=3)
     config = gradscope.AnalyzeConfig(image_size=64, **SMALL_IMAGES)
-    with pytest.raises(UsageError, match="--image-size 64: vit takes 32 x 32 images only; leave out --image-size"):
-        _subject("vit", "checkpoint", model, lambda: model, 3, None, config, {})
-    assert _subject("vit", "checkpoint", model, lambda: model, 3, None, gradscope.AnalyzeConfig(image_size=32, **SMALL_IMAGES),
+    with pytest.raises(UsageError, match="`image_size=64`: vit takes 32 x 32 images only; leave out `image_size`"):
+        _subject("vit", "checkpoint", model, lambda: model, 3, None, config.load_options(), {})
+    assert _subject("vit", "checkpoint", model, lambda: model, 3, None, load_options(image_size=32, **SMALL_IMAGES),
                     {}).batches[0]["pixels"].shape == (2, 3, 32, 32)
 
 
@@ -697,7 +728,7 @@ def test_batch_norm_with_one_value_per_channel_is_a_usage_error(tmp_path):
     config = gradscope.AnalyzeConfig(arch="resnet18", baselines=("pretrained",), batch_size=1, image_size=32,
                                      device="cpu")
     with pytest.raises(UsageError, match="batch normalization needs more than one value per channel .*; "
-                                         r"raise --batch-size \(or --image-size\)"):
+                                         r"raise `batch_size` \(or `image_size`\)"):
         gradscope.analyze(str(path), config)
 
 
@@ -752,7 +783,7 @@ def test_peft_adapter_is_merged_into_its_base_with_its_head(tmp_path):
 
     base, adapter = _save_lora_classifier(tmp_path)
     progress = []
-    subject = load_subject(str(adapter), gradscope.AnalyzeConfig(**SMALL), progress.append)
+    subject = load_subject(str(adapter), load_options(**SMALL), progress.append)
     want = peft.PeftModel.from_pretrained(BertForSequenceClassification.from_pretrained(base, num_labels=3),
                                           adapter).merge_and_unload().state_dict()
     got = subject.model.state_dict()
@@ -776,7 +807,7 @@ def test_peft_adapter_head_size_is_read_from_the_head_alone(tmp_path):
                                 peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"],
                                                 modules_to_save=["pooler.dense"]))
     model.save_pretrained(tmp_path / "adapter")
-    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    subject = load_subject(str(tmp_path / "adapter"), load_options(**SMALL), lambda line: None)
     assert subject.model.classifier.out_features == 3
 
 
@@ -793,7 +824,7 @@ def test_peft_adapter_trained_on_the_backbone_is_applied_to_it(tmp_path):
             if "lora_B" in name:
                 p.normal_(std=0.2)
     model.save_pretrained(tmp_path / "adapter")
-    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    subject = load_subject(str(tmp_path / "adapter"), load_options(**SMALL), lambda line: None)
     want = peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), tmp_path / "adapter").merge_and_unload()
     got = subject.model.bert.encoder.layer[0].attention.self.query.weight
     assert torch.equal(got, want.encoder.layer[0].attention.self.query.weight)
@@ -810,17 +841,17 @@ def test_peft_adapter_saved_with_the_models_config_keeps_its_problem_type(tmp_pa
                                                                problem_type="multi_label_classification")
     model = peft.get_peft_model(classifier, peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"]))
     model.save_pretrained(tmp_path / "adapter")
-    assert load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL),
+    assert load_subject(str(tmp_path / "adapter"), load_options(**SMALL),
                         lambda line: None).objective == "cross-entropy"  # adapters do not record problem_type
     classifier.config.save_pretrained(tmp_path / "adapter")  # config.json beside the adapter says it
-    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    subject = load_subject(str(tmp_path / "adapter"), load_options(**SMALL), lambda line: None)
     assert subject.objective == "binary-cross-entropy" and subject.model.classifier.out_features == 4
 
 
 def test_peft_adapter_on_a_classifier_with_another_number_of_labels(tmp_path):
     _, adapter = _save_lora_classifier(tmp_path, num_labels=5)
     hm.save_small_bert(tmp_path / "base", head="BertForSequenceClassification", num_labels=2)  # base: 2 labels
-    subject = load_subject(str(adapter), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    subject = load_subject(str(adapter), load_options(**SMALL), lambda line: None)
     assert subject.model.classifier.out_features == 5 and "over 5 classes" in subject.inputs
 
 
@@ -835,7 +866,7 @@ def test_peft_adapter_of_a_model_whose_vocabulary_grew(tmp_path):
     model = peft.get_peft_model(model, peft.LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["c_attn"],
                                                        modules_to_save=["wte"]))
     model.save_pretrained(tmp_path / "adapter")
-    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+    subject = load_subject(str(tmp_path / "adapter"), load_options(**SMALL), lambda line: None)
     assert subject.model.get_input_embeddings().num_embeddings == model.config.vocab_size
     assert subject.objective == "causal-lm"
 
@@ -849,7 +880,7 @@ def test_peft_adapter_for_a_head_without_an_objective_says_what_is_measured(tmp_
                                 peft.LoraConfig(task_type="QUESTION_ANS", r=4, target_modules=["query"]))
     model.save_pretrained(tmp_path / "adapter")
     progress = []
-    subject = load_subject(str(tmp_path / "adapter"), gradscope.AnalyzeConfig(**SMALL), progress.append)
+    subject = load_subject(str(tmp_path / "adapter"), load_options(**SMALL), progress.append)
     assert subject.objective == "masked-lm"
     assert subject.meta["objective_note"].startswith("the adapter was trained for QUESTION_ANS, a head gradscope has "
                                                      "no objective for: measured with the base model's masked-lm head")
@@ -877,7 +908,7 @@ def test_peft_adapter_without_peft_installed_says_how_to_merge(tmp_path, monkeyp
     folder = _adapter_folder(tmp_path, '{"peft_type": "LORA", "base_model_name_or_path": "bert-base-uncased"}')
     monkeypatch.setitem(__import__("sys").modules, "peft", None)  # import peft raises ImportError
     with pytest.raises(ModelLoadError) as err:
-        load_subject(str(folder), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+        load_subject(str(folder), load_options(**SMALL), lambda line: None)
     message = str(err.value)
     assert message.startswith(f"{folder} holds a LORA adapter for bert-base-uncased, not a whole model: install peft")
     assert "merge_and_unload()" in message
@@ -899,7 +930,7 @@ def test_peft_adapter_refusals(tmp_path, config, weights, says):
     pytest.importorskip("peft")
     folder = _adapter_folder(tmp_path, config, weights)
     with pytest.raises(ModelLoadError, match=says) as err:
-        load_subject(str(folder), gradscope.AnalyzeConfig(**SMALL), lambda line: None)
+        load_subject(str(folder), load_options(**SMALL), lambda line: None)
     _one_clean_line(str(err.value))
 
 

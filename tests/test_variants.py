@@ -12,7 +12,11 @@ from torch import nn
 from gradscope.blocks import block_containers, find_blocks
 from gradscope.errors import UsageError
 from gradscope.variants import (
+    Depth,
     ShallowUnavailable,
+    Skipped,
+    Variant,
+    VariantPlan,
     build_variants,
     check_applicable,
     describe_architecture,
@@ -134,7 +138,7 @@ def test_what_if_with_nothing_to_change_is_refused_before_running():
 def test_variants_share_one_depth_axis():
     model = torchvision.models.resnet18(weights=None)
     variants = {v.name: v for v in build_variants(model, lambda: torchvision.models.resnet18(weights=None),
-                                                  ("pretrained", "scratch", "shallow"), ("no-norm",), seed=0)}
+                                                  VariantPlan(("pretrained", "scratch", "shallow"), ("no-norm",)))}
     assert variants["pretrained"].blocks == find_blocks(model)
     assert variants["scratch"].blocks == variants["no-norm"].blocks == find_blocks(model)
     assert variants["shallow"].blocks == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
@@ -371,7 +375,7 @@ def test_he_redraws_every_gpt2_conv1d_weight_with_the_fan_in_of_its_transposed_l
 
 def test_he_variant_of_gpt2_counts_its_conv1d_layers_and_the_tied_head_apart():
     model = tiny_gpt2_lm()
-    variants = list(build_variants(model, tiny_gpt2_lm, (), ("he",), seed=0))
+    variants = list(build_variants(model, tiny_gpt2_lm, VariantPlan((), ("he",))))
     assert variants[0].changes == {"layers_reinitialized": 8, "embedding_tied_layers_kept": 1}
     assert variants[0].description == ("scratch with 8 Linear/convolution weights re-initialized (He normal); "
                                        "1 tied to the input embeddings kept")
@@ -445,7 +449,8 @@ def test_shallow_vit_keeps_the_names_of_its_encoder_layers_and_so_its_blocks():
                               num_classes=10)
     images = torch.randn(2, 3, 32, 32)
     probe = output_probe(images, lambda m, x: m(x).sum())
-    variants = {v.name: v for v in build_variants(model, None, ("shallow",), (), seed=0, probe=probe)}
+    variants = {v.name: v for v in build_variants(model, None, VariantPlan(("shallow",)), Depth(find_blocks(model),
+                                                                                             probe=probe))}
     shallow = variants["shallow"]
     assert list(shallow.model.encoder.layers._modules) == ["encoder_layer_0", "encoder_layer_1"]
     assert shallow.blocks == ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
@@ -478,15 +483,22 @@ def test_shallow_is_skipped_with_the_reason_when_no_cut_keeps_the_model_working(
     # ...but it then outputs fewer channels than the transition after it takes: no shallow DenseNet.
     probe = output_probe(images, lambda m, x: nn.functional.cross_entropy(m(x), torch.zeros(2, dtype=torch.long)))
     with pytest.raises(ShallowUnavailable, match=r"with features.denseblock1 cut, the forward fails \(RuntimeError.*; "
-                                                 r"likewise for features.denseblock2; drop 'shallow' from --baselines"):
+                                                 r"likewise for features.denseblock2; drop 'shallow' from `baselines`"):
         make_shallow(model, probe=probe)
     messages = []
-    names = [v.name for v in build_variants(model, lambda: DenseNet(growth_rate=4, block_config=(2, 2),
-                                                                    num_init_features=8, bn_size=2, num_classes=10),
-                                            ("pretrained", "shallow"), ("he",), seed=0, progress=messages.append,
-                                            probe=probe)]
-    assert names == ["pretrained", "he"]
+    built = list(build_variants(model, lambda: DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8,
+                                                        bn_size=2, num_classes=10),
+                                VariantPlan(("pretrained", "shallow"), ("he",)), Depth(find_blocks(model), probe=probe),
+                                progress=messages.append))
+    assert [v.name for v in built if isinstance(v, Variant)] == ["pretrained", "he"]
     assert any(m.startswith("skipping the shallow baseline: no block stack can be cut") for m in messages)
+    # what was skipped comes back in the variants' place, with the reason the progress line gave
+    (skipped,) = [v for v in built if isinstance(v, Skipped)]
+    assert skipped.name == "shallow" and skipped.reason.startswith("no block stack can be cut")
+    assert [v.name for v in built] == ["pretrained", "shallow", "he"]
+    with pytest.raises(ShallowUnavailable):  # asked for by name: refused
+        list(build_variants(model, None, VariantPlan(("shallow",), shallow_optional=False),
+                            Depth(find_blocks(model), probe=probe)))
 
 
 def test_shallow_albert_with_two_hidden_groups_is_a_clean_skip():
@@ -514,14 +526,28 @@ def test_shallow_albert_runs_its_shared_group_fewer_times_and_leaves_the_model_a
     ids = torch.randint(0, 50, (2, 8))
     loss = lambda m, x: m(input_ids=x).last_hidden_state.sum()  # noqa: E731
     count_runs = lambda m: repeated_blocks(m, ids, loss)  # noqa: E731
-    shallow, changes = make_shallow(model, probe=output_probe(ids, loss), count_runs=count_runs)
+    shallow, changes = make_shallow(model, probe=output_probe(ids, loss), repeated=count_runs(model))
     assert changes == {"runs_kept": {"encoder.albert_layer_groups.0": [3, 5]}}
     assert count_runs(shallow) == {"encoder.albert_layer_groups.0": 3} and shallow.config.num_hidden_layers == 3
     assert model.config.num_hidden_layers == 5 and count_runs(model) == {"encoder.albert_layer_groups.0": 5}
     # a repeated block that does not run num_hidden_layers times (a plain loop): nothing to shorten
     loop = nn.ModuleDict({"cell": nn.Linear(4, 4)})
     with pytest.raises(ShallowUnavailable, match="does not run num_hidden_layers times"):
-        make_shallow(loop, count_runs=lambda m: {"cell": 3})
+        make_shallow(loop, repeated={"cell": 3})
+    # a model whose repeated block does not read num_hidden_layers: the copy's runs, counted, say so
+    model.config.num_hidden_layers = 5
+    fixed = type(model.encoder).forward
+
+    def five_runs(self, hidden_states, *args, **kwargs):
+        layers, self.config.num_hidden_layers = self.config.num_hidden_layers, 5
+        try:
+            return fixed(self, hidden_states, *args, **kwargs)
+        finally:
+            self.config.num_hidden_layers = layers
+
+    model.encoder.forward = five_runs.__get__(model.encoder)
+    with pytest.raises(ShallowUnavailable, match="runs 5 times, and a smaller num_hidden_layers does not change"):
+        make_shallow(model, probe=output_probe(ids, loss), repeated=count_runs(model))
 
 
 def test_output_probe_leaves_modes_and_buffers_as_they_were():

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -24,71 +23,21 @@ import torch
 from torch import nn
 
 from ..errors import GradscopeError, ModelLoadError, UsageError
+from .common import (
+    CHECKPOINT_SUFFIXES,
+    DTYPES,
+    LoadOptions,
+    LossFn,
+    Subject,
+    is_local_path,
+    offline,
+    resolve_device,
+    resolve_dtype,
+    to_device,
+)
+from .hf import load_hf
 from .inputs import check_input_paths
-
-LossFn = Callable[[nn.Module, Any], torch.Tensor]
-
-
-@dataclass
-class Subject:
-    """A loaded model with what it takes to measure it and its variants."""
-
-    name: str
-    source: str  # "huggingface", "torchvision", "checkpoint", "module" or "demo"
-    model: nn.Module
-    make_scratch: Callable[[], nn.Module]  # same architecture, the library's own initialization
-    batches: list  # each on the model's device, the same for every variant
-    loss_fn: LossFn  # loss_fn(model, batch) -> scalar tensor
-    objective: str  # "masked-lm", "causal-lm", "surrogate-masked-lm", "surrogate-causal-lm", "cross-entropy",
-    #                 "multiple-negatives-ranking", "mean-squared-error", ... or "custom"
-    inputs: str  # where the batch came from, in words
-    meta: dict = field(default_factory=dict)
-
-
-def offline() -> bool:
-    """True under ``--offline`` (it sets HF_HUB_OFFLINE): then nothing is downloaded, from any source."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when a GPU is visible, else CPU; ``cuda`` without a GPU is a usage error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA GPU is visible; use --device cpu or --device auto")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device {device}: not a device; use auto, cpu or cuda") from None
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise UsageError(f"--device {device}: {count} CUDA GPU{'s are' if count > 1 else ' is'} visible "
-                         f"(cuda:0 to cuda:{count - 1}); choose one of them")
-    return resolved
-
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-
-def resolve_dtype(name: Optional[str]) -> Optional[torch.dtype]:
-    if name is None or name == "auto":
-        return None
-    if name not in DTYPES:
-        raise UsageError(f"--dtype {name}: choose from auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def to_device(batch: Any, device: torch.device, dtype: Optional[torch.dtype] = None) -> Any:
-    """Move a batch (tensor, or dict/list/tuple of them) to ``device``; floating tensors also to ``dtype``."""
-    if isinstance(batch, torch.Tensor):
-        if dtype is not None and batch.is_floating_point():
-            return batch.to(device=device, dtype=dtype)
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, dtype) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device, dtype) for v in batch)
-    return batch
+from .vision import close_torchvision_names, is_torchvision_name, load_checkpoint, load_torchvision
 
 
 def _reset_parameters_copy(model: nn.Module) -> nn.Module:
@@ -140,7 +89,7 @@ def _scratch_maker(model: nn.Module) -> tuple[Callable[[], nn.Module], str]:
     return lambda: _reset_parameters_copy(model), "PyTorch's defaults (each module's reset_parameters)"
 
 
-def from_module(model: nn.Module, batch: Any, loss_fn: Optional[LossFn], config) -> Subject:
+def from_module(model: nn.Module, batch: Any, loss_fn: Optional[LossFn], options: LoadOptions) -> Subject:
     """A plain ``nn.Module`` from Python: ``loss_fn(model, batch)`` is the objective.
 
     Without ``loss_fn``, ``model(batch)`` must return a scalar loss (or an object
@@ -148,8 +97,8 @@ def from_module(model: nn.Module, batch: Any, loss_fn: Optional[LossFn], config)
     """
     if batch is None:
         raise UsageError("analyze(nn.Module): pass batch=... (the input the model is measured on)")
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
     if loss_fn is None:
@@ -169,19 +118,6 @@ def from_module(model: nn.Module, batch: Any, loss_fn: Optional[LossFn], config)
         inputs="the batch passed to analyze()",
         meta={"scratch_init": scratch_init},
     )
-
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-
-
-def is_local_path(spec: str) -> bool:
-    """True for what can only name a local file: a Hugging Face hub id is ``name`` or ``org/name``, never more.
-
-    So ``/abs``, ``./rel``, ``../up``, ``~/home``, ``a/b/c`` and ``model.pt`` are paths even when nothing
-    is there, and their error is "no such file", not a hub lookup.
-    """
-    return (spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") > 1 or spec.endswith("/")
-            or Path(spec).suffix in CHECKPOINT_SUFFIXES)
 
 
 _SNIFF_BYTES = 4096
@@ -222,7 +158,7 @@ _NOT_A_CHECKPOINT = {
 
 
 def _file_without_arch(spec: str, path: Path) -> GradscopeError:
-    """Why a file named without --arch cannot be measured as it is: a checkpoint needs its architecture
+    """Why a file named without ``arch`` cannot be measured as it is: a checkpoint needs its architecture
     (a usage error); anything else is no model (a load error), said with what the file looks like."""
     try:
         kind = file_format(path)
@@ -230,45 +166,41 @@ def _file_without_arch(spec: str, path: Path) -> GradscopeError:
         return ModelLoadError(f"cannot read {spec}: {exc.strerror or exc}")
     if kind in ("safetensors", "torch"):
         what = "safetensors" if kind == "safetensors" else "torch.save"
-        return UsageError(f"{spec} is a {what} checkpoint file: name its architecture with --arch "
-                          "(e.g. --arch resnet50), or give the directory a Hugging Face model was saved to")
+        return UsageError(f"{spec} is a {what} checkpoint file: name its architecture with `arch` "
+                          "(e.g. `arch='resnet50'`), or give the directory a Hugging Face model was saved to")
     if (path.parent / "config.json").is_file():  # a file of a Hugging Face model's directory
         fix = f"give the directory it is in: gradscope analyze {path.parent}"
     else:
         fix = ("give a Hugging Face model directory or hub id, a torchvision model name, or a .safetensors/.pt "
-               "checkpoint with --arch")
+               "checkpoint with `arch`")
     return ModelLoadError(f"{spec} is not a model: {_NOT_A_CHECKPOINT[kind]}; {fix}")
 
 
-def load_subject(spec: str, config, progress: Callable[[str], None]) -> Subject:
+def load_subject(spec: str, options: LoadOptions, progress: Callable[[str], None]) -> Subject:
     """Load the model ``spec`` names (see module docstring) with its inputs and objective."""
-    check_input_paths(config.text, config.images)  # in seconds, not after a model took a minute to load
+    check_input_paths(options.text, options.images)  # in seconds, not after a model took a minute to load
     if spec.startswith("~"):
         spec = os.path.expanduser(spec)
     path = Path(spec)
-    if config.arch:
-        from .vision import load_checkpoint
-
-        return load_checkpoint(spec, config, progress)
+    if options.arch:
+        return load_checkpoint(spec, options, progress)
     if path.is_dir():
-        from .hf import load_hf
-
-        return load_hf(spec, config, progress, local=True)
+        return load_hf(spec, options, progress, local=True)
     if path.is_file():
         raise _file_without_arch(spec, path)
     if is_local_path(spec):
         raise ModelLoadError(f"no such file or directory: {spec}")
     if "/" not in spec:
-        from .vision import close_torchvision_names, is_torchvision_name, load_torchvision
-
         if is_torchvision_name(spec):
-            return load_torchvision(spec, config, progress)
+            return load_torchvision(spec, options, progress)
         close = close_torchvision_names(spec)
         if close:
             raise ModelLoadError(
                 f"unknown torchvision model {spec!r}; close matches: {', '.join(close)} "
                 "(a Hugging Face hub id is written owner/name)"
             )
-    from .hf import load_hf
+    return load_hf(spec, options, progress, local=False)
 
-    return load_hf(spec, config, progress, local=False)
+
+__all__ = ["CHECKPOINT_SUFFIXES", "DTYPES", "LoadOptions", "LossFn", "Subject", "file_format", "from_module",
+           "is_local_path", "load_subject", "offline", "resolve_device", "resolve_dtype", "to_device"]

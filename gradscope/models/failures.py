@@ -31,6 +31,16 @@ def first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def with_type(exc: BaseException) -> str:
+    """``Type: first line`` (:func:`first_line`), or the type name alone for an exception without a message.
+
+    >>> with_type(RuntimeError("shapes differ\\nmore detail")), with_type(EOFError())
+    ('RuntimeError: shapes differ', 'EOFError')
+    """
+    line, name = first_line(exc), type(exc).__name__
+    return name if line == name else f"{name}: {line}"
+
+
 def short_reason(exc: BaseException) -> str:
     """:func:`first_line`, kept to its first sentence when long, and never cut inside a word.
 

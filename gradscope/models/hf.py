@@ -46,8 +46,8 @@ Text is read with the model's tokenizer. Without one (transformers may make up a
 special tokens only when no tokenizer files were saved), or when it reads the text as mostly
 unknown tokens, the batch is seeded random token ids, and the inputs line says why.
 
-``trust_remote_code`` is off unless ``AnalyzeConfig.trust_remote_code`` (``--trust-remote-code``) asks for
-it, whatever the model's files say. Hub access follows
+``trust_remote_code`` is off unless :attr:`LoadOptions.trust_remote_code` (``AnalyzeConfig.trust_remote_code``,
+``--trust-remote-code``) asks for it, whatever the model's files say. Hub access follows
 transformers and ``HF_HUB_OFFLINE``; a model that cannot be fetched is a
 :class:`ModelLoadError` that says how to pass a local directory instead.
 """
@@ -59,6 +59,7 @@ import json
 import math
 import pickle
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -68,7 +69,7 @@ from torch import nn
 
 from ..errors import ModelLoadError, UsageError
 from ..limits import check_model_size
-from . import Subject, is_local_path, offline, resolve_device, resolve_dtype, to_device
+from .common import LoadOptions, LossFn, Subject, is_local_path, offline, resolve_device, resolve_dtype, to_device
 from .failures import needs_code_message, pickled_global, short_reason
 from .inputs import (
     PAIRING,
@@ -89,19 +90,6 @@ from .inputs import (
 from .sentence import SCALE, NotFollowed, SentenceEncoder, read_sentence_encoder
 
 DEFAULT_IMAGE_SIZE = 224
-
-
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    try:  # the hub client logs each retry; gradscope says what failed once, at the end
-        from huggingface_hub.utils import logging as hub_logging
-
-        hub_logging.set_verbosity_error()
-    except ImportError:
-        pass
 
 
 # --- PEFT adapters --------------------------------------------------------------------
@@ -563,8 +551,8 @@ def _sequence_length(hf_config, asked: Optional[int], progress) -> int:
     positions = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "n_positions", None)
     if asked is not None:
         if positions and asked > positions:
-            raise UsageError(f"--seq-len {asked} is longer than the model's {positions} positions; "
-                             f"use --seq-len {positions} or less")
+            raise UsageError(f"`seq_len={asked}` is longer than the model's {positions} positions; "
+                             f"use `seq_len={positions}` or less")
         return asked
     if positions and positions < DEFAULT_SEQ_LEN:
         progress(f"the model has {positions} positions: sequences of {positions} tokens")
@@ -575,12 +563,12 @@ def _sequence_length(hf_config, asked: Optional[int], progress) -> int:
 MAX_UNKNOWN = 0.5  # above this share of [UNK] tokens the text says nothing to the model
 
 
-def _tokenizer(spec: str, config):
+def _tokenizer(spec: str, trust_remote_code: bool):
     """(the tokenizer saved with the model, None) or (None, why there is none to read text with)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # an optional dependency: imported where a Hugging Face model loads
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=config.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except Exception:  # no tokenizer files: the caller falls back to seeded ids, and says so
         return None, "no tokenizer"
     # transformers may build a tokenizer that knows only its special tokens ([PAD], [UNK], [CLS], ...),
@@ -592,20 +580,21 @@ def _tokenizer(spec: str, config):
     return tokenizer, None
 
 
-def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
+def _token_ids(spec: str, hf_config, options: LoadOptions, seq_len: int, progress):
     """``n`` x ``seq_len`` token ids, which of them are special, the mask token id, and the source in words.
 
     Text is read with the model's tokenizer. Without one, or when it reads the text as mostly unknown
     tokens (a batch of one repeated id, with nothing to mask), the ids are seeded random ids instead.
     """
-    tokenizer, why = _tokenizer(spec, config)
+    n = options.samples
+    tokenizer, why = _tokenizer(spec, options.trust_remote_code)
     if tokenizer is None:
-        if config.text:
-            raise UsageError(f"--text: {spec} has no tokenizer to read text with ({why}); save the model's "
+        if options.text:
+            raise UsageError(f"`text`: {spec} has no tokenizer to read text with ({why}); save the model's "
                              "tokenizer next to it")
         progress(f"{why}: using seeded random token ids")
     else:
-        texts, where = texts_for(config.text)
+        texts, where = texts_for(options.text)
         ids, passes = token_windows(tokenizer, texts, n, seq_len)
         if int(ids.max()) >= hf_config.vocab_size:
             raise ModelLoadError(
@@ -624,11 +613,11 @@ def _token_ids(spec: str, hf_config, config, n: int, seq_len: int, progress):
         else:
             repeated = f" (the text is shorter: repeated {passes:.3g} times)" if passes > 1 else ""
             return ids, special, tokenizer.mask_token_id, f"{where}, {n} packed sequences of {seq_len} tokens{repeated}"
-        if config.text:
-            raise UsageError(f"--text {config.text}: {why}; give text the model's tokenizer knows, "
-                             "or a longer --seq-len")
+        if options.text:
+            raise UsageError(f"`text={options.text!r}`: {why}; give text the model's tokenizer knows, "
+                             "or a longer `seq_len`")
         progress(f"{why}: using seeded random token ids")
-    ids = random_token_ids(hf_config.vocab_size, n, seq_len, config.seed)
+    ids = random_token_ids(hf_config.vocab_size, n, seq_len, options.seed)
     mask_id = tokenizer.mask_token_id if tokenizer is not None else None
     return ids, torch.zeros_like(ids, dtype=torch.bool), mask_id, f"seeded random token ids ({why}), {n} x {seq_len}"
 
@@ -667,21 +656,20 @@ def _targets(task: str, ids: torch.Tensor, special: torch.Tensor, mask_id: Optio
     return ids, ids.clone(), None  # causal: the next token
 
 
-def _text_batches(spec: str, hf_config, task: str, config, progress) -> tuple[list[dict], str]:
-    refuse_image_options(config)
-    n = config.batch_size * config.batches
-    seq_len = _sequence_length(hf_config, config.seq_len, progress)
-    ids, special, mask_id, inputs = _token_ids(spec, hf_config, config, n, seq_len, progress)
-    ids, labels, targets = _targets(task, ids, special, mask_id, hf_config, config.seed)
+def _text_batches(spec: str, hf_config, task: str, options: LoadOptions, progress) -> tuple[list[dict], str]:
+    refuse_image_options(options)
+    seq_len = _sequence_length(hf_config, options.seq_len, progress)
+    ids, special, mask_id, inputs = _token_ids(spec, hf_config, options, seq_len, progress)
+    ids, labels, targets = _targets(task, ids, special, mask_id, hf_config, options.seed)
     if targets:
         inputs += f", {targets}"
     batches = []
-    for b in range(config.batches):
-        rows = slice(b * config.batch_size, (b + 1) * config.batch_size)
+    for b in range(options.batches):
+        rows = slice(b * options.batch_size, (b + 1) * options.batch_size)
         if not labels.is_floating_point() and not bool((labels[rows] != -100).any()):
             # The loss would be a mean over nothing: NaN, read as a broken model.
             raise UsageError(f"batch {b + 1} has no position to predict (every token is special or unknown); "
-                             "give a longer --seq-len or other --text")
+                             "give a longer `seq_len` or other `text`")
         batches.append({
             "input_ids": ids[rows],
             "attention_mask": torch.ones_like(ids[rows]),
@@ -691,23 +679,24 @@ def _text_batches(spec: str, hf_config, task: str, config, progress) -> tuple[li
     return batches, inputs
 
 
-def _sentence_batches(spec: str, hf_config, encoder: SentenceEncoder, config, progress) -> tuple[list[dict], str]:
+def _sentence_batches(spec: str, hf_config, encoder: SentenceEncoder, options: LoadOptions,
+                      progress) -> tuple[list[dict], str]:
     """Batches of sentence pairs for a sentence encoder (see :mod:`.sentence`), and their source in words.
 
     Each batch's rows are its anchors, then its positives, padded to the longest and truncated at the
     sequence length (and at the model's ``max_seq_length``)."""
-    refuse_image_options(config)
-    tokenizer, why = _tokenizer(spec, config)
+    refuse_image_options(options)
+    tokenizer, why = _tokenizer(spec, options.trust_remote_code)
     if tokenizer is None:
         raise ModelLoadError(f"{spec} is a sentence-transformers model without a tokenizer to read sentence pairs "
                              f"with ({why}); save its tokenizer next to it")
     if tokenizer.pad_token is None:  # a decoder's tokenizer; the padding is masked out, whatever token it is
         tokenizer.pad_token = tokenizer.eos_token
-    max_length = min(_sequence_length(hf_config, config.seq_len, progress), encoder.max_seq_length or math.inf)
-    texts, where = texts_for(config.text)
+    max_length = min(_sequence_length(hf_config, options.seq_len, progress), encoder.max_seq_length or math.inf)
+    texts, where = texts_for(options.text)
     if encoder.lowercase:
         texts = [text.lower() for text in texts]
-    groups, passes = pair_batches(sentence_halves(texts), config.batch_size, config.batches)
+    groups, passes = pair_batches(sentence_halves(texts), options.batch_size, options.batches)
     batches, lengths = [], []
     for pairs in groups:
         anchors, positives = zip(*pairs)
@@ -719,44 +708,43 @@ def _sentence_batches(spec: str, hf_config, encoder: SentenceEncoder, config, pr
         unknown = unknown_fraction(ids, special, tokenizer.unk_token_id)
         if unknown > MAX_UNKNOWN:
             raise UsageError(f"the tokenizer of {spec} reads {unknown:.0%} of the {where} as unknown tokens; give "
-                             "--text in a language the model's tokenizer knows")
+                             "`text` in a language the model's tokenizer knows")
         batches.append({"input_ids": ids, "attention_mask": mask})
         lengths += mask.sum(dim=1).tolist()
-    n = config.batch_size * config.batches
-    grouped = f" in {config.batches} batches of {config.batch_size}" if config.batches > 1 else ""
+    n = options.samples
+    grouped = f" in {options.batches} batches of {options.batch_size}" if options.batches > 1 else ""
     repeated = f" (the text is shorter: repeated {passes:.3g} times)" if passes > 1 else ""
     return batches, (f"{where}, {n} sentence pairs{grouped} (halves of {min(lengths)} to {max(lengths)} tokens, "
                      f"padded to the longest in the batch){repeated}")
 
 
-def _processed_images(spec: str, config, n: int) -> tuple[torch.Tensor, str]:
-    """``--images`` through the model's own image processor (saved next to it), and their source in words."""
-    from transformers import AutoImageProcessor
+def _processed_images(spec: str, options: LoadOptions) -> tuple[torch.Tensor, str]:
+    """``images`` through the model's own image processor (saved next to it), and their source in words."""
+    from transformers import AutoImageProcessor  # an optional dependency: imported where a Hugging Face model loads
 
     try:
-        processor = AutoImageProcessor.from_pretrained(spec, trust_remote_code=config.trust_remote_code)
+        processor = AutoImageProcessor.from_pretrained(spec, trust_remote_code=options.trust_remote_code)
     except Exception:
-        raise UsageError(f"--images: {spec} has no image processor saved with it; leave out --images") from None
-    return load_images(config.images, n, lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0],
+        raise UsageError(f"`images`: {spec} has no image processor saved with it; leave out `images`") from None
+    return load_images(options.images, options.samples,
+                       lambda image: processor(images=image, return_tensors="pt")["pixel_values"][0],
                        "the model's image processor")
 
 
-def _image_batches(spec: str, hf_config, config) -> tuple[list[dict], str]:
-    refuse_text_options(config)
-    n = config.batch_size * config.batches
-    if config.images:
-        pixels, source = _processed_images(spec, config, n)
+def _image_batches(spec: str, hf_config, options: LoadOptions) -> tuple[list[dict], str]:
+    refuse_text_options(options)
+    n = options.samples
+    if options.images:
+        pixels, source = _processed_images(spec, options)
     else:
-        size = config.image_size or getattr(hf_config, "image_size", None) or DEFAULT_IMAGE_SIZE
+        size = options.image_size or getattr(hf_config, "image_size", None) or DEFAULT_IMAGE_SIZE
         channels = getattr(hf_config, "num_channels", 3)
-        pixels = synthetic_images(n, channels, size, config.seed)
+        pixels = synthetic_images(n, channels, size, options.seed)
         source = f"seeded synthetic images {n} x {channels} x {size} x {size}"
-    labels = random_labels(n, hf_config.num_labels, config.seed)
-    batches = [
-        {"pixel_values": pixels[b * config.batch_size:(b + 1) * config.batch_size],
-         "labels": labels[b * config.batch_size:(b + 1) * config.batch_size]}
-        for b in range(config.batches)
-    ]
+    labels = random_labels(n, hf_config.num_labels, options.seed)
+    per_batch = options.batch_size
+    batches = [{"pixel_values": pixels[b * per_batch:(b + 1) * per_batch],
+                "labels": labels[b * per_batch:(b + 1) * per_batch]} for b in range(options.batches)]
     return batches, f"{source}, seeded random labels over {hf_config.num_labels} classes"
 
 
@@ -777,155 +765,260 @@ def _check_size(spec: str, auto_class, hf_config, dtype, trust_remote_code: bool
     check_model_size(spec, layers, sum(p.numel() for p in skeleton.parameters()) * itemsize)
 
 
-def load_hf(spec: str, config, progress: Callable[[str], None], *, local: bool) -> Subject:
-    """Load a Hugging Face model, its head per the module docstring, its batches and objective."""
+def _import_transformers(spec: str):
+    """transformers, its logging and progress bars quieted (gradscope says what went wrong, once, at the end)."""
     try:
-        import transformers
+        import transformers  # an optional dependency: imported when a Hugging Face model is loaded
     except ImportError:
         raise ModelLoadError(
             f"cannot load {spec!r}: Hugging Face models need transformers: pip install transformers "
             "(gradscope's [hf] extra)"
         ) from None
-    _quiet_transformers()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:  # the hub client logs each retry
+        from huggingface_hub.utils import logging as hub_logging  # comes with transformers
+
+        hub_logging.set_verbosity_error()
+    except ImportError:
+        pass
+    return transformers
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a model's files come from: the folder or hub id named (``spec``), or, for a folder holding a PEFT
+    adapter, the base model its ``adapter_config.json`` names (``weights``)."""
+
+    spec: str
+    local: bool  # spec is a local directory
+    weights: str  # where the weights come from: spec, or the adapter's base model
+    weights_local: bool
+    adapter: Optional[dict] = None  # the adapter's adapter_config.json
+
+    @property
+    def config_from(self) -> str:
+        """An adapter saved with the fine-tuned model's config.json (its labels, problem_type) is described by it."""
+        return self.spec if self.adapter is None or (Path(self.spec) / "config.json").is_file() else self.weights
+
+    @property
+    def preprocessing_from(self) -> str:
+        """The adapter folder's own tokenizer or image processor if it was saved with one, else the base model's."""
+        if self.adapter is None or any((Path(self.spec) / f).is_file() for f in _PREPROCESSOR_FILES):
+            return self.spec
+        return self.weights
+
+    def not_loaded(self, name: str, exc: Exception) -> ModelLoadError:
+        """The error for ``name`` (the folder or hub id, or the adapter's base model) failing to load."""
+        if name == self.spec:
+            return _load_error(self.spec, self.local, exc)
+        return _base_error(self.spec, self.weights, self.weights_local, exc)
+
+
+def _find_source(spec: str, local: bool) -> _Source:
+    """The source of ``spec``; a local directory that holds neither a model nor an adapter is refused."""
     adapter = _read_adapter(spec) if local else None
-    weights, weights_local = spec, local  # where the weights come from
     if adapter is not None:
-        weights = _adapter_base(spec, adapter)
-        weights_local = Path(weights).is_dir() or is_local_path(weights)
-    elif local and not (Path(spec) / "config.json").is_file():
+        base = _adapter_base(spec, adapter)
+        return _Source(spec, local, base, Path(base).is_dir() or is_local_path(base), adapter)
+    if local and not (Path(spec) / "config.json").is_file():
         checkpoints = sorted((p for p in Path(spec).glob("checkpoint-*") if (p / "config.json").is_file()),
                              key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
         hint = (f" (it holds the Trainer's checkpoints: pass one, e.g. {checkpoints[-1]})" if checkpoints else "")
         raise ModelLoadError(f"{spec} is a directory without config.json: give a directory written by "
                              f"save_pretrained{hint}")
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype)
-    if adapter is not None:
-        progress(f"{spec} holds a {adapter.get('peft_type') or 'PEFT'} adapter: loading its base model {weights}")
-    elif local:
-        progress(f"loading {spec} (Hugging Face, local directory)")
-    elif offline():
-        progress(f"loading {spec} from the Hugging Face cache (HF_HUB_OFFLINE is set)")
-    else:
-        progress(f"loading {spec} from the Hugging Face hub or its cache (offline? pass --offline to skip the hub)")
-    def not_loaded(source: str, exc: Exception) -> ModelLoadError:
-        return _load_error(spec, local, exc) if source == spec else _base_error(spec, weights, weights_local, exc)
+    return _Source(spec, local, spec, local)
 
-    # An adapter saved with the fine-tuned model's config.json (its labels, problem_type) is described by that.
-    config_from = spec if (Path(spec) / "config.json").is_file() or adapter is None else weights
+
+def _loading_line(source: _Source) -> str:
+    """The progress line that says where the model is loaded from."""
+    if source.adapter is not None:
+        return (f"{source.spec} holds a {source.adapter.get('peft_type') or 'PEFT'} adapter: loading its base model "
+                f"{source.weights}")
+    if source.local:
+        return f"loading {source.spec} (Hugging Face, local directory)"
+    if offline():
+        return f"loading {source.spec} from the Hugging Face cache (HF_HUB_OFFLINE is set)"
+    return f"loading {source.spec} from the Hugging Face hub or its cache (offline? `HF_HUB_OFFLINE=1` skips the hub)"
+
+
+def _read_config(transformers, source: _Source, trust_remote_code: bool):
+    """The model's transformers config."""
+    name = source.config_from
     try:
-        hf_config = transformers.AutoConfig.from_pretrained(config_from, trust_remote_code=config.trust_remote_code)
+        return transformers.AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise ModelLoadError(
-                f"{config_from} runs code shipped with the model; if you trust it, pass --trust-remote-code"
+                f"{name} runs code shipped with the model; if you trust it, pass `trust_remote_code=True`"
             ) from None
-        raise not_loaded(config_from, exc) from None
+        raise source.not_loaded(name, exc) from None
     except (OSError, EnvironmentError) as exc:
-        raise not_loaded(config_from, exc) from None
+        raise source.not_loaded(name, exc) from None
 
-    adapter_meta = {}
+
+@dataclass(frozen=True)
+class _Head:
+    """What a model is measured with: its task (see the module docstring), the objective the report names, the
+    transformers Auto class that loads it with that head, and the loss."""
+
+    task: str
+    objective: str
+    auto_name: str
+    loss_fn: LossFn
+    encoder: Optional[SentenceEncoder] = None  # a sentence-transformers folder's pooling, computed by gradscope
+    new_head_size: bool = False  # the adapter's head has another number of labels than the base model's
+    meta: dict = field(default_factory=dict)  # notes on the adapter's head
+    not_followed: Optional[str] = None  # why a sentence-transformers folder is measured as its transformer alone
+
+
+def _pick_head(source: _Source, hf_config, progress) -> _Head:
+    """The head and objective, read from the config or the adapter (the config gets the adapter head's labels)."""
     labels_before = hf_config.num_labels
-    encoder, not_followed = None, None
-    if adapter is not None:
-        task, adapter_meta = _adapter_task(spec, adapter, hf_config, progress)
+    encoder, not_followed, adapter_meta = None, None, {}
+    if source.adapter is not None:
+        task, adapter_meta = _adapter_task(source.spec, source.adapter, hf_config, progress)
     else:
         try:
-            encoder = read_sentence_encoder(spec, hf_config)
+            encoder = read_sentence_encoder(source.spec, hf_config)
         except NotFollowed as exc:
             not_followed = (f"a sentence-transformers model whose modules gradscope does not compute ({exc}), "
                             "measured as its transformer alone")
-        task = "sentence-embedding" if encoder else _task(hf_config, spec)
+        task = "sentence-embedding" if encoder else _task(hf_config, source.spec)
     objective, auto_name, loss_fn = _TASKS[task]
-    loss_fn = encoder.loss if encoder else loss_fn
-    auto_class = getattr(transformers, auto_name)
-    kwargs = {"trust_remote_code": config.trust_remote_code}
+    return _Head(task, objective, auto_name, encoder.loss if encoder else loss_fn, encoder,
+                 new_head_size=source.adapter is not None and hf_config.num_labels != labels_before,
+                 meta=adapter_meta, not_followed=not_followed)
+
+
+def _load_weights(auto_class, source: _Source, hf_config, head: _Head, dtype: Optional[torch.dtype],
+                  trust_remote_code: bool):
+    """``auto_class.from_pretrained`` on the weights, with transformers' loading info; its failures in one line."""
+    kwargs = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if adapter is not None and hf_config.num_labels != labels_before:
+    if head.new_head_size:
         kwargs["ignore_mismatched_sizes"] = True  # the base's own head is replaced by the adapter's
-    _check_size(spec, auto_class, hf_config, dtype, config.trust_remote_code)
+    weights = source.weights
     try:
-        model, info = auto_class.from_pretrained(weights, config=hf_config, output_loading_info=True, **kwargs)
+        return auto_class.from_pretrained(weights, config=hf_config, output_loading_info=True, **kwargs)
     except (OSError, EnvironmentError) as exc:
-        raise not_loaded(weights, exc) from None
+        raise source.not_loaded(weights, exc) from None
     except ValueError as exc:
         raise ModelLoadError(f"cannot load {weights!r} as {auto_class.__name__}: {short_reason(exc)}") from None
     except Exception as exc:  # SafetensorError, UnpicklingError, RuntimeError: the weights themselves
-        raise _weights_error(weights, weights_local, exc, lambda: auto_class.from_pretrained(
+        raise _weights_error(weights, source.weights_local, exc, lambda: auto_class.from_pretrained(
             weights, config=hf_config, output_loading_info=True, **{"ignore_mismatched_sizes": True, **kwargs})) from exc
+
+
+def _with_adapter(model: nn.Module, info: dict, source: _Source, task: str, progress) -> tuple[nn.Module, list, list]:
+    """The model with the adapter (if any) merged into it; the names of the weights initialized at random and of
+    the checkpoint's tensors left out of the model, each said (a progress line, a warning)."""
     missing = list(info.get("missing_keys", []))
-    if adapter is not None:
-        model = _merge_adapter(model, spec, task)
+    if source.adapter is not None:
+        model = _merge_adapter(model, source.spec, task)
         # The head the adapter saved replaces the one the base model lacked.
         saved = set(model.state_dict())
-        missing = [k for k in missing if k in saved and not _adapter_saves(adapter, k)]
-        progress(f"merged the adapter into {type(model).__name__} ({weights})")
+        missing = [k for k in missing if k in saved and not _adapter_saves(source.adapter, k)]
+        progress(f"merged the adapter into {type(model).__name__} ({source.weights})")
     if missing:
         progress(f"{len(missing)} weights not in the checkpoint were initialized at random (e.g. {missing[0]})")
     unused = sorted(info.get("unexpected_keys", []))
     if unused:  # left out of the model: said on stderr now, and as a finding in the report
-        warnings.warn(f"{len(unused)} tensor(s) of the checkpoint {weights} were not loaded into the model "
+        warnings.warn(f"{len(unused)} tensor(s) of the checkpoint {source.weights} were not loaded into the model "
                       f"(e.g. {unused[0]}): the model measured is not the whole model saved", RuntimeWarning,
-                      stacklevel=2)
-    model = model.to(device)
+                      stacklevel=3)  # the caller of load_hf
+    return model, missing, unused
+
+
+def _scratch_maker(auto_class, hf_config, task: str, trust_remote_code: bool, device: torch.device,
+                   dtype: torch.dtype) -> Callable[[], nn.Module]:
+    """How ``scratch`` is built: the architecture from its config, with the library's own initialization."""
     pools_last = task.startswith("sequence-")
-    if pools_last:
-        _pool_at_the_last_token(model)
 
     def make_scratch() -> nn.Module:
         # from_config keeps the config object: a copy, so that the pad id set below stays with this model
         scratch = auto_class.from_config(copy.deepcopy(hf_config) if pools_last else hf_config,
-                                         trust_remote_code=config.trust_remote_code)
+                                         trust_remote_code=trust_remote_code)
         if pools_last:
             _pool_at_the_last_token(scratch)
-        return scratch.to(device=device, dtype=dtype or next(model.parameters()).dtype)
+        return scratch.to(device=device, dtype=dtype)
 
-    # The adapter folder's own tokenizer or processor if it was saved with one, else the base model's.
-    files = spec if adapter is None or any((Path(spec) / f).is_file() for f in _PREPROCESSOR_FILES) else weights
-    if task.startswith("image-"):
-        batches, inputs = _image_batches(files, hf_config, config)
-    elif encoder:
-        batches, inputs = _sentence_batches(files, hf_config, encoder, config, progress)
-    else:
-        batches, inputs = _text_batches(files, hf_config, task, config, progress)
-    meta = dict(adapter_meta)
+    return make_scratch
+
+
+def _batches(spec: str, hf_config, head: _Head, options: LoadOptions, progress) -> tuple[list[dict], str]:
+    """The batches the task reads (images, sentence pairs or text), and where they came from in words."""
+    if head.task.startswith("image-"):
+        return _image_batches(spec, hf_config, options)
+    if head.encoder:
+        return _sentence_batches(spec, hf_config, head.encoder, options, progress)
+    return _text_batches(spec, hf_config, head.task, options, progress)
+
+
+def _objective_meta(head: _Head, model: nn.Module, hf_config, batch_size: int, progress) -> dict:
+    """The head's notes, the loss of chance where the objective has one, and the note on the objective in words
+    (said as a progress line)."""
+    meta = dict(head.meta)
     note = None
-    if encoder:
-        meta["chance"] = _chance(config.batch_size, f"the {config.batch_size} positives of a batch")
-        note = _sentence_note(encoder, config.batch_size)
-    elif task.startswith("surrogate"):
+    if head.encoder:
+        meta["chance"] = _chance(batch_size, f"the {batch_size} positives of a batch")
+        note = _sentence_note(head.encoder, batch_size)
+    elif head.task.startswith("surrogate"):
         vocabulary = model.get_input_embeddings().num_embeddings
         meta["chance"] = _chance(vocabulary, f"the {vocabulary} tokens of the vocabulary")
         note = _surrogate_note(hf_config)
-    elif task == "image-backbone":
+    elif head.task == "image-backbone":
         note = (f"the model has no classification head: a fresh one (random weights, {hf_config.num_labels} "
                 "classes) scores the backbone's output against seeded labels")
-    if not_followed:
-        note = f"{not_followed}; {note}" if note else not_followed
+    if head.not_followed:
+        note = f"{head.not_followed}; {note}" if note else head.not_followed
     if "chance" in meta:
         note += f"; chance {meta['chance']['loss']:.4g} ({meta['chance']['basis']})"
     if note:
         meta["objective_note"] = note
         progress(note)
+    return meta
+
+
+def _loaded_meta(model: nn.Module, hf_config, source: _Source, missing: list, unused: list, version: str) -> dict:
+    """What the report says of the model loaded: its class and type, the weights not loaded or left out, the
+    adapter merged."""
+    meta = {
+        "architecture": type(model).__name__,
+        "model_type": hf_config.model_type,
+        "missing_weights": len(missing),
+        **({"unused_weights": {"count": len(unused), "examples": unused[:5]}} if unused else {}),
+        "transformers": version,
+    }
+    if source.adapter is not None:
+        meta["adapter"] = {"type": source.adapter.get("peft_type"), "task_type": source.adapter.get("task_type"),
+                           "base": source.weights, "merged": True}
+    return meta
+
+
+def load_hf(spec: str, options: LoadOptions, progress: Callable[[str], None], *, local: bool) -> Subject:
+    """Load a Hugging Face model, its head per the module docstring, its batches and objective."""
+    transformers = _import_transformers(spec)
+    source = _find_source(spec, local)  # the folder or hub id, or the base model an adapter names
+    device, dtype = resolve_device(options.device), resolve_dtype(options.dtype)
+    progress(_loading_line(source))
+    hf_config = _read_config(transformers, source, options.trust_remote_code)
+    head = _pick_head(source, hf_config, progress)
+    auto_class = getattr(transformers, head.auto_name)
+    _check_size(spec, auto_class, hf_config, dtype, options.trust_remote_code)  # before any weight is allocated
+    model, info = _load_weights(auto_class, source, hf_config, head, dtype, options.trust_remote_code)
+    model, missing, unused = _with_adapter(model, info, source, head.task, progress)
+    model = model.to(device)
+    if head.task.startswith("sequence-"):
+        _pool_at_the_last_token(model)
     model_dtype = next(model.parameters()).dtype
-    return Subject(
-        name=spec,
-        source="huggingface",
-        model=model,
-        make_scratch=make_scratch,
-        batches=[to_device(b, device, model_dtype) for b in batches],
-        loss_fn=loss_fn,
-        objective=objective,
-        inputs=inputs,
-        meta={
-            "architecture": type(model).__name__,
-            "model_type": hf_config.model_type,
-            "missing_weights": len(missing),
-            **({"unused_weights": {"count": len(unused), "examples": unused[:5]}} if unused else {}),
-            "transformers": transformers.__version__,
-            **({"adapter": {"type": adapter.get("peft_type"), "task_type": adapter.get("task_type"), "base": weights,
-                            "merged": True}} if adapter is not None else {}),
-            **meta,
-        },
-    )
+    make_scratch = _scratch_maker(auto_class, hf_config, head.task, options.trust_remote_code, device,
+                                  dtype or model_dtype)
+    batches, inputs = _batches(source.preprocessing_from, hf_config, head, options, progress)
+    objective_meta = _objective_meta(head, model, hf_config, options.batch_size, progress)
+    return Subject(name=spec, source="huggingface", model=model, make_scratch=make_scratch,
+                   batches=[to_device(b, device, model_dtype) for b in batches], loss_fn=head.loss_fn,
+                   objective=head.objective, inputs=inputs,
+                   meta={**_loaded_meta(model, hf_config, source, missing, unused, transformers.__version__),
+                         **objective_meta})

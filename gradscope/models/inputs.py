@@ -7,7 +7,7 @@ into one stream, and sample ``i`` of batch ``b`` is the window of
 around it. Every sequence is full length, so no padding enters the gradient.
 
 Sentence pairs, for a sentence encoder trained contrastively (see :mod:`.sentence`): each sentence
-(each line of ``--text``) split at its middle word, its first half the anchor and its second half the
+(each line of ``text``) split at its middle word, its first half the anchor and its second half the
 positive. The two halves of one sentence share its topic and those of other sentences do not: what an
 encoder trained on sentence pairs (question and answer, title and body) should find easy to match.
 
@@ -26,6 +26,7 @@ import torch
 
 from ..errors import UsageError
 from ..limits import MAX_TEXT_BYTES, bound, read_bounded
+from .common import LoadOptions
 
 MASK_FRACTION = 0.15
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -49,15 +50,15 @@ def check_input_paths(text_file: Optional[str], image_directory: Optional[str]) 
 def read_text_file(path: str) -> list[str]:
     """Non-empty lines of a UTF-8 text file; UsageError if it cannot be read or has no text."""
     try:
-        raw = read_bounded(path, "--text", bound(MAX_TEXT_BYTES, "GRADSCOPE_MAX_TEXT_MB"), "GRADSCOPE_MAX_TEXT_MB")
+        raw = read_bounded(path, "`text`", bound(MAX_TEXT_BYTES, "GRADSCOPE_MAX_TEXT_MB"), "GRADSCOPE_MAX_TEXT_MB")
         lines = raw.decode("utf-8").splitlines()
     except OSError as exc:
-        raise UsageError(f"--text {path}: cannot read it ({exc.strerror or exc}); give a UTF-8 text file") from None
+        raise UsageError(f"`text={path!r}`: cannot read it ({exc.strerror or exc}); give a UTF-8 text file") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"--text {path}: cannot read it ({exc}); give a UTF-8 text file") from None
+        raise UsageError(f"`text={path!r}`: cannot read it ({exc}); give a UTF-8 text file") from None
     lines = [line.strip() for line in lines if line.strip()]
     if not lines:
-        raise UsageError(f"--text {path}: the file has no text; give a file with at least one line")
+        raise UsageError(f"`text={path!r}`: the file has no text; give a file with at least one line")
     return lines
 
 
@@ -78,7 +79,7 @@ def token_windows(tokenizer, texts: list[str], n: int, seq_len: int) -> tuple[to
     specials = len(prefix) + len(suffix)
     window = seq_len - specials
     if window < 1:
-        raise UsageError(f"--seq-len {seq_len} leaves no room for text beside {specials} special tokens")
+        raise UsageError(f"`seq_len={seq_len}` leaves no room for text beside {specials} special tokens")
     stream: list[int] = []
     for text in texts:
         stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -118,12 +119,12 @@ def pair_batches(pairs: list[tuple[str, str]], batch_size: int, batches: int):
     The other pairs of a batch are each pair's negatives: a batch needs at least two, all different.
     """
     if batch_size < 2:
-        raise UsageError(f"--batch-size {batch_size}: an in-batch contrastive loss needs at least 2 sentence pairs "
+        raise UsageError(f"`batch_size={batch_size}`: an in-batch contrastive loss needs at least 2 sentence pairs "
                          "in a batch (each pair's negatives are the others)")
     if len(pairs) < batch_size:
-        raise UsageError(f"--batch-size {batch_size}: the text has {len(pairs)} sentences of two words or more to "
+        raise UsageError(f"`batch_size={batch_size}`: the text has {len(pairs)} sentences of two words or more to "
                          f"pair, and a batch needs {batch_size} different ones; give more lines or a smaller "
-                         "--batch-size")
+                         "`batch_size`")
     n = batch_size * batches
     chosen = [pairs[i % len(pairs)] for i in range(n)]
     return [chosen[b * batch_size:(b + 1) * batch_size] for b in range(batches)], n / len(pairs)
@@ -155,14 +156,14 @@ def image_paths(directory: str) -> list[Path]:
     root = Path(directory)
     if not root.is_dir():
         problem = "not a directory" if root.exists() else "no such directory"
-        raise UsageError(f"--images {directory}: {problem}; give a directory of JPEG or PNG files")
+        raise UsageError(f"`images={directory!r}`: {problem}; give a directory of JPEG or PNG files")
     try:
         files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     except OSError as exc:
-        raise UsageError(f"--images {directory}: cannot list it ({exc.strerror or exc}); "
+        raise UsageError(f"`images={directory!r}`: cannot list it ({exc.strerror or exc}); "
                          "give a directory of JPEG or PNG files") from None
     if not files:
-        raise UsageError(f"--images {directory}: no .jpg, .jpeg or .png files in it")
+        raise UsageError(f"`images={directory!r}`: no .jpg, .jpeg or .png files in it")
     return files
 
 
@@ -185,10 +186,10 @@ def load_images(directory: str, n: int, transform, preprocessing: str) -> tuple[
             with Image.open(path) as image:
                 tensors.append(transform(image.convert("RGB")))
         except Image.DecompressionBombError:  # a small file that decodes to billions of pixels
-            raise UsageError(f"--images: {path} has more than {2 * Image.MAX_IMAGE_PIXELS} pixels, past PIL's bound "
+            raise UsageError(f"`images`: {path} has more than {2 * Image.MAX_IMAGE_PIXELS} pixels, past PIL's bound "
                              "against decompression bombs; remove it or give a smaller image") from None
         except (OSError, UnidentifiedImageError) as exc:
-            raise UsageError(f"--images: cannot read {path} ({exc}); remove it or convert it to PNG/JPEG")
+            raise UsageError(f"`images`: cannot read {path} ({exc}); remove it or convert it to PNG/JPEG")
     files = len(set(paths))
     if files < n:
         where = f"{n} images from the {files} file{'s' if files > 1 else ''} in {directory} (repeated; {preprocessing})"
@@ -228,20 +229,22 @@ def unknown_fraction(ids: torch.Tensor, special: torch.Tensor, unk_id) -> float:
     return float(unknown.sum()) / max(int(text.sum()), 1)
 
 
-def refuse_text_options(config) -> None:
-    """An image model would ignore ``--text`` and ``--seq-len``: a usage error, not a silent default."""
-    _refuse(config, ("text", "seq_len"), "text models; this is an image classifier (use --images, --image-size)")
+def refuse_text_options(options: LoadOptions) -> None:
+    """An image model would ignore ``text`` and ``seq_len``: a usage error, not a silent default."""
+    _refuse({"text": options.text, "seq_len": options.seq_len},
+            "text models; this is an image classifier (use `images`, `image_size`)")
 
 
-def refuse_image_options(config) -> None:
-    """A text model would ignore ``--images`` and ``--image-size``: a usage error, not a silent default."""
-    _refuse(config, ("images", "image_size"), "vision models; this is a text model (use --text, --seq-len)")
+def refuse_image_options(options: LoadOptions) -> None:
+    """A text model would ignore ``images`` and ``image_size``: a usage error, not a silent default."""
+    _refuse({"images": options.images, "image_size": options.image_size},
+            "vision models; this is a text model (use `text`, `seq_len`)")
 
 
-def _refuse(config, options: tuple[str, ...], what: str) -> None:
-    for option in options:
-        if getattr(config, option) is not None:
-            raise UsageError(f"--{option.replace('_', '-')} is for {what}")
+def _refuse(given: dict, what: str) -> None:
+    for option, value in given.items():
+        if value is not None:
+            raise UsageError(f"`{option}` is for {what}")
 
 
 def texts_for(text_file: Optional[str]) -> tuple[list[str], str]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError, UsageError
-from . import Subject, offline, resolve_device, resolve_dtype, to_device
+from .common import LoadOptions, Subject, offline, resolve_device, resolve_dtype, to_device
 from .failures import clip, needs_code_message, pickled_global, short_reason
 from .inputs import load_images, random_labels, refuse_text_options, synthetic_images
 
@@ -64,7 +64,7 @@ def _check_arch(arch: str) -> None:
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
         hint = f"close matches: {', '.join(close)}" if close else "see torchvision.models.list_models()"
-        raise UsageError(f"--arch {arch}: unknown torchvision classification model; {hint}")
+        raise UsageError(f"`arch={arch!r}`: unknown torchvision classification model; {hint}")
 
 
 def _default_weights(arch: str):
@@ -79,34 +79,33 @@ def _cross_entropy(model: nn.Module, batch: dict) -> torch.Tensor:
     return F.cross_entropy(model(batch["pixels"]).float(), batch["labels"])
 
 
-def _subject(name: str, source: str, model: nn.Module, make_scratch, num_classes: int, weights, config,
-             meta: dict) -> Subject:
-    refuse_text_options(config)
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype)
+def _subject(name: str, source: str, model: nn.Module, make_scratch, num_classes: int, weights,
+             options: LoadOptions, meta: dict) -> Subject:
+    refuse_text_options(options)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype)
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
-    n = config.batch_size * config.batches
-    if config.images:
+    n = options.samples
+    if options.images:
         if weights is None:
-            raise UsageError(f"--images: torchvision has no preprocessing recorded for {name}; leave out --images")
-        pixels, inputs = load_images(config.images, n, weights.transforms(), "the weights' preprocessing")
+            raise UsageError(f"`images`: torchvision has no preprocessing recorded for {name}; leave out `images`")
+        pixels, inputs = load_images(options.images, n, weights.transforms(), "the weights' preprocessing")
     else:
         crop = getattr(weights.transforms(), "crop_size", [DEFAULT_IMAGE_SIZE])[0] if weights else DEFAULT_IMAGE_SIZE
         fixed = getattr(model, "image_size", None)  # a vision transformer's patch grid is built for one size
-        if isinstance(fixed, int) and config.image_size not in (None, fixed):
-            raise UsageError(f"--image-size {config.image_size}: {name} takes {fixed} x {fixed} images only; "
-                             f"leave out --image-size")
-        size = config.image_size or crop
-        pixels = synthetic_images(n, 3, size, config.seed)
+        if isinstance(fixed, int) and options.image_size not in (None, fixed):
+            raise UsageError(f"`image_size={options.image_size}`: {name} takes {fixed} x {fixed} images only; "
+                             f"leave out `image_size`")
+        size = options.image_size or crop
+        pixels = synthetic_images(n, 3, size, options.seed)
         inputs = f"seeded synthetic images {n} x 3 x {size} x {size}"
-    labels = random_labels(n, num_classes, config.seed)
+    labels = random_labels(n, num_classes, options.seed)
     inputs += f", seeded random labels over {num_classes} classes"
     model_dtype = next(model.parameters()).dtype
-    batches = [
-        to_device({"pixels": pixels[b * config.batch_size:(b + 1) * config.batch_size],
-                   "labels": labels[b * config.batch_size:(b + 1) * config.batch_size]}, device, model_dtype)
-        for b in range(config.batches)
-    ]
+    per_batch = options.batch_size
+    batches = [to_device({"pixels": pixels[b * per_batch:(b + 1) * per_batch],
+                          "labels": labels[b * per_batch:(b + 1) * per_batch]}, device, model_dtype)
+               for b in range(options.batches)]
     return Subject(
         name=name,
         source=source,
@@ -125,36 +124,36 @@ def _cached_weights(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
-def load_torchvision(name: str, config, progress: Callable[[str], None]) -> Subject:
+def load_torchvision(name: str, options: LoadOptions, progress: Callable[[str], None]) -> Subject:
     """A torchvision classification model with its default pretrained weights (downloaded or cached)."""
     tvm = _torchvision_models()
 
     weights = _default_weights(name)
     if weights is None:
         raise ModelLoadError(
-            f"torchvision has no pretrained weights for {name}; pass a checkpoint: gradscope analyze FILE --arch {name}"
+            f"torchvision has no pretrained weights for {name}; give a checkpoint file of it with `arch={name!r}`"
         )
     progress(f"loading {name} ({weights}) from torchvision")
     num_classes = len(weights.meta["categories"])
     cached = _cached_weights(weights.url)
     if offline() and not cached.is_file():
         raise ModelLoadError(
-            f"offline (--offline or HF_HUB_OFFLINE): the pretrained weights of {name} are not in the torch hub cache "
-            f"({cached}); download {weights.url} where the network is reachable and pass it: "
-            f"gradscope analyze {Path(weights.url).name} --arch {name}"
+            f"offline (HF_HUB_OFFLINE is set): the pretrained weights of {name} are not in the torch hub cache "
+            f"({cached}); download {weights.url} where the network is reachable and analyze the file "
+            f"{Path(weights.url).name} with `arch={name!r}`"
         )
     try:
         state = weights.get_state_dict(progress=False)
     except Exception as exc:  # URLError, HTTPError, a broken cache file
         raise ModelLoadError(
             f"cannot load the pretrained weights of {name}: they could not be downloaded or read "
-            f"({type(exc).__name__}); download {weights.url} where the network is reachable and pass it: "
-            f"gradscope analyze {Path(weights.url).name} --arch {name}"
+            f"({type(exc).__name__}); download {weights.url} where the network is reachable and analyze the file "
+            f"{Path(weights.url).name} with `arch={name!r}`"
         ) from None
     model = tvm.get_model(name, weights=None, num_classes=num_classes)
     model.load_state_dict(state)
     return _subject(name, "torchvision", model, lambda: tvm.get_model(name, weights=None, num_classes=num_classes),
-                    num_classes, weights, config, {"architecture": name, "weights": str(weights),
+                    num_classes, weights, options, {"architecture": name, "weights": str(weights),
                                                    "torchvision": sys.modules["torchvision"].__version__})
 
 
@@ -227,23 +226,23 @@ def _num_classes(state: dict, arch: str) -> Optional[int]:
     return None  # a convolution head (SqueezeNet) or no head at all: the architecture's own count
 
 
-def load_checkpoint(path: str, config, progress: Callable[[str], None]) -> Subject:
-    """A local checkpoint of the torchvision architecture ``config.arch``."""
+def load_checkpoint(path: str, options: LoadOptions, progress: Callable[[str], None]) -> Subject:
+    """A local checkpoint of the torchvision architecture ``options.arch``."""
     tvm = _torchvision_models()
-    _check_arch(config.arch)
+    arch = options.arch
+    _check_arch(arch)
     if Path(path).is_dir():
-        raise UsageError(f"--arch is for a checkpoint file, and {path} is a directory; "
-                         "leave out --arch for a Hugging Face model directory")
-    progress(f"loading {path} as torchvision {config.arch}")
+        raise UsageError(f"`arch` is for a checkpoint file, and {path} is a directory; "
+                         "leave out `arch` for a Hugging Face model directory")
+    progress(f"loading {path} as torchvision {arch}")
     state = read_state_dict(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP
-    num_classes = _num_classes(state, config.arch) or 1000
-    model = tvm.get_model(config.arch, weights=None, num_classes=num_classes)
+    num_classes = _num_classes(state, arch) or 1000
+    model = tvm.get_model(arch, weights=None, num_classes=num_classes)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         detail = clip(" ".join(str(exc).split()), 300)
-        raise ModelLoadError(f"{path} does not match torchvision {config.arch}: {detail}") from None
-    return _subject(path, "checkpoint", model,
-                    lambda: tvm.get_model(config.arch, weights=None, num_classes=num_classes),
-                    num_classes, _default_weights(config.arch), config, {"architecture": config.arch})
+        raise ModelLoadError(f"{path} does not match torchvision {arch}: {detail}") from None
+    return _subject(path, "checkpoint", model, lambda: tvm.get_model(arch, weights=None, num_classes=num_classes),
+                    num_classes, _default_weights(arch), options, {"architecture": arch})
