@@ -79,161 +79,21 @@ Parameters with no gradient (the loss does not use them) are reported as
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, TypedDict
+from typing import Callable, Optional, Sequence
 
 from .blocks import block_of
 from .measure import Measurement
+from .records import (FLAT_FACTOR, RATE_R2, SHAPES, TREND_RULE, VERDICTS, BlockRow, Decay, Finding, ParamRow, Summary,
+                      describe_decay, shape_of, sig3, trend_cell)
 from .stats import GradStats
 
 VANISHING_RATIO = 1e-2  # some block gets less than 1/100 of the last block's gradient
 EXPLODING_RATIO = 1e2  # some block gets more than 100x the last block's gradient
-RATE_R2 = 0.8  # one rate describes a profile: a constant factor per block explains its log this well ...
-TREND_RATIO = 10.0  # ... and a steady trend worth a warning changes it more than this much across the blocks
-FLAT_FACTOR = 1.05  # flat: one block toward the input changes the gradient by at most 5%, either way
+TREND_RATIO = 10.0  # a steady trend (fit R^2 >= RATE_R2) worth a warning changes it more than this much across the blocks
 FEATURE_FACTOR = 1.5  # a trough, a peak, or the scatter of a flat profile: changes under 1.5x are noise
 FEATURE_SHARE = 2 / 3  # a step, a trough, a peak: it carries at least two thirds of the change along the profile
 DEAD_ZERO_FRAC = 0.99  # a block whose gradient is at least 99% exact zeros is dead
 MIN_NORM_VALUES = 16  # a batch norm averaging fewer values per channel measures noise, not the model
-
-VERDICTS = ("healthy", "vanishing", "exploding", "non-finite", "dead", "no-depth")
-SHAPES = ("flat", "steady", "step", "trough", "peak", "noise", "uneven")
-
-
-# --- the records ---------------------------------------------------------------------
-# Every row and summary this module writes, defined once. report/validate.py reads each field's JSON type from
-# these annotations (``Optional``: may be null; ``float``: any number; ``int``: an integer), and a test holds
-# docs/report-schema.md to exactly these fields. The keys of the base class are those every writer writes (the
-# training monitor writes a subset of the rest); the order in which rows are built is the order in the JSON.
-
-
-class _ParamKeys(TypedDict):
-    name: str
-    variant: str
-
-
-class _GradientFields(TypedDict, total=False):
-    """The statistics of a gradient and its weights, as a parameter row and a block row both hold them."""
-
-    grad_l2: Optional[float]
-    grad_mean: Optional[float]
-    grad_std: Optional[float]
-    grad_rms: Optional[float]
-    grad_meanabs: Optional[float]
-    grad_maxabs: Optional[float]
-    grad_zero_frac: Optional[float]
-    grad_nonfinite: int
-    weight_l2: Optional[float]
-    grad_to_weight: Optional[float]
-
-
-class ParamRow(_ParamKeys, _GradientFields, total=False):
-    """One trainable parameter tensor of one variant: ``name`` and ``depth`` first."""
-
-    depth: Optional[int]
-    step: int  # the training monitor's rows: the step of these values
-    block: Optional[str]
-    shape: list[int]
-    numel: int
-    has_grad: bool
-    units: Optional[int]
-    dead_units: Optional[int]
-    weight_min: Optional[float]
-    weight_max: Optional[float]
-
-
-class _BlockKeys(TypedDict):
-    block: str
-    depth: int
-    variant: str
-
-
-class BlockRow(_BlockKeys, _GradientFields, total=False):
-    """One block of one variant, aggregated from its parameters' rows, with its dL/dh: ``block`` and ``depth``
-    first."""
-
-    step: int  # the training monitor's rows: the step of these values
-    params: int
-    params_no_grad: int
-    numel: int
-    act_grad_l2: Optional[float]
-    act_grad_rms: Optional[float]
-    act_grad_maxabs: Optional[float]
-    act_grad_nonfinite: int
-    output_nonfinite: int
-    units: int
-    dead_units: int
-    update_ratio: Optional[float]  # the training monitor's rows, with update_ratios: ‖ΔW‖ / ‖W‖ of the step
-
-
-class _DecayKeys(TypedDict):
-    trend: str
-
-
-class Decay(_DecayKeys, total=False):
-    """The fit of log10(flow) against depth, and the shape of the profile (:func:`fit_decay`)."""
-
-    slope_log10_per_block: Optional[float]
-    factor_per_block: Optional[float]
-    r2: Optional[float]
-    halves_every_blocks: Optional[float]
-    doubles_every_blocks: Optional[float]
-    points: int
-    span_blocks: int
-    shape: str
-    shape_at: list[int]
-    shape_ratio: Optional[float]
-
-
-class _SummaryKeys(TypedDict):
-    variant: str
-    verdict: str
-
-
-class Summary(_SummaryKeys, total=False):
-    """One variant's verdict and the numbers behind it (:func:`summarize`)."""
-
-    loss: Optional[float]
-    blocks: int
-    first_block: Optional[str]
-    last_block: Optional[str]
-    flow_signal: str
-    first_to_last_ratio: Optional[float]
-    param_first_to_last_ratio: Optional[float]
-    lowest_block: Optional[str]
-    lowest_ratio: Optional[float]
-    highest_block: Optional[str]
-    highest_ratio: Optional[float]
-    param_lowest_block: Optional[str]
-    param_lowest_ratio: Optional[float]
-    param_highest_block: Optional[str]
-    param_highest_ratio: Optional[float]
-    decay: Optional[Decay]
-    total_grad_l2: Optional[float]
-    grad_nonfinite: int
-    first_nonfinite: Optional[dict]
-    dead_blocks: list[str]
-    blocks_no_grad: list[str]
-    zero_weights: list[str]
-    params: int
-    params_no_grad: list[str]
-    seconds: Optional[float]
-    repeated_blocks: dict
-    stacks: list[dict]
-
-
-class _FindingKeys(TypedDict):
-    variant: str
-    severity: str
-    message: str
-    evidence: str
-
-
-class Finding(_FindingKeys, total=False):
-    """What a reader should know about a variant: the message, the numbers behind it, and what to try."""
-
-    kind: str
-    block: Optional[str]
-    fix: Optional[str]
 
 
 def _div(a: float, b: float) -> float:
@@ -602,120 +462,6 @@ def summarize_rows(variant: str, params: list[ParamRow], blocks: list[BlockRow],
     return summary
 
 
-# --- the words for a profile -----------------------------------------------------------
-# The one place where a decay fit and a shape become words: the findings' sentences (describe_decay) and the
-# reports' table cells (trend_cell) are both written here, from the same numbers.
-
-TREND_RULE = (f"trend toward input: a rate where one rate fits the log gradient against depth (R^2 >= {RATE_R2:g}), "
-              f"else the profile's shape, at the depths named; flat means within {FLAT_FACTOR:g}x per block")
-
-
-def _fmt(x: Optional[float]) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.3g}"
-
-
-def _shape_of(decay: dict) -> str:
-    """The decay's shape; a report written before shapes were recorded has only its trend: ``flat``, or a rate."""
-    return decay.get("shape") or ("flat" if decay.get("trend") == "flat" else "steady")
-
-
-def _short(x: float) -> str:
-    """A number in a table cell: two digits, and whole numbers from 10 to 1e5 as such (``400``, not ``4e+02``)."""
-    return f"{x:.0f}" if 10 <= abs(x) < 1e5 else f"{x:.2g}"
-
-
-def _rate(decay: dict) -> tuple[str, Optional[float], str, float]:
-    """("halves", blocks per halving, "falls", the change per block as a factor >= 1) for a fit that shrinks
-    toward the input; ("doubles", ..., "grows", ...) for one that grows."""
-    factor = decay["factor_per_block"]
-    if factor < 1:
-        return "halves", decay.get("halves_every_blocks"), "falls", 1 / factor
-    return "doubles", decay.get("doubles_every_blocks"), "grows", factor
-
-
-def _change(ratio: float, number: Callable[[float], str] = _fmt) -> tuple[str, str]:
-    """("falls", "7.1") for a ratio under 1 (what a transition toward the input multiplies the gradient by),
-    ("grows", "7.1") above it."""
-    return ("falls", number(1 / ratio)) if ratio < 1 else ("grows", number(ratio))
-
-
-def describe_decay(decay: Optional[dict], names: Optional[dict[int, str]] = None) -> str:
-    """The profile in a sentence, for a finding's evidence: the rate where one rate describes it, else its shape.
-
-    'the gradient halves every 1.2 blocks toward the input (factor 0.56 per block, R^2 0.98)'; under one block
-    per halving (doubling) the factor instead, 'the gradient falls 7.1x per block toward the input (R^2 1.00)';
-    'one step carries most of the change: the gradient falls 9x from layer.5 to layer.4 (toward the input) ...'.
-    ``names`` maps depths to block names (else blocks are named by depth).
-    """
-    if not decay:
-        return "no decay fit (fewer than 2 blocks with a gradient)"
-
-    def name(depth: int) -> str:
-        return (names or {}).get(depth, f"depth {depth}")
-
-    shape = _shape_of(decay)
-    fit = f"factor {_fmt(decay['factor_per_block'])} per block, R^2 {decay['r2']:.2f}"
-    no_rate = f"no one rate fits: R^2 {decay['r2']:.2f}"
-    at, ratio = decay.get("shape_at") or [], decay.get("shape_ratio")
-    if shape == "flat":
-        return f"the gradient is about constant across depth ({fit})"
-    if shape == "steady":
-        halves, every, falls, change = _rate(decay)
-        if every is None or every < 1:  # "halves every 0.35 blocks" is hard to picture
-            return f"the gradient {falls} {_fmt(change)}x per block toward the input (R^2 {decay['r2']:.2f})"
-        blocks = "block" if _fmt(every) == "1" else f"{_fmt(every)} blocks"
-        return f"the gradient {halves} every {blocks} toward the input ({fit})"
-    if shape == "step":
-        verb, size = _change(ratio)
-        if decay["points"] == 2:
-            return f"the gradient {verb} {size}x from {name(at[0])} to {name(at[1])} (two blocks: one step, no rate)"
-        return (f"one step carries most of the change: the gradient {verb} {size}x from {name(at[0])} to "
-                f"{name(at[1])}, toward the input ({no_rate})")
-    if shape == "trough":
-        return (f"U-shaped: the gradient is lowest at {name(at[0])}, {_fmt(ratio)}x its value at the last block "
-                f"({no_rate})")
-    if shape == "peak":
-        return (f"peaked: the gradient is highest at {name(at[0])}, {_fmt(ratio)}x its value at the last block "
-                f"({no_rate})")
-    if shape == "noise":
-        return f"no trend: the gradient varies {_fmt(ratio)}x between blocks with no direction ({fit})"
-    verb, size = _change(ratio)
-    return f"the gradient {verb} {size}x across the stack toward the input, unevenly ({no_rate})"
-
-
-def trend_cell(decay: Optional[dict]) -> str:
-    """The profile in a table cell, short enough for a terminal's summary table: ``halves every 1.2``, ``falls
-    7.1x/block`` (a rate); ``flat``; ``falls 9x at 5->4`` (a step, from depth 5 to depth 4); ``U: min 4.7e-16 at
-    1``, ``peak: 30 at 3`` (the flow there over the last block's); ``no trend``; ``falls 30x, unevenly``; ``-``
-    without a fit."""
-    if not decay:
-        return "-"
-    shape = _shape_of(decay)
-    at, ratio = decay.get("shape_at") or [], decay.get("shape_ratio")
-    if shape == "flat":
-        return "flat"
-    if shape == "steady":
-        if not decay.get("factor_per_block"):  # a report written by hand, or truncated
-            return "-"
-        halves, every, falls, change = _rate(decay)
-        if every is None or every < 1:
-            return f"{falls} {change:.2g}x/block"
-        return f"{halves} every {every:.2g}"
-    if shape == "step":
-        verb, size = _change(ratio, _short)
-        return f"{verb} {size}x at {at[0]}->{at[1]}"
-    if shape == "trough":
-        return f"U: min {_short(ratio)} at {at[0]}"
-    if shape == "peak":
-        return f"peak: {_short(ratio)} at {at[0]}"
-    if shape == "noise":
-        return "no trend"
-    verb, size = _change(ratio, _short)
-    return f"{verb} {size}x, unevenly"
-
-
 # --- findings -----------------------------------------------------------------------
 
 
@@ -775,7 +521,7 @@ def _step_fix(upper: str, ratio: float, last: Optional[str], vanishing: bool) ->
     """What to try where one block, ``upper``, by itself makes the gradient vanish (or explode) going back
     through it (multiplies it by ``ratio``)."""
     verb = "falls" if vanishing else "grows"
-    fix = (f"the change is at one block, not spread over depth: the gradient {verb} {_fmt(max(ratio, 1 / ratio))}x "
+    fix = (f"the change is at one block, not spread over depth: the gradient {verb} {sig3(max(ratio, 1 / ratio))}x "
            f"going back through {upper}; fewer layers or residual connections elsewhere would not change it. ")
     if upper == last:
         return fix + ("That is the last block: check what the objective reads of its output (a loss that the "
@@ -835,11 +581,11 @@ def _for_training(rows: list[BlockRow], step: Optional[tuple[str, float]], dtype
                 "they never move: no optimizer compensates that, plain SGD neither")
     if step is not None and step[1] < resolution:
         return (f"less than {dtype} resolves: what reaches the blocks below {step[0]} is rounding error",
-                f"going back through {step[0]} the gradient falls {_fmt(1 / step[1])}x, more than "
+                f"going back through {step[0]} the gradient falls {sig3(1 / step[1])}x, more than "
                 f"{dtype} resolves in one block ({resolution:.2g}): below it, the gradient is at the level of that "
                 "block's rounding error, not a signal any optimizer can learn from")
     least, at = min(margins, key=lambda mr: mr[0]) if margins else (None, None)
-    where = f" (the least, at {at['block']}, {_fmt(least)}x the smallest step that registers)" if at else ""
+    where = f" (the least, at {at['block']}, {sig3(least)}x the smallest step that registers)" if at else ""
     return ("a scale problem that Adam-style optimizers compensate and plain SGD does not",
             f"every block's gradient is still large enough for a per-parameter normalized step (Adam, RMSprop) to "
             f"move its weights{where}: those optimizers compensate the scale, while plain SGD, one learning rate "
@@ -848,7 +594,7 @@ def _for_training(rows: list[BlockRow], step: Optional[tuple[str, float]], dtype
 
 def _where(summary: Summary) -> str:
     """'dL/dh at <first> is <r>x its value at <last>', with the blocks left out of the ratio."""
-    where = (f"{summary['flow_signal']} at {summary['first_block']} is {_fmt(summary['first_to_last_ratio'])}x "
+    where = (f"{summary['flow_signal']} at {summary['first_block']} is {sig3(summary['first_to_last_ratio'])}x "
              f"its value at {summary['last_block']}")
     missing = summary.get("blocks_no_grad") or []
     if missing:
@@ -954,13 +700,13 @@ def _depth_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dt
     step = (_names(rows)[descent_fit["shape_at"][0]], descent_fit["shape_ratio"]) if (
         descent_fit and descent_fit["shape"] == "step") else None
     if param_only:
-        message = f"{word} parameter gradient: {block}'s weights get {_fmt(ratio)}x the last block's"
+        message = f"{word} parameter gradient: {block}'s weights get {sig3(ratio)}x the last block's"
     elif block == summary["first_block"]:
-        message = f"{word} gradient: the first block gets {_fmt(ratio)}x the last block's gradient"
+        message = f"{word} gradient: the first block gets {sig3(ratio)}x the last block's gradient"
     else:
         message = (f"{word} gradient inside the stack: the gradient {'bottoms out' if vanishing else 'peaks'} at "
-                   f"{block}, {_fmt(ratio)}x the last block's")
-    evidence = [f"{signal} at {block} is {_fmt(ratio)}x its value at {summary['last_block']} (threshold "
+                   f"{block}, {sig3(ratio)}x the last block's")
+    evidence = [f"{signal} at {block} is {sig3(ratio)}x its value at {summary['last_block']} (threshold "
                 f"{threshold:g})"]
     if block != summary["first_block"]:
         evidence.append(_where(summary))
@@ -969,7 +715,7 @@ def _depth_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dt
         evidence.append(f"from {summary['last_block']} to {block}, {describe_decay(descent_fit)}")
     if param_only:
         flow = next(r["act_grad_l2"] for r in descent) / descent[-1]["act_grad_l2"] if descent else None
-        evidence.append(f"dL/dh at {block} is {_fmt(flow)}x its value at {summary['last_block']}")
+        evidence.append(f"dL/dh at {block} is {sig3(flow)}x its value at {summary['last_block']}")
         fix = ("the block receives gradient but passes little of it to its weights: its inputs are near zero, or "
                "its units saturated or switched off; look at the activations feeding it and at its init scale"
                if vanishing else "its inputs are large: check the init scale, and add normalization before it")
@@ -996,11 +742,11 @@ def _exploding_finding(summary: Summary, blocks: list[BlockRow], inventory: dict
 
 
 def _healthy_finding(summary: Summary, blocks: list[BlockRow], inventory: dict, dtype: str) -> Finding:
-    ranges = [f"{summary['flow_signal']} from {_fmt(summary['lowest_ratio'])}x to "
-              f"{_fmt(summary['highest_ratio'])}x"]
+    ranges = [f"{summary['flow_signal']} from {sig3(summary['lowest_ratio'])}x to "
+              f"{sig3(summary['highest_ratio'])}x"]
     if summary["flow_signal"] == "dL/dh" and summary.get("param_lowest_ratio") is not None:
-        ranges.append(f"the parameter gradient from {_fmt(summary['param_lowest_ratio'])}x to "
-                      f"{_fmt(summary['param_highest_ratio'])}x")
+        ranges.append(f"the parameter gradient from {sig3(summary['param_lowest_ratio'])}x to "
+                      f"{sig3(summary['param_highest_ratio'])}x")
     return {
         "variant": summary["variant"], "severity": "info", "kind": "healthy", "block": None,
         "message": "gradient reaches every block",
@@ -1029,7 +775,7 @@ def _steady_trend(summary: Summary, inventory: dict) -> Optional[Finding]:
     Only where one rate describes the profile (``steady``, or ``flat`` with a fit of ``RATE_R2``).
     """
     decay = summary["decay"]
-    if not decay or _shape_of(decay) not in ("steady", "flat") or decay["r2"] < RATE_R2:
+    if not decay or shape_of(decay) not in ("steady", "flat") or decay["r2"] < RATE_R2:
         return None
     factor = decay["factor_per_block"]
     across = factor ** decay.get("span_blocks", decay["points"] - 1)  # the fitted change, last block to first
@@ -1044,7 +790,7 @@ def _steady_trend(summary: Summary, inventory: dict) -> Optional[Finding]:
         "message": f"a steady {'decay' if shrinks else 'growth'} toward the input: at this rate a stack of about "
                    f"{depth} blocks would be {'vanishing' if shrinks else 'exploding'}",
         "evidence": f"{describe_decay(decay)}; fitted change across the {decay['points']} fitted blocks: "
-                    f"{_fmt(across)}x "
+                    f"{sig3(across)}x "
                     f"(threshold {threshold:g})",
         "fix": _vanishing_fixes(inventory) if shrinks else _exploding_fixes(inventory),
     }
@@ -1064,9 +810,9 @@ def _shared_weights_findings(summary: Summary) -> list[Finding]:
 def _stacks_finding(summary: Summary) -> Optional[Finding]:
     if not summary.get("stacks"):
         return None
-    parts = [f"{st['first_block']} to {st['last_block']}: {_fmt(st['first_to_last_ratio'])}x"
+    parts = [f"{st['first_block']} to {st['last_block']}: {sig3(st['first_to_last_ratio'])}x"
              for st in summary["stacks"]]
-    across = [f"{st['last_block']} gets {_fmt(st['into_next_ratio'])}x {nxt['first_block']}'s"
+    across = [f"{st['last_block']} gets {sig3(st['into_next_ratio'])}x {nxt['first_block']}'s"
               for st, nxt in zip(summary["stacks"], summary["stacks"][1:])]
     return {
         "variant": summary["variant"], "severity": "info", "kind": "stacks", "block": None,
@@ -1498,7 +1244,7 @@ def _window_finding(window: dict, run: list[dict], total: int, inventory: dict) 
     every = " (every judged step)" if len(run) == total else ""
     found["message"] = f"{_span(steps)}{every}: {found['message']}"
     ends = [r for r in rows if r["block"] in (summary.get("first_block"), summary.get("last_block"))]
-    moved = [f"{r['block']} {_fmt(r['update_ratio'])}" for r in ends if not math.isnan(r["update_ratio"])]
+    moved = [f"{r['block']} {sig3(r['update_ratio'])}" for r in ends if not math.isnan(r["update_ratio"])]
     found["evidence"] = (f"medians over {_span(window['steps'])}, the last of {len(run)} window(s) judged {verdict}: "
                          + found["evidence"]
                          + (f"; median update ratio ||W after - W before|| / ||W before||: {', '.join(moved)}"
@@ -1513,9 +1259,9 @@ def _change_finding(before: dict, after: dict) -> Finding:
     step = after["steps"][0]
 
     def numbers(summary: Summary) -> str:
-        return (f"{summary['flow_signal']} first/last {_fmt(summary['first_to_last_ratio'])}x, lowest "
-                f"{_fmt(summary.get('lowest_ratio'))}x at {summary.get('lowest_block')}, highest "
-                f"{_fmt(summary.get('highest_ratio'))}x at {summary.get('highest_block')}")
+        return (f"{summary['flow_signal']} first/last {sig3(summary['first_to_last_ratio'])}x, lowest "
+                f"{sig3(summary.get('lowest_ratio'))}x at {summary.get('lowest_block')}, highest "
+                f"{sig3(summary.get('highest_ratio'))}x at {summary.get('highest_block')}")
 
     block = None
     if new["verdict"] in ("vanishing", "exploding"):

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..analysis import TREND_RULE, trend_cell
+from ..records import TREND_RULE, trend_cell
 
 MAX_BLOCK_ROWS = 40  # text tables of longer models show evenly spaced blocks, the first and last always included
 
@@ -46,7 +46,7 @@ def summary_legend(report) -> str:
             f"stack whose flow departs most from its output end ({', '.join(judged)})")
 
 
-decay_text = trend_cell  # a table cell's words for the fit and shape: analysis words every profile, in one place
+decay_text = trend_cell  # a table cell's words for the fit and shape: records.py words every profile, in one place
 
 
 @dataclass

@@ -6,7 +6,7 @@ KeyError or a TypeError deep in a renderer into one sentence naming the field (`
 ('abc'), not a number or null``). Only what a reader relies on is checked: the keys every writer writes, and the
 type of each documented field that is present (fields may be added within ``/1``; unknown keys pass).
 ``docs/report-schema.md`` is the field-by-field description. The rows, summaries, decay fits and findings are
-checked against their records in :mod:`gradscope.analysis` (:func:`record_spec`), so the two never disagree.
+checked against their records in :mod:`gradscope.records` (:func:`record_spec`), so the two never disagree.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Optional, Union, get_args, get_origin, get_type_hints
 
-from ..analysis import SHAPES, BlockRow, Decay, Finding, ParamRow, Summary
+from ..records import SHAPES, BlockRow, Decay, Finding, ParamRow, Summary
 
 SCHEMA_PATTERN = re.compile(r"gradscope\.report/(\d+)")
 TOP_LEVEL = ("meta", "variants", "summaries", "findings", "comparisons", "blocks", "params", "series")
@@ -34,7 +34,7 @@ def _kind(hint) -> str:
 
 
 def record_spec(record) -> tuple[dict[str, str], dict[str, str]]:
-    """(required keys with their kind, optional keys with their kind) of a record of :mod:`gradscope.analysis`:
+    """(required keys with their kind, optional keys with their kind) of a record of :mod:`gradscope.records`:
     its required keys are those every writer writes, the others may be absent (the monitor writes a subset)."""
     hints = get_type_hints(record)
     return ({k: _kind(hints[k]) for k in hints if k in record.__required_keys__},
