@@ -2,7 +2,8 @@
 
 Every test that asks for a GPU (the ``cuda_device`` fixture, directly or through
 ``fused_cuda``) is marked ``gpu``: ``pytest -m gpu`` runs just those
-(benchmarks/gpu_check.sh does).
+(benchmarks/gpu_check.sh does). Tests that take about 2 s or more on the 2-core
+development machine are marked ``slow``: ``pytest -m "not slow"`` is the quick loop.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def fused_cuda(cuda_device) -> torch.device:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (asks for the cuda_device fixture)")
+    config.addinivalue_line("markers", "slow: about 2 s or more here (subprocesses, several processes, large "
+                                       "tensors); `pytest -m 'not slow'` leaves them out of a quick run")
 
 
 def pytest_collection_modifyitems(config, items):

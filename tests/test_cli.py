@@ -33,6 +33,7 @@ def tiny_bert(tmp_path_factory):
     return hm.save_tiny_bert(tmp_path_factory.mktemp("cli-bert"))
 
 
+@pytest.mark.slow
 def test_demo_through_the_entry_point():
     result = run_module("demo", "--depth", "20")
     assert result.returncode == 0, result.stderr
@@ -44,6 +45,7 @@ def test_demo_through_the_entry_point():
     assert "measuring sigmoid" in result.stderr and "measuring" not in result.stdout  # progress on stderr
 
 
+@pytest.mark.slow
 def test_unreachable_hub_id_exits_3_with_one_line():
     result = run_module("analyze", "nobody-here/no-such-model", "--device", "cpu")
     assert result.returncode == 3
@@ -387,6 +389,7 @@ def test_shallow_resnet_values_sit_on_their_own_blocks(tmp_path, capsys):
                 num(shallow[block]) if block in shallow else None), block
 
 
+@pytest.mark.slow
 def test_a_reader_that_leaves_early_ends_the_command_quietly():
     """`gradscope ... | head`: a closed pipe is not an error worth a message."""
     script = ("import sys\nimport gradscope.cli as cli\n"

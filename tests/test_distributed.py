@@ -251,6 +251,7 @@ def _assert_unsharded(got, reference):
         assert math.isclose(got["block_l2"][0, b].item(), reference["block_l2"][block], rel_tol=RTOL)
 
 
+@pytest.mark.slow
 def test_fsdp2_statistics_equal_the_unsharded_model(ranks, reference):
     for got in ranks["fsdp"]:
         assert got["mode"] == "sharded"
@@ -260,6 +261,7 @@ def test_fsdp2_statistics_equal_the_unsharded_model(ranks, reference):
     torch.testing.assert_close(ranks["fsdp"][0]["table"], ranks["fsdp"][1]["table"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_fsdp1_shards_combine_to_the_unsharded_model(ranks, reference):
     for got in ranks["fsdp1_full_shard"]:
         assert got["mode"] == "sharded"
@@ -270,6 +272,7 @@ def test_fsdp1_shards_combine_to_the_unsharded_model(ranks, reference):
                                rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_fsdp1_without_sharding_is_replicated(ranks, reference):
     zero, one = ranks["fsdp1_no_shard"]
     assert zero["mode"] == one["mode"] == "replicated"
@@ -277,11 +280,13 @@ def test_fsdp1_without_sharding_is_replicated(ranks, reference):
     assert "names" not in one  # rank 1 records nothing
 
 
+@pytest.mark.slow
 def test_fsdp1_flat_parameters_are_refused_with_the_fix(ranks):
     for message in ranks["flat"]:
         assert "use_orig_params=True" in message and "fully_shard" in message
 
 
+@pytest.mark.slow
 def test_ddp_computes_on_rank_zero_only_and_clips_alike(ranks, reference):
     zero, one = ranks["ddp"]
     assert zero["mode"] == one["mode"] == "replicated"
@@ -293,6 +298,7 @@ def test_ddp_computes_on_rank_zero_only_and_clips_alike(ranks, reference):
     assert torch.equal(zero["params"], one["params"])  # the replicas stay identical after clipping
 
 
+@pytest.mark.slow
 def test_replicated_dtensor_is_counted_once(ranks):
     for got in ranks["replicate"]:
         assert got["mode"] == "sharded"
@@ -300,6 +306,7 @@ def test_replicated_dtensor_is_counted_once(ranks):
         assert math.isclose(got["l2"], math.sqrt(sum(v * v for v in range(6))), rel_tol=1e-12)  # not doubled
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fsdp1_hybrid", "fsdp2_hybrid"])
 def test_hybrid_sharding_counts_each_shard_once(hybrid_ranks, reference, kind):
     for got in hybrid_ranks[kind]:

@@ -19,6 +19,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
 
 
+@pytest.mark.slow
 def test_import_is_light_and_initializes_no_cuda():
     code = (
         "import sys, json, torch, gradscope\n"
@@ -30,6 +31,7 @@ def test_import_is_light_and_initializes_no_cuda():
     assert json.loads(result.stdout) == {"heavy": [], "cuda_initialized": False}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
 def test_loaded_extension_imports_silently():
     result = run_python("import gradscope")
@@ -37,6 +39,7 @@ def test_loaded_extension_imports_silently():
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_disabled_extension_warns_once_and_runs_reference():
     code = (
         "import torch, gradscope\n"
@@ -99,6 +102,7 @@ def test_required_extension_is_loaded():
     assert _ext.STATUS.build_info.get("cuda"), "CI builds the CUDA kernel too (FORCE_CUDA=1)"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
 def test_generic_simd_path_agrees_with_the_fast_one():
     code = (
@@ -116,6 +120,7 @@ def test_generic_simd_path_agrees_with_the_fast_one():
             assert abs(a - b) <= 1e-6 * max(abs(row_fast[2]), 1e-30)
 
 
+@pytest.mark.slow
 def test_cli_info_text_and_json():
     result = subprocess.run([sys.executable, "-m", "gradscope", "info"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -73,6 +73,7 @@ def test_packed_small_tensors_around_item_boundary(backend):
     assert_stats_match(gradscope.grad_stats(tensors, backend=backend), tensors)
 
 
+@pytest.mark.slow
 def test_ten_thousand_tiny_tensors(backend):
     g = seeded(1)
     sizes = torch.randint(0, 40, (10_000,), generator=g).tolist()
@@ -82,6 +83,7 @@ def test_ten_thousand_tiny_tensors(backend):
     assert_stats_match(stats, tensors)
 
 
+@pytest.mark.slow
 def test_large_tensor_accuracy_beats_fp32_norm():
     # 2^26 + 3 elements: sum of squares within 1e-7 of float64 (torch's fp32
     # norm on the CPU is off by about 4e-3 at this size).

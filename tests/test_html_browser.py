@@ -80,6 +80,7 @@ def test_page_loads_clean_with_plots_table_and_names_as_text(chromium, pages, tm
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom
 
 
+@pytest.mark.slow
 def test_monitor_page_has_a_heatmap_and_a_screenshot_is_kept(chromium, pages, tmp_path):
     dom, console = _open(chromium, pages["monitor"], tmp_path / "profile", "--dump-dom")
     assert _attr(dom, "data-gs-ready") == "1" and _attr(dom, "data-gs-errors") == "0" and console == []

@@ -33,6 +33,7 @@ def load_options(**fields) -> LoadOptions:
     return gradscope.AnalyzeConfig(**fields).load_options()
 
 
+@pytest.mark.slow
 def test_the_loaders_take_their_own_options_built_once_from_the_config():
     import dataclasses
     import subprocess

@@ -240,6 +240,7 @@ def test_heatmap_cells_are_one_png_of_blocks_by_steps(monitor_report):
     assert image.size == (steps, blocks)
 
 
+@pytest.mark.slow
 def test_plots_stay_readable_with_300_blocks_and_long_series():
     report = rf.synthetic_report(layers=300, tensors_per_layer=2, variants=("pretrained", "scratch"), steps=2000)
     svgs = RENDERERS["svg"](report)
@@ -270,6 +271,7 @@ def test_png_without_matplotlib_is_a_usage_error(demo_report, tmp_path, monkeypa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_rendering_imports_neither_matplotlib_nor_pandas(tmp_path):
     code = (
         "import sys; sys.path.insert(0, 'tests'); import report_fixtures as rf; "
@@ -977,6 +979,7 @@ def test_the_report_package_imports_its_own_modules_at_the_top_and_in_one_direct
     assert not [m for m in graph if on_a_cycle(m)]
 
 
+@pytest.mark.slow
 def test_importing_the_report_package_imports_no_optional_or_heavy_dependency():
     code = ("import sys, gradscope.report; "
             "print([m for m in ('matplotlib', 'pandas', 'transformers', 'torchvision') if m in sys.modules])")

@@ -103,6 +103,7 @@ def two_reports(demo_report, tmp_path):
     return pristine, tmp_path / "new" / "report.json"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_at_any_line_of_a_forced_replace_leaves_the_old_or_the_new_report_and_no_other_file(
         two_reports, tmp_path, sig):
@@ -185,6 +186,7 @@ def test_an_out_that_is_a_link_to_nothing_is_refused_before_the_work(tmp_path):
         check_output(link)
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_command_like_ctrl_c_with_exit_143_and_nothing_half_written(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -230,6 +232,7 @@ sys.exit(run(["info", "--json"]))
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback():
     full = subprocess.run([sys.executable, "-c", STARTUP, "0"], capture_output=True, text=True, timeout=120)
     total = int(full.stdout.split()[-2])

@@ -56,6 +56,7 @@ def originals(tmp_path_factory):
     return {"analysis": analysis.to_dict(), "monitor": monitor.to_dict(), "comparison": comparison.to_dict()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["analysis", "monitor", "comparison"])
 def test_a_mutated_report_is_refused_in_one_line_or_rendered_in_every_format(originals, tmp_path, kind):
     rng = random.Random(f"gradscope-fuzz-{kind}")

@@ -30,6 +30,8 @@ import gradscope
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+pytestmark = pytest.mark.slow  # two processes each train a BERT
+
 N_LAYERS, PER_DEVICE, STEPS, MAX_GRAD_NORM = 4, 4, 3, 0.05  # 0.05: every step is clipped
 BLOCKS = [f"bert.encoder.layer.{i}" for i in range(N_LAYERS)]
 STAGE = "pre_clip"  # read before the Trainer clips (add_gradscope_callback wraps its clip)

@@ -163,6 +163,7 @@ def test_blocks_are_found_from_the_model_itself(arch, count, first, last):
     assert (len(blocks), blocks[0], blocks[-1]) == (count, first, last)
 
 
+@pytest.mark.slow
 def test_the_normalization_layers_of_a_plain_stack_are_not_blocks():
     """VGG-BN's batch norms only rescale the convolution before them: blocks alternating conv, norm would zigzag."""
     vgg = torchvision.models.vgg11_bn()
