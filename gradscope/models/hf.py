@@ -295,7 +295,7 @@ def _load_error(spec: str, local: bool, exc: Exception) -> ModelLoadError:
         return ModelLoadError(f"cannot load the Hugging Face model in {spec}: {short_reason(exc)}{hint}")
     return ModelLoadError(
         f"cannot load model {spec!r}: {_hub_reason(spec, exc)}; download it where the hub is reachable "
-        f"(e.g. `hf download {spec} --local-dir ./model`) and pass the local directory: gradscope analyze ./model"
+        f"(e.g. `hf download {spec} --local-dir ./model`) and analyze the local directory, ./model"
     )
 
 
