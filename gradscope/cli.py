@@ -342,6 +342,35 @@ def _add_compare(sub) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
+# --- gradscope show -------------------------------------------------------------------
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .report import Report  # a handler's: see the module docstring
+    from .report.terminal import render_text, terminal_width
+
+    report = Report.load(args.report)  # bounded and checked: a file that is not a report is one line, exit 2
+    # as the command that wrote it printed it: the options its notes name, in that command's flags
+    arguments = report.meta.get("arguments")
+    writer = arguments.get("command") if isinstance(arguments, dict) else None
+    commands = build_parser().commands
+    flags = option_flags(commands[writer]) if isinstance(writer, str) and writer in commands else {}
+    say(in_flag_terms(render_text(report, terminal_width()), flags), end="", flush=True)
+    return EXIT_OK
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser(
+        "show", help="a saved report in the terminal: a training run's at a glance, or an analysis or comparison",
+        description="Print a report written by analyze, demo, compare or a training monitor (GradientMonitor, the "
+                    "Trainer and Lightning callbacks' report_dir) as the terminal summary. For a training run: the "
+                    "steps recorded, the global gradient norm before clipping and the clipping, spikes, non-finite "
+                    "steps, the verdict over windows of steps, and the last step per block.",
+    )
+    p.add_argument("report", metavar="REPORT", help="a report.json file or the directory holding one")
+    p.set_defaults(func=_cmd_show)
+
+
 # --- entry point --------------------------------------------------------------------
 
 
@@ -389,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_demo(sub)
     _add_compare(sub)
+    _add_show(sub)
     parser.commands = dict(sub.choices)
     for command in parser.commands.values():
         command.set_defaults(flags=option_flags(command))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -133,7 +135,7 @@ def test_a_mistyped_name_gets_its_close_match(tmp_path, capsys, extra, message):
          "gradscope demo: error: unrecognized arguments: --deph (did you mean --depth?) 3"),
         (["analyse", "m"], "usage: gradscope [-h]",
          "gradscope: error: argument COMMAND: invalid choice: analyse (did you mean analyze?); choose from info, "
-         "analyze, demo, compare"),
+         "analyze, demo, compare, show"),
     ],
 )
 def test_a_mistyped_option_or_command_gets_the_command_s_usage_and_a_close_match(capsys, argv, usage, error):
@@ -442,3 +444,100 @@ def test_a_message_names_python_options_from_python_and_flags_on_the_command_lin
     assert in_flag_terms("offline? `HF_HUB_OFFLINE=1` skips the hub", flags) == "offline? --offline skips the hub"
     assert in_flag_terms("drop it from `what_ifs`", flags) == "drop it from --what-if"
     assert option_flags(build_parser().commands["demo"])["train_steps"] == "--train"
+
+
+# --- gradscope show -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_reports(tmp_path_factory):
+    """A demo report and a comparison of two, written by their commands (with what each printed), and a training
+    run's report written by its monitor."""
+    import report_fixtures as rf
+
+    root = tmp_path_factory.mktemp("show")
+    printed = {}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("COLUMNS", "80")
+        for name, argv in [("demo", [*TINY_DEMO, "--out", str(root / "demo"), "--format", "json"]),
+                           ("deeper", [*TINY_DEMO[:2], "5", *TINY_DEMO[3:], "--out", str(root / "deeper"),
+                                       "--format", "json"]),
+                           ("compare", ["compare", str(root / "demo"), str(root / "deeper"), "--out",
+                                        str(root / "compare"), "--format", "json"])]:
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                assert main(argv) == 0, err.getvalue()
+            printed[name] = out.getvalue()
+    rf.monitor_report(steps=12).save(root / "training", formats="json")
+    return root, printed
+
+
+@pytest.mark.parametrize("name", ["demo", "compare"])
+def test_show_prints_an_analysis_or_a_comparison_as_its_command_did(saved_reports, monkeypatch, capsys, name):
+    root, printed = saved_reports
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["show", str(root / name)]) == 0
+    shown = capsys.readouterr()
+    assert shown.out == printed[name] and shown.err == ""
+
+
+def test_show_prints_a_training_report_from_its_directory_or_its_json(saved_reports, monkeypatch, capsys):
+    from gradscope.report import Report
+    from gradscope.report.terminal import render_text
+
+    root, _ = saved_reports
+    monkeypatch.setenv("COLUMNS", "100")
+    for path in (root / "training", root / "training" / "report.json"):
+        assert main(["show", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert out == render_text(Report.load(path), 100)
+        assert out.startswith("gradscope: training of Sequential (a GradientMonitor report)\nsteps recorded: 12\n")
+
+
+def test_show_refuses_what_is_not_a_report_in_one_line_with_exit_2(saved_reports, tmp_path, capsys):
+    root, _ = saved_reports
+    (tmp_path / "notes.txt").write_text("not json")
+    (tmp_path / "other.json").write_text(json.dumps({"name": "x"}))
+    (tmp_path / "newer.json").write_text(json.dumps({"schema": "gradscope.report/2"}))
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (tmp_path / "missing.json", f"cannot read report {tmp_path / 'missing.json'}: No such file or directory"),
+        (tmp_path / "empty", f"cannot read report {tmp_path / 'empty' / 'report.json'}: No such file or directory"),
+        (tmp_path / "notes.txt", f"{tmp_path / 'notes.txt'} is not a gradscope report: it is not JSON "
+                                 "(Expecting value: line 1 column 1 (char 0))"),
+        (tmp_path / "other.json", f"{tmp_path / 'other.json'} is not a gradscope report: it has no \"schema\" key"),
+        (tmp_path / "newer.json", f"{tmp_path / 'newer.json'}: report schema 'gradscope.report/2' is not "
+                                  "'gradscope.report/1'; this gradscope reads gradscope.report/1 (upgrade gradscope "
+                                  "to read newer reports)"),
+    ]
+    for path, message in cases:
+        assert main(["show", str(path)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"gradscope: error: {message}\n" and captured.out == ""
+
+
+def test_show_shows_control_characters_in_a_report_without_acting_on_them(saved_reports, tmp_path, capsys):
+    root, _ = saved_reports
+    data = json.loads((root / "training" / "report.json").read_text())
+    for row in data["series"]:
+        if row["block"] == "0":
+            row["block"] = "0\x1b[2J"
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    assert main(["show", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "0\\x1b[2J" in out
+
+
+def test_show_is_in_the_help_and_runs_through_the_entry_point(saved_reports, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert re.search(r"show\s+a saved report in the terminal", capsys.readouterr().out)
+    root, _ = saved_reports
+    result = run_module("show", str(root / "training"), env={"COLUMNS": "60"})
+    assert result.returncode == 0 and result.stderr == ""
+    assert max(map(len, result.stdout.splitlines())) <= 60 and "per block at step 12" in result.stdout
+    missing = run_module("show", str(root / "nothing-here"))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr == (f"gradscope: error: cannot read report {root / 'nothing-here'}: No such file or "
+                              "directory\n")

@@ -1,6 +1,8 @@
 """Formatting shared by every renderer: numbers, labels, which blocks a long table shows.
 
-Renderers format what the report holds; nothing here computes a statistic.
+Renderers format what the report holds. The one summary taken here is of a training report's series as it is
+written (its median, its largest value, counts of its rows): a reader's glance at the rows the report keeps, not
+a statistic of the run, which the monitor computes.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..records import TREND_RULE, trend_cell
+from ..records import TREND_RULE, VERDICTS, trend_cell
 
 MAX_BLOCK_ROWS = 40  # text tables of longer models show evenly spaced blocks, the first and last always included
 
@@ -234,3 +236,157 @@ def run_facts(report) -> list[tuple[str, str]]:
         ("command", meta.get("command")),
     ]
     return [(k, str(v)) for k, v in facts if v not in (None, "", [])]
+
+
+# --- a training monitor's report, read for a renderer ------------------------------------------------------
+# What these return is read from the report's series and findings as they are: the only arithmetic is a median,
+# a maximum and counts over the series' own rows. The words of every judgment are the findings' own.
+
+# The per-block values a training series can hold, in the order a table shows them, with their column headers.
+TRAINING_BLOCK_COLUMNS = {"grad_l2": "grad L2", "weight_l2": "weight L2", "update_ratio": "update ratio",
+                          "act_grad_l2": "dL/dh L2"}
+SPIKE_KIND, NONFINITE_KIND, CHANGE_KIND = "grad-spike", "non-finite", "verdict-change"
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def global_rows(series: list[dict]) -> list[dict]:
+    """The series' global rows (one per recorded step), in step order."""
+    return sorted((r for r in series if r.get("block") is None and isinstance(r.get("step"), int)),
+                  key=lambda r: r["step"])
+
+
+@dataclass(frozen=True)
+class GlobalNorms:
+    """The global gradient norm over a training series: its first, median, largest and last value, with steps.
+
+    ``first`` and ``last`` are None where that step's norm is undefined (a NaN or Inf in a gradient);
+    ``median`` and ``largest`` are over the ``finite`` steps, None where there is none.
+    """
+
+    steps: int
+    finite: int
+    first_step: int
+    first: Optional[float]
+    median: Optional[float]
+    largest_step: Optional[int]
+    largest: Optional[float]
+    last_step: int
+    last: Optional[float]
+
+
+def global_norms(series: list[dict]) -> Optional[GlobalNorms]:
+    """:class:`GlobalNorms` of the series' global ``grad_l2`` (the norm before any clip the monitor saw); None
+    without a global row."""
+    rows = global_rows(series)
+    if not rows:
+        return None
+    finite = [r for r in rows if _finite(r.get("grad_l2"))]
+    values = sorted(r["grad_l2"] for r in finite)
+    median = (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2 if values else None
+    top = max(finite, key=lambda r: r["grad_l2"]) if finite else None  # the earliest of equal maxima
+    value = lambda r: r["grad_l2"] if _finite(r.get("grad_l2")) else None  # noqa: E731
+    return GlobalNorms(len(rows), len(finite), rows[0]["step"], value(rows[0]), median,
+                       top["step"] if top else None, top["grad_l2"] if top else None, rows[-1]["step"], value(rows[-1]))
+
+
+def global_norm_label(meta: dict) -> str:
+    """Which global norm a training report's series holds, in two or three words: before clipping, unless a
+    training callback measured it after the Trainer's clip or without one (:func:`measured_stage` says more)."""
+    return {"after_clip": "after the Trainer's clip", "no_clip": "without clipping"}.get(meta.get("clip_stage"),
+                                                                                          "before clipping")
+
+
+def global_norm_sentence(series: list[dict], meta: dict) -> Optional[str]:
+    """``global gradient L2 norm before clipping, over 30 recorded steps: first 1.23 (step 1), median 0.95,
+    max 27.6 (step 21), last 2.04 (step 30)``; None without a global row."""
+    g = global_norms(series)
+    if g is None:
+        return None
+    shown = lambda v: "non-finite" if v is None else num(v)  # noqa: E731
+    over = f"{g.steps} recorded steps" + (f" ({g.steps - g.finite} non-finite, left out of the median and max)"
+                                          if g.finite < g.steps else "")
+    extremes = (f", median {num(g.median)}, max {num(g.largest)} (step {g.largest_step})" if g.finite else "")
+    return (f"global gradient L2 norm {global_norm_label(meta)}, over {over}: first {shown(g.first)} "
+            f"(step {g.first_step}){extremes}, last {shown(g.last)} (step {g.last_step})")
+
+
+@dataclass(frozen=True)
+class NonfiniteStep:
+    """A recorded step with NaN or Inf in a gradient: how many values, and the blocks holding them in depth order
+    (``of`` blocks in all; ``outside``: values in parameters outside every block)."""
+
+    step: int
+    values: int
+    blocks: list[str]
+    of: int
+    outside: int
+
+    @property
+    def first_block(self) -> str:
+        """The first block holding one, in depth order; ``every block`` where all do (then the step cannot tell
+        where they began: clipping with a non-finite total spreads them to every gradient)."""
+        if not self.blocks:
+            return "-"
+        return "every block" if len(self.blocks) == self.of > 1 else self.blocks[0]
+
+
+def nonfinite_steps(series: list[dict]) -> list[NonfiniteStep]:
+    """The steps of a training series whose global row counts a non-finite gradient value, in step order."""
+    by_step: dict[int, list[dict]] = {}
+    for r in series:
+        if r.get("block") is not None:
+            by_step.setdefault(r.get("step"), []).append(r)
+    out = []
+    for g in global_rows(series):
+        count = g.get("grad_nonfinite") or 0
+        if not count:
+            continue
+        rows = sorted(by_step.get(g["step"], []), key=lambda r: (r.get("depth") is None, r.get("depth") or 0))
+        hit = [r for r in rows if r.get("grad_nonfinite")]
+        outside = count - sum(int(r["grad_nonfinite"]) for r in hit)
+        out.append(NonfiniteStep(g["step"], int(count), [str(r["block"]) for r in hit], len(rows), max(outside, 0)))
+    return out
+
+
+def last_block_values(series: list[dict]) -> tuple[Optional[int], list[dict], dict[str, int]]:
+    """The per-block table of a training series' last step: (that step, one row per block in depth order with
+    ``depth``, ``block`` and each recorded value of :data:`TRAINING_BLOCK_COLUMNS`, {column: the step it is of}).
+
+    A value recorded every N steps (dL/dh, update ratios) is taken from the last step that holds it, and its
+    step is then not the table's; a value recorded at no step is no column (not a column of blanks).
+    """
+    rows = [r for r in series if r.get("block") is not None and isinstance(r.get("step"), int)]
+    if not rows:
+        return None, [], {}
+    last = max(r["step"] for r in rows)
+    table = {(r.get("depth"), str(r["block"])): {"depth": r.get("depth"), "block": str(r["block"])}
+             for r in rows if r["step"] == last}
+    taken: dict[str, int] = {}
+    for column in TRAINING_BLOCK_COLUMNS:
+        steps = [r["step"] for r in rows if _finite(r.get(column))]
+        if column != "grad_l2" and not steps:
+            continue
+        at = last if column == "grad_l2" or last in steps else max(steps)
+        taken[column] = at
+        for r in rows:
+            key = (r.get("depth"), str(r["block"]))
+            if r["step"] == at and key in table:
+                value = r.get(column)
+                table[key][column] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    ordered = sorted(table.values(), key=lambda r: (r["depth"] is None, r["depth"] or 0))
+    return last, ordered, taken
+
+
+def training_findings(report) -> dict[str, list[dict]]:
+    """A training report's findings by what they are about: ``spikes`` (of the global norm), ``nonfinite``,
+    ``flow`` (the verdicts over windows of steps and their changes, in report order) and ``other``."""
+    groups: dict[str, list[dict]] = {"spikes": [], "nonfinite": [], "flow": [], "other": []}
+    for f in report.findings:
+        kind = f.get("kind")
+        group = ("spikes" if kind == SPIKE_KIND else "nonfinite" if kind == NONFINITE_KIND
+                 else "flow" if kind == CHANGE_KIND or kind in VERDICTS else "other")
+        groups[group].append(f)
+    return groups
