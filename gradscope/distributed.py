@@ -5,7 +5,8 @@
   others skip the work.
 - **FSDP2 / DTensor** (sharded parameters): each rank sees its own shard. The
   fused op runs on the local shards and, once per flush, one collective
-  (``all_gather`` of the buffered ``[steps, params, 7]`` table) brings every
+  (``all_gather`` of the buffered steps: each parameter's statistics, element
+  count and presence, then the monitor's other sums of squares) brings every
   rank's rows together; sums and counts are added, ``maxabs`` takes the max.
   The result equals the unsharded model's statistics on every rank. (Shard-local
   norms, as some tools log them, are low by about sqrt(number of shards).)
@@ -23,6 +24,28 @@
   group counts; ``NO_SHARD`` is replicated, as DDP. With flat parameters
   (``use_orig_params=False``) the gradients of single parameters do not exist:
   refused, with what to change.
+
+- **Weights and updates under FSDP** (the monitor's ``weight_norms``,
+  ``update_ratios``): each rank reads the part of each weight it counts, as
+  for gradients (:func:`local_weights`), and the sums of squares of its
+  weights and of its optimizer update travel in the flush's one collective
+  (no other): a weight norm, or an update ratio ``sqrt(sum of the update's
+  sums of squares) / sqrt(sum of the weights')`` taken after adding, is the
+  unsharded model's.
+
+- **dL/dh under FSDP** (``activation_grads``): activations are not sharded;
+  each rank holds those of its own micro-batch. Assumed, as FSDP's training
+  does: every rank of the process group is a data-parallel rank with a local
+  batch of the same size, its loss is the mean over that batch, and FSDP
+  averages the gradients over the ranks, so the loss trained is the mean of
+  the ranks' losses, ``L = (1/W) sum_r L_r`` (``W`` ranks). On rank ``r``'s
+  examples dL/dh is then ``dL_r/dh / W``, and over the global batch
+  ``||dL/dh||**2 = (1/W**2) sum_r ||dL_r/dh||**2``: each rank scales its sum of
+  squares by :func:`activation_sumsq_scale` and the collective adds them. The
+  value is what one process computing the mean loss over the whole global
+  batch would record. Whatever each ``L_r`` is, the value is that of
+  ``(1/W) sum_r L_r``, the loss FSDP's averaged gradients belong to. (Under DDP
+  rank 0 records its own micro-batch's dL_0/dh.)
 
 Nothing here is imported by ``import gradscope``; ``torch.distributed`` is only
 touched when it is initialized.
@@ -161,6 +184,15 @@ def _owns_replicas(t) -> bool:
     return True
 
 
+def _counted_part(t: torch.Tensor, counts_plain: bool) -> torch.Tensor:
+    """The part of ``t`` this rank counts: a DTensor's local shard (empty on a non-first replica), a plain
+    tensor whole where ``counts_plain``, else an empty tensor (it adds nothing)."""
+    if is_dtensor(t):
+        local = t.to_local()
+        return local if _owns_replicas(t) else local.new_empty(0)
+    return t if counts_plain else t.new_empty(0)
+
+
 def local_grads(params: list[nn.Parameter], fsdp1: dict[int, bool]) -> list[Optional[torch.Tensor]]:
     """The part of each gradient this rank counts: its DTensor shard, its FSDP1 shard (``fsdp1``: see
     :func:`fsdp1_counted`), or the whole tensor on rank 0 only.
@@ -169,33 +201,51 @@ def local_grads(params: list[nn.Parameter], fsdp1: dict[int, bool]) -> list[Opti
     ``None`` stays ``None`` (no gradient on this rank).
     """
     me = rank()
-    out: list[Optional[torch.Tensor]] = []
-    for p in params:
-        g = p.grad
-        if g is None:
-            out.append(None)
-        elif is_dtensor(g):
-            local = g.to_local()
-            out.append(local if _owns_replicas(g) else local.new_empty(0))
-        else:
-            out.append(g if fsdp1.get(id(p), me == 0) else g.new_empty(0))
-    return out
+    return [None if p.grad is None else _counted_part(p.grad, fsdp1.get(id(p), me == 0)) for p in params]
 
 
-def combine(table: torch.Tensor, numel: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def local_weights(params: list[nn.Parameter], fsdp1: dict[int, bool]) -> list[torch.Tensor]:
+    """The part of each weight this rank counts, detached, as :func:`local_grads` counts gradients: a
+    DTensor's local shard, FSDP1's flat view of the part in this rank's shard (empty where none is; read
+    between the backward pass and the next forward, when FSDP1 holds its parameters sharded), or the whole
+    tensor on rank 0 only. Views, not copies: an in-place optimizer step shows in them."""
+    me = rank()
+    return [_counted_part(p.detach(), fsdp1.get(id(p), me == 0)) for p in params]
+
+
+def activation_sumsq_scale(mode: str) -> float:
+    """The factor that makes a rank's sum of squares of dL_r/dh at a block's output its share of the global
+    loss's, so that the collective's sum is ``||dL/dh||**2`` over the global batch: ``1/W**2`` in sharded
+    mode (see this module's docstring for the assumption), 1 otherwise (one process's own loss and batch;
+    under DDP, rank 0's)."""
+    return 1.0 / world_size() ** 2 if mode == "sharded" else 1.0
+
+
+def combine(table: torch.Tensor, numel: torch.Tensor, present: torch.Tensor,
+            sums: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
     """Sum rows over ranks (max for ``maxabs``) with one ``all_gather``: the unsharded statistics on every rank.
 
     ``table`` is ``[steps, params, 6]`` float64 (columns ``STAT_NAMES``), ``numel``
-    ``[steps, params]`` int64 (local elements), ``present`` ``[steps, params]`` bool.
+    ``[steps, params]`` int64 (local elements), ``present`` ``[steps, params]`` bool;
+    ``sums`` ``[steps, K]`` float64 (default ``K = 0``): other per-step values each rank holds a part of
+    (the sums of squares of weights, updates and dL/dh), added over the ranks in the same collective (NaN,
+    "not recorded" or non-finite on a rank, stays NaN). Returns the combined ``table``, ``numel``,
+    ``present`` and ``sums``.
     """
-    payload = torch.cat([table, numel.unsqueeze(-1).to(table), present.unsqueeze(-1).to(table)], dim=-1)
+    steps, params = numel.shape
+    if sums is None:
+        sums = table.new_zeros((steps, 0))
+    n = len(Stat)
+    per_param = torch.cat([table, numel.unsqueeze(-1).to(table), present.unsqueeze(-1).to(table)], dim=-1)
+    width = params * (n + 2)  # the per-parameter columns of a payload row; the sums follow them
+    payload = torch.cat([per_param.reshape(steps, width), sums.to(table)], dim=-1).contiguous()
     world = world_size()
-    flat = torch.empty((world * payload.shape[0], *payload.shape[1:]), dtype=payload.dtype, device=payload.device)
+    flat = torch.empty((world * steps, payload.shape[1]), dtype=payload.dtype, device=payload.device)
     # torch >= 2.13 names it all_gather_single and deprecates the older name
     gather = getattr(torch.distributed, "all_gather_single", None) or torch.distributed.all_gather_into_tensor
-    gather(flat, payload.contiguous())
-    gathered = flat.view(world, *payload.shape)
+    gather(flat, payload)
+    gathered = flat.view(world, steps, -1)
     summed = gathered.sum(dim=0)
-    summed[..., Stat.MAXABS] = gathered[..., Stat.MAXABS].amax(dim=0)
-    n = len(Stat)
-    return summed[..., :n], summed[..., n].round().to(torch.int64), summed[..., n + 1] > 0
+    combined = summed[:, :width].reshape(steps, params, n + 2)
+    combined[..., Stat.MAXABS] = gathered[:, :, :width].reshape(world, steps, params, n + 2)[..., Stat.MAXABS].amax(0)
+    return combined[..., :n], combined[..., n].round().to(torch.int64), combined[..., n + 1] > 0, summed[:, width:]

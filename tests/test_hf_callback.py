@@ -300,3 +300,128 @@ def test_a_trainer_running_deepspeed_is_refused_before_training(tmp_path):
     with pytest.raises(UsageError, match="^GradscopeCallback: this Trainer runs DeepSpeed"):
         callback.on_train_begin(trainer.args, trainer.state, trainer.control, model=trainer.model)
     assert callback.monitor is None
+
+
+# --- update ratios: the update of the optimizer step itself ------------------------------------------------
+
+
+class UpdateReference(transformers.TrainerCallback):
+    """float64 update ratios ||W_after - W_before|| / ||W_before|| per block and in all, from copies of the
+    weights taken by this test's own step hooks on the torch optimizer that the Trainer's
+    ``AcceleratedOptimizer`` wraps (registered after the monitor's, so they run after it)."""
+
+    def __init__(self):
+        self.ratios: dict[int, dict] = {}
+        self.optimizer = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.optimizer = optimizer.optimizer
+        self.hooks_before_ours = len(self.optimizer._optimizer_step_post_hooks)  # the monitor's, if it runs first
+        kept = {}
+
+        def before(opt, *_):
+            kept.update({n: p.detach().double().clone() for n, p in model.named_parameters()})
+
+        def after(opt, *_):
+            diff = {n: p.detach().double() - kept[n] for n, p in model.named_parameters()}
+            norm = lambda ts: torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in ts])).item()  # noqa: E731
+            row = {"global": norm(diff.values()) / norm(kept.values())}
+            for block in LAYERS:
+                names = [n for n in diff if n.startswith(block + ".")]
+                row[block] = norm(diff[n] for n in names) / norm(kept[n] for n in names)
+            self.ratios[state.global_step + 1] = row  # global_step counts the step after the update
+
+        self.optimizer.register_step_pre_hook(before)
+        self.optimizer.register_step_post_hook(after)
+
+
+def _update_run(tmp_path, *, optim, steps=3, **trainer_options):
+    trainer = tiny_trainer(tmp_path, steps=steps, **trainer_options)
+    trainer.args.optim = optim
+    trainer.model.double()  # float64 weights: the monitor's update ratios are then exact to fp64 rounding
+    return trainer
+
+
+@pytest.mark.parametrize("optim, accumulation, max_grad_norm", [
+    ("sgd", 1, 0.0), ("adamw_torch", 2, 0.0), ("adamw_torch", 1, 0.05), ("sgd", 2, 0.05)])
+def test_update_ratios_are_those_of_the_optimizer_step_against_saved_weights_in_float64(
+        tmp_path, optim, accumulation, max_grad_norm):
+    trainer = _update_run(tmp_path, optim=optim, accumulation=accumulation, max_grad_norm=max_grad_norm)
+    callback = add_gradscope_callback(trainer, update_ratios=True, report_dir=tmp_path / "report")
+    reference = UpdateReference()
+    trainer.add_callback(reference)
+    trainer.train()
+    assert type(reference.optimizer) is {"sgd": torch.optim.SGD, "adamw_torch": torch.optim.AdamW}[optim]
+    assert next(trainer.model.parameters()).dtype == torch.float64
+    assert sorted(reference.ratios) == [1, 2, 3]  # one optimizer step per `accumulation` micro-batches
+    rows = logged(trainer)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        ref = reference.ratios[row["step"]]
+        assert ref["global"] > 0
+        assert math.isclose(row["gradscope/update_ratio/global"], ref["global"], rel_tol=1e-9)
+        for block in LAYERS:
+            assert math.isclose(row[f"gradscope/update_ratio/{block}"], ref[block], rel_tol=1e-9)
+            assert row[f"gradscope/weight_norm/{block}"] > 0
+    report = Report.load(tmp_path / "report")
+    glob = {r["step"]: r["update_ratio"] for r in report.series if r["block"] is None}
+    assert all(math.isclose(glob[step], reference.ratios[step]["global"], rel_tol=1e-9) for step in (1, 2, 3))
+    assert callback.monitor is None
+    assert reference.hooks_before_ours == 1  # the monitor's post-hook on the torch optimizer ...
+    assert len(reference.optimizer._optimizer_step_post_hooks) == 1  # ... went when training ended
+
+
+def _optimizer_never_steps_at(trainer, step: int) -> None:
+    """The Trainer's optimizer step ``step`` never reaches the torch optimizer, as when a GradScaler finds
+    inf/NaN: set on the AcceleratedOptimizer when training begins."""
+
+    class Skipper(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            original = optimizer.step
+            optimizer.step = lambda *a, **k: None if state.global_step + 1 == step else original(*a, **k)
+
+    trainer.add_callback(Skipper())
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+@pytest.mark.parametrize("skip", ["on_nonfinite='skip'", "optimizer never steps"])
+def test_a_skipped_step_has_an_update_ratio_of_zero_and_the_others_match(tmp_path, skip):
+    trainer = _update_run(tmp_path, optim="adamw_torch")
+    options = {"update_ratios": True}
+    if skip == "on_nonfinite='skip'":
+        _nan_at_step(trainer.model, 2)
+        options["on_nonfinite"] = "skip"
+    else:
+        _optimizer_never_steps_at(trainer, 2)
+    add_gradscope_callback(trainer, **options)
+    reference = UpdateReference()
+    trainer.add_callback(reference)
+    if skip == "on_nonfinite='skip'":
+        with pytest.warns(RuntimeWarning, match="step was skipped"):
+            trainer.train()
+    else:
+        trainer.train()
+    rows = {r["step"]: r for r in logged(trainer)}
+    assert rows[2]["gradscope/update_ratio/global"] == 0.0
+    assert all(rows[2][f"gradscope/update_ratio/{b}"] == 0.0 for b in LAYERS)
+    if skip == "on_nonfinite='skip'":  # the optimizer stepped, without gradients: the reference saw it
+        assert reference.ratios[2]["global"] == 0.0
+    else:
+        assert 2 not in reference.ratios
+    for step in (1, 3):
+        assert math.isclose(rows[step]["gradscope/update_ratio/global"], reference.ratios[step]["global"],
+                            rel_tol=1e-9)
+
+
+def test_update_ratios_every_n_steps_log_the_sampled_steps_only(tmp_path):
+    trainer = _update_run(tmp_path, optim="sgd", steps=4)
+    add_gradscope_callback(trainer, update_ratios=2)
+    reference = UpdateReference()
+    trainer.add_callback(reference)
+    trainer.train()
+    rows = {r["step"]: r for r in logged(trainer)}
+    assert [("gradscope/update_ratio/global" in rows[s]) for s in (1, 2, 3, 4)] == [False, True, False, True]
+    assert all("gradscope/weight_norm/global" in rows[s] for s in (1, 2, 3, 4))  # weight norms at every step
+    for step in (2, 4):
+        assert math.isclose(rows[step]["gradscope/update_ratio/global"], reference.ratios[step]["global"],
+                            rel_tol=1e-9)

@@ -174,3 +174,130 @@ def test_skip_leaves_the_weights_and_adam_state_of_a_nonfinite_step_as_they_were
     report = Report.load(tmp_path / "report")
     [finding] = [f for f in report.findings if f["kind"] == "non-finite"]
     assert finding["block"] == "layers.1" and finding["message"].endswith("skipped at 1 step(s): 2")
+
+
+# --- update ratios: the update of the optimizer step itself ------------------------------------------------
+
+
+class UpdateReference(Module):
+    """float64 update ratios per block and in all, from copies of the weights taken by this module's own step
+    hooks on the trainer's torch optimizer (registered after the callback's, so they run after it)."""
+
+    def __init__(self, optimizer: str = "sgd"):
+        super().__init__()
+        self.optimizer_name = optimizer
+        self.ratios: dict[int, dict] = {}
+
+    def configure_optimizers(self):
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        return torch.optim.AdamW(self.parameters(), lr=0.01)
+
+    def on_fit_start(self):
+        optimizer = self.trainer.optimizers[0]
+        self.hooks_before_ours = len(optimizer._optimizer_step_post_hooks)
+        kept = {}
+
+        def before(opt, *_):
+            kept.update({n: p.detach().double().clone() for n, p in self.named_parameters()})
+
+        def after(opt, *_):
+            diff = {n: p.detach().double() - kept[n] for n, p in self.named_parameters()}
+            norm = lambda ts: torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in ts])).item()  # noqa: E731
+            row = {"global": norm(diff.values()) / norm(kept.values())}
+            for block in BLOCKS:
+                names = [n for n in diff if n.startswith(block + ".")]
+                row[block] = norm(diff[n] for n in names) / norm(kept[n] for n in names)
+            self.ratios[self.trainer.global_step + 1] = row
+
+        optimizer.register_step_pre_hook(before)
+        optimizer.register_step_post_hook(after)
+
+
+@pytest.mark.parametrize("optimizer, accumulate, clip", [("sgd", 1, None), ("adamw", 2, 0.01)])
+def test_update_ratios_are_those_of_the_optimizer_step_against_saved_weights_in_float64(
+        tmp_path, optimizer, accumulate, clip):
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(24, 4, generator=g), torch.randn(24, 1, generator=g))
+    module, logger = UpdateReference(optimizer), Collect()
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", precision="64-true", logger=logger, log_every_n_steps=1,
+                         accumulate_grad_batches=accumulate, gradient_clip_val=clip, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[GradscopeLightningCallback(update_ratios=True, report_dir=tmp_path / "report")])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    assert next(module.parameters()).dtype == torch.float64
+    assert sorted(module.ratios) == [1, 2, 3]  # one optimizer step per `accumulate` batches
+    values = {m["gradscope/update_ratio/global"]: m for m in logger.metrics.values()
+              if "gradscope/update_ratio/global" in m}
+    assert len(values) == 3
+    for step, logged in enumerate(values.values(), start=1):
+        ref = module.ratios[step]
+        assert ref["global"] > 0
+        # pl_module.log_dict keeps float32 tensors: the logged values are rounded to float32
+        assert math.isclose(logged["gradscope/update_ratio/global"], ref["global"], rel_tol=1e-6)
+        for b in BLOCKS:
+            assert math.isclose(logged[f"gradscope/update_ratio/{b}"], ref[b], rel_tol=1e-6)
+            assert logged[f"gradscope/weight_norm/{b}"] > 0
+    series = [r for r in Report.load(tmp_path / "report").series if r["block"] in [*BLOCKS, None]]
+    assert len(series) == 3 * (len(BLOCKS) + 1)
+    for r in series:  # the monitor's float64 values
+        assert math.isclose(r["update_ratio"], module.ratios[r["step"]][r["block"] or "global"], rel_tol=1e-9)
+    optimizer = trainer.optimizers[0]
+    assert module.hooks_before_ours == 1 and len(optimizer._optimizer_step_post_hooks) == 1  # ours went at the end
+
+
+def _global_ratio_hooks(module: Module) -> None:
+    """float64 global update ratios of each step of the module's torch optimizer, from copies of the weights
+    taken by this test's own step hooks on it, into ``module.ratios``."""
+    module.ratios, kept = {}, {}
+    optimizer = module.trainer.optimizers[0]
+    optimizer.register_step_pre_hook(lambda *_: kept.update({n: p.detach().double().clone()
+                                                              for n, p in module.named_parameters()}))
+
+    def after(opt, *_):
+        diff = torch.cat([(p.detach().double() - kept[n]).reshape(-1) for n, p in module.named_parameters()])
+        before = torch.cat([kept[n].reshape(-1) for n, _ in module.named_parameters()])
+        module.ratios[module.trainer.global_step + 1] = (torch.linalg.vector_norm(diff)
+                                                         / torch.linalg.vector_norm(before)).item()
+
+    optimizer.register_step_post_hook(after)
+
+
+class NanAtStepTwoWithUpdates(NanAtStepTwo):
+    def on_fit_start(self):
+        _global_ratio_hooks(self)
+
+
+class NoOptimizerStepAtTwo(Module):
+    """Optimizer step 2 runs the closure (forward, backward, the callbacks' hook) but not the torch optimizer,
+    as when a GradScaler finds inf/NaN."""
+
+    def on_fit_start(self):
+        _global_ratio_hooks(self)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        torch_optimizer = optimizer.optimizer
+        if self.trainer.global_step == 1:  # what GradScaler.step does then: the closure runs, the step does not
+            torch_optimizer.step = lambda closure=None, **kwargs: closure()
+        try:
+            optimizer.step(closure=optimizer_closure)  # Lightning counts the step either way
+        finally:
+            vars(torch_optimizer).pop("step", None)
+
+
+@pytest.mark.parametrize("skip", ["on_nonfinite='skip'", "optimizer never steps"])
+def test_a_skipped_step_has_an_update_ratio_of_zero_and_the_others_match(tmp_path, skip):
+    report_dir = tmp_path / "report"
+    if skip == "on_nonfinite='skip'":
+        module = NanAtStepTwoWithUpdates()
+        with pytest.warns(RuntimeWarning, match="step was skipped"):
+            _fit(module, tmp_path, report_dir=report_dir, on_nonfinite="skip", update_ratios=True)
+        assert module.ratios[2] == 0.0  # the optimizer stepped, without gradients
+    else:
+        module = NoOptimizerStepAtTwo()
+        _fit(module, tmp_path, report_dir=report_dir, update_ratios=True)
+        assert 2 not in module.ratios
+    glob = {r["step"]: r["update_ratio"] for r in Report.load(report_dir).series if r["block"] is None}
+    assert glob[2] == 0.0
+    for step in (1, 3):
+        assert module.ratios[step] > 0 and math.isclose(glob[step], module.ratios[step], rel_tol=1e-5)

@@ -276,13 +276,67 @@ def test_the_report_series_and_block_table_carry_weights_updates_and_dl_dh(tmp_p
         history.global_update_ratio()[-1].item()
 
 
-def test_the_training_callbacks_refuse_update_ratios_and_say_what_works():
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+    lambda ps: torch.optim.AdamW(ps, lr=1e-2),
+], ids=["sgd", "adamw"])
+def test_update_ratios_taken_from_the_optimizer_named_in_updates_from_while_step_records(make_opt):
+    """What the training callbacks do: step() records (and keeps the weights), the optimizer's own post-hook
+    takes the update, finish_update() at the step's end reads the one of a step the optimizer never took."""
+    net = make().double()
+    opt = make_opt(net.parameters())
+    refs = []
+    with GradientMonitor(net, updates_from=opt, update_ratios=True, flush_every=2) as monitor:
+        for step in range(5):
+            g = torch.Generator().manual_seed(step)
+            x, y = torch.randn(6, 4, generator=g).double(), torch.randn(6, 1, generator=g).double()
+            ((net(x) - y) ** 2).mean().backward()
+            before = _weights(net)
+            monitor.step()
+            if step != 2:  # step 3 is skipped, as a GradScaler does: the optimizer's step never runs
+                opt.step()
+            monitor.finish_update()  # a no-op after the optimizer's post-hook took the update
+            refs.append(_ref_update_ratio(before, _weights(net)))
+            opt.zero_grad()
+        history = monitor.history
+        assert len(opt._optimizer_step_post_hooks) == 1  # the monitor's, until it closes
+    assert opt._optimizer_step_post_hooks == {} and opt._optimizer_step_pre_hooks == {}
+    ratios = history.global_update_ratio().tolist()
+    assert ratios[2] == 0.0 and history.block_update_ratio()[2].tolist() == [0.0] * len(BLOCKS)
+    for t, ref in enumerate(refs):
+        assert math.isclose(ratios[t], ref["global"], rel_tol=1e-9, abs_tol=1e-300), t
+        for b, block in enumerate(BLOCKS):
+            assert math.isclose(float(history.block_update_ratio()[t, b]), ref[block], rel_tol=1e-9), (t, block)
+
+
+def test_updates_from_is_refused_beside_optimizer_and_needs_an_optimizer():
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(UsageError, match="pass the optimizer as `optimizer` or as `updates_from`, not both"):
+        GradientMonitor(net, opt, updates_from=opt, update_ratios=True)
+    with pytest.raises(UsageError, match="`optimizer` must be a torch.optim.Optimizer; got Net"):
+        GradientMonitor(net, updates_from=net, update_ratios=True)
+    with GradientMonitor(net, updates_from=opt) as monitor:  # no update_ratios: no hook on the optimizer
+        assert opt._optimizer_step_post_hooks == {}
+        backward(net, 0)
+        assert monitor.step()
+        opt.step()
+        assert math.isnan(monitor.latest()["global_update_ratio"])
+
+
+def test_the_training_callbacks_take_update_ratios_and_refuse_a_run_with_several_optimizers():
     from gradscope.integrations._options import MonitorCallbackOptions
 
-    with pytest.raises(UsageError, match="`update_ratios=True` is not available in the training callbacks yet.*"
-                                         "`weight_norms=True` and `activation_grads=True` work here"):
-        MonitorCallbackOptions(update_ratios=True)
-    assert MonitorCallbackOptions(weight_norms=True, activation_grads=4).config.activation_grads == 4
+    options = MonitorCallbackOptions(update_ratios=2)
+    assert options.config.update_ratios == 2 and options.config.weight_norms
+    net = make()
+    opts = (torch.optim.SGD(net.parameters(), lr=0.1), torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(UsageError, match="follows one optimizer; this run has 2: leave `update_ratios` out"):
+        options.make_monitor(net, optimizers=opts)
+    monitor = options.make_monitor(net, optimizers=opts[:1])
+    assert len(opts[0]._optimizer_step_post_hooks) == 1
+    monitor.close()
+    assert opts[0]._optimizer_step_post_hooks == {}
 
 
 def test_update_ratios_every_n_steps_leave_the_other_steps_without_a_ratio():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 import weakref
 from typing import Callable, Optional
 
+import torch
 from torch import nn
 
 from ..errors import GradscopeError, UsageError
@@ -19,6 +21,33 @@ CALLBACK_KEEP_LAST = 1024
 # The monitors callbacks made: one still attached when another run starts belongs to a run that stopped.
 _MADE_BY_CALLBACKS: "weakref.WeakSet[GradientMonitor]" = weakref.WeakSet()
 
+# The optional records of a step as log keys, the monitor's sinks' (gradscope.monitor.sinks):
+# (key, GradientMonitor.latest()'s global value, its per-block values).
+_OPTIONAL_LOGS = (("weight_norm", "global_weight_l2", "weight_l2"),
+                  ("update_ratio", "global_update_ratio", "update_ratio"),
+                  ("act_grad_norm", None, "act_grad_l2"))
+
+
+def optional_values(latest: dict, prefix: str) -> dict[str, float]:
+    """The weight norms, update ratios and dL/dh of a step (``GradientMonitor.latest()``) as log entries:
+    ``{prefix}/weight_norm/global`` and ``/<block>``, ``{prefix}/update_ratio/global`` and ``/<block>``,
+    ``{prefix}/act_grad_norm/<block>``; those not recorded at that step (NaN) are left out."""
+    out = {}
+    for key, whole, per_block in _OPTIONAL_LOGS:
+        if whole is not None and not math.isnan(latest[whole]):
+            out[f"{prefix}/{key}/global"] = latest[whole]
+        out.update((f"{prefix}/{key}/{block}", v) for block, v in latest[per_block].items() if not math.isnan(v))
+    return out
+
+
+def stepping_optimizer(optimizer):
+    """The torch optimizer that takes the update: accelerate's ``AcceleratedOptimizer`` (and Lightning's
+    ``LightningOptimizer``) hold it as ``.optimizer`` and call its ``step``, whose hooks fire there; the
+    wrapper's own step hooks never do."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
 
 class MonitorCallbackOptions:
     """The options of a training-framework callback, and the monitor it makes from them.
@@ -27,7 +56,11 @@ class MonitorCallbackOptions:
     ``on_nonfinite``, ``keep_last``, ...); ``report_dir`` writes a report with
     every recorded step when training ends; ``prefix`` starts every log key.
     Without ``report_dir`` only the last ``CALLBACK_KEEP_LAST`` steps stay on
-    the host, unless ``keep_last`` says otherwise.
+    the host, unless ``keep_last`` says otherwise. With ``update_ratios`` the
+    monitor keeps the weights when it records a step and takes the update from
+    the trainer's torch optimizer's own step (its step post-hook, removed when
+    the monitor closes), and at the end of the step for a step that optimizer
+    never took (a GradScaler skipped it: update 0).
     """
 
     def __init__(self, *, report_dir=None, prefix: str = "gradscope", **options):
@@ -36,10 +69,6 @@ class MonitorCallbackOptions:
         else:  # a report_dir that cannot be written fails here, not after training
             check_writable(report_dir, "report_dir")
         self.config = MonitorConfig.with_options(None, options)  # bad options fail here, not at train time
-        if self.config.update_ratios:
-            raise UsageError("`update_ratios=True` is not available in the training callbacks yet: they record at "
-                             "the trainer's step event, not from the optimizer's own hooks, which the update is taken "
-                             "from; `weight_norms=True` and `activation_grads=True` work here")
         self.report_dir = report_dir
         self.prefix = prefix
         self.monitor: GradientMonitor | None = None
@@ -65,12 +94,21 @@ class MonitorCallbackOptions:
             self._unwrap_clip()
             self._unwrap_clip = None
 
-    def make_monitor(self, model: nn.Module, scaler=None) -> GradientMonitor:
+    def make_monitor(self, model: nn.Module, scaler=None, optimizers: tuple = ()) -> GradientMonitor:
+        """The monitor of a run; ``optimizers``: the trainer's (wrapped or not), where ``update_ratios`` takes
+        the update from (it follows one)."""
+        updates_from = None
+        if self.config.update_ratios:
+            if len(optimizers) != 1:
+                raise UsageError(f"`update_ratios=True` takes the update from the trainer's optimizer step, and "
+                                 f"follows one optimizer; this run has {len(optimizers)}: leave `update_ratios` "
+                                 f"out (`weight_norms=True` records the weight norms alone)")
+            updates_from = stepping_optimizer(optimizers[0])
         previous = attached_monitor(model)
         if previous in _MADE_BY_CALLBACKS:
             # A callback's run that stopped before its end event (an error the callback never saw).
             previous.close(flush=False)
-        monitor = GradientMonitor(model, scaler=scaler, config=self.config)
+        monitor = GradientMonitor(model, scaler=scaler, config=self.config, updates_from=updates_from)
         _MADE_BY_CALLBACKS.add(monitor)
         return monitor
 

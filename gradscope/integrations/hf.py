@@ -23,16 +23,29 @@ ends) and records when it is called; otherwise it records at
   passed in ``callbacks=[...]``, which never sees the trainer; or a clipping
   path that does not go through ``accelerator.clip_grad_norm_``): a warning
   says so;
-- ``gradscope/nonfinite``: non-finite gradient values in the step.
+- ``gradscope/nonfinite``: non-finite gradient values in the step;
+- the optional records below, where asked for.
 
 Either way the global pre-clip (or unclipped) value equals the Trainer's own
 ``grad_norm``.
+
+``weight_norms``, ``update_ratios`` and ``activation_grads`` add
+``gradscope/weight_norm/global`` and ``/<block>`` (before the optimizer step),
+``gradscope/update_ratio/global`` and ``/<block>`` and
+``gradscope/act_grad_norm/<block>`` on the steps that record them. The update
+is that of the optimizer step itself: the weights are kept when the step is
+recorded (before the clip, which changes only the gradients) and the update is
+taken in a step post-hook on the torch optimizer that accelerate's
+``AcceleratedOptimizer`` wraps (removed when training ends), so it is exact
+for any optimizer, once per optimizer step under gradient accumulation. A step
+the GradScaler skips never reaches that optimizer: its update is read at
+``on_step_end``, 0.
 
 ``on_nonfinite="skip"`` drops the gradients of a step with non-finite values
 before the clip and the optimizer step, so the optimizer step changes neither
 the weights nor the optimizer's state (see :mod:`gradscope.monitor`); the
 learning-rate schedule still advances, and the Trainer logs ``grad_norm`` 0
-(with clipping) or NaN (without) for that step.
+(with clipping) or NaN (without) for that step; its update ratio is 0.
 
 The values are those of the step being logged (as the Trainer's ``grad_norm``).
 They are added to the ``logs`` dict and to ``state.log_history``; the
@@ -60,7 +73,7 @@ from transformers import TrainerCallback
 
 from .. import distributed as dist_utils
 from ..errors import GradscopeError, UsageError
-from ._options import MonitorCallbackOptions
+from ._options import MonitorCallbackOptions, optional_values
 
 
 class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
@@ -99,7 +112,9 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
                           "(trainer) to run it first", RuntimeWarning, stacklevel=2)
         sharded = dist_utils.is_sharded(model)
         if self._main or sharded:
-            self.monitor = self.make_monitor(model, scaler=getattr(accelerator, "scaler", None))
+            optimizer = kwargs.get("optimizer")
+            self.monitor = self.make_monitor(model, scaler=getattr(accelerator, "scaler", None),
+                                             optimizers=() if optimizer is None else (optimizer,))
             if self.stage == "pre_clip":
                 self._wrap_clip(accelerator, state)
         self._logged_step = None
@@ -137,6 +152,10 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
             self.stage = "after_clip"
         self._record(state)
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.monitor is not None:  # a step the GradScaler skipped never reached the optimizer's post-hook
+            self.monitor.finish_update()
+
     def values(self, latest: Optional[dict] = None) -> dict[str, float]:
         """A recorded step (default: the last, flushing the monitor) as log entries (keys: module docstring)."""
         latest = latest or self.monitor.latest()
@@ -146,6 +165,7 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
             out[f"{self.prefix}/post_clip/grad_norm"] = latest["post_clip"]
         for block, value in latest["blocks"].items():
             out[f"{base}/grad_norm/{block}"] = value
+        out.update(optional_values(latest, self.prefix))
         return out
 
     def on_log(self, args, state, control, logs=None, **kwargs):

@@ -23,6 +23,17 @@ before the clip, so the optimizer step leaves the weights and the optimizer
 state as they were (see :mod:`gradscope.monitor`). ``report_dir`` writes a
 report when fitting ends, or stops with an error (then of the steps before it).
 
+``weight_norms``, ``update_ratios`` and ``activation_grads`` add
+``gradscope/weight_norm/global`` and ``/<block>``, ``gradscope/update_ratio/global``
+and ``/<block>`` and ``gradscope/act_grad_norm/<block>`` to the logged values on
+the steps that record them. The update is that of the optimizer step itself:
+the weights are kept when the step is recorded (inside Lightning's closure,
+before the update) and the update is taken in a step post-hook on the trainer's
+torch optimizer (one; removed when fitting ends), so it is exact for any
+optimizer, once per optimizer step under ``accumulate_grad_batches``; a step
+the GradScaler skips never reaches it and has its update (0) read when the
+batch ends; a skipped non-finite step has 0.
+
 Install with ``pip install torch-gradscope[lightning]``.
 """
 
@@ -34,7 +45,7 @@ from typing import Optional
 from lightning.pytorch import Callback
 
 from .. import distributed as dist_utils
-from ._options import MonitorCallbackOptions
+from ._options import MonitorCallbackOptions, optional_values
 
 
 class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
@@ -55,7 +66,7 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
         self.monitor = None
         self._recorded_step = None
         if trainer.is_global_zero or sharded:
-            self.monitor = self.make_monitor(pl_module)
+            self.monitor = self.make_monitor(pl_module, optimizers=tuple(trainer.optimizers))
             self._wrap_clip(trainer.precision_plugin)
 
     def _wrap_clip(self, plugin) -> None:
@@ -83,7 +94,10 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step, self._recorded_step = self._recorded_step, None
-        if self.monitor is None or step is None or step % max(1, trainer.log_every_n_steps):
+        if self.monitor is None:
+            return
+        self.monitor.finish_update()  # a step the GradScaler skipped never reached the optimizer's post-hook
+        if step is None or step % max(1, trainer.log_every_n_steps):
             return
         self.monitor.flush()  # after the clip, so the post-clip norm is in; a collective in sharded mode
         if trainer.is_global_zero:
@@ -93,6 +107,7 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
             if not math.isnan(latest["post_clip"]):
                 values[f"{self.prefix}/post_clip/grad_norm"] = latest["post_clip"]
             values.update({f"{base}/grad_norm/{b}": v for b, v in latest["blocks"].items()})
+            values.update(optional_values(latest, self.prefix))
             pl_module.log_dict(values, on_step=True, on_epoch=False)
 
     def on_fit_end(self, trainer, pl_module) -> None:

@@ -57,7 +57,10 @@ in place and reduces the difference with the fused op. A step
 (LBFGS) is recorded after the step, so its weight norm is the new one and it has
 no ratio (NaN). Without an optimizer nothing tells the monitor where the update
 begins and ends (between two ``step()`` calls the weights change by whatever ran),
-so ``update_ratios`` is refused there; weight norms are still recorded.
+so ``update_ratios`` is refused there, unless ``updates_from=optimizer`` names the
+optimizer whose step ends the update (what the training callbacks do: the weights
+are copied when ``step()`` records, the optimizer's post-hook takes the update);
+weight norms are still recorded.
 
 **dL/dh.** ``activation_grads=N`` hangs, on the steps it samples, a gradient hook on
 each block's output (the first tensor of it, as :func:`gradscope.analyze` reads it)
@@ -105,7 +108,11 @@ toward the input.
 **Distributed.** See :mod:`gradscope.distributed`: under DDP rank 0 computes;
 under FSDP (FSDP2/DTensor, FSDP1 with ``use_orig_params=True``) every rank
 computes on its shards and one collective per flush combines them (call
-``flush()``/``report()`` on every rank).
+``flush()``/``report()`` on every rank). Weight norms, update ratios and dL/dh
+travel in that same collective: the weights and updates are the unsharded
+model's, and dL/dh is that of the mean of the ranks' losses over the global
+batch (the assumption is stated in :mod:`gradscope.distributed`); under DDP
+rank 0 records dL/dh of its own loss and micro-batch.
 
 **The package**, in the order of its imports (a module imports only the ones above it):
 

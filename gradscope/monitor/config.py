@@ -39,6 +39,11 @@ class MonitorConfig:
     - ``activation_grads``: ``N`` > 0 records ``||dL/dh||`` at each block's output
       on the steps whose number (the monitor's own count) is a multiple of
       ``every * N`` (``True``: 1); reduced inside a gradient hook, nothing kept.
+
+    Under FSDP (``"sharded"``) the three read each rank's shards of the weights and
+    its own micro-batch's dL/dh, and the flush's one collective adds them: the
+    values are the unsharded model's over the global batch (the assumption about
+    the loss: :mod:`gradscope.distributed`).
     """
 
     every: int = 1
@@ -101,12 +106,10 @@ def check_optimizer(optimizer, params: Sequence[nn.Parameter]) -> None:
 def check_setting(config: MonitorConfig, mode: str, has_optimizer: bool) -> None:
     """UsageError for options that ``mode`` (``dist_utils.resolve_mode``'s) or a monitor without an optimizer
     cannot honour."""
-    if mode == "sharded" and (config.weight_norms or config.activation_grads):
-        raise UsageError("`weight_norms`, `update_ratios` and `activation_grads` read local weights and "
-                         "activations, which sharded mode (FSDP) does not combine yet; leave them off under FSDP")
     if config.update_ratios and not has_optimizer:
         raise UsageError("`update_ratios=True` needs the optimizer (GradientMonitor(model, optimizer, "
-                         "update_ratios=True)): the update is W_after - W_before of its step, and between two "
+                         "update_ratios=True), or GradientMonitor(model, updates_from=optimizer, ...) where "
+                         "monitor.step() records): the update is W_after - W_before of its step, and between two "
                          "monitor.step() calls the weights change by more than it; `weight_norms=True` records "
                          "the weight norms without it")
     if config.on_nonfinite == "skip" and mode != "none":

@@ -49,6 +49,11 @@ class GradientMonitor:
     steps read as "no gradient"). With an
     ``optimizer`` the monitor records from its step pre-hook; without one, call
     :meth:`step` (or :meth:`clip_grad_norm_`) once per optimizer step.
+    ``updates_from=optimizer`` is for a monitor driven by :meth:`step` (a
+    trainer's callback) with ``update_ratios``: the weights are kept when a step
+    is recorded and the optimizer's own step post-hook takes the update; call
+    :meth:`finish_update` at the end of each step for those the optimizer never
+    took (a GradScaler skipped them: update 0).
 
     >>> import torch, gradscope
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
@@ -62,7 +67,8 @@ class GradientMonitor:
     """
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, *,
-                 scaler=None, config: Optional[MonitorConfig] = None, **options):
+                 scaler=None, config: Optional[MonitorConfig] = None,
+                 updates_from: Optional[torch.optim.Optimizer] = None, **options):
         if not isinstance(model, nn.Module):
             raise UsageError(f"GradientMonitor needs an nn.Module; got {type(model).__name__}")
         model = unwrap(model)  # torch.compile, DDP, PEFT: the model's own names, without the wrapper's prefix
@@ -74,9 +80,14 @@ class GradientMonitor:
         check_scaler(scaler)
         if optimizer is not None:
             check_optimizer(optimizer, [p for _, p in named])
+        if updates_from is not None:
+            if optimizer is not None:
+                raise UsageError("pass the optimizer as `optimizer` or as `updates_from`, not both (with "
+                                 "`optimizer` its hooks record the steps and take the updates)")
+            check_optimizer(updates_from, [p for _, p in named])
         self.mode = dist_utils.resolve_mode(model, self.config.distributed)
         self._fsdp1 = dist_utils.fsdp1_counted(model) if self.mode == "sharded" else {}
-        check_setting(self.config, self.mode, optimizer is not None)
+        check_setting(self.config, self.mode, optimizer is not None or updates_from is not None)
         # Every check is done: from here on the monitor registers hooks.
         self.model = model
         self._monitored = MonitoredParameters(model, self.config.params, named, frozen)
@@ -86,6 +97,7 @@ class GradientMonitor:
         self._scaler = scaler
         self._optimizer: Optional[torch.optim.Optimizer] = None
         self._hooks: list = []
+        self._takes_updates = False  # an optimizer's step post-hook finishes the updates update_ratios keeps
         self._recorded_by_clip = False
         self._closure_step = False
         self._step_count = 0
@@ -96,12 +108,16 @@ class GradientMonitor:
         self.skipped_steps: list[int] = []  # optimizer steps on_nonfinite="skip" skipped
         self._sinks: list[Callable[[MonitorHistory], None]] = []
         self._record_hooks: list[Callable[["GradientMonitor", int], None]] = []
-        self._act = (OutputGradients(model, self._registered_blocks, self._act_armed, self.config.backend)
+        self._act = (OutputGradients(model, self._registered_blocks, self._act_armed, self.config.backend,
+                                     sumsq_scale=dist_utils.activation_sumsq_scale(self.mode))
                      if self.config.activation_grads else None)
         self._closed = False
         _ATTACHED[model] = weakref.ref(self)
         if optimizer is not None:
             self._attach(optimizer)  # checked above, before any hook was registered
+        elif updates_from is not None and self.config.update_ratios:
+            self._takes_updates = True
+            self._hooks.append(updates_from.register_step_post_hook(self._after_update))
 
     # --- what it follows -------------------------------------------------------------
 
@@ -145,8 +161,9 @@ class GradientMonitor:
 
     def _attach(self, optimizer: torch.optim.Optimizer) -> None:
         self._optimizer = optimizer
-        self._hooks = [optimizer.register_step_pre_hook(self._before_optimizer_step),
-                       optimizer.register_step_post_hook(self._after_optimizer_step)]
+        self._takes_updates = True
+        self._hooks += [optimizer.register_step_pre_hook(self._before_optimizer_step),
+                        optimizer.register_step_post_hook(self._after_optimizer_step)]
 
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         # args[0] is the optimizer. Set at every step: a closure that raised leaves no stale mark behind.
@@ -160,8 +177,23 @@ class GradientMonitor:
             self._closure_step = False
             self._on_optimizer_step()
             self._updates.forget()
-        else:
-            self._updates.finish(self._monitored.params, self._buffer)
+        elif self._updates.pending:
+            self._updates.finish(self._weights(), self._buffer)
+
+    def _after_update(self, optimizer, args, kwargs) -> None:
+        """``updates_from``'s step post-hook: the update of the step recorded before it."""
+        self.finish_update()
+
+    def finish_update(self) -> None:
+        """Take the update of the step just recorded now, if no optimizer step has taken it yet; nothing
+        when no update is pending.
+
+        For a monitor made with ``updates_from`` and driven by :meth:`step` (a trainer's callback): call it
+        when the trainer's step ends, after the optimizer's. A step that never reached the optimizer's own
+        step (a GradScaler found inf/NaN and skipped it) has its update read here: zero, where nothing else
+        changed the weights."""
+        if self._updates.pending:
+            self._updates.finish(self._weights(), self._buffer)
 
     def _on_optimizer_step(self) -> None:
         if self._recorded_by_clip:  # clip_grad_norm_ already took this step
@@ -283,7 +315,7 @@ class GradientMonitor:
             grads = dist_utils.local_grads(params, self._fsdp1)
         else:
             grads = [p.grad for p in params]
-        weights = [p.detach() for p in params] if self.config.weight_norms else []
+        weights = self._weights() if self.config.weight_norms else []
         stats = read_step(grads, weights, backend=self.config.backend, device=self._device)
         table = stats.table * unscale_factors(self._scaler, self._device) if scaled else stats.table
         if self._buffer.full:
@@ -292,8 +324,8 @@ class GradientMonitor:
         self._buffer.table(slot).copy_(table)
         if weights:
             self._buffer.put_weights(slot, finite_sumsq(stats.weight_table))
-        if self.config.update_ratios and self._optimizer is not None and self._sampled(self.config.update_ratios):
-            self._updates.keep(params, slot, step)
+        if self.config.update_ratios and self._takes_updates and self._sampled(self.config.update_ratios):
+            self._updates.keep(weights, slot, step)  # update_ratios implies weight_norms: weights are read
         if self._act is not None:
             self._act.take(self._buffer.act(slot))
         self._buffer.append(StepRecord(step, stats.present, stats.numel))
@@ -307,6 +339,14 @@ class GradientMonitor:
             self.flush(check=False)
             history = self._history()
             raise GradscopeError(describe_nonfinite(history, len(history) - 1))
+
+    def _weights(self) -> list[torch.Tensor]:
+        """The monitored weights as this rank reads them, detached: in sharded mode the parts it counts
+        (:func:`~gradscope.distributed.local_weights`), whose sums of squares the flush adds over the ranks."""
+        params = self._monitored.params
+        if self.mode == "sharded":
+            return dist_utils.local_weights(params, self._fsdp1)
+        return [p.detach() for p in params]
 
     def _sampled(self, n: int, ahead: int = 0) -> bool:
         """Whether the monitor's step ``ahead`` of its count is one of every ``n`` recorded steps."""

@@ -192,7 +192,8 @@ class MonitorHistory:
 
     def block_act_grad_l2(self) -> torch.Tensor:
         """[T, B] ``||dL/dh||`` at each block's output (summed over the block's runs and micro-batches of the
-        step); NaN where not recorded."""
+        step; under FSDP over the global batch, of the mean of the ranks' losses: see
+        :mod:`gradscope.distributed`); NaN where not recorded."""
         return self.act_grad_sumsq.sqrt()
 
     def __len__(self) -> int:

@@ -55,11 +55,17 @@ class OutputGradients:
     (the first tensor, as :mod:`gradscope.measure` reads it); the hook reduces dL/dh to its sum of squares on
     the device and adds it to the block's entry (several runs of a block, micro-batches of one step): no
     activation is kept, nothing waits for the device. A block run again in the backward pass (activation
-    checkpointing) gets its hook there too, on the run whose output the gradient reaches."""
+    checkpointing) gets its hook there too, on the run whose output the gradient reaches.
 
-    def __init__(self, model: nn.Module, blocks: list[str], armed: Callable[[], bool], backend: str):
+    ``sumsq_scale`` multiplies each sum of squares as it arrives: under FSDP ``1/W**2``
+    (:func:`gradscope.distributed.activation_sumsq_scale`), which turns this rank's ``||dL_r/dh||**2`` of its
+    own loss and micro-batch into its share of ``||dL/dh||**2`` of the global (mean over the ranks) loss over
+    the global batch; the flush's collective adds the shares."""
+
+    def __init__(self, model: nn.Module, blocks: list[str], armed: Callable[[], bool], backend: str,
+                 sumsq_scale: float = 1.0):
         # armed() is read at every forward of a block (the monitor's active flag and its sampling)
-        self._armed, self._backend = armed, backend
+        self._armed, self._backend, self._sumsq_scale = armed, backend, sumsq_scale
         self._sumsq: Optional[torch.Tensor] = None  # [B] float64, NaN for a block no gradient reached yet
         self._seen: set[int] = set()
         self._handles = [submodule(model, b).register_forward_hook(self._forward_hook(i))
@@ -79,6 +85,8 @@ class OutputGradients:
     def _grad_hook(self, index: int):
         def hook(grad: torch.Tensor) -> None:
             value = finite_sumsq(grad_stats([grad], backend=self._backend).table)[0]
+            if self._sumsq_scale != 1.0:
+                value = value * self._sumsq_scale
             if self._sumsq is None:
                 self._sumsq = torch.full((self._blocks,), math.nan, dtype=torch.float64, device=value.device)
             value = value.to(self._sumsq.device)

@@ -183,10 +183,14 @@ class StepBuffer:
         shape = (count, layout.params, len(Stat))
         rows = self._rows[:count]
         if sharded:  # combined on the device, where the collective runs
+            # the weights', updates' and dL/dh's sums of squares are each rank's part: added in the same
+            # collective; the post-clip norm is no part (note_clip's total is the clip's global one) and stays
+            parts = slice(layout.weight.start, layout.act.stop)
             combined = dist_utils.combine(rows[:, layout.table].view(shape), numel.to(rows.device),
-                                          present.to(rows.device))
-            table, numel, present = (t.cpu() for t in combined)
-            host = rows.to("cpu", copy=True)  # the other columns are NaN: no weights or activations when sharded
+                                          present.to(rows.device), rows[:, parts])
+            table, numel, present, summed = (t.cpu() for t in combined)
+            host = rows.to("cpu", copy=True)
+            host[:, parts] = summed
         else:  # one device-to-host copy; copy=True because on CPU .cpu() would alias the reused buffer
             host = rows.to("cpu", copy=True)
             table = host[:, layout.table].reshape(shape)
@@ -220,17 +224,26 @@ class UpdateTracker:
             torch._foreach_copy_(self._before, weights)
         self._slot = (slot, step)
 
+    @property
+    def pending(self) -> bool:
+        """Whether a step's update waits for :meth:`finish` (its weights were kept before the optimizer step)."""
+        return self._slot is not None
+
     def forget(self) -> None:
         """No update for the step kept (it was recorded after its optimizer step)."""
         self._slot = None
 
     def release(self) -> None:
-        """Let the copy go (the device or the monitored parameters changed, or the monitor closed)."""
+        """Let the copy go (the device or the monitored parameters changed, or the monitor closed), and with it
+        the update still pending."""
         self._before = None
+        self._slot = None
 
     def finish(self, params: Sequence[nn.Parameter], buffer: StepBuffer) -> None:
         """After the optimizer step: the sums of squares of its update into the step's row (dropped when a
-        flush took the step to the host meanwhile)."""
+        flush took the step to the host meanwhile); nothing when no update is pending. Also called where the
+        optimizer may not have stepped (a GradScaler skipped it): the difference is then that of the weights as
+        they are, zero when nothing changed them."""
         if self._slot is None:
             return
         slot, step = self._slot
