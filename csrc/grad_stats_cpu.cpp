@@ -455,6 +455,121 @@ at::Tensor grad_stats_cpu(at::TensorList tensors) {
   return out;
 }
 
+// --- diff_sumsq: the update of an optimizer step ---------------------------
+//
+// sum((a - b)^2) per pair of tensors, in one pass that reads both and writes
+// nothing: what the training monitor's update ratios need (a: the weights
+// kept before the step, b: the weights after it), where a subtraction into a
+// buffer and a reduction of it would read and write the weights three times
+// more. The difference is taken in the tensors' dtype for float32 (exact for
+// the small updates of a step: Sterbenz's lemma) and in fp64 otherwise; its
+// squares are accumulated in fp64. Work is cut into items of kItemElems as
+// above, so the result does not depend on the thread count.
+
+template <typename T>
+double diff_sumsq_generic(const T* a, const T* b, int64_t n) {
+  double acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
+    acc += d * d;
+  }
+  return acc;
+}
+
+#if GRADSCOPE_X86
+GS_AVX2 double diff_sumsq_f32_avx2(const float* a, const float* b, int64_t n) {
+  __m256d acc_lo = _mm256_setzero_pd(), acc_hi = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(d));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1));
+    acc_lo = _mm256_fmadd_pd(lo, lo, acc_lo);
+    acc_hi = _mm256_fmadd_pd(hi, hi, acc_hi);
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(acc_lo, acc_hi));
+  double acc = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  for (; i < n; ++i) {
+    const double d = static_cast<double>(a[i] - b[i]);
+    acc += d * d;
+  }
+  return acc;
+}
+#endif
+
+double diff_sumsq_range(const at::Tensor& a, const at::Tensor& b, int64_t begin, int64_t len) {
+  switch (a.scalar_type()) {
+    case at::kFloat: {
+      const float* pa = a.const_data_ptr<float>() + begin;
+      const float* pb = b.const_data_ptr<float>() + begin;
+#if GRADSCOPE_X86
+      if (simd() == Simd::kAvx2) {
+        return diff_sumsq_f32_avx2(pa, pb, len);
+      }
+#endif
+      double acc = 0;  // the generic path takes the float32 difference too, as the AVX2 one does
+      for (int64_t i = 0; i < len; ++i) {
+        const double d = static_cast<double>(pa[i] - pb[i]);
+        acc += d * d;
+      }
+      return acc;
+    }
+    case at::kHalf:
+      return diff_sumsq_generic(a.const_data_ptr<c10::Half>() + begin, b.const_data_ptr<c10::Half>() + begin, len);
+    case at::kBFloat16:
+      return diff_sumsq_generic(a.const_data_ptr<c10::BFloat16>() + begin, b.const_data_ptr<c10::BFloat16>() + begin,
+                                len);
+    case at::kDouble:
+      return diff_sumsq_generic(a.const_data_ptr<double>() + begin, b.const_data_ptr<double>() + begin, len);
+    default:
+      TORCH_INTERNAL_ASSERT(false, "unchecked dtype ", a.scalar_type());
+  }
+}
+
+at::Tensor diff_sumsq_cpu(at::TensorList a, at::TensorList b) {
+  TORCH_CHECK(a.size() == b.size(), "gradscope::diff_sumsq: ", a.size(), " tensors in a but ", b.size(), " in b");
+  const int64_t n = static_cast<int64_t>(a.size());
+  std::vector<at::Tensor> left(n), right(n);  // contiguous views (a copy only for a gappy or permuted one)
+  std::vector<Segment> segments;
+  std::vector<int64_t> first_segment(n + 1);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(a[i].layout() == at::kStrided && b[i].layout() == at::kStrided, "gradscope::diff_sumsq: pair ", i,
+                " is not dense");
+    TORCH_CHECK(a[i].device().is_cpu() && b[i].device().is_cpu(), "gradscope::diff_sumsq: pair ", i,
+                " is not on the CPU");
+    TORCH_CHECK(a[i].sizes() == b[i].sizes() && a[i].scalar_type() == b[i].scalar_type(),
+                "gradscope::diff_sumsq: pair ", i, " differs in shape or dtype (", a[i].sizes(), " ",
+                a[i].scalar_type(), " against ", b[i].sizes(), " ", b[i].scalar_type(), ")");
+    TORCH_CHECK(is_stat_dtype(a[i].scalar_type()), "gradscope::diff_sumsq: pair ", i, " has dtype ",
+                a[i].scalar_type(), "; expected ", kStatDtypes);
+    left[i] = a[i].resolve_neg().contiguous();
+    right[i] = b[i].resolve_neg().contiguous();
+    first_segment[i] = static_cast<int64_t>(segments.size());
+    for (int64_t begin = 0; begin < left[i].numel(); begin += kItemElems) {
+      segments.push_back({i, begin, std::min(kItemElems, left[i].numel() - begin)});
+    }
+  }
+  first_segment[n] = static_cast<int64_t>(segments.size());
+  std::vector<double> partials(segments.size());
+  at::parallel_for(0, static_cast<int64_t>(segments.size()), kParallelGrain, [&](int64_t first, int64_t last) {
+    for (int64_t s = first; s < last; ++s) {
+      const Segment& seg = segments[s];
+      partials[s] = diff_sumsq_range(left[seg.tensor], right[seg.tensor], seg.begin, seg.len);
+    }
+  });
+  at::Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kDouble));
+  double* sums = out.data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i) {
+    double total = 0;
+    for (int64_t s = first_segment[i]; s < first_segment[i + 1]; ++s) {
+      total += partials[s];
+    }
+    sums[i] = total;
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string cpu_simd_name() {
@@ -463,6 +578,7 @@ std::string cpu_simd_name() {
 
 TORCH_LIBRARY_IMPL(gradscope, CPU, m) {
   m.impl("grad_stats", &grad_stats_cpu);
+  m.impl("diff_sumsq", &diff_sumsq_cpu);
 }
 
 }  // namespace gradscope

@@ -30,6 +30,14 @@ at::Tensor grad_stats_fallback(at::TensorList tensors) {
               "which falls back to its PyTorch reference path");
 }
 
+// diff_sumsq of no pairs, and an error for a device without its kernel (the
+// monitor takes the foreach path there).
+at::Tensor diff_sumsq_fallback(at::TensorList a, at::TensorList b) {
+  TORCH_CHECK(a.empty() && b.empty(), "gradscope::diff_sumsq has a CPU kernel only; got ",
+              (a.empty() ? b[0] : a[0]).device().type(), " tensors");
+  return at::empty({0}, at::TensorOptions().dtype(at::kDouble));
+}
+
 }  // namespace
 }  // namespace gradscope
 
@@ -37,8 +45,12 @@ TORCH_LIBRARY(gradscope, m) {
   // Per tensor: [sumsq, sum, sumabs, maxabs, nonfinite, zeros] as float64,
   // the first four over finite elements. See grad_stats.h.
   m.def("grad_stats(Tensor[] tensors) -> Tensor");
+  // Per pair (a[i], b[i]) of same-shaped tensors: sum((a - b)^2) as float64,
+  // [N]. CPU only: the training monitor's update ratios (grad_stats_cpu.cpp).
+  m.def("diff_sumsq(Tensor[] a, Tensor[] b) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(gradscope, CompositeExplicitAutograd, m) {
   m.impl("grad_stats", &gradscope::grad_stats_fallback);
+  m.impl("diff_sumsq", &gradscope::diff_sumsq_fallback);
 }

@@ -507,3 +507,59 @@ def test_an_expanded_view_is_read_without_materializing_it(backend):
     ref = expected_stats(partial.contiguous())  # the float64 statistics of every element, repeats included
     for field in ("sumsq", "sum", "sumabs", "maxabs", "nonfinite", "zeros"):
         assert getattr(stats, field)[1].item() == pytest.approx(ref[field], rel=1e-6), field
+
+
+# --- diff_sumsq: the CPU kernel behind the monitor's update ratios -------------------------------------------
+
+
+def _diff_reference(a, b):
+    return torch.stack([((x.double() - y.double()) ** 2).sum() for x, y in zip(a, b)]) if a else torch.zeros(0)
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_diff_sumsq_matches_float64_for_every_dtype_and_layout():
+    g = seeded(5)
+    a = [torch.randn(3 * ITEM + 5, generator=g), torch.randn(40, 30, generator=g).t(),  # several items; permuted
+         torch.randn(77, generator=g).half(), torch.randn(300, generator=g).bfloat16(),
+         torch.randn(5, 3, generator=g).double(), torch.randn(0), torch.randn(9, generator=g)]
+    b = [x + (1e-3 * torch.randn(x.shape, generator=g)).to(x.dtype) for x in a]
+    b[-1] = a[-1].clone()  # no update: exactly 0
+    got = torch.ops.gradscope.diff_sumsq(a, b)
+    assert got.dtype == torch.float64 and got.shape == (len(a),)
+    ref = _diff_reference(a, b)
+    # float32 differences are taken in float32 (exact where the two are within 2x of each other): 1e-9 relative
+    assert torch.allclose(got, ref, rtol=1e-9, atol=0) and got[-1] == 0 and got[-2] == 0
+    assert torch.equal(torch.ops.gradscope.diff_sumsq([], []), torch.zeros(0, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_diff_sumsq_is_the_same_for_any_thread_count_and_marks_non_finite():
+    g = seeded(6)
+    a = [torch.randn(5 * ITEM + 3, generator=g) for _ in range(3)]
+    b = [x * 1.001 for x in a]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.gradscope.diff_sumsq(a, b)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, torch.ops.gradscope.diff_sumsq(a, b))  # bitwise
+    b[1][7] = float("inf")
+    assert math.isinf(torch.ops.gradscope.diff_sumsq(a, b)[1])  # the monitor turns it into NaN
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_diff_sumsq_refuses_pairs_that_do_not_match():
+    with pytest.raises(RuntimeError, match="2 tensors in a but 1 in b"):
+        torch.ops.gradscope.diff_sumsq([torch.ones(2), torch.ones(2)], [torch.ones(2)])
+    with pytest.raises(RuntimeError, match="differs in shape or dtype"):
+        torch.ops.gradscope.diff_sumsq([torch.ones(2)], [torch.ones(3)])
+    with pytest.raises(RuntimeError, match="expected float32"):
+        torch.ops.gradscope.diff_sumsq([torch.ones(2, dtype=torch.int32)], [torch.ones(2, dtype=torch.int32)])
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_opcheck_diff_sumsq():
+    g = seeded(7)
+    a = [torch.randn(100, generator=g), torch.randn(3, 4, generator=g)]
+    torch.library.opcheck(torch.ops.gradscope.diff_sumsq.default, (a, [x + 1 for x in a]))

@@ -81,11 +81,12 @@ def test_by_default_no_weight_or_activation_series_is_recorded():
     lambda ps: torch.optim.Adam(ps, lr=1e-2),
 ], ids=["sgd", "adam"])
 @pytest.mark.parametrize("clip", [False, True])
-def test_update_ratios_match_saved_copies_of_the_weights_before_and_after_the_step(make_opt, clip):
+@pytest.mark.parametrize("backend", ["auto", "reference"])  # the CPU kernel's one pass, and the foreach path
+def test_update_ratios_match_saved_copies_of_the_weights_before_and_after_the_step(make_opt, clip, backend):
     net = make()
     opt = make_opt(net.parameters())
     refs = []
-    with GradientMonitor(net, opt, update_ratios=True, flush_every=3) as monitor:
+    with GradientMonitor(net, opt, update_ratios=True, flush_every=3, backend=backend) as monitor:
         for step in range(7):
             backward(net, step)
             if clip:
@@ -120,6 +121,23 @@ def test_a_skipped_step_has_an_update_ratio_of_zero():
         with pytest.warns(RuntimeWarning, match="The optimizer step was skipped"):
             ratios = monitor.history.global_update_ratio().tolist()
     assert ratios[0] > 0 and ratios[1] == 0.0
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_an_update_that_makes_a_weight_non_finite_has_a_nan_ratio(backend):
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with GradientMonitor(net, opt, update_ratios=True, on_nonfinite="ignore", backend=backend) as monitor:
+        backward(net, 0)
+        opt.step()
+        opt.zero_grad()
+        backward(net, 1)
+        net.layers[1][0].weight.grad[0, 0] = math.inf
+        opt.step()
+        ratios = monitor.history.block_update_ratio()
+    assert bool(torch.isfinite(ratios[0]).all())
+    assert math.isnan(ratios[1, BLOCKS.index("layers.1")]) and math.isnan(monitor.history.global_update_ratio()[1])
+    assert math.isfinite(ratios[1, BLOCKS.index("layers.0")])
 
 
 def test_log_to_a_callable_gets_the_weight_update_and_activation_series():

@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import _ext
 from .. import distributed as dist_utils
 from ..stats import Stat, grad_stats
 from .history import HistoryChunk
@@ -207,11 +208,15 @@ class StepBuffer:
 
 class UpdateTracker:
     """``update_ratios``: ``W_after - W_before`` of a sampled optimizer step, from one kept copy of the monitored
-    weights: :meth:`keep` copies them before the step, :meth:`finish` subtracts the new weights from the copy in
-    place (no second copy) and reduces the difference with the fused op into the step's buffer row."""
+    weights: :meth:`keep` copies them before the step; :meth:`finish` takes the sum of squares of the difference
+    into the step's buffer row: on the CPU in one pass of the compiled ``diff_sumsq`` that reads both and writes
+    nothing, elsewhere by subtracting the new weights from the copy in place (no second copy) and reducing the
+    difference with the fused op."""
 
     def __init__(self, backend: str):
         self._backend = backend
+        # the CPU kernel's one pass where the compiled op runs and the reference path was not asked for
+        self._fused_cpu = backend != "reference" and _ext.STATUS.fused_for("cpu")
         self._before: Optional[list[torch.Tensor]] = None  # the weights before the optimizer step
         self._slot: Optional[tuple[int, int]] = None  # (buffer row, step) whose update is pending
 
@@ -250,6 +255,12 @@ class UpdateTracker:
         self._slot = None
         if not buffer.holds(slot, step):
             return
-        torch._foreach_sub_(self._before, [p.detach() for p in params])  # in place: no second copy
-        stats = grad_stats(self._before, backend=self._backend)
-        buffer.put_update(slot, finite_sumsq(stats.table.to(buffer.device)))
+        after = [p.detach() for p in params]
+        if self._before and self._before[0].device.type == "cpu" and self._fused_cpu:
+            # one pass that reads both copies and writes nothing (csrc/grad_stats_cpu.cpp, diff_sumsq)
+            sums = torch.ops.gradscope.diff_sumsq(self._before, after)
+            sums = torch.where(torch.isfinite(sums), sums, torch.full_like(sums, math.nan))
+        else:
+            torch._foreach_sub_(self._before, after)  # in place: no second copy
+            sums = finite_sumsq(grad_stats(self._before, backend=self._backend).table)
+        buffer.put_update(slot, sums.to(buffer.device))
