@@ -1,12 +1,15 @@
 // CPU kernel of gradscope::grad_stats.
 //
 // The work is cut into items of kItemElems elements: a large tensor gives many
-// items, small tensors are packed together into one. at::parallel_for runs
-// over the items (so torch.set_num_threads applies); each segment of an item
-// writes its partial statistics into a slot of its own, and a serial pass
-// combines each tensor's partials in order. The cut depends on the inputs
-// only, never on the thread count, so results are bitwise identical for any
-// number of threads.
+// items, small tensors are packed together into one. The threads of
+// at::parallel_for (so torch.set_num_threads applies) each read their own
+// contiguous share of the items, then take what is left of the others'
+// shares, so a thread whose core another process is using holds up nobody
+// (for_each_item). Each segment of an item writes its partial statistics into
+// a slot of its own, and a serial pass combines each tensor's partials in
+// order. The cut depends on the inputs only, never on the thread count or on
+// which thread read an item, so results are bitwise identical for any number
+// of threads and any load.
 //
 // Inside a segment, values are accumulated in fp32 SIMD lanes over blocks of
 // kBlockElems elements and each block's sums are added into fp64, so the error
@@ -27,6 +30,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -50,6 +54,45 @@ namespace {
 constexpr int64_t kItemElems = int64_t{1} << 16;  // elements per parallel work item
 constexpr int64_t kBlockElems = 1024;             // elements per fp32 block
 constexpr int64_t kParallelGrain = 2;             // items per thread at least (128K elements)
+
+// Runs work(item) for every item in [0, n): serially for one grain of items or
+// fewer (starting threads would cost more than the split saves), else on the
+// threads of at::parallel_for. Each thread owns a contiguous share of the items
+// and reads it front to back (what a static split does: sequential memory per
+// thread); a thread that finishes its share takes the remaining items of the
+// others' shares from their counters, so one slowed by another process on its
+// core holds up nobody. Every item is taken exactly once (fetch_add), and what
+// it computes does not depend on who takes it.
+template <typename Work>
+void for_each_item(int64_t n, int64_t grain, const Work& work) {
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), (n + grain - 1) / grain);
+  if (workers < 2 || at::in_parallel_region()) {
+    for (int64_t item = 0; item < n; ++item) {
+      work(item);
+    }
+    return;
+  }
+  struct alignas(64) Share {  // a cache line each: the owners' counters do not share one
+    std::atomic<int64_t> next{0};
+    int64_t end = 0;
+  };
+  std::vector<Share> shares(workers);
+  for (int64_t w = 0; w < workers; ++w) {
+    shares[w].next.store(n * w / workers, std::memory_order_relaxed);
+    shares[w].end = n * (w + 1) / workers;
+  }
+  at::parallel_for(0, workers, 1, [&](int64_t first, int64_t last) {  // one index per thread
+    for (int64_t own = first; own < last; ++own) {
+      for (int64_t k = 0; k < workers; ++k) {  // its own share first, then the others' in turn
+        Share& share = shares[(own + k) % workers];
+        for (int64_t item = share.next.fetch_add(1, std::memory_order_relaxed); item < share.end;
+             item = share.next.fetch_add(1, std::memory_order_relaxed)) {
+          work(item);
+        }
+      }
+    }
+  });
+}
 
 struct Partial {
   double sumsq = 0, sum = 0, sumabs = 0, maxabs = 0;
@@ -427,13 +470,9 @@ at::Tensor grad_stats_cpu(at::TensorList tensors) {
   const int64_t n_items = static_cast<int64_t>(item_starts.size()) - 1;
 
   std::vector<Partial> partials(segments.size());
-  // Threads only for lists of more than kParallelGrain items: below that, starting
-  // the parallel region costs more than the split saves.
-  at::parallel_for(0, n_items, kParallelGrain, [&](int64_t first, int64_t last) {
-    for (int64_t item = first; item < last; ++item) {
-      for (int64_t s = item_starts[item]; s < item_starts[item + 1]; ++s) {
-        reduce_segment(*dense[segments[s].tensor], segments[s], partials[s]);
-      }
+  for_each_item(n_items, kParallelGrain, [&](int64_t item) {
+    for (int64_t s = item_starts[item]; s < item_starts[item + 1]; ++s) {
+      reduce_segment(*dense[segments[s].tensor], segments[s], partials[s]);
     }
   });
 
@@ -552,11 +591,9 @@ at::Tensor diff_sumsq_cpu(at::TensorList a, at::TensorList b) {
   }
   first_segment[n] = static_cast<int64_t>(segments.size());
   std::vector<double> partials(segments.size());
-  at::parallel_for(0, static_cast<int64_t>(segments.size()), kParallelGrain, [&](int64_t first, int64_t last) {
-    for (int64_t s = first; s < last; ++s) {
-      const Segment& seg = segments[s];
-      partials[s] = diff_sumsq_range(left[seg.tensor], right[seg.tensor], seg.begin, seg.len);
-    }
+  for_each_item(static_cast<int64_t>(segments.size()), kParallelGrain, [&](int64_t s) {
+    const Segment& seg = segments[s];
+    partials[s] = diff_sumsq_range(left[seg.tensor], right[seg.tensor], seg.begin, seg.len);
   });
   at::Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kDouble));
   double* sums = out.data_ptr<double>();

@@ -7,6 +7,8 @@ path ("reference"); both must agree with NumPy in float64.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -426,6 +428,26 @@ def test_bitwise_identical_across_runs_and_thread_counts():
         torch.set_num_threads(before)
     for other in results[1:]:
         assert torch.equal(results[0], other)
+
+
+@needs_op
+def test_bitwise_identical_when_another_process_keeps_a_core_busy():
+    # The threads take what is left of each other's items (a slowed thread holds up nobody): which thread reads
+    # an item changes with the load, the result must not.
+    tensors = [randn(9 * ITEM + 5, seed=4), randn(5 * ITEM, dtype=torch.bfloat16, seed=5)]
+    quiet = gradscope.grad_stats(tensors, backend="fused").table
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(before, 2))
+        try:
+            busy = [gradscope.grad_stats(tensors, backend="fused").table for _ in range(20)]
+        finally:
+            torch.set_num_threads(before)
+    finally:
+        spinner.kill()
+        spinner.wait(timeout=30)
+    assert all(torch.equal(quiet, table) for table in busy)
 
 
 # --- a property test ----------------------------------------------------------------------
