@@ -88,6 +88,17 @@ def worker(out: str) -> None:
             self.steps.append({"step": state.global_step + 1, "global": _norm(grads.values()),
                                "blocks": {b: _norm([g for n, g in grads.items() if n.startswith(b + ".")])
                                           for b in BLOCKS}})
+            self.before = {n: p.full_tensor().double() for n, p in model.named_parameters()}
+
+        def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+            # the update of this optimizer step, from full copies of the weights before and after it
+            delta = {n: p.full_tensor().double() - self.before[n] for n, p in model.named_parameters()}
+
+            def ratio(names):
+                return _norm([delta[n] for n in names]) / _norm([self.before[n] for n in names])
+
+            self.steps[-1]["update_ratio"] = {b: ratio([n for n in delta if n.startswith(b + ".")]) for b in BLOCKS}
+            self.steps[-1]["update_ratio"]["global"] = ratio(list(delta))
 
     world = int(os.environ["WORLD_SIZE"])
     model = BertForSequenceClassification.from_pretrained(
@@ -100,7 +111,7 @@ def worker(out: str) -> None:
         # True (the default) multiplies this model's loss, hence its gradients, by the world size
         average_tokens_across_devices=False)
     trainer = Trainer(model=model, args=args, train_dataset=Data())
-    callback = add_gradscope_callback(trainer, report_dir=f"{out}/report")
+    callback = add_gradscope_callback(trainer, report_dir=f"{out}/report", update_ratios=True)
     reference = FullGradients()
     trainer.add_callback(reference)
     trainer.train()
@@ -185,6 +196,13 @@ def test_trainer_fsdp2_cpu_numbers_equal_the_unsharded_gradients(tmp_path):
             assert math.isclose(series[(s, b)], ref[s]["blocks"][b] / coef[s], rel_tol=1e-5), (s, b)
     for row in report["blocks"]:
         assert math.isclose(row["grad_l2"], ref[STEPS]["blocks"][row["block"]] / coef[STEPS], rel_tol=1e-5)
+    # the update ratios of each optimizer step, taken on each rank's shards, against full float64 copies
+    ratios = {(row["step"], row["block"]): row["update_ratio"] for row in report["series"]}
+    for s in ref:
+        assert ratios[(s, None)] > 0
+        assert math.isclose(ratios[(s, None)], ref[s]["update_ratio"]["global"], rel_tol=1e-5), s
+        for b in BLOCKS:
+            assert math.isclose(ratios[(s, b)], ref[s]["update_ratio"][b], rel_tol=1e-5), (s, b)
 
     # step 1 against the unsharded model in this process (fp32 reduction order differs: looser tolerance)
     total, single = unsharded_step_one(tmp_path / "model")
