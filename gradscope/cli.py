@@ -30,7 +30,7 @@ from . import __version__, _ext
 from .demo import BATCH_SIZE, DEPTH, WIDTH, demo
 from .errors import EXIT_OK, GradscopeError, did_you_mean, in_flag_terms
 from .models.failures import with_type
-from .report import DEFAULT_FORMATS, RENDERERS, check_output
+from .report import DEFAULT_FORMATS, RENDERERS, Report, check_output
 from .variants import BASELINES, WHAT_IFS
 
 DEBUG_ENV = "GRADSCOPE_DEBUG"
@@ -346,8 +346,7 @@ def _add_compare(sub) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .report import Report  # a handler's: see the module docstring
-    from .report.terminal import render_text, terminal_width
+    from .report.terminal import render_text, terminal_width  # a handler's: see the module docstring
 
     report = Report.load(args.report)  # bounded and checked: a file that is not a report is one line, exit 2
     # as the command that wrote it printed it: the options its notes name, in that command's flags

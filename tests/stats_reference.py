@@ -59,3 +59,17 @@ def assert_stats_match(stats, tensors, rtol: float = 1e-6) -> None:
             assert abs(got[name] - want[name]) <= rtol * abs(want[name]), f"{where}: {name} {got[name]} vs {want[name]}"
         assert abs(got["sum"] - want["sum"]) <= rtol * want["sumabs"], f"{where}: sum {got['sum']} vs {want['sum']}"
         assert bool(host.present[i]) == (t is not None)
+
+
+def update_ratios(before: dict, after: dict, blocks) -> dict:
+    """||W_after - W_before|| / ||W_before|| in float64 from copies of the named weights around an optimizer
+    step: over all of them (``"global"``) and over each block's (the names under ``block.``)."""
+
+    def ratio(names) -> float:
+        diff = torch.cat([(after[n].double() - before[n].double()).reshape(-1) for n in names])
+        kept = torch.cat([before[n].double().reshape(-1) for n in names])
+        return (torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(kept)).item()
+
+    out = {"global": ratio(list(before))}
+    out.update({b: ratio([n for n in before if n.startswith(b + ".")]) for b in blocks})
+    return out

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers", reason="transformers is not i
 from gradscope.errors import GradscopeError, UsageError  # noqa: E402
 from gradscope.integrations.hf import GradscopeCallback, add_gradscope_callback  # noqa: E402
 from gradscope.report import Report  # noqa: E402
+from stats_reference import update_ratios  # noqa: E402
 
 LAYERS = [f"bert.encoder.layer.{i}" for i in range(2)]
 
@@ -323,13 +324,9 @@ class UpdateReference(transformers.TrainerCallback):
             kept.update({n: p.detach().double().clone() for n, p in model.named_parameters()})
 
         def after(opt, *_):
-            diff = {n: p.detach().double() - kept[n] for n, p in model.named_parameters()}
-            norm = lambda ts: torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in ts])).item()  # noqa: E731
-            row = {"global": norm(diff.values()) / norm(kept.values())}
-            for block in LAYERS:
-                names = [n for n in diff if n.startswith(block + ".")]
-                row[block] = norm(diff[n] for n in names) / norm(kept[n] for n in names)
-            self.ratios[state.global_step + 1] = row  # global_step counts the step after the update
+            weights = {n: p.detach() for n, p in model.named_parameters()}
+            # global_step counts the step after the update
+            self.ratios[state.global_step + 1] = update_ratios(kept, weights, LAYERS)
 
         self.optimizer.register_step_pre_hook(before)
         self.optimizer.register_step_post_hook(after)

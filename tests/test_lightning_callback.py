@@ -13,6 +13,7 @@ pl = pytest.importorskip("lightning.pytorch", reason="lightning is not installed
 
 from gradscope.integrations.lightning import GradscopeLightningCallback  # noqa: E402
 from gradscope.report import Report  # noqa: E402
+from stats_reference import update_ratios  # noqa: E402
 
 BLOCKS = ["layers.0", "layers.1", "layers.2"]
 
@@ -202,13 +203,8 @@ class UpdateReference(Module):
             kept.update({n: p.detach().double().clone() for n, p in self.named_parameters()})
 
         def after(opt, *_):
-            diff = {n: p.detach().double() - kept[n] for n, p in self.named_parameters()}
-            norm = lambda ts: torch.linalg.vector_norm(torch.cat([t.reshape(-1) for t in ts])).item()  # noqa: E731
-            row = {"global": norm(diff.values()) / norm(kept.values())}
-            for block in BLOCKS:
-                names = [n for n in diff if n.startswith(block + ".")]
-                row[block] = norm(diff[n] for n in names) / norm(kept[n] for n in names)
-            self.ratios[self.trainer.global_step + 1] = row
+            weights = {n: p.detach() for n, p in self.named_parameters()}
+            self.ratios[self.trainer.global_step + 1] = update_ratios(kept, weights, BLOCKS)
 
         optimizer.register_step_pre_hook(before)
         optimizer.register_step_post_hook(after)

@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gradscope.errors import UsageError
 from gradscope.monitor import GradientMonitor
+from stats_reference import update_ratios
 from test_monitor import BLOCKS, Net, backward, close, make
 
 
@@ -24,14 +25,6 @@ def _block_params(weights: dict[str, torch.Tensor], block: str) -> torch.Tensor:
 def _ref_weight_l2(weights: dict[str, torch.Tensor]) -> dict:
     out = {b: torch.linalg.vector_norm(_block_params(weights, b)).item() for b in BLOCKS}
     out["global"] = torch.linalg.vector_norm(torch.cat([w.double().reshape(-1) for w in weights.values()])).item()
-    return out
-
-
-def _ref_update_ratio(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict:
-    diff = {n: after[n].double() - before[n].double() for n in before}
-    norms = _ref_weight_l2(before)
-    out = {b: torch.linalg.vector_norm(_block_params(diff, b)).item() / norms[b] for b in BLOCKS}
-    out["global"] = torch.linalg.vector_norm(torch.cat([d.reshape(-1) for d in diff.values()])).item() / norms["global"]
     return out
 
 
@@ -93,7 +86,7 @@ def test_update_ratios_match_saved_copies_of_the_weights_before_and_after_the_st
                 monitor.clip_grad_norm_(0.05)  # records the step; the optimizer's hook then only finishes it
             before = _weights(net)
             opt.step()  # the monitor records from its hooks
-            refs.append((_ref_weight_l2(before), _ref_update_ratio(before, _weights(net))))
+            refs.append((_ref_weight_l2(before), update_ratios(before, _weights(net), BLOCKS)))
             opt.zero_grad()
         history, latest = monitor.history, monitor.latest()
     assert len(history) == 7
@@ -150,7 +143,7 @@ def test_log_to_a_callable_gets_the_weight_update_and_activation_series():
         backward(net, 0)
         before = _weights(net)
         opt.step()
-        ratios = _ref_update_ratio(before, _weights(net))
+        ratios = update_ratios(before, _weights(net), BLOCKS)
     (step, values), = logged
     assert step == 1
     assert close(values["gradscope/weight_norm/layers.0"], _ref_weight_l2(before)["layers.0"])
@@ -314,7 +307,7 @@ def test_update_ratios_taken_from_the_optimizer_named_in_updates_from_while_step
             if step != 2:  # step 3 is skipped, as a GradScaler does: the optimizer's step never runs
                 opt.step()
             monitor.finish_update()  # a no-op after the optimizer's post-hook took the update
-            refs.append(_ref_update_ratio(before, _weights(net)))
+            refs.append(update_ratios(before, _weights(net), BLOCKS))
             opt.zero_grad()
         history = monitor.history
         assert len(opt._optimizer_step_post_hooks) == 1  # the monitor's, until it closes
