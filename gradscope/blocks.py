@@ -196,7 +196,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The module whose names the user knows, out of the wrappers that rename it.
 
     ``torch.compile`` (``_orig_mod.``), ``DistributedDataParallel`` and
-    ``DataParallel`` (``module.``) and a PEFT model (``base_model.model.``)
+    ``DataParallel`` (``module.``), a DeepSpeed engine (``module.``) and a PEFT model (``base_model.model.``)
     hold the same parameters under a prefix; the statistics are named, matched
     with ``params=`` patterns and grouped into blocks by the wrapped module's
     own names (a PEFT model's adapter weights included, in the layers they were
@@ -205,6 +205,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     """
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif any(cls.__name__ == "DeepSpeedEngine" for cls in type(model).__mro__):  # by name: no deepspeed import
             model = model.module
         elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod

@@ -1,4 +1,4 @@
-"""Statistics that are right under DDP and FSDP.
+"""Statistics that are right under DDP, FSDP and DeepSpeed ZeRO.
 
 - **DDP** (replicated parameters): after the backward pass every rank holds the
   same reduced gradients, so one rank (rank 0) computes the statistics and the
@@ -24,6 +24,11 @@
   group counts; ``NO_SHARD`` is replicated, as DDP. With flat parameters
   (``use_orig_params=False``) the gradients of single parameters do not exist:
   refused, with what to change.
+
+- **DeepSpeed ZeRO** (stages 1, 2, 3): each rank reads its own partition of
+  every gradient and fp32 master weight (:mod:`gradscope.zero`) and the flush
+  combines them as FSDP shards; dL/dh is scaled as under FSDP below (DeepSpeed
+  averages the gradients over the data-parallel ranks too).
 
 - **Weights and updates under FSDP** (the monitor's ``weight_norms``,
   ``update_ratios``): each rank reads the part of each weight it counts, as
@@ -58,6 +63,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import zero
 from .errors import UsageError
 from .stats import Stat
 
@@ -125,34 +131,24 @@ def fsdp1_counted(model: nn.Module) -> dict[int, bool]:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    """Whether each rank holds only part of the gradients (FSDP2/DTensor, or FSDP1 other than NO_SHARD)."""
+    """Whether each rank holds only part of the gradients (FSDP2/DTensor, FSDP1 other than NO_SHARD,
+    DeepSpeed ZeRO)."""
     return (any(is_dtensor(p) for p in model.parameters())
-            or any(unit.sharding_strategy.name != "NO_SHARD" for unit in _fsdp1_units(model)))
+            or any(unit.sharding_strategy.name != "NO_SHARD" for unit in _fsdp1_units(model))
+            or zero.manages(model))
 
 
-# Attributes DeepSpeed puts on the parameters it manages: ZeRO-3's partitioned ones (ds_id, ds_tensor), and
-# ZeRO-1/2's, whose gradients live in the optimizer's flat buffers (_hp_mapping).
-_DEEPSPEED_MARKS = ("ds_id", "ds_tensor", "_hp_mapping")
-DEEPSPEED_UNSUPPORTED = (
-    "the model's parameters are managed by DeepSpeed ZeRO, whose gradients are not in param.grad; gradscope does "
-    "not read DeepSpeed's partitioned gradients yet, so it would record no gradient at all: monitor without "
-    "DeepSpeed (DDP or FSDP, which gradscope supports), or leave gradscope out of this run")
+def resolve_mode(model: nn.Module, requested: str, *, zero_engine: bool = False) -> str:
+    """``none``, ``replicated`` (DDP: rank 0 computes) or ``sharded`` (FSDP, DTensor, DeepSpeed ZeRO:
+    combine at flush).
 
-
-def uses_deepspeed(model: nn.Module) -> bool:
-    """Whether DeepSpeed (ZeRO) manages the model's parameters: their gradients are then not in ``.grad``."""
-    return any(hasattr(p, mark) for p in model.parameters() for mark in _DEEPSPEED_MARKS)
-
-
-def resolve_mode(model: nn.Module, requested: str) -> str:
-    """``none``, ``replicated`` (DDP: rank 0 computes) or ``sharded`` (FSDP, DTensor: combine at flush).
-
-    UsageError for a model whose gradients gradscope cannot read (DeepSpeed ZeRO), rather than a run of NaN.
+    A model whose parameters DeepSpeed ZeRO manages is read through its engine (``zero_engine``: the
+    monitor has it); without it, UsageError rather than a run of NaN.
     """
     if requested not in MODES:
         raise UsageError(f"`distributed` must be one of {', '.join(MODES)}; got {requested!r}")
-    if uses_deepspeed(model):
-        raise UsageError(DEEPSPEED_UNSUPPORTED)
+    if zero.manages(model) and not zero_engine:
+        raise UsageError(zero.NEEDS_ENGINE)
     sharded = is_sharded(model)
     if requested == "auto":
         if sharded:

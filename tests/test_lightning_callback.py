@@ -297,3 +297,17 @@ def test_a_skipped_step_has_an_update_ratio_of_zero_and_the_others_match(tmp_pat
     assert glob[2] == 0.0
     for step in (1, 3):
         assert module.ratios[step] > 0 and math.isclose(glob[step], module.ratios[step], rel_tol=1e-5)
+
+
+def test_a_module_under_deepspeed_is_refused_with_the_ways_gradscope_follows_deepspeed():
+    from types import SimpleNamespace
+
+    from gradscope.errors import UsageError
+
+    module = Module()
+    next(module.parameters())._hp_mapping = None  # what DeepSpeed ZeRO-1/2 leaves on the parameters it manages
+    callback = GradscopeLightningCallback()
+    with pytest.raises(UsageError, match=r"^GradscopeLightningCallback does not follow Lightning's DeepSpeed "
+                                         r"strategy.*GradientMonitor\(engine\).*add_gradscope_callback\(trainer\)"):
+        callback.on_fit_start(SimpleNamespace(strategy=object(), is_global_zero=True), module)
+    assert callback.monitor is None

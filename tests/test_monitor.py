@@ -923,11 +923,12 @@ def test_drop_unflushed_keeps_the_flushed_history():
 
 
 @pytest.mark.parametrize("mark", ["ds_id", "_hp_mapping"])
-def test_a_model_whose_gradients_deepspeed_zero_holds_is_refused_not_recorded_as_nan(mark):
+def test_a_model_whose_gradients_deepspeed_zero_holds_needs_its_engine_not_recorded_as_nan(mark):
     net = make()
     setattr(next(net.parameters()), mark, 0)  # what deepspeed.initialize leaves on the parameters it manages
     with pytest.raises(UsageError, match=r"^the model's parameters are managed by DeepSpeed ZeRO, whose gradients are "
-                                         r"not in param\.grad; .*monitor without DeepSpeed"):
+                                         r"not in param\.grad: pass the engine deepspeed\.initialize returned "
+                                         r"\(GradientMonitor\(engine\)\)"):
         GradientMonitor(net)
 
 

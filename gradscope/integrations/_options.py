@@ -94,9 +94,16 @@ class MonitorCallbackOptions:
             self._unwrap_clip()
             self._unwrap_clip = None
 
-    def make_monitor(self, model: nn.Module, scaler=None, optimizers: tuple = ()) -> GradientMonitor:
+    def make_monitor(self, model: nn.Module, scaler=None, optimizers: tuple = (), *, engine=None,
+                     step_numbers: Optional[Callable[[], int]] = None) -> GradientMonitor:
         """The monitor of a run; ``optimizers``: the trainer's (wrapped or not), where ``update_ratios`` takes
-        the update from (it follows one)."""
+        the update from (it follows one). With a DeepSpeed ``engine`` the monitor follows the engine's step
+        instead (its own optimizer and loss scale), numbering the steps with ``step_numbers``."""
+        if engine is not None:
+            self._close_stopped(model)
+            monitor = GradientMonitor(engine, config=self.config, step_numbers=step_numbers)
+            _MADE_BY_CALLBACKS.add(monitor)
+            return monitor
         updates_from = None
         if self.config.update_ratios:
             if len(optimizers) != 1:
@@ -104,13 +111,18 @@ class MonitorCallbackOptions:
                                  f"follows one optimizer; this run has {len(optimizers)}: leave `update_ratios` "
                                  f"out (`weight_norms=True` records the weight norms alone)")
             updates_from = stepping_optimizer(optimizers[0])
-        previous = attached_monitor(model)
-        if previous in _MADE_BY_CALLBACKS:
-            # A callback's run that stopped before its end event (an error the callback never saw).
-            previous.close(flush=False)
+        self._close_stopped(model)
         monitor = GradientMonitor(model, scaler=scaler, config=self.config, updates_from=updates_from)
         _MADE_BY_CALLBACKS.add(monitor)
         return monitor
+
+    @staticmethod
+    def _close_stopped(model: nn.Module) -> None:
+        """Close a monitor a callback left on ``model``: its run stopped before its end event (an error the
+        callback never saw)."""
+        previous = attached_monitor(model)
+        if previous in _MADE_BY_CALLBACKS:
+            previous.close(flush=False)
 
     def finish(self, meta: dict, *, write: bool, error: Optional[BaseException] = None) -> None:
         """Flush, write the report (``report_dir`` set and ``write``: the main process) and release the model.

@@ -52,7 +52,12 @@ They are added to the ``logs`` dict and to ``state.log_history``; the
 ``report_to`` integrations (TensorBoard, W&B, ...) see them when the callback
 runs before them: :func:`add_gradscope_callback` puts it first. Under DDP only
 the main process computes; under FSDP (FSDP2, or FSDP1 with ``use_orig_params``)
-every process computes on its shards and the main process logs. ``report_dir``
+every process computes on its shards and the main process logs. Under DeepSpeed
+ZeRO 1/2/3 (:func:`add_gradscope_callback` only: the callback reaches the engine
+through the trainer) every process reads its partitions at the engine's
+``step()``, which runs inside the backward pass under accelerate, before
+DeepSpeed's clip (the ``pre_clip`` keys, when ``gradient_clipping`` is set), and
+the step's update is taken after it (see :mod:`gradscope.zero`). ``report_dir``
 writes a report at the end of training and, with :func:`add_gradscope_callback`,
 when training stops with an error.
 
@@ -72,6 +77,7 @@ from typing import Optional
 from transformers import TrainerCallback
 
 from .. import distributed as dist_utils
+from .. import zero
 from ..errors import GradscopeError, UsageError
 from ._options import MonitorCallbackOptions, optional_values
 
@@ -87,20 +93,23 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
         self._logged_step: Optional[int] = None
         self._main = True
         self._recorded_by_clip = False
+        self._by_engine = False  # DeepSpeed: the monitor records at the engine's step, not at the callback's
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not hasattr(TrainerCallback, "on_pre_optimizer_step"):
             raise GradscopeError("this transformers version has no on_pre_optimizer_step callback event, which "
                                  "GradscopeCallback records from; upgrade transformers (pip install -U transformers)")
         self.restore_clip()
-        if getattr(args, "deepspeed", None):  # before the monitor would record a run of "no gradient"
-            raise UsageError(f"GradscopeCallback: this Trainer runs DeepSpeed: {dist_utils.DEEPSPEED_UNSUPPORTED}")
+        engine = self._deepspeed_engine(args, model)
         if self.monitor is not None:  # a second trainer.train() after one that did not end
             self.monitor.close(flush=False)
             self.monitor = None
         self._main = state.is_world_process_zero
         accelerator = getattr(self.trainer, "accelerator", None)
-        clipping = bool(args.max_grad_norm and args.max_grad_norm > 0)
+        if engine is not None:  # DeepSpeed clips inside engine.step, where the monitor records before it
+            clipping = bool(engine.gradient_clipping() and engine.gradient_clipping() > 0)
+        else:
+            clipping = bool(args.max_grad_norm and args.max_grad_norm > 0)
         self.stage = "no_clip" if not clipping else "pre_clip" if accelerator is not None else "after_clip"
         if self.stage == "after_clip" and self._main:
             warnings.warn("GradscopeCallback without its trainer reads the gradients after the Trainer's clipping "
@@ -111,7 +120,9 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
                           "(they still reach state.log_history); use gradscope.integrations.add_gradscope_callback"
                           "(trainer) to run it first", RuntimeWarning, stacklevel=2)
         sharded = dist_utils.is_sharded(model)
-        if self._main or sharded:
+        if engine is not None:  # every process reads its partitions; the engine's step records
+            self.monitor = self.make_monitor(model, engine=engine, step_numbers=lambda: state.global_step + 1)
+        elif self._main or sharded:
             optimizer = kwargs.get("optimizer")
             self.monitor = self.make_monitor(model, scaler=getattr(accelerator, "scaler", None),
                                              optimizers=() if optimizer is None else (optimizer,))
@@ -119,6 +130,25 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
                 self._wrap_clip(accelerator, state)
         self._logged_step = None
         self._recorded_by_clip = False
+        self._by_engine = engine is not None
+
+    def _deepspeed_engine(self, args, model):
+        """The DeepSpeed engine of this run, or None when it does not run DeepSpeed."""
+        trainer = self.trainer
+        uses = (getattr(args, "deepspeed", None) or getattr(trainer, "is_deepspeed_enabled", False)
+                or (model is not None and zero.manages(model)))
+        if not uses:
+            return None
+        if trainer is None:
+            raise UsageError("GradscopeCallback: this Trainer runs DeepSpeed, whose gradients the callback reads "
+                             "at the engine's step, reached through the trainer: use "
+                             "gradscope.integrations.add_gradscope_callback(trainer) instead of callbacks=[...]")
+        engine = getattr(trainer, "model_wrapped", None)
+        if not zero.is_engine(engine):
+            raise GradscopeError(f"GradscopeCallback: this Trainer runs DeepSpeed but trainer.model_wrapped is a "
+                                 f"{type(engine).__name__}, not the DeepSpeed engine; please report this "
+                                 f"transformers version")
+        return engine
 
     def _wrap_clip(self, accelerator, state) -> None:
         """Record each step when the Trainer calls ``accelerator.clip_grad_norm_``, before it clips, and note
@@ -141,7 +171,7 @@ class GradscopeCallback(MonitorCallbackOptions, TrainerCallback):
         return self.monitor.step(step=state.global_step + 1)  # global_step counts this step after the update
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.monitor is None:
+        if self.monitor is None or self._by_engine:  # DeepSpeed: recorded at the engine's step
             return
         if self._recorded_by_clip:  # the clip wrapper took this step
             self._recorded_by_clip = False
@@ -207,8 +237,6 @@ def add_gradscope_callback(trainer, **options) -> GradscopeCallback:
     gradient with ``on_nonfinite="raise"``, out of memory, Ctrl-C) still writes
     the report of its steps and lets the model go.
     """
-    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer.args, "deepspeed", None):
-        raise UsageError(f"add_gradscope_callback: this Trainer runs DeepSpeed: {dist_utils.DEEPSPEED_UNSUPPORTED}")
     callback = GradscopeCallback(**options)
     callback.installed_first = True
     callback.trainer = trainer

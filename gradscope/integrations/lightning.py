@@ -45,6 +45,8 @@ from typing import Optional
 from lightning.pytorch import Callback
 
 from .. import distributed as dist_utils
+from .. import zero
+from ..errors import UsageError
 from ._options import MonitorCallbackOptions, optional_values
 
 
@@ -62,6 +64,11 @@ class GradscopeLightningCallback(MonitorCallbackOptions, Callback):
         self.restore_clip()
         if self.monitor is not None:
             self.monitor.close(flush=False)  # of an earlier fit that did not end
+        if zero.manages(pl_module) or type(trainer.strategy).__name__ == "DeepSpeedStrategy":
+            raise UsageError("GradscopeLightningCallback does not follow Lightning's DeepSpeed strategy, whose "
+                             "gradients stay in DeepSpeed's partitions; gradscope reads them through the engine: "
+                             "GradientMonitor(engine) in a loop of your own, or add_gradscope_callback(trainer) "
+                             "with the Hugging Face Trainer")
         sharded = dist_utils.is_sharded(pl_module)
         self.monitor = None
         self._recorded_step = None

@@ -114,6 +114,13 @@ model's, and dL/dh is that of the mean of the ranks' losses over the global
 batch (the assumption is stated in :mod:`gradscope.distributed`); under DDP
 rank 0 records dL/dh of its own loss and micro-batch.
 
+**DeepSpeed ZeRO 1/2/3.** ``GradientMonitor(engine)`` (the engine
+``deepspeed.initialize`` returned) records at each ``engine.step()`` that ends
+an accumulation cycle, before DeepSpeed clips, from each rank's partition of the
+gradients and of the fp32 master weights (:mod:`gradscope.zero`), combined as
+FSDP shards are; DeepSpeed's clip is noted after the step, and the update of the
+step taken for ``update_ratios``. Under fp16 the loss scale is divided out.
+
 **The package**, in the order of its imports (a module imports only the ones above it):
 
 - :mod:`.config`: :class:`MonitorConfig`, and the checks of what a monitor is given;

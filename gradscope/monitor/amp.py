@@ -43,8 +43,14 @@ _SCALE_POWER = tuple({Stat.SUMSQ: 2, Stat.SUM: 1, Stat.SUMABS: 1, Stat.MAXABS: 1
 
 
 def unscale_factors(scaler, device: torch.device) -> torch.Tensor:
-    """[6] float64 on ``device``: what each statistic (``Stat`` order) is multiplied by to undo the scale
-    (exact: the scale is a power of two); counts stay as they are. Computed on the device: no sync."""
-    inv = scaler._scale.to(device=device, dtype=torch.float64).reciprocal().reshape(())
+    """[6] float64 on ``device``: what each statistic (``Stat`` order) is multiplied by to undo ``scaler``'s
+    scale (exact: the scale is a power of two); counts stay as they are. Computed on the device: no sync."""
+    return factors_undoing(scaler._scale, device)
+
+
+def factors_undoing(scale: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[6] float64 on ``device``: what each statistic is multiplied by to undo a loss scale ``scale`` (a
+    tensor, of any dtype or device: no sync)."""
+    inv = scale.to(device=device, dtype=torch.float64).reciprocal().reshape(())
     powers = (torch.ones((), dtype=torch.float64, device=device), inv, inv * inv)
     return torch.stack([powers[p] for p in _SCALE_POWER])

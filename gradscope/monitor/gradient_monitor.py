@@ -7,6 +7,7 @@ buffered (:mod:`.recording`), flushes to the host history (:mod:`.history`), jud
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Callable, Optional
 
@@ -14,9 +15,10 @@ import torch
 from torch import nn
 
 from .. import distributed as dist_utils
+from .. import zero
 from ..blocks import find_blocks, unwrap
 from ..errors import GradscopeError, UsageError
-from .amp import check_scaler, still_scaled, unscale_factors
+from .amp import check_scaler, factors_undoing, still_scaled, unscale_factors
 from .clipping import clip_coefficient, post_clip_norm, scale_gradients_
 from .config import MonitorConfig, check_optimizer, check_setting
 from .findings import describe_nonfinite, judge_flushed
@@ -49,6 +51,11 @@ class GradientMonitor:
     steps read as "no gradient"). With an
     ``optimizer`` the monitor records from its step pre-hook; without one, call
     :meth:`step` (or :meth:`clip_grad_norm_`) once per optimizer step.
+    A DeepSpeed engine as ``model`` (``GradientMonitor(engine)``) is followed
+    through its ``step()``: each call that ends an accumulation cycle is
+    recorded before it, DeepSpeed's clip noted after it (see :mod:`gradscope.zero`).
+    ``step_numbers`` (a callable) numbers the steps recorded from a hook (a
+    trainer's global step); default: the monitor's own 1-based count.
     ``updates_from=optimizer`` is for a monitor driven by :meth:`step` (a
     trainer's callback) with ``update_ratios``: the weights are kept when a step
     is recorded and the optimizer's own step post-hook takes the update; call
@@ -68,14 +75,19 @@ class GradientMonitor:
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, *,
                  scaler=None, config: Optional[MonitorConfig] = None,
-                 updates_from: Optional[torch.optim.Optimizer] = None, **options):
+                 updates_from: Optional[torch.optim.Optimizer] = None,
+                 step_numbers: Optional[Callable[[], int]] = None, **options):
         if not isinstance(model, nn.Module):
             raise UsageError(f"GradientMonitor needs an nn.Module; got {type(model).__name__}")
-        model = unwrap(model)  # torch.compile, DDP, PEFT: the model's own names, without the wrapper's prefix
+        engine = model if zero.is_engine(model) else None
+        model = unwrap(model)  # torch.compile, DDP, DeepSpeed, PEFT: the model's own names, without the prefix
         self.config = MonitorConfig.with_options(config, options)
         if attached_monitor(model) is not None:
             raise UsageError("a GradientMonitor is already attached to this model; reuse it, or call close() on it "
                              "before making another")
+        if engine is not None and (optimizer is not None or updates_from is not None or scaler is not None):
+            raise UsageError("GradientMonitor(engine) records at the DeepSpeed engine's step, with its own "
+                             "optimizer and loss scaling: pass no `optimizer`, `updates_from` or `scaler`")
         named, frozen = select_parameters(model, self.config.params)
         check_scaler(scaler)
         if optimizer is not None:
@@ -85,9 +97,11 @@ class GradientMonitor:
                 raise UsageError("pass the optimizer as `optimizer` or as `updates_from`, not both (with "
                                  "`optimizer` its hooks record the steps and take the updates)")
             check_optimizer(updates_from, [p for _, p in named])
-        self.mode = dist_utils.resolve_mode(model, self.config.distributed)
+        self.mode = dist_utils.resolve_mode(model, self.config.distributed, zero_engine=engine is not None)
         self._fsdp1 = dist_utils.fsdp1_counted(model) if self.mode == "sharded" else {}
-        check_setting(self.config, self.mode, optimizer is not None or updates_from is not None)
+        self._zero = (zero.ZeroParts.of(engine, [p for _, p in named])
+                      if engine is not None and zero.manages(model) else None)
+        check_setting(self.config, self.mode, optimizer is not None or updates_from is not None or engine is not None)
         # Every check is done: from here on the monitor registers hooks.
         self.model = model
         self._monitored = MonitoredParameters(model, self.config.params, named, frozen)
@@ -96,6 +110,8 @@ class GradientMonitor:
         self.active = not (self.mode == "replicated" and dist_utils.rank() != 0)
         self._scaler = scaler
         self._optimizer: Optional[torch.optim.Optimizer] = None
+        self._engine = engine
+        self._step_numbers = step_numbers
         self._hooks: list = []
         self._takes_updates = False  # an optimizer's step post-hook finishes the updates update_ratios keeps
         self._recorded_by_clip = False
@@ -115,6 +131,8 @@ class GradientMonitor:
         _ATTACHED[model] = weakref.ref(self)
         if optimizer is not None:
             self._attach(optimizer)  # checked above, before any hook was registered
+        elif engine is not None:
+            self._attach_engine(engine)
         elif updates_from is not None and self.config.update_ratios:
             self._takes_updates = True
             self._hooks.append(updates_from.register_step_post_hook(self._after_update))
@@ -155,6 +173,9 @@ class GradientMonitor:
         self._check_open()
         if self._optimizer is not None:
             raise UsageError("this monitor is already attached to an optimizer; one monitor follows one optimizer")
+        if self._engine is not None:
+            raise UsageError("this monitor records at the DeepSpeed engine's step, which runs its optimizer; "
+                             "attach no other")
         check_optimizer(optimizer, self._monitored.params)
         self._attach(optimizer)
         return self
@@ -164,6 +185,31 @@ class GradientMonitor:
         self._takes_updates = True
         self._hooks += [optimizer.register_step_pre_hook(self._before_optimizer_step),
                         optimizer.register_step_post_hook(self._after_optimizer_step)]
+
+    def _attach_engine(self, engine) -> None:
+        """Record at each ``engine.step()`` that ends an accumulation cycle (the gradients are in DeepSpeed's
+        partitions then, and gone after it), note DeepSpeed's clip and take the update after it; the
+        instance's ``step`` is wrapped until :meth:`close`."""
+        self._takes_updates = True
+        original = engine.step
+
+        @functools.wraps(original)
+        def step(*args, **kwargs):
+            recorded = (not self._closed and engine.is_gradient_accumulation_boundary()
+                        and self._optimizer_step(None))
+            result = original(*args, **kwargs)
+            if recorded:
+                self._after_engine_step(engine)
+            return result
+
+        self._hooks.append(_InstanceWrap(engine, "step", step))
+
+    def _after_engine_step(self, engine) -> None:
+        max_norm = engine.gradient_clipping()
+        total = engine.get_global_grad_norm()  # DeepSpeed's pre-clip norm of this step (a tensor: no sync)
+        if max_norm and max_norm > 0 and total is not None:
+            self.note_clip(max_norm, total)
+        self.finish_update()
 
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         # args[0] is the optimizer. Set at every step: a closure that raised leaves no stale mark behind.
@@ -209,15 +255,17 @@ class GradientMonitor:
         monitor's own 1-based step counter (e.g. a trainer's global step).
         """
         self._check_open()
-        if self._optimizer is not None:
-            raise UsageError("this monitor records from the optimizer's step hook; do not call step() as well "
-                             "(or make the monitor without an optimizer)")
+        if self._optimizer is not None or self._engine is not None:
+            raise UsageError("this monitor records from the optimizer's step hook (or the DeepSpeed engine's "
+                             "step); do not call step() as well (or make the monitor without an optimizer)")
         return self._optimizer_step(step)
 
     def _optimizer_step(self, step: Optional[int]) -> bool:
         self._pick_up_joining()
         scaled = still_scaled(self._scaler, self._optimizer)  # before counting: a refused step is not a step
         self._step_count += 1
+        if step is None and self._step_numbers is not None:
+            step = self._step_numbers()
         number = self._step_count if step is None else int(step)
         if number % self.config.every or not self.active:
             if self._act is not None:
@@ -304,6 +352,8 @@ class GradientMonitor:
             self.flush()  # the buffered steps keep the old rows; if it raises, the monitored set is unchanged
         source = self._monitored.admit(arrivals)
         if source is not None:
+            if self._zero is not None:
+                self._zero = zero.ZeroParts.of(self._engine, self._monitored.params)
             self._store.widen(source)
             self._buffer.release()
             self._updates.release()
@@ -311,13 +361,18 @@ class GradientMonitor:
     def _record(self, step: int, scaled: bool) -> None:
         self._follow_device()
         params = self._monitored.params
-        if self.mode == "sharded":
+        if self._zero is not None:
+            grads = self._zero.grads()
+        elif self.mode == "sharded":
             grads = dist_utils.local_grads(params, self._fsdp1)
         else:
             grads = [p.grad for p in params]
         weights = self._weights() if self.config.weight_norms else []
         stats = read_step(grads, weights, backend=self.config.backend, device=self._device)
         table = stats.table * unscale_factors(self._scaler, self._device) if scaled else stats.table
+        loss_scale = self._zero.loss_scale(self._device) if self._zero is not None else None
+        if loss_scale is not None:  # DeepSpeed's fp16 gradients, still multiplied by its loss scale
+            table = table * factors_undoing(loss_scale, self._device)
         if self._buffer.full:
             self.flush()  # before this step, so that clip_grad_norm_ finds the step in the buffer
         slot = self._buffer.next_slot(len(params), len(self._registered_blocks), self._device)
@@ -342,7 +397,10 @@ class GradientMonitor:
 
     def _weights(self) -> list[torch.Tensor]:
         """The monitored weights as this rank reads them, detached: in sharded mode the parts it counts
-        (:func:`~gradscope.distributed.local_weights`), whose sums of squares the flush adds over the ranks."""
+        (:func:`~gradscope.distributed.local_weights`; under ZeRO the fp32 master weights' parts), whose sums of
+        squares the flush adds over the ranks."""
+        if self._zero is not None:
+            return self._zero.weights()
         params = self._monitored.params
         if self.mode == "sharded":
             return dist_utils.local_weights(params, self._fsdp1)
@@ -506,3 +564,22 @@ class GradientMonitor:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(flush=exc_type is None or self.mode != "sharded")
+
+
+class _InstanceWrap:
+    """``owner.name = wrapper`` on the instance, undone by :meth:`remove` (as a hook handle is): what was there
+    before comes back, unless something replaced the wrapper meanwhile."""
+
+    def __init__(self, owner, name: str, wrapper: Callable):
+        self._owner, self._name, self._wrapper = owner, name, wrapper
+        self._had = name in vars(owner)
+        self._before = vars(owner).get(name)
+        setattr(owner, name, wrapper)
+
+    def remove(self) -> None:
+        if vars(self._owner).get(self._name) is not self._wrapper:
+            return
+        if self._had:
+            setattr(self._owner, self._name, self._before)
+        else:
+            delattr(self._owner, self._name)

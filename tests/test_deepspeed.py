@@ -1,0 +1,503 @@
+"""DeepSpeed ZeRO 1, 2 and 3 on CPU (2 processes, gloo): the monitor's statistics equal the unsharded model's.
+
+Plain ``deepspeed.initialize`` loops: every recorded statistic (the whole per-parameter table: sums, sums of
+squares and of |g|, max |g|, zero and non-finite counts, element counts), weight norms, update ratios, dL/dh and
+DeepSpeed's pre- and post-clip norms, against a single-process float64 reference of the same model, data and
+optimizer in this process. The Trainer runs (ZeRO-2, ZeRO-3) check the logged and reported values against
+DeepSpeed's own gradient norm and full gradients and weights gathered in the run by DeepSpeed's own API
+(``safe_get_full_grad``, ``safe_get_full_fp32_param``), and step 1 against the unsharded model here.
+
+Each run is this file as ``python -m torch.distributed.run --nproc_per_node 2 test_deepspeed.py KIND DIR``,
+with a timeout: a collective one rank misses fails the test instead of hanging it (the group's own timeout
+is 60 s). DeepSpeed's shared-memory comm op is switched off before its first distributed init: built on
+first use, it takes minutes, and gloo does the work.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from stats_reference import FIELDS, expected_stats, update_ratios
+
+if importlib.util.find_spec("deepspeed") is None:  # importing it here would cost seconds at collection
+    pytest.skip("deepspeed is not installed (the test extra installs it)", allow_module_level=True)
+
+WORLD, STEPS, RTOL = 2, 3, 1e-5  # fp32 gradients reduced over ranks: rounding only
+BLOCKS = ["blocks.0", "blocks.1", "blocks.2"]
+# (name, ZeRO stage, gradient accumulation steps, DeepSpeed's gradient_clipping)
+CASES = [("zero1", 1, 1, 0.0), ("zero2", 2, 1, 0.0), ("zero3", 3, 1, 0.0),
+         ("zero2_clip_gas2", 2, 2, 0.05), ("zero3_clip_gas2", 3, 2, 0.05)]
+LR, WEIGHT_DECAY = 0.01, 0.1
+# Half precision: the statistics are of the gradient the optimizer applies, fp16's loss scale divided out.
+PRECISION_CASES = [("zero2_bf16", 2, "bf16"), ("zero3_fp16", 3, "fp16")]
+
+
+class Net(nn.Module):
+    """Uneven sizes (partitions split parameters, ZeRO-3 pads the last one; ``head.bias`` has one element) and two
+    dead ReLU units: exact zeros in the gradients of ``inp`` and of ``blocks.0.weight``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.blocks = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 7), nn.Linear(7, 5))
+        self.head = nn.Linear(5, 1)
+        with torch.no_grad():
+            self.inp.bias[:2] = -10.0  # never active for these inputs
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.blocks(torch.relu(self.inp(x)))))
+
+
+def make_net() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)
+
+
+def loss_of(net, x, y):
+    return ((net(x) - y) ** 2).mean()
+
+
+def make_optimizer(params):
+    return torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
+
+
+def ds_config(stage: int, gas: int, clip: float, micro: int) -> dict:
+    return {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": gas, "gradient_clipping": clip,
+            "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
+            "zero_force_ds_cpu_optimizer": False, "steps_per_print": 10 ** 9}
+
+
+def _init_deepspeed():
+    import deepspeed
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # before the first distributed init
+    import datetime
+
+    deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=60))
+    return deepspeed
+
+
+# --- the workers ---------------------------------------------------------------------------------------------
+
+
+def plain_worker(out: str) -> None:
+    from contextlib import ExitStack
+    from unittest import mock
+
+    import torch.distributed as dist
+
+    from gradscope.errors import UsageError
+    from gradscope.monitor import GradientMonitor
+
+    deepspeed = _init_deepspeed()
+    rank = dist.get_rank()
+    x, y = batch()
+    for name, stage, gas, clip in CASES:
+        micro = 8 // (WORLD * gas)
+        engine = _engine(deepspeed, stage, gas, clip, micro)
+        monitor = GradientMonitor(engine, update_ratios=True, activation_grads=True)
+        deepspeed_norms = []
+        for _ in range(STEPS):
+            for m in range(gas):  # this rank's micro-batches of the step: together, its quarter of the batch
+                start = rank * micro * gas + m * micro
+                engine.backward(loss_of(engine, x[start:start + micro], y[start:start + micro]))
+                engine.step()
+            deepspeed_norms.append(float(engine.get_global_grad_norm()))
+        names = [n for n in ("all_gather_single", "all_gather_into_tensor", "all_gather", "all_reduce", "broadcast")
+                 if hasattr(dist, n)]
+        with ExitStack() as stack:
+            calls = [stack.enter_context(mock.patch.object(dist, n, wraps=getattr(dist, n))) for n in names]
+            history = monitor.history  # the flush: one collective, on every rank
+        refusals = {}
+        try:
+            monitor.step()
+        except UsageError as exc:
+            refusals["step"] = str(exc)
+        monitor.close()
+        for what, call in (("module", lambda: GradientMonitor(engine.module)),
+                           ("optimizer", lambda: GradientMonitor(engine, optimizer=engine.optimizer))):
+            try:
+                call()
+            except UsageError as exc:
+                refusals[what] = str(exc)
+        torch.save({"mode": monitor.mode, "collectives": sum(c.call_count for c in calls),
+                    "names": history.param_names, "blocks": history.blocks, "steps": history.steps.tolist(),
+                    "table": history.table, "numel": history.numel, "post_clip": history.post_clip_l2,
+                    "weight_l2": history.block_weight_l2(), "global_weight_l2": history.global_weight_l2(),
+                    "update_ratio": history.block_update_ratio(),
+                    "global_update_ratio": history.global_update_ratio(),
+                    "act_grad_l2": history.block_act_grad_l2(), "deepspeed_norms": deepspeed_norms,
+                    "refusals": refusals, "step_restored": "step" not in vars(engine)},
+                   f"{out}/{name}_{rank}.pt")
+    for name, stage, precision in PRECISION_CASES:
+        torch.save(_half_precision_run(deepspeed, stage, precision, x, y, rank), f"{out}/{name}_{rank}.pt")
+    dist.barrier()
+
+
+def _engine(deepspeed, stage: int, gas: int, clip: float, micro: int, **config):
+    net = make_net()
+    engine, *_ = deepspeed.initialize(model=net, optimizer=make_optimizer(net.parameters()),
+                                      config={**ds_config(stage, gas, clip, micro), **config})
+    return engine
+
+
+def _half_precision_run(deepspeed, stage: int, precision: str, x, y, rank: int) -> dict:
+    """Three steps in ``precision``, the monitor's records beside the statistics of DeepSpeed's own full
+    gradients (divided by its loss scale) and fp32 master weights, gathered at its optimizer's step."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
+
+    from gradscope.monitor import GradientMonitor
+
+    # The CPU accelerator allows fp16 only where oneDNN has fp16 kernels; the engine's path is the same.
+    get_accelerator().is_fp16_supported = lambda: True
+    options = {"enabled": True, **({"initial_scale_power": 8} if precision == "fp16" else {})}
+    engine = _engine(deepspeed, stage, 1, 0.0, 4, **{precision: options})
+    monitor = GradientMonitor(engine, weight_norms=True)
+    named = list(engine.module.named_parameters())
+    reference = {"stats": [], "full_weight_l2": []}
+    zero_optimizer = engine.optimizer
+    original = zero_optimizer.step
+
+    def step(*args, **kwargs):
+        scale = float(getattr(zero_optimizer, "loss_scale", 1.0))
+        reference["stats"].append([expected_stats(safe_get_full_grad(p).double() / scale) for _, p in named])
+        weights = {n: safe_get_full_fp32_param(p).double() for n, p in named}
+        reference["full_weight_l2"].append([_l2([w for n, w in weights.items() if n.startswith(b + ".")])
+                                       for b in BLOCKS])
+        reference["loss_scale"] = scale
+        return original(*args, **kwargs)
+
+    zero_optimizer.step = step
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    local = slice(rank * 4, rank * 4 + 4)
+    for _ in range(STEPS):
+        engine.backward(loss_of(engine, x[local].to(dtype), y[local].to(dtype)))
+        engine.step()
+    history = monitor.history
+    monitor.close()
+    return {"table": history.table, "numel": history.numel, "weight_l2": history.block_weight_l2(),
+            "grad_dtype": str(next(iter(engine.module.parameters())).dtype), **reference}
+
+
+# The Trainer runs: a 4-layer BERT, 2 x 4 samples a step, clipped at every step (its norm is about 0.5).
+N_LAYERS, PER_DEVICE, MAX_GRAD_NORM = 4, 4, 0.05
+BERT_BLOCKS = [f"bert.encoder.layer.{i}" for i in range(N_LAYERS)]
+
+
+def bert_data(n=32, seq=16, vocab=1000):
+    g = torch.Generator().manual_seed(1234)
+    ids = torch.randint(0, vocab, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[::3, seq // 2:] = 0
+    labels = torch.randint(0, 2, (n,), generator=g)
+    return ids, mask, labels
+
+
+def make_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(num_hidden_layers=N_LAYERS, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                        vocab_size=1000, max_position_embeddings=64, num_labels=2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(config)
+
+
+def _l2(tensors) -> float:
+    return math.sqrt(sum(t.double().square().sum().item() for t in tensors))
+
+
+def trainer_worker(out: str, stage: int) -> None:
+    import torch.distributed as dist
+    from torch.utils.data import Dataset
+    from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+    deepspeed = _init_deepspeed()
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
+
+    from gradscope.integrations import add_gradscope_callback
+
+    class Data(Dataset):
+        def __init__(self):
+            self.ids, self.mask, self.labels = bert_data()
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+    class FullValues(TrainerCallback):
+        """At each optimizer step (DeepSpeed's ZeRO optimizer's step, inside engine.step, before its clip):
+        the full gradients and the full fp32 weights before and after the step, gathered by DeepSpeed's own
+        API (collectives that every rank calls in the same order)."""
+
+        def __init__(self):
+            self.steps = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            model = trainer.model_wrapped  # the engine
+            zero_optimizer = model.optimizer
+            original = zero_optimizer.step
+            named = list(model.module.named_parameters())
+
+            def step(*a, **kw):
+                grads = {n: safe_get_full_grad(p) for n, p in named}
+                before = {n: safe_get_full_fp32_param(p).double() for n, p in named}
+                result = original(*a, **kw)
+                after = {n: safe_get_full_fp32_param(p).double() for n, p in named}
+                self.steps.append({
+                    "global": _l2(grads.values()),
+                    "blocks": {b: _l2([g for n, g in grads.items() if n.startswith(b + ".")]) for b in BERT_BLOCKS},
+                    "update_ratio": update_ratios(before, after, BERT_BLOCKS)})
+                return result
+
+            zero_optimizer.step = step
+
+    ds = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+          "gradient_clipping": "auto", "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
+          "zero_force_ds_cpu_optimizer": False}
+    args = TrainingArguments(
+        output_dir=f"{out}/trainer", use_cpu=True, max_steps=STEPS, logging_steps=1, report_to=[],
+        save_strategy="no", per_device_train_batch_size=PER_DEVICE, max_grad_norm=MAX_GRAD_NORM, seed=0,
+        learning_rate=1e-3, train_sampling_strategy="sequential", disable_tqdm=True, deepspeed=ds,
+        average_tokens_across_devices=False)  # True multiplies this model's loss by the world size
+    trainer = Trainer(model=BertForSequenceClassification.from_pretrained(f"{out}/model"), args=args,
+                      train_dataset=Data())
+    callback = add_gradscope_callback(trainer, report_dir=f"{out}/report", update_ratios=True,
+                                      activation_grads=True)
+    reference = FullValues()
+    trainer.add_callback(reference)
+    trainer.train()
+    rank = dist.get_rank()
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump({"log_history": trainer.state.log_history, "reference": reference.steps,
+                   "engine": type(trainer.model_wrapped).__name__, "monitor_left": callback.monitor is not None,
+                   "engine_step_restored": "step" not in vars(trainer.model_wrapped)}, f)
+    dist.barrier()
+
+
+# --- running them ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(out, *args, timeout: int = 240) -> None:
+    """This file's ``args`` worker on 2 processes; its output in the assertion message when it fails."""
+    import gradscope
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(gradscope.__file__)))  # the workers import it
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu",
+           "PYTHONPATH": os.pathsep.join([package_root, tests, os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_addr",
+           "127.0.0.1", "--master_port", str(_free_port()), os.path.abspath(__file__), *args, str(out)]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+
+
+# --- the single-process references -----------------------------------------------------------------------------
+
+
+def plain_reference(clip: float) -> list[dict]:
+    """Each step of the unsharded model on the whole batch, in float64 from plain autograd: the statistics of
+    every gradient before the clip, the total norm, the weights before the step and its update (copies),
+    dL/dh at each block's output (``retain_grad``)."""
+    net = make_net()
+    opt = make_optimizer(net.parameters())
+    outputs = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            output.retain_grad()
+            outputs[name] = output
+
+        return hook
+
+    for name in BLOCKS:
+        net.get_submodule(name).register_forward_hook(keep(name))
+    x, y = batch()
+    steps = []
+    for _ in range(STEPS):
+        loss_of(net, x, y).backward()
+        named = list(net.named_parameters())
+        stats = [expected_stats(p.grad) for _, p in named]
+        total = _l2([p.grad for _, p in named])
+        before = {n: p.detach().double() for n, p in named}
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        opt.step()
+        after = {n: p.detach().double() for n, p in named}
+        opt.zero_grad()
+        steps.append({"names": [n for n, _ in named], "stats": stats, "total": total,
+                      "weight_l2": [_l2([w for n, w in before.items() if n.startswith(b + ".")]) for b in BLOCKS],
+                      "global_weight_l2": _l2(before.values()), "update_ratio": update_ratios(before, after, BLOCKS),
+                      "act_grad_l2": [outputs[b].grad.double().norm().item() for b in BLOCKS]})
+    return steps
+
+
+@pytest.fixture(scope="module")
+def plain_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("deepspeed_plain")
+    _launch(out, "plain")
+    return {name: [torch.load(out / f"{name}_{r}.pt", weights_only=False) for r in range(WORLD)]
+            for name, *_ in CASES + PRECISION_CASES}
+
+
+# --- plain loops ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,stage,gas,clip", CASES, ids=[c[0] for c in CASES])
+def test_zero_plain_loop_records_the_unsharded_models_statistics(plain_runs, name, stage, gas, clip):
+    zero, one = plain_runs[name]
+    ref = plain_reference(clip)
+    assert zero["mode"] == one["mode"] == "sharded"
+    assert zero["collectives"] == one["collectives"] == 1  # the flush's one all_gather, no gathered gradient
+    assert torch.equal(zero["table"], one["table"])  # every rank holds the combined values
+    assert list(zero["names"]) == ref[0]["names"] and list(zero["blocks"]) == BLOCKS
+    assert zero["steps"] == list(range(1, STEPS + 1))  # one record per optimizer step, whatever the accumulation
+    _assert_table(zero["table"], zero["numel"], [step["stats"] for step in ref])
+    for s, step in enumerate(ref):
+        assert math.isclose(zero["global_weight_l2"][s].item(), step["global_weight_l2"], rel_tol=RTOL)
+        for b, block in enumerate(BLOCKS):
+            assert math.isclose(zero["weight_l2"][s, b].item(), step["weight_l2"][b], rel_tol=RTOL), (s, block)
+            assert math.isclose(zero["update_ratio"][s, b].item(), step["update_ratio"][block], rel_tol=1e-4), \
+                (s, block)
+            assert math.isclose(zero["act_grad_l2"][s, b].item(), step["act_grad_l2"][b], rel_tol=RTOL), (s, block)
+        assert math.isclose(zero["global_update_ratio"][s].item(), step["update_ratio"]["global"], rel_tol=1e-4)
+        if clip > 0:  # DeepSpeed clipped inside engine.step, after the monitor read the gradients
+            assert math.isclose(zero["deepspeed_norms"][s], step["total"], rel_tol=RTOL)
+            assert math.isclose(zero["post_clip"][s].item(), clip * step["total"] / (step["total"] + 1e-6),
+                                rel_tol=RTOL)
+        else:
+            assert math.isnan(zero["post_clip"][s].item())
+    assert sum(want["zeros"] for want in ref[0]["stats"]) >= 10  # the dead units' exact zeros were counted
+
+
+def _assert_table(table, numel, steps_stats):
+    for s, stats in enumerate(steps_stats):
+        for i, want in enumerate(stats):
+            got = dict(zip(FIELDS, table[s, i].tolist() + [numel[s, i].item()]))
+            for field in ("sumsq", "sumabs", "maxabs"):
+                assert math.isclose(got[field], want[field], rel_tol=RTOL, abs_tol=1e-12), (s + 1, i, field)
+            assert abs(got["sum"] - want["sum"]) <= RTOL * want["sumabs"] + 1e-12, (s + 1, i)
+            assert (got["nonfinite"], got["zeros"], got["numel"]) == (0, want["zeros"], want["numel"]), (s + 1, i)
+
+
+@pytest.mark.parametrize("name,stage,precision", PRECISION_CASES, ids=[c[0] for c in PRECISION_CASES])
+def test_zero_half_precision_records_the_gradient_the_optimizer_applies(plain_runs, name, stage, precision):
+    zero, one = plain_runs[name]
+    assert zero["grad_dtype"] == ("torch.bfloat16" if precision == "bf16" else "torch.float16")
+    assert zero["loss_scale"] == (256.0 if precision == "fp16" else 1.0)  # fp16's statistics are divided by it
+    assert torch.equal(zero["table"], one["table"])
+    _assert_table(zero["table"], zero["numel"], zero["stats"])
+    for s, blocks in enumerate(zero["full_weight_l2"]):  # the fp32 master weights
+        for b, want in enumerate(blocks):
+            assert math.isclose(zero["weight_l2"][s][b].item(), want, rel_tol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["zero1", "zero3"])
+def test_zero_monitor_refuses_what_it_cannot_follow_and_gives_the_engine_back(plain_runs, name):
+    refusals = plain_runs[name][0]["refusals"]
+    assert "records from the optimizer's step hook (or the DeepSpeed engine's step)" in refusals["step"]
+    assert "pass the engine deepspeed.initialize returned (GradientMonitor(engine))" in refusals["module"]
+    assert "pass no `optimizer`" in refusals["optimizer"]
+    assert all(run["step_restored"] for run in plain_runs[name])  # close() took the wrapper off engine.step
+
+
+# --- the Trainer -------------------------------------------------------------------------------------------------
+
+
+def unsharded_step_one(folder) -> dict:
+    """Step 1 of the unsharded model on the two ranks' 8 samples: norms before the clip, dL/dh per layer."""
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(folder)
+    outputs = {}
+    for name in BERT_BLOCKS:
+        def hook(module, args, output, name=name):
+            output = output[0] if isinstance(output, tuple) else output
+            output.retain_grad()
+            outputs[name] = output
+
+        model.get_submodule(name).register_forward_hook(hook)
+    ids, mask, labels = bert_data()
+    n = 2 * PER_DEVICE
+    model(input_ids=ids[:n], attention_mask=mask[:n], labels=labels[:n]).loss.backward()
+    grads = {k: p.grad for k, p in model.named_parameters()}
+    return {"global": _l2(grads.values()),
+            "blocks": {b: _l2([g for k, g in grads.items() if k.startswith(b + ".")]) for b in BERT_BLOCKS},
+            "act": {b: outputs[b].grad.double().norm().item() for b in BERT_BLOCKS}}
+
+
+@pytest.mark.slow  # two processes each train a BERT under DeepSpeed
+@pytest.mark.parametrize("stage", [2, 3])
+def test_trainer_under_zero_logs_and_reports_the_unsharded_values(tmp_path, stage):
+    make_bert().save_pretrained(tmp_path / "model")
+    _launch(tmp_path, "trainer", str(stage))
+    zero, one = (json.load(open(tmp_path / f"rank{r}.json")) for r in range(WORLD))
+    assert zero["engine"] == "DeepSpeedEngine"
+    ref = zero["reference"]
+    assert len(ref) == STEPS and one["reference"] == ref  # the same gathered values on both ranks
+
+    logged = [e for e in zero["log_history"] if "loss" in e]
+    assert [e["step"] for e in logged] == list(range(1, STEPS + 1))
+    for e, r in zip(logged, ref):
+        s = e["step"]
+        assert e["grad_norm"] > MAX_GRAD_NORM  # DeepSpeed clipped every step
+        assert math.isclose(e["gradscope/pre_clip/grad_norm"], e["grad_norm"], rel_tol=RTOL), s  # DeepSpeed's own
+        assert math.isclose(e["gradscope/pre_clip/grad_norm"], r["global"], rel_tol=RTOL), s
+        assert math.isclose(e["gradscope/post_clip/grad_norm"], MAX_GRAD_NORM, rel_tol=1e-4), s
+        assert e["gradscope/nonfinite"] == 0.0
+        for b in BERT_BLOCKS:
+            assert math.isclose(e[f"gradscope/pre_clip/grad_norm/{b}"], r["blocks"][b], rel_tol=RTOL), (s, b)
+            assert math.isclose(e[f"gradscope/update_ratio/{b}"], r["update_ratio"][b], rel_tol=1e-4), (s, b)
+            assert e[f"gradscope/act_grad_norm/{b}"] > 0
+        assert math.isclose(e["gradscope/update_ratio/global"], r["update_ratio"]["global"], rel_tol=1e-4), s
+    assert not any(k.startswith("gradscope/") for e in one["log_history"] for k in e)  # the main process logs
+    assert not zero["monitor_left"] and not one["monitor_left"]
+    assert zero["engine_step_restored"] and one["engine_step_restored"]
+
+    reports = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("report.json"))
+    assert reports == ["report/report.json"]
+    report = json.load(open(tmp_path / "report" / "report.json"))
+    assert report["meta"]["distributed"] == "sharded" and report["meta"]["steps_recorded"] == STEPS
+    assert report["meta"]["clip_stage"] == "pre_clip"
+    series = {(row["step"], row["block"]): row["grad_l2"] for row in report["series"]}
+    for s, r in enumerate(ref, start=1):
+        assert math.isclose(series[(s, None)], r["global"], rel_tol=RTOL)
+
+    # step 1 against the unsharded model in this process, dL/dh included (the mean loss over both ranks' samples)
+    single = unsharded_step_one(tmp_path / "model")
+    first = logged[0]
+    assert math.isclose(first["gradscope/pre_clip/grad_norm"], single["global"], rel_tol=RTOL)
+    for b in BERT_BLOCKS:
+        assert math.isclose(first[f"gradscope/pre_clip/grad_norm/{b}"], single["blocks"][b], rel_tol=RTOL), b
+        assert math.isclose(first[f"gradscope/act_grad_norm/{b}"], single["act"][b], rel_tol=RTOL), b
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["plain"]:
+    plain_worker(sys.argv[2])
+    os._exit(0)  # gloo's threads can abort a finished process at interpreter exit (see tests/test_distributed.py)
+if __name__ == "__main__" and sys.argv[1:2] == ["trainer"]:
+    trainer_worker(sys.argv[3], int(sys.argv[2]))
+    os._exit(0)
