@@ -140,10 +140,12 @@ class ZeroParts:
         return [p.new_empty(0, dtype=torch.float32) if p._hp_mapping is None else p._hp_mapping.hp_fragment
                 for p in self.params]
 
-    def loss_scale(self, device: torch.device) -> Optional[torch.Tensor]:
-        """DeepSpeed's fp16 loss scale as a 0-dim float64 tensor on ``device``, or None where the gradients
-        are not scaled (bf16, fp32)."""
-        scale = getattr(self.optimizer, "loss_scale", 1.0)
-        if not torch.is_tensor(scale) and float(scale) == 1.0:
-            return None
-        return torch.as_tensor(scale, dtype=torch.float64).to(device)
+
+def loss_scale(engine, device: torch.device) -> Optional[torch.Tensor]:
+    """The fp16 loss scale the engine's gradients still carry before its step, as a 0-dim float64 tensor on
+    ``device``, or None where they carry none (bf16, fp32). DeepSpeed's fp16 optimizers (ZeRO's and the one
+    without ZeRO) name it ``loss_scale`` (None where it scales nothing); a client optimizer has none."""
+    scale = getattr(engine.optimizer, "loss_scale", None)
+    if scale is None or (not torch.is_tensor(scale) and float(scale) == 1.0):
+        return None
+    return torch.as_tensor(scale, dtype=torch.float64).to(device)

@@ -39,6 +39,8 @@ CASES = [("zero1", 1, 1, 0.0), ("zero2", 2, 1, 0.0), ("zero3", 3, 1, 0.0),
 LR, WEIGHT_DECAY = 0.01, 0.1
 # Half precision: the statistics are of the gradient the optimizer applies, fp16's loss scale divided out.
 PRECISION_CASES = [("zero2_bf16", 2, "bf16"), ("zero3_fp16", 3, "fp16")]
+# Without ZeRO the gradients are in param.grad, reduced over the ranks as under DDP: rank 0 records.
+STAGE0_CASES = [("zero0", "fp32"), ("zero0_fp16", "fp16")]
 
 
 class Net(nn.Module):
@@ -143,8 +145,8 @@ def plain_worker(out: str) -> None:
                     "act_grad_l2": history.block_act_grad_l2(), "deepspeed_norms": deepspeed_norms,
                     "refusals": refusals, "step_restored": "step" not in vars(engine)},
                    f"{out}/{name}_{rank}.pt")
-    for name, stage, precision in PRECISION_CASES:
-        torch.save(_half_precision_run(deepspeed, stage, precision, x, y, rank), f"{out}/{name}_{rank}.pt")
+    for name, stage, precision in PRECISION_CASES + [(name, 0, precision) for name, precision in STAGE0_CASES]:
+        torch.save(_precision_run(deepspeed, stage, precision, x, y, rank), f"{out}/{name}_{rank}.pt")
     dist.barrier()
 
 
@@ -155,9 +157,10 @@ def _engine(deepspeed, stage: int, gas: int, clip: float, micro: int, **config):
     return engine
 
 
-def _half_precision_run(deepspeed, stage: int, precision: str, x, y, rank: int) -> dict:
-    """Three steps in ``precision``, the monitor's records beside the statistics of DeepSpeed's own full
-    gradients (divided by its loss scale) and fp32 master weights, gathered at its optimizer's step."""
+def _precision_run(deepspeed, stage: int, precision: str, x, y, rank: int) -> dict:
+    """Three steps in ``precision``: the monitor's records beside the statistics of the full gradients (divided
+    by the loss scale) and the weights the optimizer steps, read at its step: under ZeRO gathered by
+    DeepSpeed's own API (fp32 master weights), without ZeRO ``param.grad`` and the model's weights."""
     from deepspeed.accelerator import get_accelerator
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 
@@ -165,33 +168,41 @@ def _half_precision_run(deepspeed, stage: int, precision: str, x, y, rank: int) 
 
     # The CPU accelerator allows fp16 only where oneDNN has fp16 kernels; the engine's path is the same.
     get_accelerator().is_fp16_supported = lambda: True
-    options = {"enabled": True, **({"initial_scale_power": 8} if precision == "fp16" else {})}
-    engine = _engine(deepspeed, stage, 1, 0.0, 4, **{precision: options})
+    options = {precision: {"enabled": True, **({"initial_scale_power": 8} if precision == "fp16" else {})}}
+    engine = _engine(deepspeed, stage, 1, 0.0, 4, **({} if precision == "fp32" else options))
     monitor = GradientMonitor(engine, weight_norms=True)
     named = list(engine.module.named_parameters())
     reference = {"stats": [], "full_weight_l2": []}
-    zero_optimizer = engine.optimizer
-    original = zero_optimizer.step
+    stepping = engine.optimizer
+    original = stepping.step
+
+    def full(p):
+        if stage == 0:
+            return p.grad, p.detach()
+        return safe_get_full_grad(p), safe_get_full_fp32_param(p)
 
     def step(*args, **kwargs):
-        scale = float(getattr(zero_optimizer, "loss_scale", 1.0))
-        reference["stats"].append([expected_stats(safe_get_full_grad(p).double() / scale) for _, p in named])
-        weights = {n: safe_get_full_fp32_param(p).double() for n, p in named}
-        reference["full_weight_l2"].append([_l2([w for n, w in weights.items() if n.startswith(b + ".")])
-                                       for b in BLOCKS])
+        scale = float(getattr(stepping, "loss_scale", None) or 1.0)
+        values = {n: full(p) for n, p in named}
+        reference["stats"].append([expected_stats(g.double() / scale) for g, _ in values.values()])
+        reference["full_weight_l2"].append([_l2([w for n, (_, w) in values.items() if n.startswith(b + ".")])
+                                            for b in BLOCKS])
         reference["loss_scale"] = scale
         return original(*args, **kwargs)
 
-    zero_optimizer.step = step
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    stepping.step = step
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     local = slice(rank * 4, rank * 4 + 4)
     for _ in range(STEPS):
         engine.backward(loss_of(engine, x[local].to(dtype), y[local].to(dtype)))
         engine.step()
-    history = monitor.history
+    out = {"mode": monitor.mode, "active": monitor.active,
+           "grad_dtype": str(next(iter(engine.module.parameters())).dtype), **reference}
+    if monitor.active:
+        history = monitor.history
+        out.update(table=history.table, numel=history.numel, weight_l2=history.block_weight_l2())
     monitor.close()
-    return {"table": history.table, "numel": history.numel, "weight_l2": history.block_weight_l2(),
-            "grad_dtype": str(next(iter(engine.module.parameters())).dtype), **reference}
+    return out
 
 
 # The Trainer runs: a 4-layer BERT, 2 x 4 samples a step, clipped at every step (its norm is about 0.5).
@@ -360,7 +371,7 @@ def plain_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("deepspeed_plain")
     _launch(out, "plain")
     return {name: [torch.load(out / f"{name}_{r}.pt", weights_only=False) for r in range(WORLD)]
-            for name, *_ in CASES + PRECISION_CASES}
+            for name, *_ in CASES + PRECISION_CASES + STAGE0_CASES}
 
 
 # --- plain loops ---------------------------------------------------------------------------------------------
@@ -411,6 +422,17 @@ def test_zero_half_precision_records_the_gradient_the_optimizer_applies(plain_ru
     assert torch.equal(zero["table"], one["table"])
     _assert_table(zero["table"], zero["numel"], zero["stats"])
     for s, blocks in enumerate(zero["full_weight_l2"]):  # the fp32 master weights
+        for b, want in enumerate(blocks):
+            assert math.isclose(zero["weight_l2"][s][b].item(), want, rel_tol=RTOL)
+
+
+@pytest.mark.parametrize("name,precision", STAGE0_CASES, ids=[c[0] for c in STAGE0_CASES])
+def test_deepspeed_without_zero_is_recorded_as_ddp_by_rank_zero(plain_runs, name, precision):
+    zero, one = plain_runs[name]
+    assert (zero["mode"], zero["active"], one["active"]) == ("replicated", True, False)
+    assert zero["loss_scale"] == (256.0 if precision == "fp16" else 1.0)
+    _assert_table(zero["table"], zero["numel"], zero["stats"])
+    for s, blocks in enumerate(zero["full_weight_l2"]):
         for b, want in enumerate(blocks):
             assert math.isclose(zero["weight_l2"][s][b].item(), want, rel_tol=RTOL)
 

@@ -370,7 +370,7 @@ class GradientMonitor:
         weights = self._weights() if self.config.weight_norms else []
         stats = read_step(grads, weights, backend=self.config.backend, device=self._device)
         table = stats.table * unscale_factors(self._scaler, self._device) if scaled else stats.table
-        loss_scale = self._zero.loss_scale(self._device) if self._zero is not None else None
+        loss_scale = zero.loss_scale(self._engine, self._device) if self._engine is not None else None
         if loss_scale is not None:  # DeepSpeed's fp16 gradients, still multiplied by its loss scale
             table = table * factors_undoing(loss_scale, self._device)
         if self._buffer.full:
