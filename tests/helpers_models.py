@@ -144,3 +144,42 @@ def minilm_without_modules(directory: Path) -> Path:
                                                 "config_sentence_transformers.json"):
             (directory / path.name).symlink_to(path)
     return directory
+
+
+def tiny_bert_classifier(layers: int = 4):
+    """The distributed Trainer tests' BERT: 64 wide, vocabulary 1000, two labels, no dropout, seed 0."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(num_hidden_layers=layers, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                        vocab_size=1000, max_position_embeddings=64, num_labels=2,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(config)
+
+
+def classification_tensors(n: int = 32, seq: int = 16, vocab: int = 1000):
+    """Token ids, an attention mask (every third sequence half padded) and labels for it, seeded."""
+    g = torch.Generator().manual_seed(1234)
+    ids = torch.randint(0, vocab, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[::3, seq // 2:] = 0
+    labels = torch.randint(0, 2, (n,), generator=g)
+    return ids, mask, labels
+
+
+def classification_dataset():
+    """:func:`classification_tensors` as a Trainer's dataset (dicts of ``input_ids``, ``attention_mask``,
+    ``labels``)."""
+    from torch.utils.data import Dataset
+
+    class Data(Dataset):
+        def __init__(self):
+            self.ids, self.mask, self.labels = classification_tensors()
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+    return Data()

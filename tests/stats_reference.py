@@ -73,3 +73,22 @@ def update_ratios(before: dict, after: dict, blocks) -> dict:
     out = {"global": ratio(list(before))}
     out.update({b: ratio([n for n in before if n.startswith(b + ".")]) for b in blocks})
     return out
+
+
+def retain_output_grads(model, names) -> dict:
+    """Keep each named submodule's output (its first tensor) at every forward, with ``retain_grad``: after the
+    backward pass ``outputs[name].grad`` is dL/dh at that output, from plain autograd. Returns ``outputs``,
+    filled as the forward passes run."""
+    outputs = {}
+
+    def keep(name):
+        def hook(module, args, output):
+            output = output[0] if isinstance(output, tuple) else output
+            output.retain_grad()
+            outputs[name] = output
+
+        return hook
+
+    for name in names:
+        model.get_submodule(name).register_forward_hook(keep(name))
+    return outputs

@@ -26,7 +26,8 @@ import pytest
 import torch
 from torch import nn
 
-from stats_reference import FIELDS, expected_stats, update_ratios
+from helpers_models import classification_dataset, classification_tensors, tiny_bert_classifier
+from stats_reference import FIELDS, expected_stats, retain_output_grads, update_ratios
 
 if importlib.util.find_spec("deepspeed") is None:  # importing it here would cost seconds at collection
     pytest.skip("deepspeed is not installed (the test extra installs it)", allow_module_level=True)
@@ -210,48 +211,18 @@ N_LAYERS, PER_DEVICE, MAX_GRAD_NORM = 4, 4, 0.05
 BERT_BLOCKS = [f"bert.encoder.layer.{i}" for i in range(N_LAYERS)]
 
 
-def bert_data(n=32, seq=16, vocab=1000):
-    g = torch.Generator().manual_seed(1234)
-    ids = torch.randint(0, vocab, (n, seq), generator=g)
-    mask = torch.ones(n, seq, dtype=torch.long)
-    mask[::3, seq // 2:] = 0
-    labels = torch.randint(0, 2, (n,), generator=g)
-    return ids, mask, labels
-
-
-def make_bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(num_hidden_layers=N_LAYERS, hidden_size=64, num_attention_heads=4, intermediate_size=128,
-                        vocab_size=1000, max_position_embeddings=64, num_labels=2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return BertForSequenceClassification(config)
-
-
 def _l2(tensors) -> float:
     return math.sqrt(sum(t.double().square().sum().item() for t in tensors))
 
 
 def trainer_worker(out: str, stage: int) -> None:
     import torch.distributed as dist
-    from torch.utils.data import Dataset
     from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
     deepspeed = _init_deepspeed()
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 
     from gradscope.integrations import add_gradscope_callback
-
-    class Data(Dataset):
-        def __init__(self):
-            self.ids, self.mask, self.labels = bert_data()
-
-        def __len__(self):
-            return len(self.ids)
-
-        def __getitem__(self, i):
-            return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
     class FullValues(TrainerCallback):
         """At each optimizer step (DeepSpeed's ZeRO optimizer's step, inside engine.step, before its clip):
@@ -289,7 +260,7 @@ def trainer_worker(out: str, stage: int) -> None:
         learning_rate=1e-3, train_sampling_strategy="sequential", disable_tqdm=True, deepspeed=ds,
         average_tokens_across_devices=False)  # True multiplies this model's loss by the world size
     trainer = Trainer(model=BertForSequenceClassification.from_pretrained(f"{out}/model"), args=args,
-                      train_dataset=Data())
+                      train_dataset=classification_dataset())
     callback = add_gradscope_callback(trainer, report_dir=f"{out}/report", update_ratios=True,
                                       activation_grads=True)
     reference = FullValues()
@@ -335,17 +306,7 @@ def plain_reference(clip: float) -> list[dict]:
     dL/dh at each block's output (``retain_grad``)."""
     net = make_net()
     opt = make_optimizer(net.parameters())
-    outputs = {}
-
-    def keep(name):
-        def hook(module, args, output):
-            output.retain_grad()
-            outputs[name] = output
-
-        return hook
-
-    for name in BLOCKS:
-        net.get_submodule(name).register_forward_hook(keep(name))
+    outputs = retain_output_grads(net, BLOCKS)
     x, y = batch()
     steps = []
     for _ in range(STEPS):
@@ -454,15 +415,8 @@ def unsharded_step_one(folder) -> dict:
     from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(folder)
-    outputs = {}
-    for name in BERT_BLOCKS:
-        def hook(module, args, output, name=name):
-            output = output[0] if isinstance(output, tuple) else output
-            output.retain_grad()
-            outputs[name] = output
-
-        model.get_submodule(name).register_forward_hook(hook)
-    ids, mask, labels = bert_data()
+    outputs = retain_output_grads(model, BERT_BLOCKS)
+    ids, mask, labels = classification_tensors()
     n = 2 * PER_DEVICE
     model(input_ids=ids[:n], attention_mask=mask[:n], labels=labels[:n]).loss.backward()
     grads = {k: p.grad for k, p in model.named_parameters()}
@@ -474,7 +428,7 @@ def unsharded_step_one(folder) -> dict:
 @pytest.mark.slow  # two processes each train a BERT under DeepSpeed
 @pytest.mark.parametrize("stage", [2, 3])
 def test_trainer_under_zero_logs_and_reports_the_unsharded_values(tmp_path, stage):
-    make_bert().save_pretrained(tmp_path / "model")
+    tiny_bert_classifier(N_LAYERS).save_pretrained(tmp_path / "model")
     _launch(tmp_path, "trainer", str(stage))
     zero, one = (json.load(open(tmp_path / f"rank{r}.json")) for r in range(WORLD))
     assert zero["engine"] == "DeepSpeedEngine"

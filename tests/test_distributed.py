@@ -19,6 +19,8 @@ import pytest
 import torch
 from torch import nn
 
+from stats_reference import retain_output_grads
+
 WORLD = 2
 HYBRID_WORLD = 4
 BLOCKS = ["blocks.0", "blocks.1", "blocks.2"]
@@ -282,17 +284,7 @@ def trained():
         torch.manual_seed(0)
         net = Net()
         opt = make(net.parameters())
-        outputs = {}
-
-        def keep(name):
-            def hook(module, args, output):
-                output.retain_grad()
-                outputs[name] = output
-
-            return hook
-
-        for name in BLOCKS:
-            net.get_submodule(name).register_forward_hook(keep(name))
+        outputs = retain_output_grads(net, BLOCKS)
         rows = {"weight_l2": [], "update_ratio": [], "global_weight_l2": [], "global_update_ratio": [],
                 "act_grad_l2": []}
         for _ in range(STEPS):

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import gradscope
+from helpers_models import classification_dataset, classification_tensors, tiny_bert_classifier
 from stats_reference import update_ratios
 
 pytest.importorskip("transformers")
@@ -39,46 +40,16 @@ STAGE = "pre_clip"  # read before the Trainer clips (add_gradscope_callback wrap
 RTOL = 1e-6  # same gradients: only the summation order differs
 
 
-def dataset_tensors(n=32, seq=16, vocab=1000):
-    g = torch.Generator().manual_seed(1234)
-    ids = torch.randint(0, vocab, (n, seq), generator=g)
-    mask = torch.ones(n, seq, dtype=torch.long)
-    mask[::3, seq // 2:] = 0
-    labels = torch.randint(0, 2, (n,), generator=g)
-    return ids, mask, labels
-
-
-def make_model():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(num_hidden_layers=N_LAYERS, hidden_size=64, num_attention_heads=4, intermediate_size=128,
-                        vocab_size=1000, max_position_embeddings=64, num_labels=2,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return BertForSequenceClassification(config)
-
-
 def _norm(grads):
     return torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads])).item()
 
 
 def worker(out: str) -> None:
     import torch.distributed as dist
-    from torch.utils.data import Dataset
     from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
     from transformers.distributed import DistributedConfig
 
     from gradscope.integrations import add_gradscope_callback
-
-    class Data(Dataset):
-        def __init__(self):
-            self.ids, self.mask, self.labels = dataset_tensors()
-
-        def __len__(self):
-            return len(self.ids)
-
-        def __getitem__(self, i):
-            return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
 
     class FullGradients(TrainerCallback):
         def __init__(self):
@@ -106,7 +77,7 @@ def worker(out: str) -> None:
         train_sampling_strategy="sequential", disable_tqdm=True,
         # True (the default) multiplies this model's loss, hence its gradients, by the world size
         average_tokens_across_devices=False)
-    trainer = Trainer(model=model, args=args, train_dataset=Data())
+    trainer = Trainer(model=model, args=args, train_dataset=classification_dataset())
     callback = add_gradscope_callback(trainer, report_dir=f"{out}/report", update_ratios=True)
     reference = FullGradients()
     trainer.add_callback(reference)
@@ -130,7 +101,7 @@ def unsharded_step_one(folder):
     from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(folder)
-    ids, mask, labels = dataset_tensors()
+    ids, mask, labels = classification_tensors()
     n = 2 * PER_DEVICE
     model(input_ids=ids[:n], attention_mask=mask[:n], labels=labels[:n]).loss.backward()
     total = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM).item()
@@ -142,7 +113,7 @@ def unsharded_step_one(folder):
 def test_trainer_fsdp2_cpu_numbers_equal_the_unsharded_gradients(tmp_path):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    make_model().save_pretrained(tmp_path / "model")
+    tiny_bert_classifier(N_LAYERS).save_pretrained(tmp_path / "model")
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(gradscope.__file__)))  # the workers import it too
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
