@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -566,45 +567,152 @@ double diff_sumsq_range(const at::Tensor& a, const at::Tensor& b, int64_t begin,
   }
 }
 
-at::Tensor diff_sumsq_cpu(at::TensorList a, at::TensorList b) {
-  TORCH_CHECK(a.size() == b.size(), "gradscope::diff_sumsq: ", a.size(), " tensors in a but ", b.size(), " in b");
-  const int64_t n = static_cast<int64_t>(a.size());
-  std::vector<at::Tensor> left(n), right(n);  // contiguous views (a copy only for a gappy or permuted one)
+// The pairs of tensors diff_sumsq and copy_sumsq read, checked and cut into
+// items of kItemElems, and the per-tensor sums of the items' partial results.
+struct PairItems {
+  std::vector<at::Tensor> left, right;  // contiguous views (a copy only for a gappy or permuted input)
   std::vector<Segment> segments;
-  std::vector<int64_t> first_segment(n + 1);
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(a[i].layout() == at::kStrided && b[i].layout() == at::kStrided, "gradscope::diff_sumsq: pair ", i,
-                " is not dense");
-    TORCH_CHECK(a[i].device().is_cpu() && b[i].device().is_cpu(), "gradscope::diff_sumsq: pair ", i,
-                " is not on the CPU");
-    TORCH_CHECK(a[i].sizes() == b[i].sizes() && a[i].scalar_type() == b[i].scalar_type(),
-                "gradscope::diff_sumsq: pair ", i, " differs in shape or dtype (", a[i].sizes(), " ",
-                a[i].scalar_type(), " against ", b[i].sizes(), " ", b[i].scalar_type(), ")");
-    TORCH_CHECK(is_stat_dtype(a[i].scalar_type()), "gradscope::diff_sumsq: pair ", i, " has dtype ",
-                a[i].scalar_type(), "; expected ", kStatDtypes);
-    left[i] = a[i].resolve_neg().contiguous();
-    right[i] = b[i].resolve_neg().contiguous();
-    first_segment[i] = static_cast<int64_t>(segments.size());
-    for (int64_t begin = 0; begin < left[i].numel(); begin += kItemElems) {
-      segments.push_back({i, begin, std::min(kItemElems, left[i].numel() - begin)});
+  std::vector<int64_t> first_segment;  // tensor i's items: [first_segment[i], first_segment[i + 1])
+
+  // ``a_name``, ``b_name``: the lists' names in the op's schema. ``writes_right``: the op writes into b,
+  // which must then be contiguous itself (a contiguous copy of it would take the writes instead).
+  PairItems(at::TensorList a, at::TensorList b, const char* op, const char* a_name, const char* b_name,
+            bool writes_right) {
+    TORCH_CHECK(a.size() == b.size(), "gradscope::", op, ": ", a.size(), " tensors in ", a_name, " but ",
+                b.size(), " in ", b_name);
+    const int64_t n = static_cast<int64_t>(a.size());
+    left.resize(n);
+    right.resize(n);
+    first_segment.resize(n + 1);
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK(a[i].layout() == at::kStrided && b[i].layout() == at::kStrided, "gradscope::", op, ": pair ",
+                  i, " is not dense");
+      TORCH_CHECK(a[i].device().is_cpu() && b[i].device().is_cpu(), "gradscope::", op, ": pair ", i,
+                  " is not on the CPU");
+      TORCH_CHECK(a[i].sizes() == b[i].sizes() && a[i].scalar_type() == b[i].scalar_type(), "gradscope::", op,
+                  ": pair ", i, " differs in shape or dtype (", a[i].sizes(), " ", a[i].scalar_type(), " against ",
+                  b[i].sizes(), " ", b[i].scalar_type(), ")");
+      TORCH_CHECK(is_stat_dtype(a[i].scalar_type()), "gradscope::", op, ": pair ", i, " has dtype ",
+                  a[i].scalar_type(), "; expected ", kStatDtypes);
+      TORCH_CHECK(!writes_right || (b[i].is_contiguous() && !b[i].is_neg()), "gradscope::", op,
+                  ": the destination of pair ", i, " is not contiguous; write into a contiguous tensor");
+      left[i] = a[i].resolve_neg().contiguous();
+      right[i] = writes_right ? b[i] : b[i].resolve_neg().contiguous();
+      first_segment[i] = static_cast<int64_t>(segments.size());
+      for (int64_t begin = 0; begin < left[i].numel(); begin += kItemElems) {
+        segments.push_back({i, begin, std::min(kItemElems, left[i].numel() - begin)});
+      }
     }
+    first_segment[n] = static_cast<int64_t>(segments.size());
   }
-  first_segment[n] = static_cast<int64_t>(segments.size());
-  std::vector<double> partials(segments.size());
-  for_each_item(static_cast<int64_t>(segments.size()), kParallelGrain, [&](int64_t s) {
-    const Segment& seg = segments[s];
-    partials[s] = diff_sumsq_range(left[seg.tensor], right[seg.tensor], seg.begin, seg.len);
+
+  // [N] float64: per tensor, the sum of its items' ``partials`` in item order (the same under any threads).
+  at::Tensor sums(const std::vector<double>& partials) const {
+    const int64_t n = static_cast<int64_t>(left.size());
+    at::Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kDouble));
+    double* sums = out.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) {
+      double total = 0;
+      for (int64_t s = first_segment[i]; s < first_segment[i + 1]; ++s) {
+        total += partials[s];
+      }
+      sums[i] = total;
+    }
+    return out;
+  }
+};
+
+at::Tensor diff_sumsq_cpu(at::TensorList a, at::TensorList b) {
+  const PairItems items(a, b, "diff_sumsq", "a", "b", /*writes_right=*/false);
+  std::vector<double> partials(items.segments.size());
+  for_each_item(static_cast<int64_t>(items.segments.size()), kParallelGrain, [&](int64_t s) {
+    const Segment& seg = items.segments[s];
+    partials[s] = diff_sumsq_range(items.left[seg.tensor], items.right[seg.tensor], seg.begin, seg.len);
   });
-  at::Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kDouble));
-  double* sums = out.data_ptr<double>();
+  return items.sums(partials);
+}
+
+// --- copy_sumsq: the weights kept before an optimizer step -----------------
+//
+// dst[i] = src[i], and sum(src[i]^2) per tensor, in one pass: what the
+// training monitor's update ratios keep before the step, with the weight norms
+// of that step read on the way (a copy and a separate reduction read the
+// weights twice). float32 is written with non-temporal stores where AVX2 runs:
+// the copy is read back only after the optimizer step, so it bypasses the
+// caches, and the stores skip the read a cached store makes of each line
+// first. Squares accumulate in fp64 as grad_stats does; a non-finite value
+// makes its tensor's sum inf or NaN. Items as above: the sums do not depend on
+// the thread count.
+
+template <typename T>
+double copy_sumsq_generic(const T* src, T* dst, int64_t n) {
+  double acc = 0;
   for (int64_t i = 0; i < n; ++i) {
-    double total = 0;
-    for (int64_t s = first_segment[i]; s < first_segment[i + 1]; ++s) {
-      total += partials[s];
-    }
-    sums[i] = total;
+    dst[i] = src[i];
+    const double v = static_cast<double>(src[i]);
+    acc += v * v;
   }
-  return out;
+  return acc;
+}
+
+#if GRADSCOPE_X86
+GS_AVX2 double copy_sumsq_f32_avx2(const float* src, float* dst, int64_t n) {
+  double acc = 0;
+  int64_t i = 0;
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) % 32) != 0; ++i) {  // up to a 32-byte boundary
+    dst[i] = src[i];
+    acc += static_cast<double>(src[i]) * static_cast<double>(src[i]);
+  }
+  __m256d acc_lo = _mm256_setzero_pd(), acc_hi = _mm256_setzero_pd();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(src + i);
+    _mm256_stream_ps(dst + i, v);
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    acc_lo = _mm256_fmadd_pd(lo, lo, acc_lo);
+    acc_hi = _mm256_fmadd_pd(hi, hi, acc_hi);
+  }
+  _mm_sfence();  // the streamed stores are visible before anyone reads the copy
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(acc_lo, acc_hi));
+  acc += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  for (; i < n; ++i) {
+    dst[i] = src[i];
+    acc += static_cast<double>(src[i]) * static_cast<double>(src[i]);
+  }
+  return acc;
+}
+#endif
+
+double copy_sumsq_range(const at::Tensor& src, at::Tensor& dst, int64_t begin, int64_t len) {
+  switch (src.scalar_type()) {
+    case at::kFloat:
+#if GRADSCOPE_X86
+      if (simd() == Simd::kAvx2) {
+        return copy_sumsq_f32_avx2(src.const_data_ptr<float>() + begin, dst.data_ptr<float>() + begin, len);
+      }
+#endif
+      return copy_sumsq_generic(src.const_data_ptr<float>() + begin, dst.data_ptr<float>() + begin, len);
+    case at::kHalf:
+      return copy_sumsq_generic(src.const_data_ptr<c10::Half>() + begin, dst.data_ptr<c10::Half>() + begin, len);
+    case at::kBFloat16:
+      return copy_sumsq_generic(src.const_data_ptr<c10::BFloat16>() + begin, dst.data_ptr<c10::BFloat16>() + begin,
+                                len);
+    case at::kDouble:
+      return copy_sumsq_generic(src.const_data_ptr<double>() + begin, dst.data_ptr<double>() + begin, len);
+    default:
+      TORCH_INTERNAL_ASSERT(false, "unchecked dtype ", src.scalar_type());
+  }
+}
+
+at::Tensor copy_sumsq_cpu(at::TensorList src, at::TensorList dst) {
+  PairItems items(src, dst, "copy_sumsq", "src", "dst", /*writes_right=*/true);
+  std::vector<double> partials(items.segments.size());
+  for_each_item(static_cast<int64_t>(items.segments.size()), kParallelGrain, [&](int64_t s) {
+    const Segment& seg = items.segments[s];
+    partials[s] = copy_sumsq_range(items.left[seg.tensor], items.right[seg.tensor], seg.begin, seg.len);
+  });
+  return items.sums(partials);
 }
 
 }  // namespace
@@ -616,6 +724,7 @@ std::string cpu_simd_name() {
 TORCH_LIBRARY_IMPL(gradscope, CPU, m) {
   m.impl("grad_stats", &grad_stats_cpu);
   m.impl("diff_sumsq", &diff_sumsq_cpu);
+  m.impl("copy_sumsq", &copy_sumsq_cpu);
 }
 
 }  // namespace gradscope

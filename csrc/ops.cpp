@@ -38,6 +38,13 @@ at::Tensor diff_sumsq_fallback(at::TensorList a, at::TensorList b) {
   return at::empty({0}, at::TensorOptions().dtype(at::kDouble));
 }
 
+// copy_sumsq likewise (the monitor copies with foreach elsewhere).
+at::Tensor copy_sumsq_fallback(at::TensorList src, at::TensorList dst) {
+  TORCH_CHECK(src.empty() && dst.empty(), "gradscope::copy_sumsq has a CPU kernel only; got ",
+              (src.empty() ? dst[0] : src[0]).device().type(), " tensors");
+  return at::empty({0}, at::TensorOptions().dtype(at::kDouble));
+}
+
 }  // namespace
 }  // namespace gradscope
 
@@ -48,9 +55,13 @@ TORCH_LIBRARY(gradscope, m) {
   // Per pair (a[i], b[i]) of same-shaped tensors: sum((a - b)^2) as float64,
   // [N]. CPU only: the training monitor's update ratios (grad_stats_cpu.cpp).
   m.def("diff_sumsq(Tensor[] a, Tensor[] b) -> Tensor");
+  // Per pair: dst[i] = src[i] (written in place) and sum(src[i]^2) as float64,
+  // [N]. CPU only: the weights the monitor's update ratios keep, with their norms.
+  m.def("copy_sumsq(Tensor[] src, Tensor(a!)[] dst) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(gradscope, CompositeExplicitAutograd, m) {
   m.impl("grad_stats", &gradscope::grad_stats_fallback);
   m.impl("diff_sumsq", &gradscope::diff_sumsq_fallback);
+  m.impl("copy_sumsq", &gradscope::copy_sumsq_fallback);
 }

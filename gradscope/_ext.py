@@ -33,6 +33,7 @@ logger = logging.getLogger("gradscope")
 BUILD_INFO_PATH = Path(__file__).with_name("_build_info.json")
 DISABLE_ENV = "GRADSCOPE_DISABLE_EXT"
 REBUILD_HINT = "rebuild with `pip install --no-build-isolation .` in a gradscope checkout"
+OPS = ("grad_stats", "diff_sumsq", "copy_sumsq")  # what csrc/ops.cpp defines: a build from older sources lacks some
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ExtensionStatus:
 
     cpu: bool  # gradscope._C: schema + CPU kernel
     cuda: bool  # gradscope._C_cuda: CUDA kernel
-    state: str  # "loaded", "disabled", "not-built", "torch-mismatch" or "load-failed"
+    state: str  # "loaded", "disabled", "not-built", "torch-mismatch", "load-failed" or "stale"
     reason: str  # why the CPU kernel is unavailable ("" when loaded)
     cuda_reason: str  # why the CUDA kernel is unavailable ("" when loaded)
     build_info: dict = field(default_factory=dict)
@@ -92,6 +93,10 @@ def _load() -> ExtensionStatus:
     if reason:
         state = "not-built" if "is not built" in reason else "load-failed"
         return ExtensionStatus(False, False, state, reason, reason, info)
+    missing = [op for op in OPS if not hasattr(torch.ops.gradscope, op)]
+    if missing:
+        reason = f"gradscope._C was built from older sources (it lacks {', '.join(missing)}); {REBUILD_HINT}"
+        return ExtensionStatus(False, False, "stale", reason, reason, info)
     _register_fake()
 
     if torch.version.cuda is None:
@@ -118,6 +123,10 @@ def _register_fake() -> None:
     @torch.library.register_fake("gradscope::diff_sumsq")
     def _diff_sumsq_fake(a, b):
         return torch.empty((len(a),), dtype=torch.float64, device=a[0].device if len(a) else "cpu")
+
+    @torch.library.register_fake("gradscope::copy_sumsq")
+    def _copy_sumsq_fake(src, dst):
+        return torch.empty((len(src),), dtype=torch.float64, device=src[0].device if len(src) else "cpu")
 
 
 STATUS = _load()

@@ -105,8 +105,8 @@ class ZeroParts:
         return max(0, min(size, p.ds_numel - start))
 
     def grads(self) -> list[torch.Tensor]:
-        """This rank's part of each gradient, flat (empty where it holds none), as DeepSpeed keeps it: still
-        multiplied by :meth:`loss_scale` under fp16."""
+        """This rank's part of each gradient, flat (empty where it holds none), as DeepSpeed keeps it: under
+        fp16 still multiplied by the loss scale (:func:`loss_scale`)."""
         if self.stage == 3:
             partitions = self.optimizer.get_fp32_grad_partitions()
             return [partitions[g][i].narrow(0, 0, n) for (g, i), n in zip(self._where, self._valid)]
@@ -129,15 +129,16 @@ class ZeroParts:
         return grad
 
     def weights(self) -> list[torch.Tensor]:
-        """This rank's part of each fp32 master weight, flat (empty where it holds none): views."""
+        """This rank's part of each fp32 master weight, flat (empty where it holds none): detached views (the
+        master weights are parameters of DeepSpeed's optimizer, which autograd would otherwise follow)."""
         if self.stage == 3:
             flat, position = self.optimizer.fp32_partitioned_groups_flat, self.optimizer.grad_position
             out = []
             for p, n in zip(self.params, self._valid):
                 group, offset, _ = position[self.optimizer.get_param_id(p)]
-                out.append(flat[group].narrow(0, offset, n))
+                out.append(flat[group].detach().narrow(0, offset, n))
             return out
-        return [p.new_empty(0, dtype=torch.float32) if p._hp_mapping is None else p._hp_mapping.hp_fragment
+        return [p.new_empty(0, dtype=torch.float32) if p._hp_mapping is None else p._hp_mapping.hp_fragment.detach()
                 for p in self.params]
 
 

@@ -207,7 +207,7 @@ def _precision_run(deepspeed, stage: int, precision: str, x, y, rank: int) -> di
 
 
 # The Trainer runs: a 4-layer BERT, 2 x 4 samples a step, clipped at every step (its norm is about 0.5).
-N_LAYERS, PER_DEVICE, MAX_GRAD_NORM = 4, 4, 0.05
+N_LAYERS, SAMPLES_PER_STEP, MAX_GRAD_NORM = 4, 8, 0.05  # 8 samples a step: 2 ranks x 4, in 1 or 2 micro-batches
 BERT_BLOCKS = [f"bert.encoder.layer.{i}" for i in range(N_LAYERS)]
 
 
@@ -215,7 +215,7 @@ def _l2(tensors) -> float:
     return math.sqrt(sum(t.double().square().sum().item() for t in tensors))
 
 
-def trainer_worker(out: str, stage: int) -> None:
+def trainer_worker(out: str, stage: int, accumulation: int) -> None:
     import torch.distributed as dist
     from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
@@ -256,7 +256,8 @@ def trainer_worker(out: str, stage: int) -> None:
           "zero_force_ds_cpu_optimizer": False}
     args = TrainingArguments(
         output_dir=f"{out}/trainer", use_cpu=True, max_steps=STEPS, logging_steps=1, report_to=[],
-        save_strategy="no", per_device_train_batch_size=PER_DEVICE, max_grad_norm=MAX_GRAD_NORM, seed=0,
+        save_strategy="no", per_device_train_batch_size=SAMPLES_PER_STEP // (WORLD * accumulation),
+        gradient_accumulation_steps=accumulation, max_grad_norm=MAX_GRAD_NORM, seed=0,
         learning_rate=1e-3, train_sampling_strategy="sequential", disable_tqdm=True, deepspeed=ds,
         average_tokens_across_devices=False)  # True multiplies this model's loss by the world size
     trainer = Trainer(model=BertForSequenceClassification.from_pretrained(f"{out}/model"), args=args,
@@ -410,15 +411,25 @@ def test_zero_monitor_refuses_what_it_cannot_follow_and_gives_the_engine_back(pl
 # --- the Trainer -------------------------------------------------------------------------------------------------
 
 
-def unsharded_step_one(folder) -> dict:
-    """Step 1 of the unsharded model on the two ranks' 8 samples: norms before the clip, dL/dh per layer."""
+def unsharded_step_one(folder, accumulation: int) -> dict:
+    """Step 1 of the unsharded model on the ranks' 8 samples, for the loss the Trainer trains: norms before the
+    clip, dL/dh per layer.
+
+    That loss is the sum of the micro-batches' mean losses, averaged over the ranks: this BERT takes
+    ``**kwargs``, so the Trainer counts its loss as already normalized for accumulation (by
+    ``num_items_in_batch``, which its loss does not use) and divides by nothing, and it turns DeepSpeed's own
+    division (``scale_wrt_gas``) off. With one micro-batch a step it is the mean loss over the 8 samples.
+    The micro-batches are equal: one forward pass over the 8 gives each its per-sample losses."""
+    import torch.nn.functional as F
     from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(folder)
     outputs = retain_output_grads(model, BERT_BLOCKS)
     ids, mask, labels = classification_tensors()
-    n = 2 * PER_DEVICE
-    model(input_ids=ids[:n], attention_mask=mask[:n], labels=labels[:n]).loss.backward()
+    n, micro = SAMPLES_PER_STEP, SAMPLES_PER_STEP // (WORLD * accumulation)
+    logits = model(input_ids=ids[:n], attention_mask=mask[:n]).logits
+    per_sample = F.cross_entropy(logits, labels[:n], reduction="none")
+    (sum(chunk.mean() for chunk in per_sample.split(micro)) / WORLD).backward()
     grads = {k: p.grad for k, p in model.named_parameters()}
     return {"global": _l2(grads.values()),
             "blocks": {b: _l2([g for k, g in grads.items() if k.startswith(b + ".")]) for b in BERT_BLOCKS},
@@ -426,10 +437,10 @@ def unsharded_step_one(folder) -> dict:
 
 
 @pytest.mark.slow  # two processes each train a BERT under DeepSpeed
-@pytest.mark.parametrize("stage", [2, 3])
-def test_trainer_under_zero_logs_and_reports_the_unsharded_values(tmp_path, stage):
+@pytest.mark.parametrize("stage,accumulation", [(2, 1), (3, 2)], ids=["zero2", "zero3_accumulation2"])
+def test_trainer_under_zero_logs_and_reports_the_unsharded_values(tmp_path, stage, accumulation):
     tiny_bert_classifier(N_LAYERS).save_pretrained(tmp_path / "model")
-    _launch(tmp_path, "trainer", str(stage))
+    _launch(tmp_path, "trainer", str(stage), str(accumulation))
     zero, one = (json.load(open(tmp_path / f"rank{r}.json")) for r in range(WORLD))
     assert zero["engine"] == "DeepSpeedEngine"
     ref = zero["reference"]
@@ -463,7 +474,7 @@ def test_trainer_under_zero_logs_and_reports_the_unsharded_values(tmp_path, stag
         assert math.isclose(series[(s, None)], r["global"], rel_tol=RTOL)
 
     # step 1 against the unsharded model in this process, dL/dh included (the mean loss over both ranks' samples)
-    single = unsharded_step_one(tmp_path / "model")
+    single = unsharded_step_one(tmp_path / "model", accumulation)
     first = logged[0]
     assert math.isclose(first["gradscope/pre_clip/grad_norm"], single["global"], rel_tol=RTOL)
     for b in BERT_BLOCKS:
@@ -475,5 +486,5 @@ if __name__ == "__main__" and sys.argv[1:2] == ["plain"]:
     plain_worker(sys.argv[2])
     os._exit(0)  # gloo's threads can abort a finished process at interpreter exit (see tests/test_distributed.py)
 if __name__ == "__main__" and sys.argv[1:2] == ["trainer"]:
-    trainer_worker(sys.argv[3], int(sys.argv[2]))
+    trainer_worker(sys.argv[4], int(sys.argv[2]), int(sys.argv[3]))
     os._exit(0)

@@ -69,6 +69,15 @@ def test_build_for_another_torch_is_not_loaded(monkeypatch):
     assert "pip install --no-build-isolation" in status.reason
 
 
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_a_build_from_older_sources_is_reported_as_stale_not_called(monkeypatch):
+    monkeypatch.setattr(_ext, "OPS", _ext.OPS + ("an_op_of_a_later_version",))
+    status = _ext._load()
+    assert status.state == "stale" and not status.cpu
+    assert "built from older sources (it lacks an_op_of_a_later_version)" in status.reason
+    assert "pip install --no-build-isolation" in status.reason
+
+
 def test_missing_build_is_reported_as_not_built(monkeypatch):
     def missing(name):
         raise ModuleNotFoundError(f"No module named {name!r}")

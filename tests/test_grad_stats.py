@@ -585,3 +585,61 @@ def test_opcheck_diff_sumsq():
     g = seeded(7)
     a = [torch.randn(100, generator=g), torch.randn(3, 4, generator=g)]
     torch.library.opcheck(torch.ops.gradscope.diff_sumsq.default, (a, [x + 1 for x in a]))
+
+
+# --- copy_sumsq: the weights the monitor's update ratios keep, with their norms ---------------------------------
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_copy_sumsq_copies_exactly_and_sums_squares_in_float64_for_every_dtype_and_layout():
+    g = seeded(8)
+    src = [torch.randn(3 * ITEM + 5, generator=g), torch.randn(40, 30, generator=g).t(),  # several items; permuted
+           torch.randn(77, generator=g).half(), torch.randn(300, generator=g).bfloat16(),
+           torch.randn(5, 3, generator=g).double(), torch.randn(0), torch.randn(9, generator=g)]
+    dst = [torch.full(x.shape, 7.0, dtype=x.dtype) for x in src]
+    src.append(torch.randn(ITEM + 3, generator=g)[1:-2])  # an offset view: unaligned reads
+    dst.append(torch.empty(ITEM + 1)[1:])  # an offset destination: the streamed stores start after a head
+    got = torch.ops.gradscope.copy_sumsq(src, dst)
+    assert got.dtype == torch.float64 and got.shape == (len(src),)
+    assert all(torch.equal(d, s) for s, d in zip(src, dst))  # bit for bit, whatever the dtype
+    ref = torch.stack([x.double().square().sum() for x in src])
+    assert torch.allclose(got, ref, rtol=1e-12, atol=0)
+    assert torch.equal(torch.ops.gradscope.copy_sumsq([], []), torch.zeros(0, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_copy_sumsq_is_the_same_for_any_thread_count_and_marks_non_finite():
+    g = seeded(9)
+    src = [torch.randn(5 * ITEM + 3, generator=g) for _ in range(3)]
+    dst = [torch.empty_like(x) for x in src]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.gradscope.copy_sumsq(src, dst)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, torch.ops.gradscope.copy_sumsq(src, dst))  # bitwise
+    src[1][7] = float("inf")
+    src[2][3] = float("nan")
+    sums = torch.ops.gradscope.copy_sumsq(src, dst)
+    assert math.isinf(sums[1]) and math.isnan(sums[2]) and math.isfinite(sums[0])  # the monitor makes both NaN
+    assert math.isinf(dst[1][7]) and math.isnan(dst[2][3])
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_copy_sumsq_refuses_what_it_cannot_write():
+    with pytest.raises(RuntimeError, match="2 tensors in src but 1 in dst"):
+        torch.ops.gradscope.copy_sumsq([torch.ones(2), torch.ones(2)], [torch.ones(2)])
+    with pytest.raises(RuntimeError, match="differs in shape or dtype"):
+        torch.ops.gradscope.copy_sumsq([torch.ones(2)], [torch.ones(3)])
+    with pytest.raises(RuntimeError, match="destination of pair 0 is not contiguous"):
+        torch.ops.gradscope.copy_sumsq([torch.ones(3, 2)], [torch.empty(2, 3).t()])  # a copy would take the writes
+    with pytest.raises(RuntimeError, match="expected float32"):
+        torch.ops.gradscope.copy_sumsq([torch.ones(2, dtype=torch.int32)], [torch.ones(2, dtype=torch.int32)])
+
+
+@pytest.mark.skipif(not _ext.STATUS.cpu, reason="extension not built")
+def test_opcheck_copy_sumsq():
+    g = seeded(10)
+    src = [torch.randn(100, generator=g), torch.randn(3, 4, generator=g)]
+    torch.library.opcheck(torch.ops.gradscope.copy_sumsq.default, (src, [torch.empty_like(x) for x in src]))

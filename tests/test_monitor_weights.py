@@ -116,6 +116,20 @@ def test_a_skipped_step_has_an_update_ratio_of_zero():
     assert ratios[0] > 0 and ratios[1] == 0.0
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])  # the norms read by the copy, and by the fused call
+def test_a_non_finite_weight_reads_nan_in_its_blocks_weight_norm_on_an_update_step(backend):
+    net = make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with torch.no_grad():
+        net.layers[2][0].weight[1, 1] = math.inf
+    with GradientMonitor(net, opt, update_ratios=True, on_nonfinite="ignore", backend=backend) as monitor:
+        backward(net, 0)
+        opt.step()
+        norms = monitor.history.block_weight_l2()[0]
+    assert math.isnan(norms[BLOCKS.index("layers.2")]) and math.isnan(monitor.history.global_weight_l2()[0])
+    assert math.isfinite(norms[BLOCKS.index("layers.0")])
+
+
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_an_update_that_makes_a_weight_non_finite_has_a_nan_ratio(backend):
     net = make()

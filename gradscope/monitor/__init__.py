@@ -51,8 +51,12 @@ history has the weight L2 per parameter, block and in all, read before the
 optimizer step. ``update_ratios=True`` (or ``N``: every N recorded steps; needs the
 optimizer) also records ``||W_after - W_before|| / ||W_before||`` of the optimizer step itself, for any
 optimizer: the step pre-hook copies the monitored weights into one kept copy
-(memory: one more copy of them), the post-hook subtracts the new weights from it
-in place and reduces the difference with the fused op. A step
+(memory: one more copy of them), the post-hook reduces the difference of the new
+weights and the copy. On the CPU each is one pass of the compiled op: the copy
+(``copy_sumsq``, streamed past the caches) reads the step's weight norms on the
+way, in place of the fused call, and ``diff_sumsq`` reads both and writes
+nothing; elsewhere the copy is torch's and the post-hook subtracts in place and
+reduces with the fused op. A step
 ``on_nonfinite="skip"`` skipped has a ratio of 0; a step taken with a closure
 (LBFGS) is recorded after the step, so its weight norm is the new one and it has
 no ratio (NaN). Without an optimizer nothing tells the monitor where the update

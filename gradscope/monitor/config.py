@@ -35,8 +35,9 @@ class MonitorConfig:
       multiple of ``every * N`` (``True``: 1; needs the optimizer; implies
       ``weight_norms``). It keeps **one copy of the monitored weights** on their
       device (BERT-base fp32: 440 MB) and costs, per such step, a copy of them
-      before the optimizer step and a read of both after it (on the CPU, one
-      pass of ``diff_sumsq``), hence opt-in and sampled;
+      before the optimizer step and a read of both after it (on the CPU one
+      pass each: ``copy_sumsq``, which also reads the weight norms, and
+      ``diff_sumsq``), hence opt-in;
     - ``activation_grads``: ``N`` > 0 records ``||dL/dh||`` at each block's output
       on the steps whose number (the monitor's own count) is a multiple of
       ``every * N`` (``True``: 1); reduced inside a gradient hook, nothing kept.

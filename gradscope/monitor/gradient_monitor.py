@@ -368,7 +368,9 @@ class GradientMonitor:
         else:
             grads = [p.grad for p in params]
         weights = self._weights() if self.config.weight_norms else []
-        stats = read_step(grads, weights, backend=self.config.backend, device=self._device)
+        keeps = bool(self.config.update_ratios and self._takes_updates and self._sampled(self.config.update_ratios))
+        norms_by_copy = keeps and self._updates.reads_norms(weights)  # the copy reads the weight norms on the way
+        stats = read_step(grads, [] if norms_by_copy else weights, backend=self.config.backend, device=self._device)
         table = stats.table * unscale_factors(self._scaler, self._device) if scaled else stats.table
         loss_scale = zero.loss_scale(self._engine, self._device) if self._engine is not None else None
         if loss_scale is not None:  # DeepSpeed's fp16 gradients, still multiplied by its loss scale
@@ -377,10 +379,12 @@ class GradientMonitor:
             self.flush()  # before this step, so that clip_grad_norm_ finds the step in the buffer
         slot = self._buffer.next_slot(len(params), len(self._registered_blocks), self._device)
         self._buffer.table(slot).copy_(table)
-        if weights:
+        if keeps:  # update_ratios implies weight_norms: the weights are read
+            kept_sumsq = self._updates.keep(weights, slot, step)
+            if norms_by_copy:
+                self._buffer.put_weights(slot, kept_sumsq)
+        if weights and not norms_by_copy:
             self._buffer.put_weights(slot, finite_sumsq(stats.weight_table))
-        if self.config.update_ratios and self._takes_updates and self._sampled(self.config.update_ratios):
-            self._updates.keep(weights, slot, step)  # update_ratios implies weight_norms: weights are read
         if self._act is not None:
             self._act.take(self._buffer.act(slot))
         self._buffer.append(StepRecord(step, stats.present, stats.numel))

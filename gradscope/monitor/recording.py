@@ -209,9 +209,10 @@ class StepBuffer:
 class UpdateTracker:
     """``update_ratios``: ``W_after - W_before`` of a sampled optimizer step, from one kept copy of the monitored
     weights: :meth:`keep` copies them before the step; :meth:`finish` takes the sum of squares of the difference
-    into the step's buffer row: on the CPU in one pass of the compiled ``diff_sumsq`` that reads both and writes
-    nothing, elsewhere by subtracting the new weights from the copy in place (no second copy) and reducing the
-    difference with the fused op."""
+    into the step's buffer row. On the CPU the compiled op does both in one pass each: ``copy_sumsq`` copies
+    the weights and reads their norms on the way (the step's weight norms then need no other read), and
+    ``diff_sumsq`` reads both copies and writes nothing; elsewhere the copy is torch's, and :meth:`finish`
+    subtracts the new weights from it in place (no second copy) and reduces the difference with the fused op."""
 
     def __init__(self, backend: str):
         self._backend = backend
@@ -220,14 +221,22 @@ class UpdateTracker:
         self._before: Optional[list[torch.Tensor]] = None  # the weights before the optimizer step
         self._slot: Optional[tuple[int, int]] = None  # (buffer row, step) whose update is pending
 
-    def keep(self, params: Sequence[nn.Parameter], slot: int, step: int) -> None:
-        """Copy the weights before the optimizer step of the step in row ``slot``."""
-        weights = [p.detach() for p in params]
+    def reads_norms(self, weights: Sequence[torch.Tensor]) -> bool:
+        """Whether :meth:`keep` reads the sums of squares of ``weights`` as it copies them (the CPU kernel)."""
+        return self._fused_cpu and bool(weights) and weights[0].device.type == "cpu"
+
+    def keep(self, weights: Sequence[torch.Tensor], slot: int, step: int) -> Optional[torch.Tensor]:
+        """Copy ``weights`` (detached) before the optimizer step of the step in row ``slot``. Where
+        :meth:`reads_norms`, returns their sums of squares (float64, NaN where a weight is not finite), else
+        None."""
         if self._before is None:
-            self._before = [w.clone() for w in weights]
-        else:
-            torch._foreach_copy_(self._before, weights)
+            self._before = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
         self._slot = (slot, step)
+        if self.reads_norms(weights):
+            sums = torch.ops.gradscope.copy_sumsq([w.detach() for w in weights], self._before)
+            return torch.where(torch.isfinite(sums), sums, torch.full_like(sums, math.nan))
+        torch._foreach_copy_(self._before, list(weights))
+        return None
 
     @property
     def pending(self) -> bool:
