@@ -468,7 +468,8 @@ def test_trainer_under_zero_logs_and_reports_the_unsharded_values(tmp_path, stag
     assert reports == ["report/report.json"]
     report = json.load(open(tmp_path / "report" / "report.json"))
     assert report["meta"]["distributed"] == "sharded" and report["meta"]["steps_recorded"] == STEPS
-    assert report["meta"]["clip_stage"] == "pre_clip"
+    assert report["meta"]["zero_stage"] == stage and report["meta"]["clip_stage"] == "pre_clip"
+    assert report["meta"]["gradient_accumulation_steps"] == accumulation
     series = {(row["step"], row["block"]): row["grad_l2"] for row in report["series"]}
     for s, r in enumerate(ref, start=1):
         assert math.isclose(series[(s, None)], r["global"], rel_tol=RTOL)

@@ -505,6 +505,8 @@ class GradientMonitor:
         """
         check_max_series_steps(max_series_steps)
         history = self.history  # flushes first: the counts below include the buffered steps
+        if self._zero is not None:
+            meta = {"zero_stage": self._zero.stage, **(meta or {})}
         return monitor_report(history, self.model, steps_recorded=self._store.steps_recorded,
                               every=self.config.every, mode=self.mode, frozen_params=len(self.frozen),
                               skipped_steps=self.skipped_steps, meta=meta, max_series_steps=max_series_steps)
