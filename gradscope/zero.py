@@ -16,9 +16,11 @@ are the unsharded model's. No gradient is gathered.
   scale (``optimizer.loss_scale``, read before the step) is divided out of the statistics on the device;
   bf16 and fp32 gradients are read as DeepSpeed accumulates them. Weights are the fp32 master copy the
   optimizer updates, so an update ratio is that of the master weights.
-- **Not read**: ZeRO-Offload (the optimizer and its gradients on the CPU or NVMe) and partitions smaller
-  than the data-parallel group (ZeRO++ hpZ, MiCS), where one part is held by several ranks: refused, with
-  what to change.
+- **ZeRO-Offload** (``offload_optimizer`` on the CPU, and ZeRO-3's ``offload_param``): the parts are read
+  where DeepSpeed keeps them, in its CPU buffers (the compiled CPU kernel reads them there).
+- **Not read**: the optimizer swapped out to NVMe (ZeRO-Infinity) and partitions smaller than the
+  data-parallel group (ZeRO++ hpZ, MiCS), where one part is held by several ranks: refused, with what to
+  change.
 
 Nothing here imports deepspeed: the engine and its optimizer are read through their attributes.
 """
@@ -60,10 +62,12 @@ class ZeroParts:
     master weights: an optimizer step shows in them).
     """
 
-    def __init__(self, optimizer, params: list[nn.Parameter], stage: int, where: Optional[list] = None):
+    def __init__(self, optimizer, params: list[nn.Parameter], stage: int, where: Optional[list] = None,
+                 parts_device: Optional[torch.device] = None):
         self.optimizer = optimizer
         self.params = params
         self.stage = stage
+        self._parts_device = parts_device  # None: each parameter's own device
         self._where = where  # ZeRO-3: each parameter's (group, index) in the optimizer's fp16_groups
         self._valid = [self._own_elements(p) for p in params] if stage == 3 else None
 
@@ -75,9 +79,9 @@ class ZeroParts:
             raise UsageError("this DeepSpeed engine keeps its gradients in its bf16 optimizer's buffers without "
                              "ZeRO, which gradscope does not read; run with ZeRO stage 1, 2 or 3 "
                              "(`zero_optimization.stage`)")
-        if engine.zero_use_cpu_optimizer():
-            raise UsageError("DeepSpeed ZeRO-Offload keeps the gradients with the optimizer on the CPU or NVMe, "
-                             "which gradscope does not read; monitor a run without `offload_optimizer`")
+        if engine.zero_use_cpu_optimizer() and not engine.zero_cpu_offload():
+            raise UsageError("DeepSpeed ZeRO-Infinity swaps the optimizer's fp32 partitions out to NVMe, where "
+                             "gradscope cannot read them; monitor with `offload_optimizer` on the CPU or none")
         optimizer = engine.optimizer
         if stage == 3:
             where = {id(p): (g, i) for g, group in enumerate(optimizer.fp16_groups) for i, p in enumerate(group)}
@@ -95,7 +99,10 @@ class ZeroParts:
                              "(ZeRO++ hpZ or MiCS), so each part is held more than once; gradscope reads "
                              "ZeRO partitioned over all ranks: monitor without `zero_hpz_partition_size` or "
                              "`mics_shard_size`")
-        return cls(optimizer, params, stage, [where[id(p)] for p in params] if stage == 3 else None)
+        # ZeRO-Offload keeps the gradient and weight parts with the optimizer on the CPU: the empty part of a
+        # parameter this rank holds none of lies there too, so that every part is on one device
+        parts_device = torch.device("cpu") if engine.zero_cpu_offload() else None
+        return cls(optimizer, params, stage, [where[id(p)] for p in params] if stage == 3 else None, parts_device)
 
     @staticmethod
     def _own_elements(p: nn.Parameter) -> int:
@@ -112,11 +119,14 @@ class ZeroParts:
             return [partitions[g][i].narrow(0, 0, n) for (g, i), n in zip(self._where, self._valid)]
         return [self._fragment_grad(p) for p in self.params]
 
-    @staticmethod
-    def _fragment_grad(p: nn.Parameter) -> torch.Tensor:
+    def _nothing(self, p: nn.Parameter) -> torch.Tensor:
+        """The part of a parameter this rank holds none of: empty, where the other parts are."""
+        return torch.empty(0, dtype=torch.float32, device=self._parts_device or p.device)
+
+    def _fragment_grad(self, p: nn.Parameter) -> torch.Tensor:
         mapping = p._hp_mapping
         if mapping is None:
-            return p.new_empty(0)
+            return self._nothing(p)
         try:
             grad = mapping.get_lp_grad_fragment(p._index_in_param_group).reshape(-1)
         except ValueError as exc:  # DeepSpeed's own: no gradient outside backward..step
@@ -138,7 +148,7 @@ class ZeroParts:
                 group, offset, _ = position[self.optimizer.get_param_id(p)]
                 out.append(flat[group].detach().narrow(0, offset, n))
             return out
-        return [p.new_empty(0, dtype=torch.float32) if p._hp_mapping is None else p._hp_mapping.hp_fragment.detach()
+        return [self._nothing(p) if p._hp_mapping is None else p._hp_mapping.hp_fragment.detach()
                 for p in self.params]
 
 

@@ -21,6 +21,7 @@ import os
 import socket
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 import torch
@@ -34,9 +35,13 @@ if importlib.util.find_spec("deepspeed") is None:  # importing it here would cos
 
 WORLD, STEPS, RTOL = 2, 3, 1e-5  # fp32 gradients reduced over ranks: rounding only
 BLOCKS = ["blocks.0", "blocks.1", "blocks.2"]
-# (name, ZeRO stage, gradient accumulation steps, DeepSpeed's gradient_clipping)
-CASES = [("zero1", 1, 1, 0.0), ("zero2", 2, 1, 0.0), ("zero3", 3, 1, 0.0),
-         ("zero2_clip_gas2", 2, 2, 0.05), ("zero3_clip_gas2", 3, 2, 0.05)]
+# ZeRO-Offload: the optimizer (and under ZeRO-3 the parameters) on the CPU, its gradients in CPU buffers of their own.
+OFFLOAD = {"offload_optimizer": {"device": "cpu"}}
+# (name, ZeRO stage, gradient accumulation steps, DeepSpeed's gradient_clipping, more zero_optimization config)
+CASES = [("zero1", 1, 1, 0.0, {}), ("zero2", 2, 1, 0.0, {}), ("zero3", 3, 1, 0.0, {}),
+         ("zero2_clip_gas2", 2, 2, 0.05, {}), ("zero3_clip_gas2", 3, 2, 0.05, {}),
+         ("zero1_offload", 1, 1, 0.0, OFFLOAD), ("zero2_offload_clip", 2, 1, 0.05, OFFLOAD),
+         ("zero3_offload", 3, 1, 0.0, {**OFFLOAD, "offload_param": {"device": "cpu"}})]
 LR, WEIGHT_DECAY = 0.01, 0.1
 # Half precision: the statistics are of the gradient the optimizer applies, fp16's loss scale divided out.
 PRECISION_CASES = [("zero2_bf16", 2, "bf16"), ("zero3_fp16", 3, "fp16")]
@@ -78,9 +83,9 @@ def make_optimizer(params):
     return torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
 
 
-def ds_config(stage: int, gas: int, clip: float, micro: int) -> dict:
+def ds_config(stage: int, gas: int, clip: float, micro: int, zero: Optional[dict] = None) -> dict:
     return {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": gas, "gradient_clipping": clip,
-            "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
+            "zero_optimization": {"stage": stage, **(zero or {})}, "zero_allow_untested_optimizer": True,
             "zero_force_ds_cpu_optimizer": False, "steps_per_print": 10 ** 9}
 
 
@@ -109,9 +114,9 @@ def plain_worker(out: str) -> None:
     deepspeed = _init_deepspeed()
     rank = dist.get_rank()
     x, y = batch()
-    for name, stage, gas, clip in CASES:
+    for name, stage, gas, clip, zero in CASES:
         micro = 8 // (WORLD * gas)
-        engine = _engine(deepspeed, stage, gas, clip, micro)
+        engine = _engine(deepspeed, stage, gas, clip, micro, zero)
         monitor = GradientMonitor(engine, update_ratios=True, activation_grads=True)
         deepspeed_norms = []
         for _ in range(STEPS):
@@ -151,10 +156,10 @@ def plain_worker(out: str) -> None:
     dist.barrier()
 
 
-def _engine(deepspeed, stage: int, gas: int, clip: float, micro: int, **config):
+def _engine(deepspeed, stage: int, gas: int, clip: float, micro: int, zero: Optional[dict] = None, **config):
     net = make_net()
     engine, *_ = deepspeed.initialize(model=net, optimizer=make_optimizer(net.parameters()),
-                                      config={**ds_config(stage, gas, clip, micro), **config})
+                                      config={**ds_config(stage, gas, clip, micro, zero), **config})
     return engine
 
 
@@ -339,8 +344,8 @@ def plain_runs(tmp_path_factory):
 # --- plain loops ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,stage,gas,clip", CASES, ids=[c[0] for c in CASES])
-def test_zero_plain_loop_records_the_unsharded_models_statistics(plain_runs, name, stage, gas, clip):
+@pytest.mark.parametrize("name,stage,gas,clip,zero", CASES, ids=[c[0] for c in CASES])
+def test_zero_plain_loop_records_the_unsharded_models_statistics(plain_runs, name, stage, gas, clip, zero):
     zero, one = plain_runs[name]
     ref = plain_reference(clip)
     assert zero["mode"] == one["mode"] == "sharded"
@@ -406,6 +411,38 @@ def test_zero_monitor_refuses_what_it_cannot_follow_and_gives_the_engine_back(pl
     assert "pass the engine deepspeed.initialize returned (GradientMonitor(engine))" in refusals["module"]
     assert "pass no `optimizer`" in refusals["optimizer"]
     assert all(run["step_restored"] for run in plain_runs[name])  # close() took the wrapper off engine.step
+
+
+class _Engine:
+    """What ZeroParts.of asks of a DeepSpeed engine, for the refusals that need no processes."""
+
+    def __init__(self, stage: int, optimizer_on: str = "device"):
+        self.stage, self.optimizer_on, self.optimizer = stage, optimizer_on, object()
+
+    def zero_optimization_stage(self):
+        return self.stage
+
+    def zero_use_cpu_optimizer(self):
+        return self.optimizer_on in ("cpu", "nvme")
+
+    def zero_cpu_offload(self):
+        return self.optimizer_on == "cpu"
+
+
+@pytest.mark.parametrize("engine,marked,message", [
+    (_Engine(0), True, "keeps its gradients in its bf16 optimizer's buffers without ZeRO.*ZeRO stage 1, 2 or 3"),
+    (_Engine(2, "nvme"), True, "swaps the optimizer's fp32 partitions out to NVMe.*`offload_optimizer` on the CPU"),
+    (_Engine(2), False, "a monitored parameter is not trained by the DeepSpeed optimizer"),
+], ids=["bf16_without_zero", "nvme", "untrained"])
+def test_what_zero_parts_cannot_read_is_refused_with_what_to_change(engine, marked, message):
+    from gradscope.errors import UsageError
+    from gradscope.zero import ZeroParts
+
+    p = nn.Parameter(torch.ones(3))
+    if marked:
+        p._hp_mapping = None  # what DeepSpeed's bf16 and ZeRO-1/2 optimizers leave on the parameters they train
+    with pytest.raises(UsageError, match=message):
+        ZeroParts.of(engine, [p])
 
 
 # --- the Trainer -------------------------------------------------------------------------------------------------
