@@ -932,6 +932,27 @@ def test_a_model_whose_gradients_deepspeed_zero_holds_needs_its_engine_not_recor
         GradientMonitor(net)
 
 
+def test_an_instance_wrap_gives_back_what_was_there_unless_replaced_since():
+    from gradscope.monitor.hooks import InstanceWrap
+
+    class Owner:
+        def step(self):
+            return "class"
+
+    owner = Owner()
+    wrap = InstanceWrap(owner, "step", lambda: "wrapped")
+    assert owner.step() == "wrapped"
+    wrap.remove()
+    assert owner.step() == "class" and "step" not in vars(owner)  # the class's method shows again
+    owner.step = lambda: "own"
+    InstanceWrap(owner, "step", lambda: "wrapped").remove()
+    assert owner.step() == "own"  # an instance attribute set before comes back
+    wrap = InstanceWrap(owner, "step", lambda: "wrapped")
+    owner.step = lambda: "later"  # someone else's, set after ours: removing ours leaves it
+    wrap.remove()
+    assert owner.step() == "later"
+
+
 # --- the package's seams: typed records, the public interface the integrations use -----------------------------
 
 def _chunk(steps: list[int], params: int = 2, blocks: int = 1, start: float = 0.0):

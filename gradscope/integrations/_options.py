@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import GradscopeError, UsageError
 from ..monitor import GradientMonitor, MonitorConfig, attached_monitor
+from ..monitor.hooks import InstanceWrap
 from ..report import check_writable
 
 # Steps a callback keeps on the host when it writes no report: it only logs the latest.
@@ -72,27 +73,18 @@ class MonitorCallbackOptions:
         self.report_dir = report_dir
         self.prefix = prefix
         self.monitor: GradientMonitor | None = None
-        self._unwrap_clip: Optional[Callable[[], None]] = None
+        self._clip_wrap: Optional[InstanceWrap] = None
 
     def wrap_clip(self, owner, name: str, make: Callable[[Callable], Callable]) -> None:
         """Replace the framework's clip method ``owner.name`` by ``make(original)`` until :meth:`restore_clip`
         (which puts back an instance attribute set before ours, or lets the class's method show again)."""
         original = getattr(owner, name)
-        own = vars(owner).get(name)
-        setattr(owner, name, functools.wraps(original)(make(original)))
-
-        def unwrap() -> None:
-            if own is None:
-                vars(owner).pop(name, None)
-            else:
-                setattr(owner, name, own)
-
-        self._unwrap_clip = unwrap
+        self._clip_wrap = InstanceWrap(owner, name, functools.wraps(original)(make(original)))
 
     def restore_clip(self) -> None:
-        if self._unwrap_clip is not None:
-            self._unwrap_clip()
-            self._unwrap_clip = None
+        if self._clip_wrap is not None:
+            self._clip_wrap.remove()
+            self._clip_wrap = None
 
     def make_monitor(self, model: nn.Module, scaler=None, optimizers: tuple = (), *, engine=None,
                      step_numbers: Optional[Callable[[], int]] = None) -> GradientMonitor:

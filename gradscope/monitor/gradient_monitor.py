@@ -23,7 +23,7 @@ from .clipping import clip_coefficient, post_clip_norm, scale_gradients_
 from .config import MonitorConfig, check_optimizer, check_setting
 from .findings import describe_nonfinite, judge_flushed
 from .history import BlockLayout, HistoryChunk, HistoryStore, MonitorHistory
-from .hooks import ExecutionOrder, OutputGradients
+from .hooks import ExecutionOrder, InstanceWrap, OutputGradients
 from .parameters import PARAMETERS_REPLACED, MonitoredParameters, select_parameters
 from .recording import StepBuffer, StepRecord, UpdateTracker, finite_sumsq, has_nonfinite, read_step, total_norm
 from .reporting import MAX_SERIES_STEPS, check_max_series_steps, monitor_report
@@ -202,7 +202,7 @@ class GradientMonitor:
                 self._after_engine_step(engine)
             return result
 
-        self._hooks.append(_InstanceWrap(engine, "step", step))
+        self._hooks.append(InstanceWrap(engine, "step", step))
 
     def _after_engine_step(self, engine) -> None:
         max_norm = engine.gradient_clipping()
@@ -571,21 +571,3 @@ class GradientMonitor:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(flush=exc_type is None or self.mode != "sharded")
 
-
-class _InstanceWrap:
-    """``owner.name = wrapper`` on the instance, undone by :meth:`remove` (as a hook handle is): what was there
-    before comes back, unless something replaced the wrapper meanwhile."""
-
-    def __init__(self, owner, name: str, wrapper: Callable):
-        self._owner, self._name, self._wrapper = owner, name, wrapper
-        self._had = name in vars(owner)
-        self._before = vars(owner).get(name)
-        setattr(owner, name, wrapper)
-
-    def remove(self) -> None:
-        if vars(self._owner).get(self._name) is not self._wrapper:
-            return
-        if self._had:
-            setattr(self._owner, self._name, self._before)
-        else:
-            delattr(self._owner, self._name)

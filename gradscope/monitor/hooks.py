@@ -1,6 +1,7 @@
 """What a monitor hangs on the model's blocks: forward pre-hooks that see the order in which the blocks run
 (:class:`ExecutionOrder`), and, with ``activation_grads``, the gradient hooks that reduce dL/dh at each block's
-output (:class:`OutputGradients`; see "dL/dh" in :mod:`gradscope.monitor`)."""
+output (:class:`OutputGradients`; see "dL/dh" in :mod:`gradscope.monitor`); and what it, or a training callback,
+puts in place of one instance's method (:class:`InstanceWrap`: a DeepSpeed engine's ``step``, a trainer's clip)."""
 
 from __future__ import annotations
 
@@ -113,3 +114,22 @@ class OutputGradients:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+class InstanceWrap:
+    """``owner.name = wrapper`` on the instance, undone by :meth:`remove` (as a hook handle is): what was there
+    before comes back, unless something replaced the wrapper meanwhile."""
+
+    def __init__(self, owner, name: str, wrapper: Callable):
+        self._owner, self._name, self._wrapper = owner, name, wrapper
+        self._had = name in vars(owner)
+        self._before = vars(owner).get(name)
+        setattr(owner, name, wrapper)
+
+    def remove(self) -> None:
+        if vars(self._owner).get(self._name) is not self._wrapper:
+            return
+        if self._had:
+            setattr(self._owner, self._name, self._before)
+        else:
+            delattr(self._owner, self._name)
