@@ -45,6 +45,8 @@ from typing import Optional
 
 from torch import nn
 
+from . import zero
+
 MIN_REPEATS = 2
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 # The name segments that in-model wrappers add (FSDP1, checkpoint_wrapper, torch.compile of a submodule).
@@ -206,7 +208,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
-        elif any(cls.__name__ == "DeepSpeedEngine" for cls in type(model).__mro__):  # by name: no deepspeed import
+        elif zero.is_engine(model):
             model = model.module
         elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod

@@ -6,6 +6,7 @@ path ("reference"); both must agree with NumPy in float64.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -413,19 +414,26 @@ def test_fast_entry_goes_through_the_dispatcher():
 # --- determinism ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def threads(n: int):
+    """torch's intra-op thread count set to ``n`` inside, put back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @needs_op
 def test_bitwise_identical_across_runs_and_thread_counts():
     tensors = [randn(3 * ITEM + 11, seed=1), randn(1000, dtype=torch.bfloat16, seed=2)] + [
         randn(50, seed=3 + i) for i in range(300)
     ]
-    before = torch.get_num_threads()
-    try:
-        results = []
-        for threads in (1, 2, 1, 3):
-            torch.set_num_threads(threads)
+    results = []
+    for count in (1, 2, 1, 3):
+        with threads(count):
             results.append(gradscope.grad_stats(tensors, backend="fused").table)
-    finally:
-        torch.set_num_threads(before)
     for other in results[1:]:
         assert torch.equal(results[0], other)
 
@@ -438,12 +446,8 @@ def test_bitwise_identical_when_another_process_keeps_a_core_busy():
     quiet = gradscope.grad_stats(tensors, backend="fused").table
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(before, 2))
-        try:
+        with threads(max(torch.get_num_threads(), 2)):
             busy = [gradscope.grad_stats(tensors, backend="fused").table for _ in range(20)]
-        finally:
-            torch.set_num_threads(before)
     finally:
         spinner.kill()
         spinner.wait(timeout=30)
@@ -559,12 +563,8 @@ def test_diff_sumsq_is_the_same_for_any_thread_count_and_marks_non_finite():
     g = seeded(6)
     a = [torch.randn(5 * ITEM + 3, generator=g) for _ in range(3)]
     b = [x * 1.001 for x in a]
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with threads(1):
         one = torch.ops.gradscope.diff_sumsq(a, b)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(one, torch.ops.gradscope.diff_sumsq(a, b))  # bitwise
     b[1][7] = float("inf")
     assert math.isinf(torch.ops.gradscope.diff_sumsq(a, b)[1])  # the monitor turns it into NaN
@@ -612,12 +612,8 @@ def test_copy_sumsq_is_the_same_for_any_thread_count_and_marks_non_finite():
     g = seeded(9)
     src = [torch.randn(5 * ITEM + 3, generator=g) for _ in range(3)]
     dst = [torch.empty_like(x) for x in src]
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with threads(1):
         one = torch.ops.gradscope.copy_sumsq(src, dst)
-    finally:
-        torch.set_num_threads(threads)
     assert torch.equal(one, torch.ops.gradscope.copy_sumsq(src, dst))  # bitwise
     src[1][7] = float("inf")
     src[2][3] = float("nan")

@@ -233,7 +233,7 @@ class UpdateTracker:
             self._before = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
         self._slot = (slot, step)
         if self.reads_norms(weights):
-            sums = torch.ops.gradscope.copy_sumsq([w.detach() for w in weights], self._before)
+            sums = torch.ops.gradscope.copy_sumsq(list(weights), self._before)
             return torch.where(torch.isfinite(sums), sums, torch.full_like(sums, math.nan))
         torch._foreach_copy_(self._before, list(weights))
         return None
